@@ -1,1 +1,9 @@
+//! The FlashVSR network in candle: weight loading, LQ projection, the streaming DiT
+//! with locality-constrained sparse attention, the TCDecoder, colour fixes and the
+//! PIL-compatible pre-upscale. No GStreamer here.
 
+pub mod color_fix;
+pub mod pipeline;
+pub mod schedule;
+
+pub use pipeline::{FlashVsrModel, LqVariant, ModelOptions, StreamConfig, StreamState};
