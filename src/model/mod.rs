@@ -1,1 +1,3 @@
-
+pub mod bicubic;
+pub mod color_fix;
+pub mod frames;
