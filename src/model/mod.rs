@@ -1,1 +1,2 @@
-
+pub mod pth;
+pub mod weights;
