@@ -82,7 +82,7 @@ impl Module for Linear {
         let rows = x.elem_count() / in_dim.max(1);
         // Inputs from f32-only stages (e.g. CPU convolutions) meet half-precision weights.
         let x = x.to_dtype(self.weight_t.dtype())?;
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
+        let y = super::profile::matmul(&x.reshape((rows, in_dim))?, &self.weight_t)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -110,6 +110,17 @@ pub(crate) fn conv2d(
     padding: usize,
 ) -> Result<Tensor> {
     let dtype = x.dtype();
+    let (n, c_in, h, w) = x.dims4()?;
+    let (c_out, _, k, _) = weight.dims4()?;
+    super::profile::log_conv(super::profile::ConvShape {
+        n,
+        c_in,
+        h: (h + 2 * padding + 1).saturating_sub(k),
+        w: (w + 2 * padding + 1).saturating_sub(k),
+        c_out,
+        k,
+        dtype,
+    });
     let upcast = matches!(x.device(), Device::Cpu) && dtype != DType::F32;
     let (x, w) = if upcast {
         (x.to_dtype(DType::F32)?, weight.to_dtype(DType::F32)?)
