@@ -2,7 +2,9 @@
 //! with locality-constrained sparse attention, the TCDecoder, colour fixes and the
 //! PIL-compatible pre-upscale. No GStreamer here.
 
+pub mod bicubic;
 pub mod color_fix;
+pub mod frames;
 pub mod pipeline;
 pub mod schedule;
 

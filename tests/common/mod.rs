@@ -1,17 +1,19 @@
-//! Shared by the integration tests: where the fixtures live.
-
 use std::path::PathBuf;
 
-/// `../shared` (golden fixtures, media), or `None` with a printed note when it is
-/// absent. Under `CI=true` its absence is a failure.
+/// The shared fixtures folder (`../shared` next to the crate), or `None` with
+/// a printed notice when it is absent. Under `CI=true` its absence is a
+/// failure instead.
 pub fn shared_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"));
     if dir.is_dir() {
         return Some(dir);
     }
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{} is missing; CI must provide the fixtures", dir.display());
+        panic!(
+            "CI=true but the shared fixtures are missing at {}",
+            dir.display()
+        );
     }
-    eprintln!("skipping: {} is absent", dir.display());
+    eprintln!("skipping: shared fixtures not found at {}", dir.display());
     None
 }
