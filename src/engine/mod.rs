@@ -15,6 +15,7 @@
 //! - After an error from `push` or `finish` the current stream is dropped; the next
 //!   frame starts a new one.
 
+mod chunk_model;
 mod error;
 pub mod noise;
 mod settings;
@@ -113,7 +114,7 @@ pub struct Engine<T> {
     noise: Box<dyn NoiseSource>,
     /// The noise was given by the caller: kept across `reconfigure`.
     noise_injected: bool,
-    stream: Option<Stream<T>>,
+    stream: Option<Stream<T, FlashVsrModel>>,
 }
 
 impl<T> Engine<T> {
@@ -179,9 +180,9 @@ impl<T> Engine<T> {
             Some(stream) => stream,
             None => self
                 .stream
-                .insert(Stream::new(&self.model, &self.settings, geometry)?),
+                .insert(Stream::new(self.model.as_ref(), &self.settings, geometry)?),
         };
-        match stream.push(&frame, tag, &self.model, self.noise.as_mut()) {
+        match stream.push(&frame, tag, self.model.as_ref(), self.noise.as_mut()) {
             Ok(ready) => {
                 out.extend(ready);
                 Ok(out)
@@ -197,7 +198,7 @@ impl<T> Engine<T> {
     /// accepts a new stream.
     pub fn finish(&mut self) -> Result<Vec<(RgbFrame, T)>, EngineError> {
         match self.stream.take() {
-            Some(mut stream) => stream.finish(&self.model, self.noise.as_mut()),
+            Some(mut stream) => stream.finish(self.model.as_ref(), self.noise.as_mut()),
             None => Ok(Vec::new()),
         }
     }

@@ -3,13 +3,14 @@
 
 use std::collections::VecDeque;
 
+use crate::model::StreamConfig;
 use crate::model::bicubic::BicubicResizer;
 use crate::model::frames::{crop_frame_rgb, pad_frame_rgb, rgb_to_tensor, tensor_to_rgb};
 use crate::model::schedule::{
     LATENT_CHANNELS, chunk_lq_span, chunk_noise_frames, chunk_output_span, chunks_for,
 };
-use crate::model::{FlashVsrModel, StreamConfig, StreamState};
 
+use super::chunk_model::ChunkModel;
 use super::noise::NoiseSource;
 use super::{EngineError, EngineSettings, RgbFrame};
 
@@ -58,11 +59,11 @@ impl Geometry {
     }
 }
 
-pub struct Stream<T> {
+pub struct Stream<T, M: ChunkModel> {
     geometry: Geometry,
     /// The pre-upscale to the output size, prepared once for the stream's size.
     resizer: BicubicResizer,
-    state: StreamState,
+    state: M::State,
     /// Frames received so far (real ones; drain copies are never stored).
     received: usize,
     /// Frames output so far; `tags[0]` belongs to frame `emitted`.
@@ -74,9 +75,9 @@ pub struct Stream<T> {
     tags: VecDeque<T>,
 }
 
-impl<T> Stream<T> {
+impl<T, M: ChunkModel> Stream<T, M> {
     pub fn new(
-        model: &FlashVsrModel,
+        model: &M,
         settings: &EngineSettings,
         geometry: Geometry,
     ) -> Result<Self, EngineError> {
@@ -130,7 +131,7 @@ impl<T> Stream<T> {
         &mut self,
         frame: &RgbFrame,
         tag: T,
-        model: &FlashVsrModel,
+        model: &M,
         noise: &mut dyn NoiseSource,
     ) -> Result<Vec<(RgbFrame, T)>, EngineError> {
         let g = self.geometry;
@@ -161,7 +162,7 @@ impl<T> Stream<T> {
     /// feeding copies of the last frame where the input ran out.
     pub fn finish(
         &mut self,
-        model: &FlashVsrModel,
+        model: &M,
         noise: &mut dyn NoiseSource,
     ) -> Result<Vec<(RgbFrame, T)>, EngineError> {
         let mut out = Vec::new();
@@ -173,7 +174,7 @@ impl<T> Stream<T> {
 
     fn run_chunk(
         &mut self,
-        model: &FlashVsrModel,
+        model: &M,
         noise: &mut dyn NoiseSource,
     ) -> Result<Vec<(RgbFrame, T)>, EngineError> {
         let k = self.next_chunk;
@@ -276,5 +277,219 @@ impl<T> Stream<T> {
             self.window.pop_front();
             self.window_start += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use candle_core::{Device, Result, Tensor};
+
+    use super::*;
+    use crate::engine::SeededNoise;
+    use crate::model::bicubic::resize_rgb;
+    use crate::model::schedule::{FIRST_CHUNK_INPUT, FIRST_CHUNK_OUTPUT};
+
+    /// A stand-in model whose output frames are its LQ input frames (output frame i
+    /// comes from LQ frame i, as in the real model); it checks every input shape and
+    /// keeps the last LQ tensor it saw.
+    struct EchoModel {
+        device: Device,
+        last_lq: RefCell<Option<Tensor>>,
+    }
+
+    struct EchoState {
+        config: StreamConfig,
+        chunk: usize,
+    }
+
+    impl ChunkModel for EchoModel {
+        type State = EchoState;
+
+        fn device(&self) -> &Device {
+            &self.device
+        }
+
+        fn new_stream(&self, config: &StreamConfig) -> Result<EchoState> {
+            Ok(EchoState {
+                config: config.clone(),
+                chunk: 0,
+            })
+        }
+
+        fn run_chunk(&self, state: &mut EchoState, lq: &Tensor, noise: &Tensor) -> Result<Tensor> {
+            let k = state.chunk;
+            let (h, w) = (state.config.height, state.config.width);
+            if lq.dims() != [chunk_lq_span(k).len(), 3, h, w] {
+                candle_core::bail!("chunk {k}: lq {:?}", lq.dims());
+            }
+            let f = chunk_noise_frames(k).len();
+            if noise.dims() != [1, LATENT_CHANNELS, f, h / 8, w / 8] {
+                candle_core::bail!("chunk {k}: noise {:?}", noise.dims());
+            }
+            state.chunk += 1;
+            *self.last_lq.borrow_mut() = Some(lq.clone());
+            lq.narrow(0, 0, chunk_output_span(k).len())
+        }
+    }
+
+    fn echo() -> EchoModel {
+        EchoModel {
+            device: Device::Cpu,
+            last_lq: RefCell::new(None),
+        }
+    }
+
+    fn frame(width: u32, height: u32, index: usize) -> RgbFrame {
+        let data = (0..width as usize * height as usize * 3)
+            .map(|i| ((i * 37 + index * 101) % 251) as u8)
+            .collect();
+        RgbFrame {
+            width,
+            height,
+            data,
+        }
+    }
+
+    fn stream(model: &EchoModel, w: u32, h: u32, scale: u32) -> Stream<usize, EchoModel> {
+        let settings = EngineSettings {
+            scale,
+            ..EngineSettings::default()
+        };
+        Stream::new(model, &settings, Geometry::new(w, h, scale).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn geometry_pads_to_multiples_of_128() {
+        let g = Geometry::new(17, 9, 4).unwrap();
+        assert_eq!((g.out_width, g.out_height), (68, 36));
+        assert_eq!((g.padded_width, g.padded_height), (128, 128));
+        let g = Geometry::new(176, 144, 4).unwrap();
+        assert_eq!((g.padded_width, g.padded_height), (768, 640));
+        let g = Geometry::new(64, 96, 4).unwrap();
+        assert_eq!((g.padded_width, g.padded_height), (256, 384));
+        assert!(Geometry::new(u32::MAX, u32::MAX, 4).is_err());
+    }
+
+    #[test]
+    fn schedule_counts_tags_and_bounded_window() {
+        let model = echo();
+        let mut noise = SeededNoise::new(0);
+        for n in [1, 2, 7, 21, 24, 25, 26, 33, 100] {
+            let mut s = stream(&model, 5, 3, 4);
+            let mut out = Vec::new();
+            for i in 0..n {
+                let ready = s.push(&frame(5, 3, i), i, &model, &mut noise).unwrap();
+                let received = i + 1;
+                let due = if received < FIRST_CHUNK_INPUT {
+                    0
+                } else {
+                    FIRST_CHUNK_OUTPUT + (received - FIRST_CHUNK_INPUT) / 8 * 8
+                };
+                out.extend(ready);
+                assert_eq!(out.len(), due, "n={n} i={i}");
+                assert_eq!(s.pending(), received - due);
+                assert!(
+                    s.window.len() <= FIRST_CHUNK_INPUT,
+                    "n={n}: {}",
+                    s.window.len()
+                );
+            }
+            out.extend(s.finish(&model, &mut noise).unwrap());
+            let tags: Vec<usize> = out.iter().map(|(_, t)| *t).collect();
+            assert_eq!(tags, (0..n).collect::<Vec<_>>(), "n={n}");
+            assert_eq!(s.pending(), 0);
+            // finishing twice adds nothing
+            assert!(s.finish(&model, &mut noise).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn output_is_the_upscaled_input_cropped_back() {
+        let model = echo();
+        let mut noise = SeededNoise::new(0);
+        for (w, h, scale, n) in [
+            (1, 1, 4, 2),
+            (17, 9, 4, 30),
+            (100, 75, 3, 3),
+            (40, 33, 2, 27),
+        ] {
+            let mut s = stream(&model, w, h, scale);
+            let frames: Vec<RgbFrame> = (0..n).map(|i| frame(w, h, i)).collect();
+            let mut out = Vec::new();
+            for (i, f) in frames.iter().enumerate() {
+                out.extend(s.push(f, i, &model, &mut noise).unwrap());
+            }
+            out.extend(s.finish(&model, &mut noise).unwrap());
+            assert_eq!(out.len(), n);
+            let (ow, oh) = ((w * scale) as usize, (h * scale) as usize);
+            for ((got, i), src) in out.iter().zip(&frames) {
+                assert_eq!((got.width as usize, got.height as usize), (ow, oh));
+                let up = resize_rgb(&src.data, w as usize, h as usize, ow, oh).unwrap();
+                assert!(got.data == up, "{w}x{h} x{scale}: frame {i} differs");
+            }
+        }
+    }
+
+    #[test]
+    fn drain_extends_with_copies_of_the_last_frame() {
+        let model = echo();
+        let mut noise = SeededNoise::new(0);
+        // 23 frames: chunk 1 (LQ 21..33) runs at the drain with frames 21, 22 and then
+        // 10 copies of frame 22
+        let mut s = stream(&model, 8, 8, 4);
+        for i in 0..23 {
+            assert!(
+                s.push(&frame(8, 8, i), i, &model, &mut noise)
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        let out = s.finish(&model, &mut noise).unwrap();
+        assert_eq!(out.len(), 23);
+        let lq = model.last_lq.borrow().clone().unwrap();
+        let lq_frame =
+            |i: usize| -> Vec<f32> { lq.get(i).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+        assert_eq!(lq.dim(0).unwrap(), 12);
+        let last_real = lq_frame(1);
+        assert!(lq_frame(0) != last_real, "frames 21 and 22 must differ");
+        for copy in 2..12 {
+            assert!(
+                lq_frame(copy) == last_real,
+                "LQ frame {} is not a copy of frame 22",
+                21 + copy
+            );
+        }
+    }
+
+    #[test]
+    fn a_model_error_is_reported_with_the_chunk() {
+        struct Failing;
+        impl ChunkModel for Failing {
+            type State = ();
+            fn device(&self) -> &Device {
+                &Device::Cpu
+            }
+            fn new_stream(&self, _: &StreamConfig) -> Result<()> {
+                Ok(())
+            }
+            fn run_chunk(&self, _: &mut (), _: &Tensor, _: &Tensor) -> Result<Tensor> {
+                candle_core::bail!("out of memory")
+            }
+        }
+        let settings = EngineSettings::default();
+        let mut s: Stream<(), Failing> =
+            Stream::new(&Failing, &settings, Geometry::new(4, 4, 2).unwrap()).unwrap();
+        s.push(&frame(4, 4, 0), (), &Failing, &mut SeededNoise::new(0))
+            .unwrap();
+        let err = s
+            .finish(&Failing, &mut SeededNoise::new(0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("chunk 0") && err.contains("out of memory"),
+            "{err}"
+        );
     }
 }
