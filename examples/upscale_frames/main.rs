@@ -31,13 +31,15 @@ struct Args {
     max_frames: Option<usize>,
 }
 
-fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+/// `None` when help was asked for.
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut settings = EngineSettings::default();
     let (mut input, mut output, mut width, mut height, mut max_frames) =
         (None, None, None, None, None);
     while let Some(flag) = argv.next() {
         if flag == "--help" || flag == "-h" {
-            return Err(USAGE.into());
+            println!("{USAGE}");
+            return Ok(None);
         }
         let value = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = |what: &str| -> Result<u64, String> {
@@ -76,13 +78,13 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         (None, None) => None,
         _ => return Err("--width and --height go together".into()),
     };
-    Ok(Args {
+    Ok(Some(Args {
         settings,
-        input: input.ok_or("--input is required")?,
-        output: output.ok_or("--output is required")?,
+        input: input.ok_or("--input is required (see --help)")?,
+        output: output.ok_or("--output is required (see --help)")?,
         size,
         max_frames,
-    })
+    }))
 }
 
 /// Reports progress on stderr each time frames come out.
@@ -193,7 +195,9 @@ fn upscale_ppm_folder(args: &Args, engine: &mut Engine<PathBuf>) -> Result<(), S
 }
 
 fn run() -> Result<(), String> {
-    let args = parse_args(std::env::args().skip(1))?;
+    let Some(args) = parse_args(std::env::args().skip(1))? else {
+        return Ok(());
+    };
     if args.input.is_dir() {
         let mut engine = Engine::new(args.settings.clone()).map_err(|e| e.to_string())?;
         upscale_ppm_folder(&args, &mut engine)
