@@ -6,6 +6,8 @@ pub mod bicubic;
 pub mod color_fix;
 pub mod frames;
 pub mod pipeline;
+pub mod pth;
 pub mod schedule;
+pub mod weights;
 
 pub use pipeline::{FlashVsrModel, LqVariant, ModelOptions, StreamConfig, StreamState};
