@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 use std::path::PathBuf;
 
 /// The shared fixtures folder (`../shared` next to the crate), or `None` with
@@ -16,4 +17,9 @@ pub fn shared_dir() -> Option<PathBuf> {
     }
     eprintln!("skipping: shared fixtures not found at {}", dir.display());
     None
+}
+
+/// `../shared/golden/<case>`, when present.
+pub fn golden_case(case: &str) -> Option<PathBuf> {
+    shared_dir().map(|d| d.join("golden").join(case))
 }
