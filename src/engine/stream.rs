@@ -16,7 +16,7 @@ use super::{EngineError, EngineSettings, RgbFrame};
 
 /// The frame side lengths the model works on are multiples of this (the sparse
 /// attention's 8x8-token windows of 16x16-pixel tokens).
-pub const PAD_MULTIPLE: usize = 128;
+pub const PAD_MULTIPLE: usize = crate::model::pipeline::SIZE_MULTIPLE;
 
 /// Sizes of one stream's frames: input, upscaled (the output) and padded (the model's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
