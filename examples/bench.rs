@@ -149,6 +149,7 @@ fn main() -> ExitCode {
     let mut dit_time = Duration::ZERO;
     let mut matmul_time = Duration::ZERO;
     let mut matmul_flops = 0.0;
+    let (mut conv_time, mut conv_matmul_time) = (Duration::ZERO, Duration::ZERO);
     for p in &profiles {
         print!("{:>5} {:>6}", p.chunk, p.frames);
         for s in Stage::ALL {
@@ -166,6 +167,16 @@ fn main() -> ExitCode {
                 }
             }
             matmul_flops += p.dit_matmuls.iter().map(|m| m.flops()).sum::<f64>();
+            match profile::replay_convs(&p.decoder_convs, engine.device()) {
+                Ok((c, m)) => {
+                    conv_time += c;
+                    conv_matmul_time += m;
+                }
+                Err(e) => {
+                    eprintln!("error replaying the decoder's convolutions: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
         }
     }
     println!("fps={:.4}", produced as f64 / wall.as_secs_f64());
@@ -177,6 +188,11 @@ fn main() -> ExitCode {
         println!(
             "dit_efficiency={:.3}",
             matmul_time.as_secs_f64() / dit_time.as_secs_f64()
+        );
+        // The decoder's convolutions against matrix products of the same arithmetic.
+        println!(
+            "decoder_conv_efficiency={:.3}",
+            conv_matmul_time.as_secs_f64() / conv_time.as_secs_f64()
         );
     } else {
         println!("dit_efficiency=n/a (fewer than two chunks: give at least 33 frames)");

@@ -306,6 +306,9 @@ impl Dit {
             cols: lw / 2,
         };
         grid.check()?;
+        if trace.as_ref().is_some_and(|t| t.log_matmuls) {
+            profile::start_matmul_log();
+        }
         let tokens = f * grid.rows * grid.cols;
         // (c, f, y, py, x, px) -> tokens (f, y, x) x features (c, py, px)
         let patches = noise

@@ -4,6 +4,7 @@
 
 pub mod bicubic;
 pub mod color_fix;
+pub mod conv;
 pub mod dit;
 pub mod frames;
 pub mod lq_proj;

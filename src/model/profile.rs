@@ -174,9 +174,10 @@ pub fn replay_convs(log: &[ConvShape], device: &Device) -> Result<(Duration, Dur
     for s in log {
         let x = Tensor::randn(0f32, 1.0, (s.n, s.c_in, s.h, s.w), device)?.to_dtype(s.dtype)?;
         let w = Tensor::randn(0f32, 1.0, (s.c_out, s.c_in, s.k, s.k), device)?.to_dtype(s.dtype)?;
+        let layer = crate::model::conv::Conv2d::new(&w, None)?;
         device.synchronize()?;
         let start = Instant::now();
-        let y = crate::model::ops::conv2d(&x, &w, None, s.k / 2)?;
+        let y = layer.forward(&x)?;
         device.synchronize()?;
         conv += start.elapsed();
         drop(y);
