@@ -11,6 +11,7 @@ mod ops;
 pub mod parity;
 pub mod pipeline;
 pub mod pth;
+pub mod random_model;
 pub mod rope;
 pub mod schedule;
 pub mod sparse_attention;
