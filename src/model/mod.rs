@@ -13,6 +13,7 @@ pub mod parity;
 pub mod pipeline;
 pub mod profile;
 pub mod pth;
+pub mod random_model;
 pub mod rope;
 pub mod schedule;
 pub mod sparse_attention;
