@@ -16,6 +16,7 @@ pub mod pth;
 pub mod random_model;
 pub mod rope;
 pub mod schedule;
+pub mod softmax;
 pub mod sparse_attention;
 pub mod tcdecoder;
 pub mod weights;

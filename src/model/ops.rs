@@ -107,8 +107,7 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let head_dim = q.dim(D::Minus1)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let scores = super::profile::matmul(&(q * scale)?, &k.t()?)?;
-    let probs =
-        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+    let probs = super::softmax::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
     super::profile::matmul(&probs, v)
 }
 

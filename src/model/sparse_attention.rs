@@ -8,7 +8,7 @@
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
-use super::profile;
+use super::{profile, softmax};
 
 /// Tokens per attention window: 2 frames x 8 rows x 8 columns.
 pub const WINDOW_TOKENS: usize = 128;
@@ -158,7 +158,7 @@ pub fn block_mask(
     let pooled_q = q_win.to_dtype(DType::F32)?.mean(2)?;
     let pooled_k = k_win.to_dtype(DType::F32)?.mean(2)?;
     let scores = (profile::matmul(&pooled_q, &pooled_k.t()?)? / (head_dim as f64).sqrt())?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(bias)?)?;
+    let probs = softmax::softmax_last_dim(&scores.broadcast_add(bias)?)?;
     let groups = nq / nb;
     let flat = probs.reshape((heads * groups, nb * nk))?;
     let k = ((nb * nb) as f64 * topk_ratio) as i64 - 1;
@@ -229,21 +229,11 @@ pub fn sparse_attention(
         let (k, v) = (k.reshape((n * wt, d))?, v.reshape((n * wt, d))?);
         let q = q_rows.narrow(0, start, batch)?.reshape((batch * wt, d))?;
         let scores = profile::matmul(&q, &k.t()?)?;
-        let probs = softmax_f32(&scores)?;
+        let probs = softmax::softmax_last_dim(&scores)?;
         outputs.push(profile::matmul(&probs, &v)?);
         start = end;
     }
     Tensor::cat(&outputs, 0)?.reshape((heads, nq, wt, d))
-}
-
-/// Softmax over the last dimension, computed in f32 whatever the input dtype.
-fn softmax_f32(scores: &Tensor) -> Result<Tensor> {
-    let dtype = scores.dtype();
-    if dtype == DType::F32 {
-        candle_nn::ops::softmax_last_dim(scores)
-    } else {
-        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)
-    }
 }
 
 /// Dense masked reference of [`sparse_attention`]: every key token, with masked
@@ -265,7 +255,7 @@ pub fn dense_masked_attention(
         .reshape((heads, nq, 1, nk, 1))?
         .broadcast_as((heads, nq, wt, nk, wt))?
         .reshape((heads, nq * wt, nk * wt))?;
-    let probs = candle_nn::ops::softmax_last_dim(&(scores + bias)?)?;
+    let probs = softmax::softmax_last_dim(&(scores + bias)?)?;
     // Rows without any allowed key are zero, as in the reference kernel.
     let live = allowed
         .max_keepdim(D::Minus1)?
