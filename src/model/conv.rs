@@ -12,8 +12,9 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::profile::{self, ConvShape};
 
-/// Largest im2col buffer built at once, in elements (64 Mi f32 = 256 MiB).
-const COLUMN_BUDGET: usize = 1 << 26;
+/// Largest im2col buffer built at once, in elements (16 Mi f32 = 64 MiB): small
+/// enough to stay near the caches, large enough for efficient products.
+const COLUMN_BUDGET: usize = 1 << 24;
 
 /// A stride-1, "same"-padded 2-D convolution with an odd square kernel.
 #[derive(Debug, Clone)]

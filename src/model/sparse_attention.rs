@@ -237,36 +237,62 @@ pub fn sparse_attention(
 }
 
 /// Dense masked reference of [`sparse_attention`]: every key token, with masked
-/// blocks at -inf. Used by tests and benchmarks.
+/// blocks at -inf, one head at a time. Used by tests and benchmarks.
 pub fn dense_masked_attention(
     q_win: &Tensor,
     k_win: &Tensor,
     v_win: &Tensor,
     mask: &Tensor,
 ) -> Result<Tensor> {
-    let (heads, nq, wt, d) = q_win.dims4()?;
-    let nk = k_win.dim(1)?;
-    let q = q_win.reshape((heads, nq * wt, d))?;
-    let k = k_win.reshape((heads, nk * wt, d))?;
-    let v = v_win.reshape((heads, nk * wt, d))?;
-    let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.to_dtype(DType::F32)?;
+    let heads = q_win.dim(0)?;
+    let outs = (0..heads)
+        .map(|h| {
+            dense_head(
+                &q_win.get(h)?,
+                &k_win.get(h)?,
+                &v_win.get(h)?,
+                Some(&mask.get(h)?),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::stack(&outs, 0)
+}
+
+/// Plain dense attention of every query over every key (no mask), one head at a
+/// time: the baseline that sparse attention is measured against.
+pub fn dense_attention(q_win: &Tensor, k_win: &Tensor, v_win: &Tensor) -> Result<Tensor> {
+    let heads = q_win.dim(0)?;
+    let outs = (0..heads)
+        .map(|h| dense_head(&q_win.get(h)?, &k_win.get(h)?, &v_win.get(h)?, None))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::stack(&outs, 0)
+}
+
+/// One head: `q` `[nq, 128, d]`, `k`/`v` `[nk, 128, d]`, `mask` `[nq, nk]`.
+fn dense_head(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (nq, wt, d) = q.dims3()?;
+    let nk = k.dim(0)?;
+    let q = (q.reshape((nq * wt, d))? / (d as f64).sqrt())?;
+    let k = k.reshape((nk * wt, d))?;
+    let v = v.reshape((nk * wt, d))?;
+    let scores = profile::matmul(&q, &k.t()?)?.to_dtype(DType::F32)?;
+    let Some(mask) = mask else {
+        let probs = softmax::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        return profile::matmul(&probs, &v)?.reshape((nq, wt, d));
+    };
     let allowed = mask.to_dtype(DType::F32)?;
     let bias = ((allowed.ones_like()? - &allowed)? * -1e30)?
-        .reshape((heads, nq, 1, nk, 1))?
-        .broadcast_as((heads, nq, wt, nk, wt))?
-        .reshape((heads, nq * wt, nk * wt))?;
+        .reshape((nq, 1, nk, 1))?
+        .broadcast_as((nq, wt, nk, wt))?
+        .reshape((nq * wt, nk * wt))?;
     let probs = softmax::softmax_last_dim(&(scores + bias)?)?;
     // Rows without any allowed key are zero, as in the reference kernel.
     let live = allowed
         .max_keepdim(D::Minus1)?
-        .reshape((heads, nq, 1, 1))?
-        .broadcast_as((heads, nq, wt, 1))?
-        .reshape((heads, nq * wt, 1))?;
-    let out = probs
-        .broadcast_mul(&live)?
-        .to_dtype(v.dtype())?
-        .matmul(&v)?;
-    out.reshape((heads, nq, wt, d))
+        .reshape((nq, 1, 1))?
+        .broadcast_as((nq, wt, 1))?
+        .reshape((nq * wt, 1))?;
+    profile::matmul(&probs.broadcast_mul(&live)?.to_dtype(v.dtype())?, &v)?.reshape((nq, wt, d))
 }
 
 /// Per-block rolling cache of past key / value windows, `[heads, windows, 128, d]`.
