@@ -345,7 +345,24 @@ fn caps_queries_map_sizes_through_the_scale() {
 fn negotiates_every_format_with_scaled_size_and_carried_fields() {
     init();
     let Some(model) = tiny_model() else { return };
-    for format in ["I420", "NV12", "RGB", "BGR", "RGBA", "BGRA", "RGBx", "BGRx"] {
+    for format in [
+        "I420",
+        "NV12",
+        "RGB",
+        "BGR",
+        "RGBA",
+        "BGRA",
+        "RGBx",
+        "BGRx",
+        "YV12",
+        "NV21",
+        "Y42B",
+        "Y444",
+        "I420_10LE",
+        "I422_10LE",
+        "Y444_10LE",
+        "P010_10LE",
+    ] {
         let input = caps_str(format, 32, 24);
         let (mut h, log) = start(&model, &input);
         let out_caps: gst::Caps = caps_str(format, 128, 96).parse().unwrap();
@@ -600,7 +617,7 @@ fn gap_is_forwarded_behind_the_frames_before_it() {
 }
 
 #[test]
-fn latency_adds_25_frames_to_upstream() {
+fn latency_adds_held_frames_and_chunk_budget_to_upstream() {
     init();
     let Some(model) = tiny_model() else { return };
     let (mut h, _) = start(&model, &caps_str("I420", 32, 24));
@@ -608,7 +625,8 @@ fn latency_adds_25_frames_to_upstream() {
     let mut q = gst::query::Latency::new();
     assert!(h.sinkpad().unwrap().peer_query(&mut q));
     let (_live, min, max) = q.result();
-    // 25 frames at 25 fps, no chunk processed yet; no upstream maximum stays none.
-    assert_eq!(min, gst::ClockTime::from_mseconds(1010));
+    // 25 frames held at 25 fps, plus 8 frames for processing until a chunk has been
+    // timed; no upstream maximum stays none.
+    assert_eq!(min, gst::ClockTime::from_mseconds(10 + 33 * 40));
     assert_eq!(max, None);
 }

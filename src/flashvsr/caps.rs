@@ -4,8 +4,11 @@
 use gst::glib;
 use gst_video::VideoFormat;
 
-/// Raw formats accepted on the sink pad and produced on the src pad (always the same).
-pub const FORMATS: [VideoFormat; 8] = [
+/// Raw formats accepted on the sink pad and produced on the src pad (always the same
+/// on both). The 8-bit RGB and 4:2:0 formats come first; the others are what common
+/// decoders output (4:2:2, 4:4:4, 10-bit), so `decodebin ! flashvsr` needs no
+/// videoconvert. Frames go through 8-bit RGB in every case: the network works on it.
+pub const FORMATS: [VideoFormat; 16] = [
     VideoFormat::I420,
     VideoFormat::Nv12,
     VideoFormat::Rgb,
@@ -14,6 +17,14 @@ pub const FORMATS: [VideoFormat; 8] = [
     VideoFormat::Bgra,
     VideoFormat::Rgbx,
     VideoFormat::Bgrx,
+    VideoFormat::Yv12,
+    VideoFormat::Nv21,
+    VideoFormat::Y42b,
+    VideoFormat::Y444,
+    VideoFormat::I42010le,
+    VideoFormat::I42210le,
+    VideoFormat::Y44410le,
+    VideoFormat::P01010le,
 ];
 
 /// Largest output width or height the element produces.

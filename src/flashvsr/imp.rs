@@ -3,7 +3,8 @@
 //! until it can run a chunk; the frames it returns are converted back and pushed with
 //! their input's timestamps after the state lock is dropped. EOS, segment and stream
 //! changes drain the engine first; FLUSH_STOP resets it; the LATENCY query adds the
-//! frames held plus the time a chunk takes.
+//! frames held plus the time a chunk takes. Chunks run synchronously in the chain
+//! function, on the upstream streaming thread.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use super::caps::{self, Direction};
 use super::convert::FrameConverter;
 use super::enums::{ColorFix, ModelVersion, Precision};
 use crate::engine::{Engine, EngineError, EngineSettings, LATENCY_FRAMES, RgbFrame};
+use crate::model::schedule::CHUNK_STRIDE;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -658,41 +660,41 @@ impl FlashVsr {
         result
     }
 
-    /// The latency this element adds: the frames held before the first output plus
-    /// the longest chunk processing time seen so far.
+    /// The latency this element adds: the frames held before the first output, plus
+    /// the time a chunk takes. Until a chunk has been timed that is the budget of
+    /// `CHUNK_STRIDE` frame durations (a slower chunk could not keep up with a live
+    /// source anyway); a chunk that took longer raises it.
     fn added_latency(&self) -> gst::ClockTime {
-        let processing = self.processing_ns.load(Ordering::Relaxed);
-        self.reported_processing_ns
-            .store(processing, Ordering::Relaxed);
-        let processing = gst::ClockTime::from_nseconds(processing);
         let fps = self
             .sinkpad
             .current_caps()
             .and_then(|caps| gst_video::VideoInfo::from_caps(&caps).ok())
             .map(|info| info.fps());
-        let held = match fps {
+        let frames = |n: u64| match fps {
             Some(fps) if fps.numer() > 0 && fps.denom() > 0 => gst::ClockTime::SECOND
-                .mul_div_ceil(LATENCY_FRAMES * fps.denom() as u64, fps.numer() as u64)
+                .mul_div_ceil(n * fps.denom() as u64, fps.numer() as u64)
                 .unwrap_or(gst::ClockTime::ZERO),
-            Some(_) => {
-                gst::warning!(
-                    CAT,
-                    imp = self,
-                    "Variable framerate: cannot express the {} frames held as latency",
-                    LATENCY_FRAMES
-                );
-                gst::ClockTime::ZERO
-            }
-            None => {
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "No caps yet: latency of the frames held unknown"
-                );
-                gst::ClockTime::ZERO
-            }
+            _ => gst::ClockTime::ZERO,
         };
-        held + processing
+        match fps {
+            Some(fps) if fps.numer() == 0 => gst::warning!(
+                CAT,
+                imp = self,
+                "Variable framerate: the {} frames held cannot be expressed as latency",
+                LATENCY_FRAMES
+            ),
+            None => gst::debug!(
+                CAT,
+                imp = self,
+                "No caps yet: the frames held are not counted"
+            ),
+            _ => {}
+        }
+        let measured = gst::ClockTime::from_nseconds(self.processing_ns.load(Ordering::Relaxed));
+        let processing = measured.max(frames(CHUNK_STRIDE as u64));
+        self.reported_processing_ns
+            .store(processing.nseconds(), Ordering::Relaxed);
+        frames(LATENCY_FRAMES) + processing
     }
 }
 
