@@ -1,24 +1,37 @@
-//! One streaming chunk at a time: LQ projection, DiT, TCDecoder, colour fix.
+//! One streaming chunk at a time: LQ projection, one DiT step, TCDecoder, colour
+//! fix (`docs/flashvsr-model.md`, section 1 for the schedule).
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::color_fix::ColorFix;
+use super::dit::{Dit, DitConfig, DitState, DitTrace};
+use super::lq_proj::{LqProj, LqProjConfig, LqProjState};
+use super::schedule;
+use super::sparse_attention::SparseConfig;
+use super::tcdecoder::{TcDecoder, TcDecoderConfig, TcDecoderState};
+use super::weights::ModelFiles;
+
 /// Weight version; the two releases differ only in the LQ projection's cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LqVariant {
-    /// FlashVSR (`Buffer_LQ4x_Proj`).
+    /// FlashVSR (`Buffer_LQ4x_Proj`): each clip's conv cache is its own last frames.
     V1,
-    /// FlashVSR-v1.1 (`Causal_LQ4x_Proj`).
+    /// FlashVSR-v1.1 (`Causal_LQ4x_Proj`): the cache is the previous clip's last frames.
+    #[default]
     V1_1,
 }
 
+/// Where and in which precision the model runs.
 #[derive(Debug, Clone)]
 pub struct ModelOptions {
     pub device: Device,
     pub dtype: DType,
 }
 
+/// Per-stream settings. `height` and `width` are the (padded) output size, and
+/// must be multiples of 128.
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
     pub height: usize,
@@ -27,36 +40,296 @@ pub struct StreamConfig {
     pub sparse_ratio: f64,
     pub kv_ratio: f64,
     pub local_range: usize,
-    pub color_fix: crate::model::color_fix::ColorFix,
+    pub color_fix: ColorFix,
 }
 
-pub struct FlashVsrModel {
-    device: Device,
+/// Output frames must tile into 2x8x8 token windows of 16x16-pixel tokens.
+pub const SIZE_MULTIPLE: usize = 128;
+
+impl StreamConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.height == 0
+            || self.width == 0
+            || !self.height.is_multiple_of(SIZE_MULTIPLE)
+            || !self.width.is_multiple_of(SIZE_MULTIPLE)
+        {
+            candle_core::bail!(
+                "stream size {}x{} is not a non-zero multiple of {SIZE_MULTIPLE}",
+                self.width,
+                self.height
+            )
+        }
+        if !(self.sparse_ratio.is_finite() && self.sparse_ratio > 0.0) {
+            candle_core::bail!(
+                "sparse_ratio {} must be a positive number",
+                self.sparse_ratio
+            )
+        }
+        if !(self.kv_ratio.is_finite() && self.kv_ratio >= 1.0) {
+            candle_core::bail!("kv_ratio {} must be at least 1", self.kv_ratio)
+        }
+        if self.local_range == 0 {
+            candle_core::bail!("local_range must be at least 1")
+        }
+        Ok(())
+    }
 }
 
+/// Temporal state of one stream.
 pub struct StreamState {
+    cfg: StreamConfig,
+    sparse: SparseConfig,
     chunk: usize,
+    lq: LqProjState,
+    dit: DitState,
+    decoder: TcDecoderState,
 }
 
 impl StreamState {
+    /// Index of the next chunk `run_chunk` will run.
     pub fn chunk_index(&self) -> usize {
         self.chunk
     }
+    pub fn config(&self) -> &StreamConfig {
+        &self.cfg
+    }
+    /// Drops all temporal state: the next chunk is chunk 0 of a new stream.
+    pub fn reset(&mut self) {
+        self.chunk = 0;
+        self.lq.reset();
+        self.dit.reset();
+        self.decoder.reset();
+    }
+    /// 128-token windows in the first DiT block's KV cache.
+    pub fn kv_windows(&self) -> usize {
+        self.dit.cached_windows()
+    }
+}
+
+/// Intermediate tensors of one chunk, for parity checks and benchmarks.
+#[derive(Debug, Default)]
+pub struct ChunkTrace {
+    /// LQ features added before DiT block 0, `[tokens, dim]`.
+    pub lq_features: Option<Tensor>,
+    pub dit: DitTrace,
+    pub noise_pred: Option<Tensor>,
+    pub latents: Option<Tensor>,
+    /// Decoder output before the colour fix, `[m, 3, H, W]` in [-1, 1].
+    pub decoded: Option<Tensor>,
+}
+
+/// All weights of one model folder, loaded once and shared between streams.
+pub struct FlashVsrModel {
+    device: Device,
+    dtype: DType,
+    lq_proj: LqProj,
+    dit: Dit,
+    decoder: TcDecoder,
 }
 
 impl FlashVsrModel {
+    /// Loads the model folder `dir` (released file names; see `weights`). Sizes
+    /// come from the tensor shapes. Errors name the folder, file and tensor.
     pub fn load(dir: &Path, opts: &ModelOptions) -> Result<Self> {
-        candle_core::bail!("model loading from {} not built yet", dir.display());
-        #[allow(unreachable_code)]
-        Ok(Self { device: opts.device.clone() })
+        let files = ModelFiles::open(dir)?;
+        let (device, dtype) = (&opts.device, opts.dtype);
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            candle_core::bail!("compute dtype {dtype:?} is not one of f32, bf16, f16")
+        }
+        // candle has no half-precision convolutions on the CPU.
+        let conv_dtype = if device.is_cpu() { DType::F32 } else { dtype };
+        let with_file = |file: &Path, e: candle_core::Error| {
+            candle_core::Error::Msg(format!("weight file '{}': {e}", file.display()))
+        };
+
+        let dit_names = files.dit.names();
+        let dit_cfg = DitConfig::from_shapes(&dit_names, |n| files.dit.shape(n))
+            .map_err(|e| with_file(files.dit.path(), e))?;
+        let prompt = files.prompt_tensor(dtype, device)?;
+        let dit = Dit::new(
+            dit_cfg.clone(),
+            files.dit.var_builder(dtype, device),
+            &prompt,
+        )?;
+
+        let lq_names = files.lq_proj.names();
+        let lq_cfg = LqProjConfig::from_shapes(&lq_names, |n| files.lq_proj.shape(n))
+            .map_err(|e| with_file(files.lq_proj.path(), e))?;
+        if lq_cfg.out_dim != dit_cfg.dim {
+            return Err(with_file(
+                files.lq_proj.path(),
+                candle_core::Error::Msg(format!(
+                    "LQ projection width {} does not match the DiT width {}",
+                    lq_cfg.out_dim, dit_cfg.dim
+                )),
+            ));
+        }
+        let lq_proj = LqProj::new(lq_cfg, files.lq_proj.var_builder(dtype, device), conv_dtype)?;
+
+        let tc_cfg = TcDecoderConfig::from_shapes(|n| files.decoder.shape(n))
+            .map_err(|e| with_file(files.decoder.path(), e))?;
+        let expected_in = 3 * 4 * 64 + dit_cfg.out_channels;
+        if tc_cfg.in_channels != expected_in {
+            return Err(with_file(
+                files.decoder.path(),
+                candle_core::Error::Msg(format!(
+                    "tensor 'decoder.1.weight': expected {expected_in} input channels, found {}",
+                    tc_cfg.in_channels
+                )),
+            ));
+        }
+        let decoder = TcDecoder::new(tc_cfg, files.decoder.var_builder(conv_dtype, device))?;
+        Ok(Self {
+            device: device.clone(),
+            dtype,
+            lq_proj,
+            dit,
+            decoder,
+        })
     }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
-    pub fn new_stream(&self, _cfg: &StreamConfig) -> Result<StreamState> {
-        Ok(StreamState { chunk: 0 })
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
-    pub fn run_chunk(&self, _state: &mut StreamState, _lq: &Tensor, _noise: &Tensor) -> Result<Tensor> {
-        candle_core::bail!("not built yet")
+    pub fn dit(&self) -> &Dit {
+        &self.dit
+    }
+    pub fn lq_proj(&self) -> &LqProj {
+        &self.lq_proj
+    }
+    pub fn decoder(&self) -> &TcDecoder {
+        &self.decoder
+    }
+
+    pub fn new_stream(&self, cfg: &StreamConfig) -> Result<StreamState> {
+        cfg.validate()?;
+        Ok(StreamState {
+            sparse: SparseConfig::new(
+                cfg.sparse_ratio,
+                cfg.kv_ratio,
+                cfg.local_range,
+                cfg.height,
+                cfg.width,
+            ),
+            cfg: cfg.clone(),
+            chunk: 0,
+            lq: LqProjState::default(),
+            dit: self.dit.new_state(),
+            decoder: TcDecoderState::default(),
+        })
+    }
+
+    /// Runs the next chunk k of `state`.
+    /// `lq`: `[n, 3, H, W]` f32 in [-1, 1], the LQ frames `schedule::chunk_lq_span(k)`.
+    /// `noise`: `[1, 16, f, H/8, W/8]` f32, latent frames `schedule::chunk_noise_frames(k)`.
+    /// Returns the output frames `schedule::chunk_output_span(k)`, `[m, 3, H, W]`
+    /// f32 in [-1, 1], colour fix applied.
+    pub fn run_chunk(
+        &self,
+        state: &mut StreamState,
+        lq: &Tensor,
+        noise: &Tensor,
+    ) -> Result<Tensor> {
+        self.run_chunk_traced(state, lq, noise, None)
+    }
+
+    /// [`Self::run_chunk`], optionally recording intermediate tensors.
+    pub fn run_chunk_traced(
+        &self,
+        state: &mut StreamState,
+        lq: &Tensor,
+        noise: &Tensor,
+        mut trace: Option<&mut ChunkTrace>,
+    ) -> Result<Tensor> {
+        let k = state.chunk;
+        let cfg = &state.cfg;
+        let span = schedule::chunk_lq_span(k);
+        let (n, c, h, w) = lq.dims4()?;
+        if n != span.len() || c != 3 || h != cfg.height || w != cfg.width {
+            candle_core::bail!(
+                "chunk {k}: expected LQ frames [{}, 3, {}, {}], got {:?}",
+                span.len(),
+                cfg.height,
+                cfg.width,
+                lq.dims()
+            )
+        }
+        let latent_frames = schedule::chunk_noise_frames(k);
+        let expected_noise = [
+            1,
+            schedule::LATENT_CHANNELS,
+            latent_frames.len(),
+            h / 8,
+            w / 8,
+        ];
+        if noise.dims() != expected_noise {
+            candle_core::bail!(
+                "chunk {k}: expected noise {expected_noise:?}, got {:?}",
+                noise.dims()
+            )
+        }
+        let lq = lq.to_device(&self.device)?.to_dtype(DType::F32)?;
+        let noise = noise.to_device(&self.device)?.to_dtype(DType::F32)?;
+
+        // LQ projection, one clip of 4 frames per latent frame.
+        let proj = schedule::chunk_projection_span(k);
+        let mut clips: Vec<(usize, usize)> = Vec::new();
+        if k == 0 {
+            clips.push((0, 1));
+        }
+        let mut start = if k == 0 { 1 } else { proj.start };
+        while start < proj.end {
+            clips.push((start, schedule::CLIP_FRAMES));
+            start += schedule::CLIP_FRAMES;
+        }
+        let mut features: Vec<Vec<Tensor>> = Vec::new();
+        for (first, len) in clips {
+            let clip = lq.narrow(0, first - span.start, len)?;
+            if let Some(f) = self
+                .lq_proj
+                .stream_clip(&clip, cfg.variant, &mut state.lq)?
+            {
+                features.push(f);
+            }
+        }
+        let layers = features.first().map(Vec::len).unwrap_or(0);
+        let lq_features: Vec<Tensor> = (0..layers)
+            .map(|l| Tensor::cat(&features.iter().map(|f| &f[l]).collect::<Vec<_>>(), 0))
+            .collect::<Result<_>>()?;
+
+        // One denoising step.
+        let noise_pred = self.dit.forward(
+            &noise,
+            &lq_features,
+            latent_frames.start,
+            &state.sparse,
+            &mut state.dit,
+            trace.as_deref_mut().map(|t| &mut t.dit),
+        )?;
+        let latents = (&noise - &noise_pred)?;
+
+        // Decode with the LQ frames of the output span as condition.
+        let out_span = schedule::chunk_output_span(k);
+        let cond = lq.narrow(0, out_span.start - span.start, out_span.len())?;
+        let decoded = self.decoder.decode(&latents, &cond, &mut state.decoder)?;
+        if decoded.dim(0)? != out_span.len() {
+            candle_core::bail!(
+                "chunk {k}: decoder returned {} frames, expected {}",
+                decoded.dim(0)?,
+                out_span.len()
+            )
+        }
+        let out = cfg.color_fix.apply(&decoded, &cond)?;
+        if let Some(t) = trace {
+            t.lq_features = lq_features.into_iter().next();
+            t.noise_pred = Some(noise_pred);
+            t.latents = Some(latents);
+            t.decoded = Some(decoded);
+        }
+        state.chunk += 1;
+        Ok(out)
     }
 }

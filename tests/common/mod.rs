@@ -1,7 +1,9 @@
+#![allow(dead_code)]
 use std::path::PathBuf;
 
-/// The shared fixtures folder (`../shared`), or `None` with a printed reason when it is
-/// absent. With `CI=true` its absence is a failure.
+/// The shared fixtures folder (`../shared` next to the crate), or `None` with
+/// a printed notice when it is absent. Under `CI=true` its absence is a
+/// failure instead.
 pub fn shared_dir() -> Option<PathBuf> {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"));
     if dir.is_dir() {
@@ -9,13 +11,15 @@ pub fn shared_dir() -> Option<PathBuf> {
     }
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!(
-            "CI=true but the shared fixtures folder {} is missing",
+            "CI=true but the shared fixtures are missing at {}",
             dir.display()
         );
     }
-    eprintln!(
-        "skipping: shared fixtures folder {} is absent",
-        dir.display()
-    );
+    eprintln!("skipping: shared fixtures not found at {}", dir.display());
     None
+}
+
+/// `../shared/golden/<case>`, when present.
+pub fn golden_case(case: &str) -> Option<PathBuf> {
+    shared_dir().map(|d| d.join("golden").join(case))
 }

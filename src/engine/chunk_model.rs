@@ -1,0 +1,31 @@
+//! What a stream needs from the model: the seam that lets the schedule, drain and
+//! cropping be tested with a stand-in model, without weights.
+
+use candle_core::{Device, Result, Tensor};
+
+use crate::model::{FlashVsrModel, StreamConfig, StreamState};
+
+pub trait ChunkModel {
+    /// Per-stream temporal state.
+    type State;
+    fn device(&self) -> &Device;
+    fn new_stream(&self, config: &StreamConfig) -> Result<Self::State>;
+    /// Runs the next chunk (see `FlashVsrModel::run_chunk`).
+    fn run_chunk(&self, state: &mut Self::State, lq: &Tensor, noise: &Tensor) -> Result<Tensor>;
+}
+
+impl ChunkModel for FlashVsrModel {
+    type State = StreamState;
+
+    fn device(&self) -> &Device {
+        FlashVsrModel::device(self)
+    }
+
+    fn new_stream(&self, config: &StreamConfig) -> Result<StreamState> {
+        FlashVsrModel::new_stream(self, config)
+    }
+
+    fn run_chunk(&self, state: &mut StreamState, lq: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        FlashVsrModel::run_chunk(self, state, lq, noise)
+    }
+}

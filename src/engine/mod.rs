@@ -1,0 +1,234 @@
+//! The streaming upscaler: frames in, upscaled frames out, in order, each with the
+//! caller's tag. No GStreamer here; the element and the examples are front ends.
+//!
+//! - Schedule: the first frames come out after `LATENCY_FRAMES` (25) inputs, then 8 for
+//!   every 8 more (`model::schedule`).
+//! - Size: output frames are exactly the input size times `scale`. Inside, each frame
+//!   is bicubic-upscaled, edge-padded to multiples of 128 for the model and cropped
+//!   back afterwards.
+//! - Memory: only the pre-upscaled frames the next chunk still reads are held (at most
+//!   25), plus the tags of frames not yet output; streams can be unbounded.
+//! - `finish` (end of stream) extends the input with copies of the last frame as far
+//!   as the last chunk needs and returns exactly the real frames.
+//! - A frame whose size differs from the stream's finishes the current stream (its
+//!   frames are returned first) and starts a new one with the new size.
+//! - After an error from `push` or `finish` the current stream is dropped; the next
+//!   frame starts a new one.
+
+mod chunk_model;
+mod error;
+pub mod noise;
+mod settings;
+mod stream;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use error::EngineError;
+pub use noise::{FixedNoise, NoiseSource, SeededNoise};
+pub use settings::{
+    DeviceSpec, EngineSettings, ModelVersion, Precision, color_fix_name, parse_color_fix,
+};
+pub use stream::PAD_MULTIPLE;
+
+use crate::model::schedule::FIRST_CHUNK_INPUT;
+use crate::model::{FlashVsrModel, ModelOptions};
+use stream::{Geometry, Stream};
+
+/// Input frames a stream holds before its first output.
+pub const LATENCY_FRAMES: u64 = FIRST_CHUNK_INPUT as u64;
+
+/// A packed RGB24 image: `data` holds `width * height * 3` bytes, rows top to bottom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbFrame {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+impl RgbFrame {
+    /// Checks that the size is at least 1x1 and that `data` holds exactly one image.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if self.width == 0 || self.height == 0 {
+            return Err(EngineError::InvalidFrame(format!(
+                "{}x{}: a frame must be at least 1x1",
+                self.width, self.height
+            )));
+        }
+        let expected = (self.width as usize)
+            .checked_mul(self.height as usize)
+            .and_then(|n| n.checked_mul(3));
+        if expected != Some(self.data.len()) {
+            return Err(EngineError::InvalidFrame(format!(
+                "{}x{} RGB24 needs {} bytes, got {}",
+                self.width,
+                self.height,
+                expected.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
+                self.data.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What identifies a loaded model: streams with other settings can share it.
+#[derive(Debug, Clone, PartialEq)]
+struct ModelKey {
+    dir: PathBuf,
+    precision: Precision,
+    device: DeviceSpec,
+}
+
+impl ModelKey {
+    fn of(settings: &EngineSettings) -> Result<Self, EngineError> {
+        Ok(Self {
+            dir: settings.model_dir.clone(),
+            precision: settings.precision,
+            device: settings.device_spec()?,
+        })
+    }
+
+    fn load(&self) -> Result<Arc<FlashVsrModel>, EngineError> {
+        if !self.dir.is_dir() {
+            return Err(EngineError::setting(
+                "model_dir",
+                format!("{} is not a folder", self.dir.display()),
+            ));
+        }
+        let options = ModelOptions {
+            device: self.device.open()?,
+            dtype: self.precision.dtype(),
+        };
+        let model = FlashVsrModel::load(&self.dir, &options).map_err(|e| {
+            EngineError::model(format!("loading the model from {}", self.dir.display()), e)
+        })?;
+        Ok(Arc::new(model))
+    }
+}
+
+/// The streaming upscaler; `T` is the caller's per-frame tag (e.g. a timestamp).
+pub struct Engine<T> {
+    settings: EngineSettings,
+    model: Arc<FlashVsrModel>,
+    model_key: ModelKey,
+    noise: Box<dyn NoiseSource>,
+    /// The noise was given by the caller: kept across `reconfigure`.
+    noise_injected: bool,
+    stream: Option<Stream<T, FlashVsrModel>>,
+}
+
+impl<T> Engine<T> {
+    /// Validates the settings and loads the weights (a bad folder fails here).
+    pub fn new(settings: EngineSettings) -> Result<Self, EngineError> {
+        let noise = Box::new(SeededNoise::new(settings.seed));
+        Self::build(settings, noise, false)
+    }
+
+    /// Like `new`, but every stream takes its noise from `noise` instead of the seed
+    /// (tests inject the golden fixtures' noise this way).
+    pub fn with_noise(
+        settings: EngineSettings,
+        noise: Box<dyn NoiseSource>,
+    ) -> Result<Self, EngineError> {
+        Self::build(settings, noise, true)
+    }
+
+    fn build(
+        settings: EngineSettings,
+        noise: Box<dyn NoiseSource>,
+        noise_injected: bool,
+    ) -> Result<Self, EngineError> {
+        settings.validate()?;
+        let model_key = ModelKey::of(&settings)?;
+        let model = model_key.load()?;
+        Ok(Self {
+            settings,
+            model,
+            model_key,
+            noise,
+            noise_injected,
+            stream: None,
+        })
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// Output size for an input frame size: exactly `scale` times larger.
+    pub fn output_size(&self, width: u32, height: u32) -> Option<(u32, u32)> {
+        Some((
+            width.checked_mul(self.settings.scale)?,
+            height.checked_mul(self.settings.scale)?,
+        ))
+    }
+
+    /// Takes one frame; returns the upscaled frames that became ready, in input order,
+    /// each with its tag. A frame of a new size first finishes the current stream.
+    pub fn push(&mut self, frame: RgbFrame, tag: T) -> Result<Vec<(RgbFrame, T)>, EngineError> {
+        frame.validate()?;
+        let geometry = Geometry::new(frame.width, frame.height, self.settings.scale)?;
+        let mut out = Vec::new();
+        if self
+            .stream
+            .as_ref()
+            .is_some_and(|s| s.geometry() != geometry)
+        {
+            out = self.finish()?;
+        }
+        let stream = match &mut self.stream {
+            Some(stream) => stream,
+            None => self
+                .stream
+                .insert(Stream::new(self.model.as_ref(), &self.settings, geometry)?),
+        };
+        match stream.push(&frame, tag, self.model.as_ref(), self.noise.as_mut()) {
+            Ok(ready) => {
+                out.extend(ready);
+                Ok(out)
+            }
+            Err(e) => {
+                self.stream = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// End of stream: returns every frame still pending, in order. The engine then
+    /// accepts a new stream.
+    pub fn finish(&mut self) -> Result<Vec<(RgbFrame, T)>, EngineError> {
+        match self.stream.take() {
+            Some(mut stream) => stream.finish(self.model.as_ref(), self.noise.as_mut()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Flush or seek: drops the pending frames and the stream state; the next frame
+    /// starts a new stream, exactly as on a new engine.
+    pub fn reset(&mut self) {
+        self.stream = None;
+    }
+
+    /// New settings. Pending frames are dropped (call `finish` first to keep them).
+    /// The weights are reloaded only when the folder, precision or device change.
+    /// On error the engine keeps its previous settings.
+    pub fn reconfigure(&mut self, settings: EngineSettings) -> Result<(), EngineError> {
+        settings.validate()?;
+        let model_key = ModelKey::of(&settings)?;
+        if model_key != self.model_key {
+            self.model = model_key.load()?;
+            self.model_key = model_key;
+        }
+        if !self.noise_injected {
+            self.noise = Box::new(SeededNoise::new(settings.seed));
+        }
+        self.settings = settings;
+        self.stream = None;
+        Ok(())
+    }
+
+    /// Frames received and not yet returned.
+    pub fn pending_frames(&self) -> usize {
+        self.stream.as_ref().map_or(0, Stream::pending)
+    }
+}

@@ -1,0 +1,390 @@
+//! What the engine is asked to do, checked before any weight is loaded.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use candle_core::{DType, Device};
+
+use super::EngineError;
+use crate::model::LqVariant;
+use crate::model::color_fix::ColorFix;
+
+/// Which release of the weights the model folder holds. Both have the same files and
+/// tensor names; they differ in how the LQ projection caches frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelVersion {
+    V1,
+    #[default]
+    V1_1,
+}
+
+impl ModelVersion {
+    pub fn lq_variant(self) -> LqVariant {
+        match self {
+            Self::V1 => LqVariant::V1,
+            Self::V1_1 => LqVariant::V1_1,
+        }
+    }
+}
+
+impl fmt::Display for ModelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V1 => "v1",
+            Self::V1_1 => "v1.1",
+        })
+    }
+}
+
+impl FromStr for ModelVersion {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "v1" => Ok(Self::V1),
+            "v1.1" | "v1-1" => Ok(Self::V1_1),
+            _ => Err(EngineError::setting(
+                "model_version",
+                format!("unknown weight version {s:?}; expected \"v1\" or \"v1.1\""),
+            )),
+        }
+    }
+}
+
+/// The dtype the model computes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            "f16" => Ok(Self::F16),
+            _ => Err(EngineError::setting(
+                "precision",
+                format!("unknown precision {s:?}; expected \"f32\", \"bf16\" or \"f16\""),
+            )),
+        }
+    }
+}
+
+/// Parses a colour-fix name: "none", "adain" or "wavelet".
+pub fn parse_color_fix(s: &str) -> Result<ColorFix, EngineError> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "none" => Ok(ColorFix::None),
+        "adain" => Ok(ColorFix::Adain),
+        "wavelet" => Ok(ColorFix::Wavelet),
+        _ => Err(EngineError::setting(
+            "color_fix",
+            format!("unknown colour fix {s:?}; expected \"none\", \"adain\" or \"wavelet\""),
+        )),
+    }
+}
+
+/// The name `parse_color_fix` accepts for `fix`.
+pub fn color_fix_name(fix: ColorFix) -> &'static str {
+    match fix {
+        ColorFix::None => "none",
+        ColorFix::Adain => "adain",
+        ColorFix::Wavelet => "wavelet",
+    }
+}
+
+/// A parsed `device` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    /// Accepts "cpu", "cuda" (GPU 0) and "cuda:N". CUDA needs a build with the `cuda`
+    /// feature; without it the error says so rather than failing later.
+    pub fn parse(s: &str) -> Result<Self, EngineError> {
+        let text = s.trim().to_ascii_lowercase();
+        let spec = match text.as_str() {
+            "cpu" => Self::Cpu,
+            "cuda" => Self::Cuda(0),
+            _ => match text.strip_prefix("cuda:") {
+                Some(n) => Self::Cuda(n.parse().map_err(|_| {
+                    EngineError::setting(
+                        "device",
+                        format!("{s:?}: the GPU index after \"cuda:\" must be a number"),
+                    )
+                })?),
+                None => {
+                    return Err(EngineError::setting(
+                        "device",
+                        format!("unknown device {s:?}; expected \"cpu\" or \"cuda:N\""),
+                    ));
+                }
+            },
+        };
+        if matches!(spec, Self::Cuda(_)) && !cfg!(feature = "cuda") {
+            return Err(EngineError::setting(
+                "device",
+                format!("{s:?}: this build has no CUDA support (build with `--features cuda`)"),
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// Opens the device; fails when the GPU is absent or its driver cannot start.
+    pub fn open(self) -> Result<Device, EngineError> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(n) => Device::new_cuda(n)
+                .map_err(|e| EngineError::model(format!("opening CUDA device {n}"), e)),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+pub const SCALE_RANGE: std::ops::RangeInclusive<u32> = 2..=4;
+pub const SPARSE_RATIO_RANGE: std::ops::RangeInclusive<f64> = 0.1..=16.0;
+pub const KV_RATIO_RANGE: std::ops::RangeInclusive<f64> = 1.0..=16.0;
+pub const LOCAL_RANGE_RANGE: std::ops::RangeInclusive<u32> = 1..=63;
+
+/// Everything the engine needs to know; `Default` gives the official settings
+/// (v1.1 weights, x4, f32 on the CPU, adain colour fix) with no model folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    /// Folder with the released weight files.
+    pub model_dir: PathBuf,
+    pub model_version: ModelVersion,
+    /// Upscaling factor: 2, 3 or 4.
+    pub scale: u32,
+    pub precision: Precision,
+    /// "cpu", or "cuda:N" in a build with the `cuda` feature.
+    pub device: String,
+    pub color_fix: ColorFix,
+    /// Share of attention blocks kept (scaled to the frame size by the model).
+    pub sparse_ratio: f64,
+    /// Time windows of 2 latent frames kept in the KV cache.
+    pub kv_ratio: f64,
+    /// Width, in 8x8-token blocks, of the spatial window attention may look at.
+    pub local_range: u32,
+    /// Seed of the per-stream noise.
+    pub seed: u64,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            model_dir: PathBuf::new(),
+            model_version: ModelVersion::V1_1,
+            scale: 4,
+            precision: Precision::F32,
+            device: "cpu".to_owned(),
+            color_fix: ColorFix::Adain,
+            sparse_ratio: 2.0,
+            kv_ratio: 3.0,
+            local_range: 11,
+            seed: 0,
+        }
+    }
+}
+
+impl EngineSettings {
+    /// Checks every field; the error names the first field at fault and its value.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if self.model_dir.as_os_str().is_empty() {
+            return Err(EngineError::setting(
+                "model_dir",
+                "no model folder given (it must hold the FlashVSR weight files)",
+            ));
+        }
+        if !SCALE_RANGE.contains(&self.scale) {
+            return Err(EngineError::setting(
+                "scale",
+                format!("must be 2, 3 or 4, got {}", self.scale),
+            ));
+        }
+        DeviceSpec::parse(&self.device)?;
+        check_ratio("sparse_ratio", self.sparse_ratio, SPARSE_RATIO_RANGE)?;
+        check_ratio("kv_ratio", self.kv_ratio, KV_RATIO_RANGE)?;
+        if !LOCAL_RANGE_RANGE.contains(&self.local_range) {
+            return Err(EngineError::setting(
+                "local_range",
+                format!(
+                    "must be in {}..={}, got {}",
+                    LOCAL_RANGE_RANGE.start(),
+                    LOCAL_RANGE_RANGE.end(),
+                    self.local_range
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn device_spec(&self) -> Result<DeviceSpec, EngineError> {
+        DeviceSpec::parse(&self.device)
+    }
+}
+
+fn check_ratio(
+    field: &'static str,
+    value: f64,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<(), EngineError> {
+    if value.is_finite() && range.contains(&value) {
+        Ok(())
+    } else {
+        Err(EngineError::setting(
+            field,
+            format!(
+                "must be in {}..={}, got {value}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> EngineSettings {
+        EngineSettings {
+            model_dir: PathBuf::from("/models/FlashVSR-v1.1"),
+            ..EngineSettings::default()
+        }
+    }
+
+    fn field_of(result: Result<(), EngineError>) -> &'static str {
+        match result {
+            Err(EngineError::InvalidSetting { field, .. }) => field,
+            other => panic!("expected an invalid setting, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_official_settings() {
+        let s = EngineSettings::default();
+        assert_eq!(s.model_version, ModelVersion::V1_1);
+        assert_eq!(s.scale, 4);
+        assert_eq!(s.precision, Precision::F32);
+        assert_eq!(s.device, "cpu");
+        assert_eq!(s.color_fix, ColorFix::Adain);
+        assert_eq!(
+            (s.sparse_ratio, s.kv_ratio, s.local_range, s.seed),
+            (2.0, 3.0, 11, 0)
+        );
+        // no folder: invalid until the caller names one
+        assert_eq!(field_of(s.validate()), "model_dir");
+        valid().validate().unwrap();
+    }
+
+    #[test]
+    fn each_out_of_range_field_is_named() {
+        /// Makes one field of valid settings invalid.
+        type Breaker = fn(&mut EngineSettings);
+        let cases: [(&str, Breaker); 12] = [
+            ("model_dir", |s| s.model_dir = PathBuf::new()),
+            ("scale", |s| s.scale = 1),
+            ("scale", |s| s.scale = 5),
+            ("device", |s| s.device = "tpu".into()),
+            ("device", |s| s.device = "cuda:x".into()),
+            ("sparse_ratio", |s| s.sparse_ratio = 0.0),
+            ("sparse_ratio", |s| s.sparse_ratio = f64::NAN),
+            ("sparse_ratio", |s| s.sparse_ratio = 17.0),
+            ("kv_ratio", |s| s.kv_ratio = 0.5),
+            ("kv_ratio", |s| s.kv_ratio = f64::INFINITY),
+            ("local_range", |s| s.local_range = 0),
+            ("local_range", |s| s.local_range = 64),
+        ];
+        for (field, break_it) in cases {
+            let mut s = valid();
+            break_it(&mut s);
+            let err = s.validate();
+            let text = err
+                .as_ref()
+                .map_err(|e| e.to_string())
+                .err()
+                .unwrap_or_default();
+            assert_eq!(field_of(err), field, "{text}");
+            assert!(text.contains(field), "{text}");
+        }
+        let mut edge = valid();
+        edge.scale = 2;
+        edge.sparse_ratio = 0.1;
+        edge.kv_ratio = 1.0;
+        edge.local_range = 63;
+        edge.validate().unwrap();
+    }
+
+    #[test]
+    fn versions_and_precisions_round_trip() {
+        for v in [ModelVersion::V1, ModelVersion::V1_1] {
+            assert_eq!(v.to_string().parse::<ModelVersion>().unwrap(), v);
+        }
+        assert_eq!("v1-1".parse::<ModelVersion>().unwrap(), ModelVersion::V1_1);
+        assert_eq!("V1.1".parse::<ModelVersion>().unwrap(), ModelVersion::V1_1);
+        assert!("v2".parse::<ModelVersion>().is_err());
+        for p in [Precision::F32, Precision::Bf16, Precision::F16] {
+            assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
+        }
+        assert_eq!(Precision::Bf16.dtype(), DType::BF16);
+        let err = "f64".parse::<Precision>().unwrap_err().to_string();
+        assert!(err.contains("precision") && err.contains("f64"), "{err}");
+        for fix in [ColorFix::None, ColorFix::Adain, ColorFix::Wavelet] {
+            assert_eq!(parse_color_fix(color_fix_name(fix)).unwrap(), fix);
+        }
+        assert!(parse_color_fix("histogram").is_err());
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(DeviceSpec::parse("cpu").unwrap(), DeviceSpec::Cpu);
+        assert_eq!(DeviceSpec::parse(" CPU ").unwrap(), DeviceSpec::Cpu);
+        for text in ["gpu", "cuda:", "cuda:-1", "cuda0"] {
+            assert!(DeviceSpec::parse(text).is_err(), "{text}");
+        }
+        if cfg!(feature = "cuda") {
+            assert_eq!(DeviceSpec::parse("cuda").unwrap(), DeviceSpec::Cuda(0));
+            assert_eq!(DeviceSpec::parse("cuda:1").unwrap(), DeviceSpec::Cuda(1));
+            assert_eq!(DeviceSpec::Cuda(1).to_string(), "cuda:1");
+        } else {
+            let err = DeviceSpec::parse("cuda:0").unwrap_err().to_string();
+            assert!(err.contains("no CUDA support"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! One stream: frames of one size, the model's temporal state, the window of
+//! pre-upscaled frames the next chunk needs and the tags of the frames not yet output.
+
+use std::collections::VecDeque;
+
+use crate::model::StreamConfig;
+use crate::model::bicubic::BicubicResizer;
+use crate::model::frames::{crop_frame_rgb, pad_frame_rgb, rgb_to_tensor, tensor_to_rgb};
+use crate::model::schedule::{
+    LATENT_CHANNELS, chunk_lq_span, chunk_noise_frames, chunk_output_span, chunks_for,
+};
+
+use super::chunk_model::ChunkModel;
+use super::noise::NoiseSource;
+use super::{EngineError, EngineSettings, RgbFrame};
+
+/// The frame side lengths the model works on are multiples of this (the sparse
+/// attention's 8x8-token windows of 16x16-pixel tokens).
+pub const PAD_MULTIPLE: usize = 128;
+
+/// Sizes of one stream's frames: input, upscaled (the output) and padded (the model's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub in_width: usize,
+    pub in_height: usize,
+    pub out_width: usize,
+    pub out_height: usize,
+    pub padded_width: usize,
+    pub padded_height: usize,
+}
+
+impl Geometry {
+    pub fn new(in_width: u32, in_height: u32, scale: u32) -> Result<Self, EngineError> {
+        let too_large = || {
+            EngineError::InvalidFrame(format!(
+                "{in_width}x{in_height} frames are too large to upscale x{scale}"
+            ))
+        };
+        let out_width = (in_width as usize)
+            .checked_mul(scale as usize)
+            .ok_or_else(too_large)?;
+        let out_height = (in_height as usize)
+            .checked_mul(scale as usize)
+            .ok_or_else(too_large)?;
+        let padded_width = out_width.div_ceil(PAD_MULTIPLE) * PAD_MULTIPLE;
+        let padded_height = out_height.div_ceil(PAD_MULTIPLE) * PAD_MULTIPLE;
+        padded_width
+            .checked_mul(padded_height)
+            .and_then(|n| n.checked_mul(3))
+            .ok_or_else(too_large)?;
+        Ok(Self {
+            in_width: in_width as usize,
+            in_height: in_height as usize,
+            out_width,
+            out_height,
+            padded_width,
+            padded_height,
+        })
+    }
+}
+
+pub struct Stream<T, M: ChunkModel> {
+    geometry: Geometry,
+    /// The pre-upscale to the output size, prepared once for the stream's size.
+    resizer: BicubicResizer,
+    state: M::State,
+    /// Frames received so far (real ones; drain copies are never stored).
+    received: usize,
+    /// Frames output so far; `tags[0]` belongs to frame `emitted`.
+    emitted: usize,
+    next_chunk: usize,
+    /// Padded, pre-upscaled frames `window_start..received`, packed RGB.
+    window: VecDeque<Vec<u8>>,
+    window_start: usize,
+    tags: VecDeque<T>,
+}
+
+impl<T, M: ChunkModel> Stream<T, M> {
+    pub fn new(
+        model: &M,
+        settings: &EngineSettings,
+        geometry: Geometry,
+    ) -> Result<Self, EngineError> {
+        let config = StreamConfig {
+            height: geometry.padded_height,
+            width: geometry.padded_width,
+            variant: settings.model_version.lq_variant(),
+            sparse_ratio: settings.sparse_ratio,
+            kv_ratio: settings.kv_ratio,
+            local_range: settings.local_range as usize,
+            color_fix: settings.color_fix,
+        };
+        let context = format!(
+            "starting a stream of {}x{} frames",
+            geometry.in_width, geometry.in_height
+        );
+        let resizer = BicubicResizer::new(
+            geometry.in_width,
+            geometry.in_height,
+            geometry.out_width,
+            geometry.out_height,
+        )
+        .map_err(|e| EngineError::model(context.clone(), e))?;
+        let state = model
+            .new_stream(&config)
+            .map_err(|e| EngineError::model(context, e))?;
+        Ok(Self {
+            geometry,
+            resizer,
+            state,
+            received: 0,
+            emitted: 0,
+            next_chunk: 0,
+            window: VecDeque::new(),
+            window_start: 0,
+            tags: VecDeque::new(),
+        })
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Frames received and not yet output.
+    pub fn pending(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// Takes one frame of this stream's size; returns the frames whose chunk could run.
+    pub fn push(
+        &mut self,
+        frame: &RgbFrame,
+        tag: T,
+        model: &M,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Vec<(RgbFrame, T)>, EngineError> {
+        let g = self.geometry;
+        let padded = self
+            .resizer
+            .resize(&frame.data)
+            .and_then(|upscaled| {
+                pad_frame_rgb(
+                    &upscaled,
+                    g.out_width,
+                    g.out_height,
+                    g.padded_width,
+                    g.padded_height,
+                )
+            })
+            .map_err(|e| EngineError::model(format!("pre-upscaling frame {}", self.received), e))?;
+        self.window.push_back(padded);
+        self.tags.push_back(tag);
+        self.received += 1;
+        let mut out = Vec::new();
+        while self.received >= chunk_lq_span(self.next_chunk).end {
+            out.extend(self.run_chunk(model, noise)?);
+        }
+        Ok(out)
+    }
+
+    /// End of stream: runs the chunks still needed to output every received frame,
+    /// feeding copies of the last frame where the input ran out.
+    pub fn finish(
+        &mut self,
+        model: &M,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Vec<(RgbFrame, T)>, EngineError> {
+        let mut out = Vec::new();
+        while self.next_chunk < chunks_for(self.received) {
+            out.extend(self.run_chunk(model, noise)?);
+        }
+        Ok(out)
+    }
+
+    fn run_chunk(
+        &mut self,
+        model: &M,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Vec<(RgbFrame, T)>, EngineError> {
+        let k = self.next_chunk;
+        let g = self.geometry;
+        let context =
+            |what: &str| format!("chunk {k} ({}x{} frames): {what}", g.in_width, g.in_height);
+        let model_error = |what: &str, e| EngineError::model(context(what), e);
+
+        let lq_frames = self.lq_frames(k)?;
+        let lq = rgb_to_tensor(&lq_frames, g.padded_width, g.padded_height, model.device())
+            .map_err(|e| model_error("building the LQ tensor", e))?;
+        let noise_shape = [
+            1,
+            LATENT_CHANNELS,
+            chunk_noise_frames(k).len(),
+            g.padded_height / 8,
+            g.padded_width / 8,
+        ];
+        let noise = noise
+            .chunk_noise(k, noise_shape)
+            .and_then(|n| n.to_device(model.device()))
+            .map_err(|e| model_error("drawing the noise", e))?;
+        let decoded = model
+            .run_chunk(&mut self.state, &lq, &noise)
+            .map_err(|e| model_error("running the model", e))?;
+        let span = chunk_output_span(k);
+        let expected = [span.len(), 3, g.padded_height, g.padded_width];
+        if decoded.dims() != expected {
+            return Err(EngineError::model(
+                context("checking the model output"),
+                candle_core::Error::Msg(format!(
+                    "the model returned {:?}, expected {expected:?}",
+                    decoded.dims()
+                )),
+            ));
+        }
+        let frames =
+            tensor_to_rgb(&decoded).map_err(|e| model_error("converting the output", e))?;
+
+        let mut out = Vec::new();
+        for (index, padded) in span.zip(frames) {
+            // frames past the real input are drain copies: never output
+            if index >= self.received {
+                break;
+            }
+            debug_assert_eq!(index, self.emitted);
+            let Some(tag) = self.tags.pop_front() else {
+                break;
+            };
+            let data = crop_frame_rgb(
+                &padded,
+                g.padded_width,
+                g.padded_height,
+                g.out_width,
+                g.out_height,
+            )
+            .map_err(|e| model_error("cropping the output", e))?;
+            out.push((
+                RgbFrame {
+                    width: g.out_width as u32,
+                    height: g.out_height as u32,
+                    data,
+                },
+                tag,
+            ));
+            self.emitted += 1;
+        }
+        self.next_chunk += 1;
+        self.drop_frames_before(chunk_lq_span(self.next_chunk).start);
+        Ok(out)
+    }
+
+    /// The padded frames of chunk `k`'s LQ span; indices past the input read the last
+    /// frame (the end-of-stream extension).
+    fn lq_frames(&self, k: usize) -> Result<Vec<&[u8]>, EngineError> {
+        let last = self.received.checked_sub(1).ok_or_else(|| {
+            EngineError::InvalidFrame(format!("chunk {k} asked for before any frame arrived"))
+        })?;
+        chunk_lq_span(k)
+            .map(|i| {
+                i.min(last)
+                    .checked_sub(self.window_start)
+                    .and_then(|slot| self.window.get(slot))
+                    .map(Vec::as_slice)
+                    .ok_or_else(|| {
+                        EngineError::InvalidFrame(format!(
+                            "chunk {k} needs frame {i}, no longer held (window starts at {})",
+                            self.window_start
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    /// Forgets frames no later chunk reads; the last received frame is always kept
+    /// because the end-of-stream extension copies it.
+    fn drop_frames_before(&mut self, index: usize) {
+        let keep_from = index.min(self.received.saturating_sub(1));
+        while self.window_start < keep_from && !self.window.is_empty() {
+            self.window.pop_front();
+            self.window_start += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use candle_core::{Device, Result, Tensor};
+
+    use super::*;
+    use crate::engine::SeededNoise;
+    use crate::model::bicubic::resize_rgb;
+    use crate::model::schedule::{FIRST_CHUNK_INPUT, FIRST_CHUNK_OUTPUT};
+
+    /// A stand-in model whose output frames are its LQ input frames (output frame i
+    /// comes from LQ frame i, as in the real model); it checks every input shape and
+    /// keeps the last LQ tensor it saw.
+    struct EchoModel {
+        device: Device,
+        last_lq: RefCell<Option<Tensor>>,
+    }
+
+    struct EchoState {
+        config: StreamConfig,
+        chunk: usize,
+    }
+
+    impl ChunkModel for EchoModel {
+        type State = EchoState;
+
+        fn device(&self) -> &Device {
+            &self.device
+        }
+
+        fn new_stream(&self, config: &StreamConfig) -> Result<EchoState> {
+            Ok(EchoState {
+                config: config.clone(),
+                chunk: 0,
+            })
+        }
+
+        fn run_chunk(&self, state: &mut EchoState, lq: &Tensor, noise: &Tensor) -> Result<Tensor> {
+            let k = state.chunk;
+            let (h, w) = (state.config.height, state.config.width);
+            if lq.dims() != [chunk_lq_span(k).len(), 3, h, w] {
+                candle_core::bail!("chunk {k}: lq {:?}", lq.dims());
+            }
+            let f = chunk_noise_frames(k).len();
+            if noise.dims() != [1, LATENT_CHANNELS, f, h / 8, w / 8] {
+                candle_core::bail!("chunk {k}: noise {:?}", noise.dims());
+            }
+            state.chunk += 1;
+            *self.last_lq.borrow_mut() = Some(lq.clone());
+            lq.narrow(0, 0, chunk_output_span(k).len())
+        }
+    }
+
+    fn echo() -> EchoModel {
+        EchoModel {
+            device: Device::Cpu,
+            last_lq: RefCell::new(None),
+        }
+    }
+
+    fn frame(width: u32, height: u32, index: usize) -> RgbFrame {
+        let data = (0..width as usize * height as usize * 3)
+            .map(|i| ((i * 37 + index * 101) % 251) as u8)
+            .collect();
+        RgbFrame {
+            width,
+            height,
+            data,
+        }
+    }
+
+    fn stream(model: &EchoModel, w: u32, h: u32, scale: u32) -> Stream<usize, EchoModel> {
+        let settings = EngineSettings {
+            scale,
+            ..EngineSettings::default()
+        };
+        Stream::new(model, &settings, Geometry::new(w, h, scale).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn geometry_pads_to_multiples_of_128() {
+        let g = Geometry::new(17, 9, 4).unwrap();
+        assert_eq!((g.out_width, g.out_height), (68, 36));
+        assert_eq!((g.padded_width, g.padded_height), (128, 128));
+        let g = Geometry::new(176, 144, 4).unwrap();
+        assert_eq!((g.padded_width, g.padded_height), (768, 640));
+        let g = Geometry::new(64, 96, 4).unwrap();
+        assert_eq!((g.padded_width, g.padded_height), (256, 384));
+        assert!(Geometry::new(u32::MAX, u32::MAX, 4).is_err());
+    }
+
+    #[test]
+    fn schedule_counts_tags_and_bounded_window() {
+        let model = echo();
+        let mut noise = SeededNoise::new(0);
+        for n in [1, 2, 7, 21, 24, 25, 26, 33, 100] {
+            let mut s = stream(&model, 5, 3, 4);
+            let mut out = Vec::new();
+            for i in 0..n {
+                let ready = s.push(&frame(5, 3, i), i, &model, &mut noise).unwrap();
+                let received = i + 1;
+                let due = if received < FIRST_CHUNK_INPUT {
+                    0
+                } else {
+                    FIRST_CHUNK_OUTPUT + (received - FIRST_CHUNK_INPUT) / 8 * 8
+                };
+                out.extend(ready);
+                assert_eq!(out.len(), due, "n={n} i={i}");
+                assert_eq!(s.pending(), received - due);
+                assert!(
+                    s.window.len() <= FIRST_CHUNK_INPUT,
+                    "n={n}: {}",
+                    s.window.len()
+                );
+            }
+            out.extend(s.finish(&model, &mut noise).unwrap());
+            let tags: Vec<usize> = out.iter().map(|(_, t)| *t).collect();
+            assert_eq!(tags, (0..n).collect::<Vec<_>>(), "n={n}");
+            assert_eq!(s.pending(), 0);
+            // finishing twice adds nothing
+            assert!(s.finish(&model, &mut noise).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn output_is_the_upscaled_input_cropped_back() {
+        let model = echo();
+        let mut noise = SeededNoise::new(0);
+        for (w, h, scale, n) in [
+            (1, 1, 4, 2),
+            (17, 9, 4, 30),
+            (100, 75, 3, 3),
+            (40, 33, 2, 27),
+        ] {
+            let mut s = stream(&model, w, h, scale);
+            let frames: Vec<RgbFrame> = (0..n).map(|i| frame(w, h, i)).collect();
+            let mut out = Vec::new();
+            for (i, f) in frames.iter().enumerate() {
+                out.extend(s.push(f, i, &model, &mut noise).unwrap());
+            }
+            out.extend(s.finish(&model, &mut noise).unwrap());
+            assert_eq!(out.len(), n);
+            let (ow, oh) = ((w * scale) as usize, (h * scale) as usize);
+            for ((got, i), src) in out.iter().zip(&frames) {
+                assert_eq!((got.width as usize, got.height as usize), (ow, oh));
+                let up = resize_rgb(&src.data, w as usize, h as usize, ow, oh).unwrap();
+                assert!(got.data == up, "{w}x{h} x{scale}: frame {i} differs");
+            }
+        }
+    }
+
+    #[test]
+    fn drain_extends_with_copies_of_the_last_frame() {
+        let model = echo();
+        let mut noise = SeededNoise::new(0);
+        // 23 frames: chunk 1 (LQ 21..33) runs at the drain with frames 21, 22 and then
+        // 10 copies of frame 22
+        let mut s = stream(&model, 8, 8, 4);
+        for i in 0..23 {
+            assert!(
+                s.push(&frame(8, 8, i), i, &model, &mut noise)
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        let out = s.finish(&model, &mut noise).unwrap();
+        assert_eq!(out.len(), 23);
+        let lq = model.last_lq.borrow().clone().unwrap();
+        let lq_frame =
+            |i: usize| -> Vec<f32> { lq.get(i).unwrap().flatten_all().unwrap().to_vec1().unwrap() };
+        assert_eq!(lq.dim(0).unwrap(), 12);
+        let last_real = lq_frame(1);
+        assert!(lq_frame(0) != last_real, "frames 21 and 22 must differ");
+        for copy in 2..12 {
+            assert!(
+                lq_frame(copy) == last_real,
+                "LQ frame {} is not a copy of frame 22",
+                21 + copy
+            );
+        }
+    }
+
+    #[test]
+    fn a_model_error_is_reported_with_the_chunk() {
+        struct Failing;
+        impl ChunkModel for Failing {
+            type State = ();
+            fn device(&self) -> &Device {
+                &Device::Cpu
+            }
+            fn new_stream(&self, _: &StreamConfig) -> Result<()> {
+                Ok(())
+            }
+            fn run_chunk(&self, _: &mut (), _: &Tensor, _: &Tensor) -> Result<Tensor> {
+                candle_core::bail!("out of memory")
+            }
+        }
+        let settings = EngineSettings::default();
+        let mut s: Stream<(), Failing> =
+            Stream::new(&Failing, &settings, Geometry::new(4, 4, 2).unwrap()).unwrap();
+        s.push(&frame(4, 4, 0), (), &Failing, &mut SeededNoise::new(0))
+            .unwrap();
+        let err = s
+            .finish(&Failing, &mut SeededNoise::new(0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("chunk 0") && err.contains("out of memory"),
+            "{err}"
+        );
+    }
+}

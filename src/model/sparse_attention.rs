@@ -1,0 +1,464 @@
+//! Locality-constrained block-sparse self-attention with a rolling KV cache
+//! (`docs/flashvsr-model.md`, section 4).
+//!
+//! Tokens are grouped into windows of 2 x 8 x 8 = 128 tokens (time, row, column).
+//! A cheap block mask is built from window-pooled queries and keys, restricted to
+//! a spatial neighbourhood and thinned by a top-k over each query time window;
+//! attention then runs only on the (query window, key window) pairs it keeps.
+
+use candle_core::{D, DType, Device, Result, Tensor};
+
+/// Tokens per attention window: 2 frames x 8 rows x 8 columns.
+pub const WINDOW_TOKENS: usize = 128;
+const WINDOW_T: usize = 2;
+const WINDOW_HW: usize = 8;
+
+/// Sparse-attention settings of a stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SparseConfig {
+    /// `topk_ratio` of the official code: fraction of the `nb x nb` window pairs
+    /// of one time window that each query time window keeps.
+    pub topk_ratio: f64,
+    /// Time windows kept in the KV cache (`int(kv_ratio)`).
+    pub kv_time_windows: usize,
+    /// Side of the square neighbourhood of key blocks a query block may see.
+    pub local_range: usize,
+}
+
+impl SparseConfig {
+    /// The official mapping from the user-facing `sparse_ratio` to `topk_ratio`,
+    /// relative to a 768 x 1280 frame.
+    pub fn new(
+        sparse_ratio: f64,
+        kv_ratio: f64,
+        local_range: usize,
+        height: usize,
+        width: usize,
+    ) -> Self {
+        Self {
+            topk_ratio: sparse_ratio * 768.0 * 1280.0 / (height * width) as f64,
+            kv_time_windows: kv_ratio as usize,
+            local_range,
+        }
+    }
+}
+
+/// Token grid of one chunk, in tokens (one token per 2 x 2 latent patch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenGrid {
+    pub frames: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl TokenGrid {
+    pub fn check(&self) -> Result<()> {
+        if !self.frames.is_multiple_of(WINDOW_T)
+            || !self.rows.is_multiple_of(WINDOW_HW)
+            || !self.cols.is_multiple_of(WINDOW_HW)
+        {
+            candle_core::bail!(
+                "token grid {}x{}x{} is not a multiple of the 2x8x8 attention window",
+                self.frames,
+                self.rows,
+                self.cols
+            )
+        }
+        Ok(())
+    }
+    /// Windows in one time window.
+    pub fn blocks_per_time_window(&self) -> usize {
+        (self.rows / WINDOW_HW) * (self.cols / WINDOW_HW)
+    }
+    pub fn time_windows(&self) -> usize {
+        self.frames / WINDOW_T
+    }
+}
+
+/// Rearranges `[tokens, heads, head_dim]` (tokens in (t, y, x) order) into windows:
+/// `[heads, windows, 128, head_dim]`, windows in (time window, block row, block
+/// column) order and tokens inside a window in (t, y, x) order.
+pub fn to_windows(x: &Tensor, grid: TokenGrid) -> Result<Tensor> {
+    let (_, heads, head_dim) = x.dims3()?;
+    let (tw, br, bc) = (
+        grid.frames / WINDOW_T,
+        grid.rows / WINDOW_HW,
+        grid.cols / WINDOW_HW,
+    );
+    x.reshape(&[tw, WINDOW_T, br, WINDOW_HW, bc, WINDOW_HW, heads, head_dim][..])?
+        .permute(vec![6, 0, 2, 4, 1, 3, 5, 7])?
+        .contiguous()?
+        .reshape((heads, tw * br * bc, WINDOW_TOKENS, head_dim))
+}
+
+/// Inverse of [`to_windows`]: `[heads, windows, 128, head_dim]` to
+/// `[tokens, heads * head_dim]`.
+pub fn from_windows(x: &Tensor, grid: TokenGrid) -> Result<Tensor> {
+    let (heads, _, _, head_dim) = x.dims4()?;
+    let (tw, br, bc) = (
+        grid.frames / WINDOW_T,
+        grid.rows / WINDOW_HW,
+        grid.cols / WINDOW_HW,
+    );
+    x.reshape(&[heads, tw, br, bc, WINDOW_T, WINDOW_HW, WINDOW_HW, head_dim][..])?
+        .permute(vec![1, 4, 2, 5, 3, 6, 0, 7])?
+        .contiguous()?
+        .reshape((grid.frames * grid.rows * grid.cols, heads * head_dim))
+}
+
+/// Additive bias `[query windows, key windows]` (0 or -inf) allowing a query block
+/// at (r, c) to see key blocks (r', c') of any time window with
+/// `r - L/2 <= r' <= r - L/2 + L - 1`, and the same for columns (no clamping at
+/// the borders, as in the released code).
+pub fn local_bias(
+    grid: TokenGrid,
+    query_windows: usize,
+    key_windows: usize,
+    local_range: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let bc = grid.cols / WINDOW_HW;
+    let nb = grid.blocks_per_time_window();
+    let half = (local_range / 2) as i64;
+    let mut bias = Vec::with_capacity(query_windows * key_windows);
+    for q in 0..query_windows {
+        let (qr, qc) = (((q % nb) / bc) as i64, ((q % nb) % bc) as i64);
+        for k in 0..key_windows {
+            let (kr, kc) = (((k % nb) / bc) as i64, ((k % nb) % bc) as i64);
+            let inside = |qv: i64, kv: i64| kv >= qv - half && kv < qv - half + local_range as i64;
+            bias.push(if inside(qr, kr) && inside(qc, kc) {
+                0f32
+            } else {
+                f32::NEG_INFINITY
+            });
+        }
+    }
+    Tensor::from_vec(bias, (query_windows, key_windows), device)
+}
+
+/// The block mask `[heads, query windows, key windows]` (u8, 1 = attend).
+///
+/// Scores are pooled-query . pooled-key / sqrt(head_dim) plus the local bias,
+/// softmaxed over keys; then, separately for every head and query time window,
+/// the entries strictly greater than the (k+1)-th largest of that
+/// `nb x key windows` matrix are kept, `k = int(nb^2 * topk_ratio) - 1` capped at
+/// the matrix size - 1.
+pub fn block_mask(
+    q_win: &Tensor,
+    k_win: &Tensor,
+    bias: &Tensor,
+    grid: TokenGrid,
+    topk_ratio: f64,
+) -> Result<Tensor> {
+    let (heads, nq, _, head_dim) = q_win.dims4()?;
+    let nk = k_win.dim(1)?;
+    let nb = grid.blocks_per_time_window();
+    let pooled_q = q_win.to_dtype(DType::F32)?.mean(2)?;
+    let pooled_k = k_win.to_dtype(DType::F32)?.mean(2)?;
+    let scores = (pooled_q.matmul(&pooled_k.t()?)? / (head_dim as f64).sqrt())?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(bias)?)?;
+    let groups = nq / nb;
+    let flat = probs.reshape((heads * groups, nb * nk))?;
+    let k = ((nb * nb) as f64 * topk_ratio) as i64 - 1;
+    let k = k.clamp(0, (nb * nk) as i64 - 1) as usize;
+    let sorted = flat.sort_last_dim(false)?.0;
+    let threshold = sorted.narrow(1, k, 1)?;
+    flat.broadcast_gt(&threshold)?.reshape((heads, nq, nk))
+}
+
+/// Attention of `q_win` `[heads, nq, 128, d]` over the key windows that `mask`
+/// `[heads, nq, nk]` allows in `k_win` / `v_win` `[heads, nk, 128, d]`, softmax
+/// scale 1/sqrt(d). A query window with no allowed key window gets zeros.
+///
+/// The kept key windows of each query window are gathered (padded to the
+/// longest list of a batch, padding masked out), so the work is proportional to
+/// the number of kept pairs. Rows are batched so that the gathered keys stay under
+/// `GATHER_BUDGET` elements.
+pub fn sparse_attention(
+    q_win: &Tensor,
+    k_win: &Tensor,
+    v_win: &Tensor,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    const GATHER_BUDGET: usize = 1 << 26;
+    let (heads, nq, wt, d) = q_win.dims4()?;
+    let nk = k_win.dim(1)?;
+    let device = q_win.device();
+    let dtype = q_win.dtype();
+    let mask_host = mask.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?;
+    let scale = 1.0 / (d as f64).sqrt();
+
+    // Rows are (head, query window) pairs; their kept key windows, as indices into
+    // the flattened [heads * nk] key windows.
+    let rows: Vec<Vec<u32>> = (0..heads * nq)
+        .map(|row| {
+            let h = row / nq;
+            let m = &mask_host[row * nk..(row + 1) * nk];
+            (0..nk)
+                .filter(|&j| m[j] != 0)
+                .map(|j| (h * nk + j) as u32)
+                .collect()
+        })
+        .collect();
+    let k_flat = k_win.reshape((heads * nk, wt * d))?;
+    let v_flat = v_win.reshape((heads * nk, wt * d))?;
+    let q_rows = q_win.reshape((heads * nq, wt, d))?;
+
+    let mut outputs = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        // Grow the batch while the padded gather stays within budget.
+        let mut end = start;
+        let mut longest = 0;
+        while end < rows.len() {
+            let l = longest.max(rows[end].len().max(1));
+            if end > start && (end + 1 - start) * l * wt * d > GATHER_BUDGET {
+                break;
+            }
+            longest = l;
+            end += 1;
+        }
+        let batch = end - start;
+        let mut idx = Vec::with_capacity(batch * longest);
+        let mut pad_bias = Vec::with_capacity(batch * longest);
+        let mut row_live = Vec::with_capacity(batch);
+        for r in &rows[start..end] {
+            for j in 0..longest {
+                match r.get(j) {
+                    Some(&i) => {
+                        idx.push(i);
+                        pad_bias.push(0f32);
+                    }
+                    // Padding (or an empty row) points at a real window whose
+                    // scores are masked out (or whose output is zeroed).
+                    None => {
+                        idx.push(r.first().copied().unwrap_or(0));
+                        pad_bias.push(if r.is_empty() { 0.0 } else { f32::NEG_INFINITY });
+                    }
+                }
+            }
+            row_live.push(if r.is_empty() { 0f32 } else { 1.0 });
+        }
+        let idx = Tensor::from_vec(idx, batch * longest, device)?;
+        let keys = k_flat
+            .index_select(&idx, 0)?
+            .reshape((batch, longest * wt, d))?;
+        let values = v_flat
+            .index_select(&idx, 0)?
+            .reshape((batch, longest * wt, d))?;
+        let q = q_rows.narrow(0, start, batch)?;
+        let scores = (q.matmul(&keys.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let pad_bias = Tensor::from_vec(pad_bias, (batch, 1, longest, 1), device)?
+            .broadcast_as((batch, 1, longest, wt))?
+            .reshape((batch, 1, longest * wt))?;
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&pad_bias)?)?.to_dtype(dtype)?;
+        let out = probs.matmul(&values)?;
+        let live = Tensor::from_vec(row_live, (batch, 1, 1), device)?.to_dtype(dtype)?;
+        outputs.push(out.broadcast_mul(&live)?);
+        start = end;
+    }
+    Tensor::cat(&outputs, 0)?.reshape((heads, nq, wt, d))
+}
+
+/// Dense masked reference of [`sparse_attention`]: every key token, with masked
+/// blocks at -inf. Used by tests and benchmarks.
+pub fn dense_masked_attention(
+    q_win: &Tensor,
+    k_win: &Tensor,
+    v_win: &Tensor,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let (heads, nq, wt, d) = q_win.dims4()?;
+    let nk = k_win.dim(1)?;
+    let q = q_win.reshape((heads, nq * wt, d))?;
+    let k = k_win.reshape((heads, nk * wt, d))?;
+    let v = v_win.reshape((heads, nk * wt, d))?;
+    let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.to_dtype(DType::F32)?;
+    let allowed = mask.to_dtype(DType::F32)?;
+    let bias = ((allowed.ones_like()? - &allowed)? * -1e30)?
+        .reshape((heads, nq, 1, nk, 1))?
+        .broadcast_as((heads, nq, wt, nk, wt))?
+        .reshape((heads, nq * wt, nk * wt))?;
+    let probs = candle_nn::ops::softmax_last_dim(&(scores + bias)?)?;
+    // Rows without any allowed key are zero, as in the reference kernel.
+    let live = allowed
+        .max_keepdim(D::Minus1)?
+        .reshape((heads, nq, 1, 1))?
+        .broadcast_as((heads, nq, wt, 1))?
+        .reshape((heads, nq * wt, 1))?;
+    let out = probs
+        .broadcast_mul(&live)?
+        .to_dtype(v.dtype())?
+        .matmul(&v)?;
+    out.reshape((heads, nq, wt, d))
+}
+
+/// Per-block rolling cache of past key / value windows, `[heads, windows, 128, d]`.
+#[derive(Debug, Default, Clone)]
+pub struct KvCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+}
+
+impl KvCache {
+    pub fn reset(&mut self) {
+        self.k = None;
+        self.v = None;
+    }
+
+    /// Windows held.
+    pub fn windows(&self) -> usize {
+        self.k.as_ref().and_then(|k| k.dim(1).ok()).unwrap_or(0)
+    }
+
+    /// Cached windows followed by this chunk's.
+    pub fn extend(&self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        match (&self.k, &self.v) {
+            (Some(ck), Some(cv)) => Ok((Tensor::cat(&[ck, k], 1)?, Tensor::cat(&[cv, v], 1)?)),
+            _ => Ok((k.clone(), v.clone())),
+        }
+    }
+
+    /// Stores `k`/`v` (all windows this chunk attended to), then drops the oldest
+    /// time window if more than `max_time_windows` are held: one per call, as the
+    /// reference does.
+    pub fn store(
+        &mut self,
+        k: Tensor,
+        v: Tensor,
+        blocks_per_time_window: usize,
+        max_time_windows: usize,
+    ) -> Result<()> {
+        let windows = k.dim(1)?;
+        let (k, v) = if windows / blocks_per_time_window > max_time_windows {
+            let keep = windows - blocks_per_time_window;
+            (
+                k.narrow(1, blocks_per_time_window, keep)?.contiguous()?,
+                v.narrow(1, blocks_per_time_window, keep)?.contiguous()?,
+            )
+        } else {
+            (k, v)
+        };
+        self.k = Some(k);
+        self.v = Some(v);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRID: TokenGrid = TokenGrid {
+        frames: 2,
+        rows: 16,
+        cols: 24,
+    };
+
+    #[test]
+    fn windows_round_trip_and_order() -> Result<()> {
+        let dev = Device::Cpu;
+        let grid = TokenGrid {
+            frames: 4,
+            rows: 16,
+            cols: 8,
+        };
+        let tokens = grid.frames * grid.rows * grid.cols;
+        let x = Tensor::arange(0f32, (tokens * 2 * 3) as f32, &dev)?.reshape((tokens, 2, 3))?;
+        let w = to_windows(&x, grid)?;
+        assert_eq!(w.dims(), &[2, 4, 128, 3]);
+        // window 1 is time window 0, block row 1; its first token is (t=0, y=8, x=0)
+        let first = w.get(0)?.get(1)?.get(0)?.get(0)?.to_scalar::<f32>()?;
+        assert_eq!(first as usize, (8 * 8) * 6);
+        // token 64 of window 0 is (t=1, y=0, x=0)
+        let t1 = w.get(0)?.get(0)?.get(64)?.get(0)?.to_scalar::<f32>()?;
+        assert_eq!(t1 as usize, 128 * 6);
+        let back = from_windows(&w, grid)?;
+        assert_eq!(
+            back.flatten_all()?.to_vec1::<f32>()?,
+            x.flatten_all()?.to_vec1::<f32>()?
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn local_bias_is_a_shifted_window() -> Result<()> {
+        // 2 x 3 blocks, L = 3: block (0, 0) sees columns 0..=1 of rows 0..=1
+        let b = local_bias(GRID, 6, 12, 3, &Device::Cpu)?.to_vec2::<f32>()?;
+        let row: Vec<bool> = b[0].iter().map(|v| v.is_finite()).collect();
+        assert_eq!(&row[..6], &[true, true, false, true, true, false]);
+        assert_eq!(&row[6..], &row[..6]);
+        // L = 2: half = 1, so block (1, 2) sees rows 0..=1 and columns 1..=2
+        let b = local_bias(GRID, 6, 6, 2, &Device::Cpu)?.to_vec2::<f32>()?;
+        let row: Vec<bool> = b[5].iter().map(|v| v.is_finite()).collect();
+        assert_eq!(row, vec![false, true, true, false, true, true]);
+        Ok(())
+    }
+
+    #[test]
+    fn sparse_matches_dense_masked_reference() -> Result<()> {
+        let dev = Device::Cpu;
+        let (heads, nq, nk, d) = (2, 6, 18, 16);
+        let q = Tensor::randn(0f32, 1.0, (heads, nq, 128, d), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (heads, nk, 128, d), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (heads, nk, 128, d), &dev)?;
+        let bits: Vec<u8> = (0..heads * nq * nk)
+            .map(|i| ((i * 7 + i / 5) % 3 != 0) as u8)
+            .collect();
+        let mut bits = bits;
+        // one query window without any key window
+        for j in 0..nk {
+            bits[nk + j] = 0;
+        }
+        let mask = Tensor::from_vec(bits, (heads, nq, nk), &dev)?;
+        let sparse = sparse_attention(&q, &k, &v, &mask)?;
+        let dense = dense_masked_attention(&q, &k, &v, &mask)?;
+        let err = (sparse - &dense)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-5, "max error {err}");
+        let empty = dense.get(0)?.get(1)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(empty, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn top_k_keeps_strictly_greater_entries_per_time_window() -> Result<()> {
+        let dev = Device::Cpu;
+        let grid = TokenGrid {
+            frames: 2,
+            rows: 8,
+            cols: 16,
+        }; // nb = 2
+        let q = Tensor::randn(0f32, 1.0, (1, 2, 128, 8), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (1, 4, 128, 8), &dev)?;
+        let bias = local_bias(grid, 2, 4, 11, &dev)?;
+        // k = int(4 * 1.0) - 1 = 3: 3 of the 8 entries survive
+        let mask = block_mask(&q, &k, &bias, grid, 1.0)?;
+        assert_eq!(mask.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?, 3);
+        // a huge ratio is capped: all but the single smallest entry survive
+        let mask = block_mask(&q, &k, &bias, grid, 100.0)?;
+        assert_eq!(mask.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?, 7);
+        Ok(())
+    }
+
+    #[test]
+    fn kv_cache_drops_one_time_window_per_call() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut cache = KvCache::default();
+        let nb = 3;
+        let chunk = |n: usize, tag: f32| Tensor::full(tag, (1, n * nb, 128, 4), &dev);
+        let (k, v) = cache.extend(&chunk(3, 0.)?, &chunk(3, 0.)?)?;
+        cache.store(k, v, nb, 1)?;
+        // kv_ratio 1 still keeps 2 time windows after the first chunk of 3
+        assert_eq!(cache.windows(), 2 * nb);
+        let (k, v) = cache.extend(&chunk(1, 1.)?, &chunk(1, 1.)?)?;
+        cache.store(k, v, nb, 1)?;
+        assert_eq!(cache.windows(), 2 * nb);
+        let (k, v) = cache.extend(&chunk(1, 2.)?, &chunk(1, 2.)?)?;
+        cache.store(k, v, nb, 3)?;
+        assert_eq!(cache.windows(), 3 * nb);
+        cache.reset();
+        assert_eq!(cache.windows(), 0);
+        Ok(())
+    }
+}

@@ -1,0 +1,426 @@
+//! The weight files of a FlashVSR model folder: opening them (safetensors memory-mapped,
+//! torch.save archives through [`super::pth`]), checked tensor access, a
+//! `candle_nn::VarBuilder` whose errors name the file, and conversion of the torch files
+//! to safetensors so that later loads skip the pickle.
+//!
+//! Every error is a `candle_core::Error::Msg` starting with
+//! `weight file '<path>': tensor '<name>': ...` or `model folder '<path>': ...`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Result, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+
+use super::pth::{PthFile, error_text, message};
+
+/// The DiT, as released (safetensors only).
+pub const DIT_FILE: &str = "diffusion_pytorch_model_streaming_dmd.safetensors";
+/// The LQ projection, as released; [`LQ_PROJ_SAFETENSORS_FILE`] is preferred when present.
+pub const LQ_PROJ_FILE: &str = "LQ_proj_in.ckpt";
+pub const LQ_PROJ_SAFETENSORS_FILE: &str = "LQ_proj_in.safetensors";
+/// The TCDecoder, as released; [`DECODER_SAFETENSORS_FILE`] is preferred when present.
+pub const DECODER_FILE: &str = "TCDecoder.ckpt";
+pub const DECODER_SAFETENSORS_FILE: &str = "TCDecoder.safetensors";
+/// The prompt embedding, as released (a bare tensor); [`PROMPT_SAFETENSORS_FILE`] (one
+/// tensor, key [`PROMPT_KEY`]) is preferred when present.
+pub const PROMPT_FILE: &str = "posi_prompt.pth";
+pub const PROMPT_SAFETENSORS_FILE: &str = "posi_prompt.safetensors";
+pub const PROMPT_KEY: &str = "posi_prompt";
+
+/// Where the weights come from, appended to "missing file" errors.
+const HOW_TO_GET_WEIGHTS: &str = "download the FlashVSR weights from Hugging Face \
+     (JunhaoZhuang/FlashVSR for v1, JunhaoZhuang/FlashVSR-v1.1 for v1.1) into this folder; \
+     see README";
+
+enum Store {
+    Safetensors(MmapedSafetensors),
+    Torch(PthFile),
+}
+
+/// One weight file: safetensors (memory-mapped via candle's `MmapedSafetensors`) or a
+/// torch.save zip archive. Safe to share between threads.
+pub struct WeightFile {
+    path: PathBuf,
+    store: Store,
+    /// Sorted tensor names.
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for WeightFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightFile")
+            .field("path", &self.path)
+            .field("tensors", &self.names.len())
+            .finish()
+    }
+}
+
+impl WeightFile {
+    /// Opens `path`: a `.safetensors` file is memory-mapped, anything else is read as a
+    /// torch.save archive. Only the tensor table is read here.
+    pub fn open(path: &Path) -> Result<Self> {
+        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        let (store, mut names) = if is_safetensors {
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(message(format!(
+                    "weight file '{}': cannot open: {e}",
+                    path.display()
+                )));
+            }
+            // SAFETY: the file is mapped read-only; like every memory-mapped load (candle's
+            // own VarBuilder::from_mmaped_safetensors included) this relies on nobody
+            // truncating or rewriting the weight file while the model is loaded.
+            let st = match unsafe { MmapedSafetensors::new(path) } {
+                Ok(st) => st,
+                Err(e) => {
+                    return Err(message(format!(
+                        "weight file '{}': not a readable safetensors file: {}",
+                        path.display(),
+                        error_text(&e)
+                    )));
+                }
+            };
+            let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+            (Store::Safetensors(st), names)
+        } else {
+            let pth = PthFile::open(path)?;
+            let names = pth.tensors().iter().map(|t| t.name.clone()).collect();
+            (Store::Torch(pth), names)
+        };
+        names.sort();
+        Ok(Self {
+            path: path.to_path_buf(),
+            store,
+            names,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .is_ok()
+    }
+
+    fn missing(&self, name: &str) -> candle_core::Error {
+        message(format!(
+            "weight file '{}': tensor '{name}' is missing (the file holds {} tensors)",
+            self.path.display(),
+            self.names.len()
+        ))
+    }
+
+    fn fail(&self, name: &str, what: impl std::fmt::Display) -> candle_core::Error {
+        message(format!(
+            "weight file '{}': tensor '{name}': {what}",
+            self.path.display()
+        ))
+    }
+
+    /// The stored shape of tensor `name`.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        match &self.store {
+            Store::Safetensors(st) => match st.get(name) {
+                Ok(view) => Ok(view.shape().to_vec()),
+                Err(_) => Err(self.missing(name)),
+            },
+            Store::Torch(pth) => match pth.info(name) {
+                Some(info) => Ok(info.shape.clone()),
+                None => Err(self.missing(name)),
+            },
+        }
+    }
+
+    /// The stored element type of tensor `name`; an error unless it is f32, bf16 or f16.
+    pub fn stored_dtype(&self, name: &str) -> Result<DType> {
+        match &self.store {
+            Store::Safetensors(st) => {
+                let view = st.get(name).map_err(|_| self.missing(name))?;
+                match view.dtype() {
+                    safetensors::Dtype::F32 => Ok(DType::F32),
+                    safetensors::Dtype::BF16 => Ok(DType::BF16),
+                    safetensors::Dtype::F16 => Ok(DType::F16),
+                    other => Err(self.fail(
+                        name,
+                        format!(
+                            "stored dtype {other:?} is not supported (expected F32, BF16 or F16)"
+                        ),
+                    )),
+                }
+            }
+            Store::Torch(pth) => {
+                let info = pth.info(name).ok_or_else(|| self.missing(name))?;
+                info.dtype().ok_or_else(|| {
+                    self.fail(
+                        name,
+                        format!(
+                            "storage type '{}' is not supported (expected FloatStorage, \
+                             BFloat16Storage or HalfStorage)",
+                            info.storage_type
+                        ),
+                    )
+                })
+            }
+        }
+    }
+
+    /// Tensor `name` in its stored dtype (checked to be f32, bf16 or f16) on `device`.
+    fn load_stored(&self, name: &str, device: &Device) -> Result<Tensor> {
+        self.stored_dtype(name)?;
+        match &self.store {
+            Store::Safetensors(st) => st
+                .load(name, device)
+                .map_err(|e| self.fail(name, error_text(&e))),
+            Store::Torch(pth) => pth
+                .load(name)?
+                .to_device(device)
+                .map_err(|e| self.fail(name, error_text(&e))),
+        }
+    }
+
+    /// Tensor `name` on the CPU in its stored dtype (f32, bf16 or f16), e.g. to re-save it.
+    pub fn stored_tensor(&self, name: &str) -> Result<Tensor> {
+        self.load_stored(name, &Device::Cpu)
+    }
+
+    /// Checks the shape (error: file, tensor, expected, found) and that the stored dtype is
+    /// f32/bf16/f16 (error otherwise), converts to `dtype`, puts on `device`.
+    pub fn tensor(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let found = self.shape(name)?;
+        if found != shape {
+            return Err(self.fail(name, format!("expected shape {shape:?}, found {found:?}")));
+        }
+        self.load_stored(name, device)?
+            .to_dtype(dtype)
+            .map_err(|e| self.fail(name, error_text(&e)))
+    }
+
+    /// A `candle_nn::VarBuilder` over this file; its `get(shape, name)` errors name the file.
+    pub fn var_builder(
+        self: &Arc<Self>,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_nn::VarBuilder<'static> {
+        candle_nn::VarBuilder::from_backend(
+            Box::new(FileBackend(self.clone())),
+            dtype,
+            device.clone(),
+        )
+    }
+}
+
+/// Lets a `VarBuilder` read from a [`WeightFile`].
+struct FileBackend(Arc<WeightFile>);
+
+impl SimpleBackend for FileBackend {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _init: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        self.0.tensor(name, shape.dims(), dtype, device)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let shape = self.0.shape(name)?;
+        self.0.tensor(name, &shape, dtype, device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
+
+/// The four files of a model folder, resolved (safetensors variants preferred), opened.
+#[derive(Debug)]
+pub struct ModelFiles {
+    pub dir: PathBuf,
+    pub dit: Arc<WeightFile>,
+    pub lq_proj: Arc<WeightFile>,
+    pub decoder: Arc<WeightFile>,
+    pub prompt: Arc<WeightFile>,
+}
+
+/// A weight file of the folder: the released name and its converted variant, if any.
+struct FileChoice {
+    released: &'static str,
+    converted: Option<&'static str>,
+}
+
+const DIT: FileChoice = FileChoice {
+    released: DIT_FILE,
+    converted: None,
+};
+const LQ_PROJ: FileChoice = FileChoice {
+    released: LQ_PROJ_FILE,
+    converted: Some(LQ_PROJ_SAFETENSORS_FILE),
+};
+const DECODER: FileChoice = FileChoice {
+    released: DECODER_FILE,
+    converted: Some(DECODER_SAFETENSORS_FILE),
+};
+const PROMPT: FileChoice = FileChoice {
+    released: PROMPT_FILE,
+    converted: Some(PROMPT_SAFETENSORS_FILE),
+};
+
+impl FileChoice {
+    fn resolve(&self, dir: &Path) -> Option<PathBuf> {
+        self.converted
+            .into_iter()
+            .chain([self.released])
+            .map(|name| dir.join(name))
+            .find(|path| path.is_file())
+    }
+
+    fn describe(&self) -> String {
+        match self.converted {
+            Some(converted) => format!("'{}' (or '{converted}')", self.released),
+            None => format!("'{}'", self.released),
+        }
+    }
+}
+
+impl ModelFiles {
+    /// Resolves and opens the four files of `dir`. The error for a missing folder or file
+    /// names the folder and every missing file, and says how to get the weights.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.exists() {
+            return Err(message(format!(
+                "model folder '{}' does not exist: {HOW_TO_GET_WEIGHTS}",
+                dir.display()
+            )));
+        }
+        if !dir.is_dir() {
+            return Err(message(format!(
+                "model folder '{}' is not a folder: {HOW_TO_GET_WEIGHTS}",
+                dir.display()
+            )));
+        }
+        let missing: Vec<String> = [DIT, LQ_PROJ, DECODER, PROMPT]
+            .iter()
+            .filter(|choice| choice.resolve(dir).is_none())
+            .map(FileChoice::describe)
+            .collect();
+        let missing_error = |missing: &[String]| {
+            message(format!(
+                "model folder '{}': missing {}; {HOW_TO_GET_WEIGHTS}",
+                dir.display(),
+                missing.join(", ")
+            ))
+        };
+        if !missing.is_empty() {
+            return Err(missing_error(&missing));
+        }
+        // Resolved again: a file removed since the check above is reported the same way.
+        let open = |choice: FileChoice| match choice.resolve(dir) {
+            Some(path) => WeightFile::open(&path).map(Arc::new),
+            None => Err(missing_error(&[choice.describe()])),
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            dit: open(DIT)?,
+            lq_proj: open(LQ_PROJ)?,
+            decoder: open(DECODER)?,
+            prompt: open(PROMPT)?,
+        })
+    }
+
+    /// The prompt tensor [1, ctx_len, text_dim] (the single tensor of the prompt file).
+    pub fn prompt_tensor(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        let name = single_tensor_name(&self.prompt)?;
+        let shape = self.prompt.shape(&name)?;
+        if shape.len() != 3 || shape[0] != 1 {
+            return Err(self.prompt.fail(
+                &name,
+                format!("expected shape [1, ctx_len, text_dim], found {shape:?}"),
+            ));
+        }
+        self.prompt.tensor(&name, &shape, dtype, device)
+    }
+}
+
+/// The name of the only tensor of `file` (the prompt files hold exactly one).
+fn single_tensor_name(file: &WeightFile) -> Result<String> {
+    match file.names.as_slice() {
+        [name] => Ok(name.clone()),
+        names => Err(message(format!(
+            "weight file '{}': expected a single tensor [1, ctx_len, text_dim], found {} tensors",
+            file.path.display(),
+            names.len()
+        ))),
+    }
+}
+
+/// Converts the torch.save files of `model_dir` (LQ projection, TCDecoder, prompt) to
+/// safetensors in `out_dir` (created if needed), with the same tensor names (the prompt's
+/// under [`PROMPT_KEY`]) and stored dtypes. Each file is written under a temporary name
+/// and renamed when complete, so that a failed run never leaves a partial file that
+/// [`ModelFiles::open`] would prefer. Returns the paths written.
+pub fn convert_to_safetensors(model_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
+    if let Err(e) = std::fs::create_dir_all(out_dir) {
+        return Err(message(format!(
+            "output folder '{}': cannot create: {e}",
+            out_dir.display()
+        )));
+    }
+    let mut written = Vec::new();
+    for choice in [LQ_PROJ, DECODER, PROMPT] {
+        let Some(converted) = choice.converted else {
+            continue;
+        };
+        let source = WeightFile::open(&model_dir.join(choice.released))?;
+        let mut tensors = HashMap::new();
+        if choice.released == PROMPT_FILE {
+            let name = single_tensor_name(&source)?;
+            tensors.insert(PROMPT_KEY.to_string(), source.stored_tensor(&name)?);
+        } else {
+            for name in source.names() {
+                let tensor = source.stored_tensor(&name)?;
+                tensors.insert(name, tensor);
+            }
+        }
+        let target = out_dir.join(converted);
+        write_safetensors_atomically(&tensors, &target)?;
+        written.push(target);
+    }
+    Ok(written)
+}
+
+fn write_safetensors_atomically(tensors: &HashMap<String, Tensor>, target: &Path) -> Result<()> {
+    let mut partial = target.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let result = candle_core::safetensors::save(tensors, &partial)
+        .and_then(|()| std::fs::rename(&partial, target).map_err(candle_core::Error::from));
+    if let Err(e) = result {
+        // Best effort: the partial file is useless, and the error below says what failed.
+        let _ = std::fs::remove_file(&partial);
+        return Err(message(format!(
+            "weight file '{}': cannot write: {}",
+            target.display(),
+            error_text(&e)
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The model against the official pipeline's golden fixtures.
+
+mod common;
+
+use candle_core::{DType, Device, Result, Tensor};
+use gstflashvsr::model::parity::{self, GoldenCase};
+use gstflashvsr::model::sparse_attention::SparseConfig;
+use gstflashvsr::model::{FlashVsrModel, ModelOptions, schedule};
+
+fn cpu_f32() -> ModelOptions {
+    ModelOptions {
+        device: Device::Cpu,
+        dtype: DType::F32,
+    }
+}
+
+fn assert_parity(case: &str) -> Result<()> {
+    let Some(dir) = common::golden_case(case) else {
+        return Ok(());
+    };
+    let case = GoldenCase::load(&dir)?;
+    let bicubic = parity::check_bicubic(&case)?;
+    assert!(bicubic.ok, "{bicubic}");
+    let results = parity::check_pipeline(&case, &cpu_f32(), |c| println!("{c}"))?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.to_string())
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    // every kind of tensor the case holds was compared
+    for kind in [
+        "lq_latents",
+        "block0.out",
+        "noise_pred",
+        "latents",
+        "decoded",
+        "mask",
+        "kv_windows",
+        "out.frames_u8",
+    ] {
+        assert!(
+            results.iter().any(|c| c.name.contains(kind)),
+            "{kind} was not compared"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn tiny_v1_matches_the_official_pipeline() -> Result<()> {
+    assert_parity("tiny-v1")
+}
+
+#[test]
+fn sparse_v1_1_matches_the_official_pipeline() -> Result<()> {
+    assert_parity("sparse-v1.1")
+}
+
+/// Runs chunk 0's DiT pass of the tiny-v1 case with its RoPE time positions
+/// starting at `time_offset`, on a fresh KV cache.
+fn dit_chunk0_at(model: &FlashVsrModel, case: &GoldenCase, time_offset: usize) -> Result<Tensor> {
+    let noise = case.noise()?.narrow(2, 0, 6)?;
+    let features = case.tensor("chunk0.lq_latents")?.squeeze(0)?;
+    let s = &case.settings;
+    let sparse = SparseConfig::new(s.sparse_ratio, s.kv_ratio, s.local_range, s.height, s.width);
+    let mut state = model.dit().new_state();
+    model
+        .dit()
+        .forward(&noise, &[features], time_offset, &sparse, &mut state, None)
+}
+
+#[test]
+fn rope_positions_are_unbounded_and_only_differences_matter() -> Result<()> {
+    let Some(dir) = common::golden_case("tiny-v1") else {
+        return Ok(());
+    };
+    let case = GoldenCase::load(&dir)?;
+    let model = FlashVsrModel::load(&case.model_dir(), &cpu_f32())?;
+    let at_zero = dit_chunk0_at(&model, &case, 0)?;
+    // chunk 1001's positions: past the official 1,024-entry table
+    let far = schedule::chunk_noise_frames(1001).start;
+    assert!(far > 1024);
+    for offset in [far, 1_000_000] {
+        let shifted = dit_chunk0_at(&model, &case, offset)?;
+        let diff = (&shifted - &at_zero)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(
+            diff < 1e-4,
+            "shifting RoPE by {offset} changed the output by {diff}"
+        );
+    }
+    // and the unshifted pass is the fixture's chunk 0
+    let want = case.tensor("chunk0.noise_pred")?;
+    let err = (at_zero - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(err < 1e-3, "{err}");
+    Ok(())
+}
