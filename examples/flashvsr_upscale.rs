@@ -231,7 +231,7 @@ fn run(pipeline: &gst::Pipeline) -> Result<(), String> {
         match bus.timed_pop(gst::ClockTime::SECOND) {
             Some(msg) => match msg.view() {
                 gst::MessageView::Eos(_) => return Ok(()),
-                gst::MessageView::Error(err) => return Err(describe_error(&err)),
+                gst::MessageView::Error(err) => return Err(describe_error(err)),
                 gst::MessageView::Warning(w) => eprintln!("warning: {}", w.error()),
                 gst::MessageView::Latency(_) => {
                     let _ = pipeline.recalculate_latency();
@@ -261,7 +261,7 @@ fn print_progress(pipeline: &gst::Pipeline) {
 fn bus_error(bus: &gst::Bus) -> Option<String> {
     let msg = bus.pop_filtered(&[gst::MessageType::Error])?;
     match msg.view() {
-        gst::MessageView::Error(err) => Some(describe_error(&err)),
+        gst::MessageView::Error(err) => Some(describe_error(err)),
         _ => None,
     }
 }

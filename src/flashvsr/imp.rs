@@ -223,8 +223,9 @@ pub struct FlashVsr {
     srcpad: gst::Pad,
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
-    /// The scale of the running engine (0 when stopped): caps queries must use the
-    /// scale the stream runs at, not a property value set since.
+    /// The scale of the running engine, 0 when stopped: caps queries must use the
+    /// scale the stream runs at, not a property value set since. Read without the
+    /// state lock, which a running chunk holds.
     active_scale: AtomicU32,
     /// Longest time one engine call took in this run, in nanoseconds (added latency).
     processing_ns: AtomicU64,
@@ -385,6 +386,7 @@ impl FlashVsr {
     /// Records how long a chunk took; when it exceeds what the last LATENCY answer
     /// included, asks the pipeline to query the latency again.
     fn note_processing_time(&self, took: Duration) {
+        gst::debug!(CAT, imp = self, "Chunk processed in {:?}", took);
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let previous = self.processing_ns.fetch_max(ns, Ordering::Relaxed);
         let reported = self.reported_processing_ns.load(Ordering::Relaxed);
@@ -715,16 +717,16 @@ fn start_error(
                 field.replace('_', "-")
             )
         ),
+        // The loader's message names the file and tensor at fault and how to get
+        // the weights; add which property holds the folder.
         err => gst::error_msg!(
             gst::LibraryError::Init,
             (
-                "Could not start FlashVSR with the weights in '{}' on device '{}': {}. Check that model-dir holds an unmodified FlashVSR download matching model-version={} (the four files diffusion_pytorch_model_streaming_dmd.safetensors, LQ_proj_in.ckpt, TCDecoder.ckpt, posi_prompt.pth), and that this build supports device '{}' with precision {:?}",
+                "Could not start FlashVSR from model-dir '{}' (model-version {}, device {}): {}",
                 model_dir.display(),
-                settings.device,
-                err,
                 model_version_nick(settings.model_version),
                 settings.device,
-                settings.precision
+                err
             )
         ),
     }
@@ -899,7 +901,8 @@ impl ObjectImpl for FlashVsr {
             }
         }
         drop(settings);
-        if self.state.lock().is_some() {
+        // Not the state lock: a chunk may be running under it.
+        if self.active_scale.load(Ordering::Acquire) != 0 {
             gst::info!(
                 CAT,
                 imp = self,
