@@ -1,0 +1,188 @@
+//! Pixel conversion between the negotiated raw format and the engine's packed RGB24,
+//! done by gstreamer-video's converter (matrix, range and chroma siting from the caps).
+
+use gst::glib;
+use gst_video::prelude::*;
+use gst_video::{VideoConverter, VideoFormat, VideoFrameRef, VideoInfo};
+
+use crate::engine::RgbFrame;
+
+/// Converts input buffers to RGB frames and RGB frames to output buffers.
+pub struct FrameConverter {
+    in_info: VideoInfo,
+    out_info: VideoInfo,
+    /// RGB at the input size, GStreamer's layout (rows padded to 4 bytes).
+    rgb_in_info: VideoInfo,
+    /// RGB at the output size, GStreamer's layout.
+    rgb_out_info: VideoInfo,
+    to_rgb: VideoConverter,
+    from_rgb: VideoConverter,
+}
+
+impl FrameConverter {
+    pub fn new(in_info: &VideoInfo, out_info: &VideoInfo) -> Result<Self, glib::BoolError> {
+        let rgb_in_info = rgb_info_like(in_info)?;
+        let rgb_out_info = rgb_info_like(out_info)?;
+        Ok(Self {
+            to_rgb: VideoConverter::new(in_info, &rgb_in_info, None)?,
+            from_rgb: VideoConverter::new(&rgb_out_info, out_info, None)?,
+            in_info: in_info.clone(),
+            out_info: out_info.clone(),
+            rgb_in_info,
+            rgb_out_info,
+        })
+    }
+
+    /// The input frame in `buffer` as packed RGB24 (stride `width * 3`).
+    pub fn input_to_rgb(&self, buffer: &gst::BufferRef) -> Result<RgbFrame, glib::BoolError> {
+        let input = VideoFrameRef::from_buffer_ref_readable(buffer, &self.in_info)?;
+        let mut rgb = gst::Buffer::with_size(self.rgb_in_info.size())?;
+        let rgb_mut = rgb.make_mut();
+        let mut rgb_frame = VideoFrameRef::from_buffer_ref_writable(rgb_mut, &self.rgb_in_info)?;
+        self.to_rgb.frame_ref(&input, &mut rgb_frame);
+
+        let (width, height) = (self.in_info.width(), self.in_info.height());
+        let row = width as usize * 3;
+        let stride = rgb_frame.plane_stride()[0] as usize;
+        let plane = rgb_frame.plane_data(0)?;
+        let mut data = Vec::with_capacity(row * height as usize);
+        for y in 0..height as usize {
+            data.extend_from_slice(&plane[y * stride..y * stride + row]);
+        }
+        Ok(RgbFrame {
+            width,
+            height,
+            data,
+        })
+    }
+
+    /// A new output buffer holding `frame`, which must have the output size.
+    pub fn rgb_to_output(&self, frame: &RgbFrame) -> Result<gst::Buffer, glib::BoolError> {
+        let (width, height) = (self.out_info.width(), self.out_info.height());
+        let row = width as usize * 3;
+        if frame.width != width
+            || frame.height != height
+            || frame.data.len() != row * height as usize
+        {
+            return Err(glib::bool_error!(
+                "engine returned a {}x{} frame of {} bytes, expected {}x{} packed RGB ({} bytes)",
+                frame.width,
+                frame.height,
+                frame.data.len(),
+                width,
+                height,
+                row * height as usize
+            ));
+        }
+
+        let mut rgb = gst::Buffer::with_size(self.rgb_out_info.size())?;
+        let rgb_mut = rgb.make_mut();
+        let mut rgb_frame = VideoFrameRef::from_buffer_ref_writable(rgb_mut, &self.rgb_out_info)?;
+        let stride = rgb_frame.plane_stride()[0] as usize;
+        let plane = rgb_frame.plane_data_mut(0)?;
+        for (y, src_row) in frame.data.chunks_exact(row).enumerate() {
+            plane[y * stride..y * stride + row].copy_from_slice(src_row);
+        }
+
+        let mut out = gst::Buffer::with_size(self.out_info.size())?;
+        {
+            let out_mut = out.make_mut();
+            let mut out_frame = VideoFrameRef::from_buffer_ref_writable(out_mut, &self.out_info)?;
+            self.from_rgb.frame_ref(&rgb_frame, &mut out_frame);
+        }
+        Ok(out)
+    }
+}
+
+/// Packed RGB at `info`'s size, with its framerate and interlacing (the converter
+/// requires both to match); RGB's own colorimetry (full range sRGB).
+fn rgb_info_like(info: &VideoInfo) -> Result<VideoInfo, glib::BoolError> {
+    VideoInfo::builder(VideoFormat::Rgb, info.width(), info.height())
+        .fps(info.fps())
+        .par(info.par())
+        .interlace_mode(info.interlace_mode())
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(format: VideoFormat, w: u32, h: u32) -> VideoInfo {
+        VideoInfo::builder(format, w, h)
+            .fps(gst::Fraction::new(25, 1))
+            .build()
+            .unwrap()
+    }
+
+    /// A packed RGB gradient whose rows are not a multiple of 4 bytes (width 5).
+    fn gradient(w: u32, h: u32) -> RgbFrame {
+        let mut data = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                data.extend_from_slice(&[(x * 40) as u8, (y * 30) as u8, 128]);
+            }
+        }
+        RgbFrame {
+            width: w,
+            height: h,
+            data,
+        }
+    }
+
+    #[test]
+    fn rgb_round_trip_is_exact_with_padded_rows() {
+        gst::init().unwrap();
+        let rgb = info(VideoFormat::Rgb, 5, 3);
+        let conv = FrameConverter::new(&rgb, &rgb).unwrap();
+        let frame = gradient(5, 3);
+        let buffer = conv.rgb_to_output(&frame).unwrap();
+        assert_eq!(buffer.size(), rgb.size());
+        let back = conv.input_to_rgb(&buffer).unwrap();
+        assert_eq!(back.data, frame.data);
+    }
+
+    #[test]
+    fn bgrx_round_trip_swaps_channels_only() {
+        gst::init().unwrap();
+        let bgrx = info(VideoFormat::Bgrx, 5, 3);
+        let conv = FrameConverter::new(&bgrx, &bgrx).unwrap();
+        let frame = gradient(5, 3);
+        let buffer = conv.rgb_to_output(&frame).unwrap();
+        let map = buffer.map_readable().unwrap();
+        assert_eq!(&map[..4], &[128, 0, 0, map[3]]);
+        assert_eq!(&map[4..7], &[128, 0, 40]);
+        assert_eq!(conv.input_to_rgb(&buffer).unwrap().data, frame.data);
+    }
+
+    /// gstreamer-video's 8-bit matrix truncates: videoconvert turns grey 100 into 97
+    /// through I420 the same way, so that is the bound here.
+    #[test]
+    fn i420_round_trip_stays_close() {
+        gst::init().unwrap();
+        let i420 = info(VideoFormat::I420, 6, 4);
+        let conv = FrameConverter::new(&i420, &i420).unwrap();
+        let grey = RgbFrame {
+            width: 6,
+            height: 4,
+            data: vec![100; 6 * 4 * 3],
+        };
+        let back = conv
+            .input_to_rgb(&conv.rgb_to_output(&grey).unwrap())
+            .unwrap();
+        assert!(
+            back.data.iter().all(|&v| v.abs_diff(100) <= 4),
+            "{:?}",
+            back.data
+        );
+    }
+
+    #[test]
+    fn wrong_frame_size_is_an_error() {
+        gst::init().unwrap();
+        let rgb = info(VideoFormat::Rgb, 5, 3);
+        let conv = FrameConverter::new(&rgb, &rgb).unwrap();
+        let err = conv.rgb_to_output(&gradient(4, 3)).unwrap_err();
+        assert!(err.to_string().contains("4x3"), "{err}");
+    }
+}

@@ -1,0 +1,1002 @@
+//! The `flashvsr` element: a plain `gst::Element` with one sink and one src pad. The
+//! chain function converts each frame to RGB and feeds the engine, which holds frames
+//! until it can run a chunk; the frames it returns are converted back and pushed with
+//! their input's timestamps after the state lock is dropped. EOS, segment and stream
+//! changes drain the engine first; FLUSH_STOP resets it; the LATENCY query adds the
+//! frames held plus the time a chunk takes. Chunks run synchronously in the chain
+//! function, on the upstream streaming thread.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use parking_lot::Mutex;
+
+use super::caps::{self, Direction};
+use super::convert::FrameConverter;
+use super::enums::{ColorFix, ModelVersion, Precision};
+use crate::engine::{Engine, EngineError, EngineSettings, LATENCY_FRAMES, RgbFrame};
+use crate::model::schedule::CHUNK_STRIDE;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "flashvsr",
+        gst::DebugColorFlags::empty(),
+        Some("FlashVSR video super-resolution"),
+    )
+});
+
+/// Environment variable read for the weights folder when `model-dir` is unset.
+pub const MODEL_DIR_ENV: &str = "FLASHVSR_MODEL_DIR";
+
+const DEFAULT_MODEL_VERSION: ModelVersion = ModelVersion::V1_1;
+const DEFAULT_SCALE: u32 = 4;
+const DEFAULT_DEVICE: &str = "cpu";
+const DEFAULT_PRECISION: Precision = Precision::F32;
+const DEFAULT_COLOR_FIX: ColorFix = ColorFix::Adain;
+const DEFAULT_SPARSE_RATIO: f64 = 2.0;
+const DEFAULT_KV_RATIO: f64 = 3.0;
+const DEFAULT_LOCAL_RANGE: u32 = 11;
+const DEFAULT_SEED: u64 = 0;
+
+/// Buffer flags that describe the frame itself and so travel with it to the output.
+const CARRIED_FLAGS: gst::BufferFlags = gst::BufferFlags::DISCONT
+    .union(gst::BufferFlags::RESYNC)
+    .union(gst::BufferFlags::CORRUPTED)
+    .union(gst::BufferFlags::MARKER)
+    .union(gst::BufferFlags::DROPPABLE);
+
+/// Property values as set by the application; copied out of the mutex before use and
+/// applied at the next READY->PAUSED change.
+#[derive(Debug, Clone)]
+struct Settings {
+    model_dir: Option<PathBuf>,
+    model_version: ModelVersion,
+    scale: u32,
+    device: String,
+    precision: Precision,
+    color_fix: ColorFix,
+    sparse_ratio: f64,
+    kv_ratio: f64,
+    local_range: u32,
+    seed: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model_dir: None,
+            model_version: DEFAULT_MODEL_VERSION,
+            scale: DEFAULT_SCALE,
+            device: DEFAULT_DEVICE.to_string(),
+            precision: DEFAULT_PRECISION,
+            color_fix: DEFAULT_COLOR_FIX,
+            sparse_ratio: DEFAULT_SPARSE_RATIO,
+            kv_ratio: DEFAULT_KV_RATIO,
+            local_range: DEFAULT_LOCAL_RANGE,
+            seed: DEFAULT_SEED,
+        }
+    }
+}
+
+impl Settings {
+    fn engine_settings(&self, model_dir: PathBuf) -> EngineSettings {
+        EngineSettings {
+            model_dir,
+            model_version: self.model_version.into(),
+            scale: self.scale,
+            precision: self.precision.into(),
+            device: self.device.clone(),
+            color_fix: self.color_fix.into(),
+            sparse_ratio: self.sparse_ratio,
+            kv_ratio: self.kv_ratio,
+            local_range: self.local_range,
+            seed: self.seed,
+        }
+    }
+}
+
+/// What an output buffer takes over from the input frame it was made from.
+#[derive(Debug, Clone, Copy)]
+struct FrameTag {
+    pts: Option<gst::ClockTime>,
+    dts: Option<gst::ClockTime>,
+    duration: Option<gst::ClockTime>,
+    offset: u64,
+    offset_end: u64,
+    flags: gst::BufferFlags,
+}
+
+impl FrameTag {
+    fn of(buffer: &gst::BufferRef) -> Self {
+        Self {
+            pts: buffer.pts(),
+            dts: buffer.dts(),
+            duration: buffer.duration(),
+            offset: buffer.offset(),
+            offset_end: buffer.offset_end(),
+            flags: buffer.flags() & CARRIED_FLAGS,
+        }
+    }
+
+    fn apply(&self, buffer: &mut gst::BufferRef) {
+        buffer.set_pts(self.pts);
+        buffer.set_dts(self.dts);
+        buffer.set_duration(self.duration);
+        buffer.set_offset(self.offset);
+        buffer.set_offset_end(self.offset_end);
+        buffer.set_flags(self.flags);
+    }
+}
+
+/// The negotiated stream: formats on both pads and the pixel converters.
+struct Stream {
+    in_info: gst_video::VideoInfo,
+    converter: FrameConverter,
+}
+
+/// Something to send downstream, in order, once the state lock is dropped.
+enum Item {
+    Buffer(gst::Buffer),
+    Event(gst::Event),
+}
+
+/// Streaming state, from READY->PAUSED to PAUSED->READY.
+struct State {
+    engine: Engine<FrameTag>,
+    stream: Option<Stream>,
+    /// Frames given to the engine and frames it returned since the last drain or flush.
+    frames_in: u64,
+    frames_out: u64,
+    /// Serialized events that arrived behind frames the engine still holds, each with
+    /// the number of frames that must be output before it.
+    held_events: VecDeque<(u64, gst::Event)>,
+}
+
+/// Why the stream cannot go on; posted as an element error by the caller.
+enum StreamError {
+    Convert(glib::BoolError),
+    Engine(String),
+}
+
+impl State {
+    /// Converts the engine's outputs to buffers and interleaves the held events.
+    fn items_for(&mut self, outputs: Vec<(RgbFrame, FrameTag)>) -> Result<Vec<Item>, StreamError> {
+        let mut items = Vec::with_capacity(outputs.len());
+        let Some(stream) = self.stream.as_ref() else {
+            return Ok(items);
+        };
+        for (frame, tag) in outputs {
+            let mut buffer = stream
+                .converter
+                .rgb_to_output(&frame)
+                .map_err(StreamError::Convert)?;
+            tag.apply(buffer.make_mut());
+            items.push(Item::Buffer(buffer));
+            self.frames_out += 1;
+            while let Some((after, _)) = self.held_events.front()
+                && *after <= self.frames_out
+            {
+                if let Some((_, event)) = self.held_events.pop_front() {
+                    items.push(Item::Event(event));
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    /// Outputs every frame the engine holds, then every held event, and starts a
+    /// fresh engine stream.
+    fn drain(&mut self) -> Result<Vec<Item>, StreamError> {
+        let outputs = self
+            .engine
+            .finish()
+            .map_err(|e| StreamError::Engine(e.to_string()))?;
+        let mut items = self.items_for(outputs)?;
+        items.extend(self.held_events.drain(..).map(|(_, e)| Item::Event(e)));
+        self.engine.reset();
+        self.frames_in = 0;
+        self.frames_out = 0;
+        Ok(items)
+    }
+
+    /// Drops every held frame (flush); sticky events are kept for the next data.
+    fn reset(&mut self) -> Vec<gst::Event> {
+        self.engine.reset();
+        self.frames_in = 0;
+        self.frames_out = 0;
+        self.held_events
+            .drain(..)
+            .map(|(_, e)| e)
+            .filter(|e| e.is_sticky())
+            .collect()
+    }
+}
+
+pub struct FlashVsr {
+    sinkpad: gst::Pad,
+    srcpad: gst::Pad,
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    /// The scale of the running engine, 0 when stopped: caps queries must use the
+    /// scale the stream runs at, not a property value set since. Read without the
+    /// state lock, which a running chunk holds.
+    active_scale: AtomicU32,
+    /// Longest time one engine call took in this run, in nanoseconds (added latency).
+    processing_ns: AtomicU64,
+    /// Processing time last reported in a LATENCY answer, in nanoseconds.
+    reported_processing_ns: AtomicU64,
+}
+
+impl FlashVsr {
+    fn scale(&self) -> u32 {
+        match self.active_scale.load(Ordering::Acquire) {
+            0 => self.settings.lock().scale,
+            s => s,
+        }
+    }
+
+    /// READY->PAUSED: loads the weights into a new engine.
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().clone();
+        let model_dir = match settings.model_dir.clone() {
+            Some(dir) => dir,
+            None => match std::env::var_os(MODEL_DIR_ENV) {
+                Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+                _ => {
+                    return Err(gst::error_msg!(
+                        gst::ResourceError::NotFound,
+                        (
+                            "No FlashVSR weights folder: set the model-dir property (or the {} environment variable) to the folder holding diffusion_pytorch_model_streaming_dmd.safetensors, LQ_proj_in.ckpt, TCDecoder.ckpt and posi_prompt.pth",
+                            MODEL_DIR_ENV
+                        )
+                    ));
+                }
+            },
+        };
+        if !model_dir.is_dir() {
+            return Err(gst::error_msg!(
+                gst::ResourceError::NotFound,
+                (
+                    "FlashVSR weights folder '{}' does not exist or is not a folder: set model-dir to the folder holding the FlashVSR weights (diffusion_pytorch_model_streaming_dmd.safetensors, LQ_proj_in.ckpt, TCDecoder.ckpt, posi_prompt.pth)",
+                    model_dir.display()
+                )
+            ));
+        }
+
+        gst::info!(
+            CAT,
+            imp = self,
+            "Loading FlashVSR weights from {}",
+            model_dir.display()
+        );
+        let started = Instant::now();
+        let engine = Engine::new(settings.engine_settings(model_dir.clone()))
+            .map_err(|err| start_error(&settings, &model_dir, err))?;
+        gst::info!(CAT, imp = self, "Weights loaded in {:?}", started.elapsed());
+
+        self.active_scale.store(settings.scale, Ordering::Release);
+        self.processing_ns.store(0, Ordering::Relaxed);
+        self.reported_processing_ns.store(0, Ordering::Relaxed);
+        *self.state.lock() = Some(State {
+            engine,
+            stream: None,
+            frames_in: 0,
+            frames_out: 0,
+            held_events: VecDeque::new(),
+        });
+        Ok(())
+    }
+
+    fn stop(&self) {
+        *self.state.lock() = None;
+        self.active_scale.store(0, Ordering::Release);
+    }
+
+    fn sink_chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        gst::trace!(CAT, imp = self, "Received {:?}", buffer);
+        let (items, took) = {
+            let mut guard = self.state.lock();
+            let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+            let Some(stream) = state.stream.as_ref() else {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Negotiation,
+                    ("Received a buffer before any caps")
+                );
+                return Err(gst::FlowError::NotNegotiated);
+            };
+            let frame = stream.converter.input_to_rgb(&buffer).map_err(|err| {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Format,
+                    ("Could not read an input frame"),
+                    ["{:?} from {:?}: {}", stream.in_info, buffer, err]
+                );
+                gst::FlowError::Error
+            })?;
+
+            let started = Instant::now();
+            let outputs = state
+                .engine
+                .push(frame, FrameTag::of(&buffer))
+                .map_err(|err| {
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Failed,
+                        ("FlashVSR failed: {}", err)
+                    );
+                    gst::FlowError::Error
+                })?;
+            let took = (!outputs.is_empty()).then(|| started.elapsed());
+            state.frames_in += 1;
+            let items = state.items_for(outputs).map_err(|err| {
+                self.post_stream_error(err);
+                gst::FlowError::Error
+            })?;
+            (items, took)
+        };
+        if let Some(took) = took {
+            self.note_processing_time(took);
+        }
+        self.push_items(items)
+    }
+
+    fn post_stream_error(&self, err: StreamError) {
+        match err {
+            StreamError::Convert(err) => gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                ("Could not convert an output frame"),
+                ["{}", err]
+            ),
+            StreamError::Engine(err) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Failed,
+                    ("FlashVSR failed: {}", err)
+                )
+            }
+        }
+    }
+
+    fn push_items(&self, items: Vec<Item>) -> Result<gst::FlowSuccess, gst::FlowError> {
+        for item in items {
+            match item {
+                Item::Buffer(buffer) => {
+                    gst::trace!(CAT, imp = self, "Pushing {:?}", buffer);
+                    self.srcpad.push(buffer)?;
+                }
+                Item::Event(event) => {
+                    gst::debug!(CAT, imp = self, "Forwarding held {:?}", event.type_());
+                    if !self.srcpad.push_event(event) {
+                        gst::debug!(CAT, imp = self, "Downstream refused a held event");
+                    }
+                }
+            }
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    /// Records how long a chunk took; when it exceeds what the last LATENCY answer
+    /// included, asks the pipeline to query the latency again.
+    fn note_processing_time(&self, took: Duration) {
+        gst::debug!(CAT, imp = self, "Chunk processed in {:?}", took);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let previous = self.processing_ns.fetch_max(ns, Ordering::Relaxed);
+        let reported = self.reported_processing_ns.load(Ordering::Relaxed);
+        if ns > previous && ns > reported + reported / 10 + 1_000_000 {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "A chunk took {:?}, more than the latency allowed for",
+                took
+            );
+            self.post_latency_message();
+        }
+    }
+
+    fn post_latency_message(&self) {
+        let obj = self.obj();
+        let _ = obj.post_message(gst::message::Latency::builder().src(&*obj).build());
+    }
+
+    /// Outputs everything held, then forwards `event` (EOS, segment or stream change).
+    fn drain_then_forward(&self, event: gst::Event) -> bool {
+        let drained = self.state.lock().as_mut().map(State::drain);
+        match drained {
+            Some(Ok(items)) => {
+                if let Err(err) = self.push_items(items) {
+                    gst::debug!(CAT, imp = self, "Pushing drained frames returned {:?}", err);
+                }
+            }
+            Some(Err(err)) => {
+                self.post_stream_error(err);
+                return false;
+            }
+            None => {}
+        }
+        self.srcpad.push_event(event)
+    }
+
+    /// Forwards a serialized event behind the frames that arrived before it.
+    fn forward_in_order(&self, event: gst::Event) -> bool {
+        {
+            let mut guard = self.state.lock();
+            if let Some(state) = guard.as_mut()
+                && (state.frames_out < state.frames_in || !state.held_events.is_empty())
+            {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "Holding {:?} behind {} frames",
+                    event.type_(),
+                    state.frames_in - state.frames_out
+                );
+                let after = state.frames_in;
+                state.held_events.push_back((after, event));
+                return true;
+            }
+        }
+        self.srcpad.push_event(event)
+    }
+
+    fn flush_stop(&self, event: gst::Event) -> bool {
+        let sticky = self
+            .state
+            .lock()
+            .as_mut()
+            .map(State::reset)
+            .unwrap_or_default();
+        gst::debug!(CAT, imp = self, "Flushed the frames held");
+        let forwarded = self.srcpad.push_event(event);
+        for e in sticky {
+            self.srcpad.push_event(e);
+        }
+        forwarded
+    }
+
+    /// New caps on the sink pad: drains the frames of the old caps, configures the
+    /// converters for the new ones, and sends the upscaled caps downstream.
+    fn set_caps(&self, caps: &gst::Caps) -> bool {
+        let Ok(in_info) = gst_video::VideoInfo::from_caps(caps) else {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "Refusing caps that are not raw video: {}",
+                caps
+            );
+            return false;
+        };
+        if in_info.interlace_mode() != gst_video::VideoInterlaceMode::Progressive {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "Refusing interlaced caps {}: deinterlace first",
+                caps
+            );
+            return false;
+        }
+        if !caps::FORMATS.contains(&in_info.format()) {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "Refusing unsupported format {:?}",
+                in_info.format()
+            );
+            return false;
+        }
+        let scale = self.scale();
+        let Some(out_caps) = caps::output_caps(caps, scale) else {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "Refusing caps {}: x{} output exceeds {} pixels a side",
+                caps,
+                scale,
+                caps::MAX_OUTPUT_DIM
+            );
+            return false;
+        };
+        let out_info = match gst_video::VideoInfo::from_caps(&out_caps) {
+            Ok(info) => info,
+            Err(err) => {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "Refusing caps {}: output caps {}: {}",
+                    caps,
+                    out_caps,
+                    err
+                );
+                return false;
+            }
+        };
+        let converter = match FrameConverter::new(&in_info, &out_info) {
+            Ok(c) => c,
+            Err(err) => {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "Refusing caps {}: no converter: {}",
+                    caps,
+                    err
+                );
+                return false;
+            }
+        };
+
+        let items = {
+            let mut guard = self.state.lock();
+            let Some(state) = guard.as_mut() else {
+                gst::debug!(CAT, imp = self, "Caps before READY->PAUSED");
+                return false;
+            };
+            if state.stream.as_ref().is_some_and(|s| s.in_info == in_info) {
+                gst::debug!(CAT, imp = self, "Caps unchanged");
+                return true;
+            }
+            let items = if state.stream.is_some() {
+                match state.drain() {
+                    Ok(items) => items,
+                    Err(err) => {
+                        drop(guard);
+                        self.post_stream_error(err);
+                        return false;
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            state.stream = Some(Stream { in_info, converter });
+            items
+        };
+        gst::info!(CAT, imp = self, "Configured {} -> {}", caps, out_caps);
+        if let Err(err) = self.push_items(items) {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "Pushing frames of the old caps returned {:?}",
+                err
+            );
+        }
+        let pushed = self.srcpad.push_event(gst::event::Caps::new(&out_caps));
+        // Live pipelines query the latency before any caps: the frames held are only
+        // known now.
+        self.post_latency_message();
+        pushed
+    }
+
+    fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        use gst::EventView;
+        gst::log!(CAT, obj = pad, "Handling {:?}", event);
+        match event.view() {
+            EventView::Caps(c) => {
+                let caps = c.caps_owned();
+                self.set_caps(&caps)
+            }
+            EventView::Eos(_)
+            | EventView::SegmentDone(_)
+            | EventView::StreamStart(_)
+            | EventView::Segment(_) => self.drain_then_forward(event),
+            EventView::FlushStop(_) => self.flush_stop(event),
+            _ if event.is_serialized() => self.forward_in_order(event),
+            _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
+        }
+    }
+
+    fn sink_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        use gst::QueryViewMut;
+        match query.view_mut() {
+            QueryViewMut::Caps(q) => {
+                let caps = self.peer_caps(q.filter(), Direction::Downscale);
+                q.set_result(&caps);
+                true
+            }
+            QueryViewMut::Allocation(q) => {
+                // Upstream may give us frames with any strides; we map them with
+                // their video meta. Never forwarded: downstream buffers are larger.
+                q.add_allocation_meta::<gst_video::VideoMeta>(None);
+                true
+            }
+            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
+        }
+    }
+
+    fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        use gst::QueryViewMut;
+        match query.view_mut() {
+            QueryViewMut::Caps(q) => {
+                let caps = self.peer_caps(q.filter(), Direction::Upscale);
+                q.set_result(&caps);
+                true
+            }
+            QueryViewMut::Latency(q) => {
+                let mut upstream = gst::query::Latency::new();
+                if !self.sinkpad.peer_query(&mut upstream) {
+                    return false;
+                }
+                let (live, min, max) = upstream.result();
+                let added = self.added_latency();
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "Upstream latency {} - {}, adding {}",
+                    min,
+                    max.display(),
+                    added
+                );
+                q.set(live, min + added, max.map(|m| m + added));
+                true
+            }
+            _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
+        }
+    }
+
+    /// Caps for one pad: what the other pad's peer can take, mapped through the scale
+    /// (`Downscale` answers for the sink pad, `Upscale` for the src pad).
+    fn peer_caps(&self, filter: Option<&gst::CapsRef>, direction: Direction) -> gst::Caps {
+        let scale = self.scale();
+        let (this_pad, other_pad, other_direction) = match direction {
+            Direction::Downscale => (&self.sinkpad, &self.srcpad, Direction::Upscale),
+            Direction::Upscale => (&self.srcpad, &self.sinkpad, Direction::Downscale),
+        };
+        let template = this_pad.pad_template_caps();
+        let peer_filter = filter.map(|f| caps::transform(f, other_direction, scale));
+        let peer = other_pad.peer_query_caps(peer_filter.as_ref());
+        let mut result = if peer.is_any() {
+            template
+        } else {
+            caps::transform(&peer, direction, scale)
+                .intersect_with_mode(&template, gst::CapsIntersectMode::First)
+        };
+        if let Some(filter) = filter {
+            result = filter.intersect_with_mode(&result, gst::CapsIntersectMode::First);
+        }
+        gst::log!(CAT, obj = this_pad, "Caps for {:?}: {}", direction, result);
+        result
+    }
+
+    /// The latency this element adds: the frames held before the first output, plus
+    /// the time a chunk takes. Until a chunk has been timed that is the budget of
+    /// `CHUNK_STRIDE` frame durations (a slower chunk could not keep up with a live
+    /// source anyway); a chunk that took longer raises it.
+    fn added_latency(&self) -> gst::ClockTime {
+        let fps = self
+            .sinkpad
+            .current_caps()
+            .and_then(|caps| gst_video::VideoInfo::from_caps(&caps).ok())
+            .map(|info| info.fps());
+        let frames = |n: u64| match fps {
+            Some(fps) if fps.numer() > 0 && fps.denom() > 0 => gst::ClockTime::SECOND
+                .mul_div_ceil(n * fps.denom() as u64, fps.numer() as u64)
+                .unwrap_or(gst::ClockTime::ZERO),
+            _ => gst::ClockTime::ZERO,
+        };
+        match fps {
+            Some(fps) if fps.numer() == 0 => gst::warning!(
+                CAT,
+                imp = self,
+                "Variable framerate: the {} frames held cannot be expressed as latency",
+                LATENCY_FRAMES
+            ),
+            None => gst::debug!(
+                CAT,
+                imp = self,
+                "No caps yet: the frames held are not counted"
+            ),
+            _ => {}
+        }
+        let measured = gst::ClockTime::from_nseconds(self.processing_ns.load(Ordering::Relaxed));
+        let processing = measured.max(frames(CHUNK_STRIDE as u64));
+        self.reported_processing_ns
+            .store(processing.nseconds(), Ordering::Relaxed);
+        frames(LATENCY_FRAMES) + processing
+    }
+}
+
+/// The element error for an engine that could not start: names the property at
+/// fault, or the folder and file the weights failed in, and what to do.
+fn start_error(
+    settings: &Settings,
+    model_dir: &std::path::Path,
+    err: EngineError,
+) -> gst::ErrorMessage {
+    match err {
+        EngineError::InvalidSetting { field, message } => gst::error_msg!(
+            gst::LibraryError::Settings,
+            (
+                "Invalid {} for FlashVSR: {}. Change the {} property",
+                field.replace('_', "-"),
+                message,
+                field.replace('_', "-")
+            )
+        ),
+        // The loader's message names the file and tensor at fault and how to get
+        // the weights; add which property holds the folder.
+        err => gst::error_msg!(
+            gst::LibraryError::Init,
+            (
+                "Could not start FlashVSR from model-dir '{}' (model-version {}, device {}): {}",
+                model_dir.display(),
+                model_version_nick(settings.model_version),
+                settings.device,
+                err
+            )
+        ),
+    }
+}
+
+fn model_version_nick(v: ModelVersion) -> &'static str {
+    match v {
+        ModelVersion::V1 => "v1",
+        ModelVersion::V1_1 => "v1-1",
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for FlashVsr {
+    const NAME: &'static str = "GstFlashVsr";
+    type Type = super::FlashVsr;
+    type ParentType = gst::Element;
+
+    fn with_class(klass: &Self::Class) -> Self {
+        let templ = klass.pad_template("sink");
+        let sinkpad = gst::Pad::builder_from_template(&templ.expect("sink pad template"))
+            .chain_function(|_pad, parent, buffer| {
+                FlashVsr::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::FlowError::Error),
+                    |this| this.sink_chain(buffer),
+                )
+            })
+            .event_function(|pad, parent, event| {
+                FlashVsr::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |this| this.sink_event(pad, event),
+                )
+            })
+            .query_function(|pad, parent, query| {
+                FlashVsr::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |this| this.sink_query(pad, query),
+                )
+            })
+            .build();
+
+        let templ = klass.pad_template("src");
+        let srcpad = gst::Pad::builder_from_template(&templ.expect("src pad template"))
+            .query_function(|pad, parent, query| {
+                FlashVsr::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |this| this.src_query(pad, query),
+                )
+            })
+            .build();
+
+        Self {
+            sinkpad,
+            srcpad,
+            settings: Mutex::new(Settings::default()),
+            state: Mutex::new(None),
+            active_scale: AtomicU32::new(0),
+            processing_ns: AtomicU64::new(0),
+            reported_processing_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ObjectImpl for FlashVsr {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("model-dir")
+                    .nick("Model folder")
+                    .blurb("Folder with the FlashVSR weights (diffusion_pytorch_model_streaming_dmd.safetensors, LQ_proj_in.ckpt, TCDecoder.ckpt, posi_prompt.pth); when unset, $FLASHVSR_MODEL_DIR. Read at READY->PAUSED")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("model-version", DEFAULT_MODEL_VERSION)
+                    .nick("Model version")
+                    .blurb("FlashVSR release the weights come from (v1 or v1-1; the files look the same). Read at READY->PAUSED")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("scale")
+                    .nick("Scale")
+                    .blurb("Upscaling factor: output width and height are the input's times this. Read at READY->PAUSED")
+                    .minimum(caps::MIN_SCALE)
+                    .maximum(caps::MAX_SCALE)
+                    .default_value(DEFAULT_SCALE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("device")
+                    .nick("Device")
+                    .blurb("Where the network runs: \"cpu\", or \"cuda:N\" in builds with the cuda feature. Read at READY->PAUSED")
+                    .default_value(Some(DEFAULT_DEVICE))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("precision", DEFAULT_PRECISION)
+                    .nick("Precision")
+                    .blurb("Floating-point type the network runs in (bf16/f16 are for GPUs). Read at READY->PAUSED")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("color-fix", DEFAULT_COLOR_FIX)
+                    .nick("Colour fix")
+                    .blurb("Colour correction of the output towards the input. Read at READY->PAUSED")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecDouble::builder("sparse-ratio")
+                    .nick("Sparse ratio")
+                    .blurb("Share of attention blocks kept by the sparse attention (higher: more blocks, slower). Read at READY->PAUSED")
+                    .minimum(0.1)
+                    .maximum(16.0)
+                    .default_value(DEFAULT_SPARSE_RATIO)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecDouble::builder("kv-ratio")
+                    .nick("KV ratio")
+                    .blurb("Time windows of past frames kept in the attention cache. Read at READY->PAUSED")
+                    .minimum(1.0)
+                    .maximum(16.0)
+                    .default_value(DEFAULT_KV_RATIO)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("local-range")
+                    .nick("Local range")
+                    .blurb("Width, in 8x8-token blocks, of the neighbourhood each block attends to. Read at READY->PAUSED")
+                    .minimum(1)
+                    .maximum(63)
+                    .default_value(DEFAULT_LOCAL_RANGE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("seed")
+                    .nick("Seed")
+                    .blurb("Seed of the noise the network starts from (same seed, same output). Read at READY->PAUSED")
+                    .default_value(DEFAULT_SEED)
+                    .mutable_ready()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock();
+        match pspec.name() {
+            "model-dir" => {
+                settings.model_dir = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from);
+            }
+            "model-version" => {
+                settings.model_version = value.get().unwrap_or(DEFAULT_MODEL_VERSION)
+            }
+            "scale" => settings.scale = value.get().unwrap_or(DEFAULT_SCALE),
+            "device" => {
+                settings.device = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| DEFAULT_DEVICE.to_string());
+            }
+            "precision" => settings.precision = value.get().unwrap_or(DEFAULT_PRECISION),
+            "color-fix" => settings.color_fix = value.get().unwrap_or(DEFAULT_COLOR_FIX),
+            "sparse-ratio" => settings.sparse_ratio = value.get().unwrap_or(DEFAULT_SPARSE_RATIO),
+            "kv-ratio" => settings.kv_ratio = value.get().unwrap_or(DEFAULT_KV_RATIO),
+            "local-range" => settings.local_range = value.get().unwrap_or(DEFAULT_LOCAL_RANGE),
+            "seed" => settings.seed = value.get().unwrap_or(DEFAULT_SEED),
+            other => {
+                gst::warning!(CAT, imp = self, "Unknown property {}", other);
+                return;
+            }
+        }
+        drop(settings);
+        // Not the state lock: a chunk may be running under it.
+        if self.active_scale.load(Ordering::Acquire) != 0 {
+            gst::info!(
+                CAT,
+                imp = self,
+                "{} changed while running: it takes effect at the next READY->PAUSED change",
+                pspec.name()
+            );
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock();
+        match pspec.name() {
+            "model-dir" => settings
+                .model_dir
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .to_value(),
+            "model-version" => settings.model_version.to_value(),
+            "scale" => settings.scale.to_value(),
+            "device" => settings.device.to_value(),
+            "precision" => settings.precision.to_value(),
+            "color-fix" => settings.color_fix.to_value(),
+            "sparse-ratio" => settings.sparse_ratio.to_value(),
+            "kv-ratio" => settings.kv_ratio.to_value(),
+            "local-range" => settings.local_range.to_value(),
+            "seed" => settings.seed.to_value(),
+            _ => pspec.default_value().clone(),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        for pad in [&self.sinkpad, &self.srcpad] {
+            if let Err(err) = obj.add_pad(pad) {
+                gst::error!(CAT, imp = self, "Could not add pad {}: {}", pad.name(), err);
+            }
+        }
+    }
+}
+
+impl GstObjectImpl for FlashVsr {}
+
+impl ElementImpl for FlashVsr {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static ELEMENT_METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "FlashVSR super-resolution",
+                "Filter/Effect/Video/Scaler",
+                "Upscales video 2-4x with the FlashVSR one-step diffusion network, streaming (holds 25 frames before the first output)",
+                "gst-flashvsr developers",
+            )
+        });
+        Some(&*ELEMENT_METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let sink = gst::PadTemplate::new(
+                "sink",
+                gst::PadDirection::Sink,
+                gst::PadPresence::Always,
+                &caps::sink_template_caps(),
+            );
+            let src = gst::PadTemplate::new(
+                "src",
+                gst::PadDirection::Src,
+                gst::PadPresence::Always,
+                &caps::src_template_caps(),
+            );
+            // Both are built from fixed, valid arguments; `new` only fails on a
+            // name template that does not match the presence.
+            sink.into_iter().chain(src).collect()
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        gst::trace!(CAT, imp = self, "Changing state {:?}", transition);
+        if transition == gst::StateChange::ReadyToPaused
+            && let Err(err) = self.start()
+        {
+            self.post_error_message(err);
+            return Err(gst::StateChangeError);
+        }
+        let result = self.parent_change_state(transition);
+        match transition {
+            gst::StateChange::PausedToReady => self.stop(),
+            gst::StateChange::ReadyToPaused if result.is_err() => self.stop(),
+            _ => {}
+        }
+        result
+    }
+}

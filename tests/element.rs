@@ -1,0 +1,632 @@
+//! The `flashvsr` element in a `gst_check::Harness`: properties, caps, timestamps,
+//! EOS, flush, caps changes, GAP, latency and the missing-weights error. Frames run
+//! through the tiny fixture model (`../shared/golden/tiny-v1/model`) at 32x24 -> 128x96.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Once};
+
+use gst::prelude::*;
+use gst_check::Harness;
+
+const FRAME: gst::ClockTime = gst::ClockTime::from_mseconds(40);
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstflashvsr::plugin_register_static().expect("registering the flashvsr plugin");
+    });
+}
+
+/// The fixture model folder, or `None` (skip) when the shared fixtures are absent.
+fn tiny_model() -> Option<PathBuf> {
+    let dir = common::shared_dir()?.join("golden/tiny-v1/model");
+    assert!(
+        dir.is_dir(),
+        "{} is missing from the shared fixtures",
+        dir.display()
+    );
+    Some(dir)
+}
+
+/// What left the element's src pad, in order.
+#[derive(Debug, Clone)]
+enum Seen {
+    Buffer(gst::Buffer),
+    Caps(gst::Caps),
+    Event(gst::EventType),
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+fn record(pad: &gst::Pad) -> Log {
+    let log: Log = Arc::default();
+    let sink = log.clone();
+    pad.add_probe(
+        gst::PadProbeType::DATA_DOWNSTREAM | gst::PadProbeType::EVENT_FLUSH,
+        move |_, info| {
+            let seen = match &info.data {
+                Some(gst::PadProbeData::Buffer(b)) => Some(Seen::Buffer(b.clone())),
+                Some(gst::PadProbeData::Event(e)) => Some(match e.view() {
+                    gst::EventView::Caps(c) => Seen::Caps(c.caps_owned()),
+                    _ => Seen::Event(e.type_()),
+                }),
+                _ => None,
+            };
+            if let Some(seen) = seen {
+                sink.lock().unwrap().push(seen);
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    log
+}
+
+fn buffers(log: &Log) -> Vec<gst::Buffer> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Buffer(b) => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A harness around a started `flashvsr` (fixture model, scale 4) with `caps` set.
+fn start(model: &std::path::Path, caps: &str) -> (Harness, Log) {
+    // The harness starts a filter as soon as it wraps it: configure it first.
+    let element = gst::ElementFactory::make("flashvsr")
+        .property("model-dir", model.to_str().unwrap())
+        .property_from_str("model-version", "v1")
+        .build()
+        .unwrap();
+    let log = record(&element.static_pad("src").unwrap());
+    let mut h = Harness::with_element(&element, Some("sink"), Some("src"));
+    h.set_src_caps_str(caps);
+    (h, log)
+}
+
+fn caps_str(format: &str, w: u32, h: u32) -> String {
+    format!(
+        "video/x-raw,format={format},width={w},height={h},framerate=25/1,pixel-aspect-ratio=12/11"
+    )
+}
+
+fn info_of(caps: &str) -> gst_video::VideoInfo {
+    gst_video::VideoInfo::from_caps(&caps.parse::<gst::Caps>().unwrap()).unwrap()
+}
+
+/// Input frame `i` of a 25 fps stream whose first frame is at `start`.
+fn frame(info: &gst_video::VideoInfo, i: u64, start: gst::ClockTime) -> gst::Buffer {
+    let mut buffer = gst::Buffer::from_mut_slice(vec![(i * 37 % 251) as u8; info.size()]);
+    {
+        let b = buffer.get_mut().unwrap();
+        b.set_pts(start + FRAME * i);
+        b.set_dts(start + FRAME * i);
+        b.set_duration(FRAME);
+        b.set_offset(i);
+        b.set_offset_end(i + 1);
+        if i == 0 {
+            b.set_flags(gst::BufferFlags::DISCONT);
+        }
+    }
+    buffer
+}
+
+fn assert_buf(buffer: &gst::BufferRef, i: u64, start: gst::ClockTime, size: usize) {
+    assert_eq!(buffer.pts(), Some(start + FRAME * i), "pts of output {i}");
+    assert_eq!(buffer.dts(), Some(start + FRAME * i), "dts of output {i}");
+    assert_eq!(buffer.duration(), Some(FRAME), "duration of output {i}");
+    assert_eq!(buffer.offset(), i, "offset of output {i}");
+    assert_eq!(buffer.offset_end(), i + 1, "offset_end of output {i}");
+    assert_eq!(
+        buffer.flags().contains(gst::BufferFlags::DISCONT),
+        i == 0,
+        "DISCONT of output {i}"
+    );
+    assert_eq!(buffer.size(), size, "size of output {i}");
+}
+
+#[test]
+fn properties_have_their_documented_defaults_and_ranges() {
+    init();
+    let element = gst::ElementFactory::make("flashvsr").build().unwrap();
+    assert_eq!(element.property::<Option<String>>("model-dir"), None);
+    assert_eq!(element.property::<u32>("scale"), 4);
+    assert_eq!(element.property::<String>("device"), "cpu");
+    assert_eq!(element.property::<f64>("sparse-ratio"), 2.0);
+    assert_eq!(element.property::<f64>("kv-ratio"), 3.0);
+    assert_eq!(element.property::<u32>("local-range"), 11);
+    assert_eq!(element.property::<u64>("seed"), 0);
+    for (name, nick) in [
+        ("model-version", "v1-1"),
+        ("precision", "f32"),
+        ("color-fix", "adain"),
+    ] {
+        assert_eq!(
+            enum_nick(&element.property_value(name)),
+            nick,
+            "default of {name}"
+        );
+    }
+
+    let scale = element.find_property("scale").unwrap();
+    let scale = scale.downcast_ref::<gst::glib::ParamSpecUInt>().unwrap();
+    assert_eq!((scale.minimum(), scale.maximum()), (2, 4));
+    element.set_property_from_str("model-version", "v1");
+    assert_eq!(enum_nick(&element.property_value("model-version")), "v1");
+    element.set_property_from_str("color-fix", "wavelet");
+    assert_eq!(enum_nick(&element.property_value("color-fix")), "wavelet");
+    element.set_property("model-dir", "/models/flashvsr");
+    assert_eq!(
+        element.property::<Option<String>>("model-dir").as_deref(),
+        Some("/models/flashvsr")
+    );
+    for name in [
+        "model-dir",
+        "model-version",
+        "scale",
+        "device",
+        "precision",
+        "color-fix",
+        "sparse-ratio",
+        "kv-ratio",
+        "local-range",
+        "seed",
+    ] {
+        let pspec = element.find_property(name).unwrap();
+        assert!(
+            !pspec.blurb().unwrap_or_default().is_empty(),
+            "{name} has a blurb"
+        );
+        assert!(
+            pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_READY),
+            "{name} is marked mutable in READY"
+        );
+    }
+}
+
+fn enum_nick(value: &gst::glib::Value) -> String {
+    let (_class, v) = gst::glib::EnumValue::from_value(value).unwrap();
+    v.nick().to_string()
+}
+
+#[test]
+fn missing_weights_fail_ready_to_paused_naming_the_folder() {
+    init();
+    let pipeline = gst::parse::launch(
+        "videotestsrc num-buffers=1 ! flashvsr name=vsr model-dir=/nonexistent/flashvsr-weights ! fakesink",
+    )
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    assert!(pipeline.set_state(gst::State::Paused).is_err());
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+        .expect("an error message on the bus");
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    let text = err.error().to_string();
+    assert!(text.contains("/nonexistent/flashvsr-weights"), "{text}");
+    assert!(text.contains("model-dir"), "{text}");
+    assert_eq!(msg.src().unwrap().name(), "vsr");
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn bad_weights_fail_ready_to_paused_naming_the_folder() {
+    init();
+    // A folder that exists but holds no weights.
+    let empty = std::env::temp_dir().join(format!("flashvsr-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let element = gst::ElementFactory::make("flashvsr")
+        .property("model-dir", empty.to_str().unwrap())
+        .build()
+        .unwrap();
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    assert!(element.set_state(gst::State::Paused).is_err());
+    let msg = bus
+        .pop_filtered(&[gst::MessageType::Error])
+        .expect("an error message");
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    let text = err.error().to_string();
+    assert!(text.contains(empty.to_str().unwrap()), "{text}");
+    assert!(text.contains("model-dir"), "{text}");
+    element.set_state(gst::State::Null).unwrap();
+    std::fs::remove_dir(&empty).unwrap();
+}
+
+/// Starts a `flashvsr` on an existing folder with `device` and returns the error text.
+fn device_error(device: &str) -> String {
+    let element = gst::ElementFactory::make("flashvsr")
+        .property("model-dir", std::env::temp_dir().to_str().unwrap())
+        .property("device", device)
+        .build()
+        .unwrap();
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    assert!(element.set_state(gst::State::Paused).is_err());
+    let msg = bus
+        .pop_filtered(&[gst::MessageType::Error])
+        .expect("an error message");
+    element.set_state(gst::State::Null).unwrap();
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    err.error().to_string()
+}
+
+#[test]
+fn unusable_device_fails_ready_to_paused_naming_the_property() {
+    init();
+    let text = device_error("tpu:0");
+    assert!(text.contains("device") && text.contains("tpu:0"), "{text}");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_without_the_cuda_feature_says_how_to_build() {
+    init();
+    let text = device_error("cuda:0");
+    assert!(
+        text.contains("device") && text.contains("--features cuda"),
+        "{text}"
+    );
+}
+
+#[test]
+fn caps_queries_map_sizes_through_the_scale() {
+    init();
+    // Pads answer caps queries in any state: no weights needed.
+    let pipeline = gst::parse::launch(
+        "videotestsrc ! flashvsr name=vsr ! video/x-raw,format=I420,width=704,height=576,framerate=25/1 ! fakesink",
+    )
+    .unwrap()
+    .downcast::<gst::Bin>()
+    .unwrap();
+    let element = pipeline.by_name("vsr").unwrap();
+    let sinkpad = element.static_pad("sink").unwrap();
+    let caps = sinkpad.query_caps(None);
+    let s = caps.structure(0).unwrap();
+    assert_eq!(caps.size(), 1, "{caps}");
+    assert_eq!(s.get::<i32>("width").unwrap(), 176);
+    assert_eq!(s.get::<i32>("height").unwrap(), 144);
+    assert_eq!(s.get::<&str>("format").unwrap(), "I420");
+
+    let good: gst::Caps = "video/x-raw,format=I420,width=176,height=144,framerate=25/1"
+        .parse()
+        .unwrap();
+    assert!(sinkpad.query_accept_caps(&good));
+    for bad in [
+        "video/x-raw,format=I420,width=177,height=144,framerate=25/1",
+        "video/x-raw,format=GRAY8,width=176,height=144,framerate=25/1",
+        "video/x-raw,format=I420,width=176,height=144,framerate=30/1",
+    ] {
+        assert!(
+            !sinkpad.query_accept_caps(&bad.parse().unwrap()),
+            "accepted {bad}"
+        );
+    }
+
+    // With scale 2 the same downstream caps need a 352x288 input.
+    element.set_property("scale", 2u32);
+    let caps = sinkpad.query_caps(None);
+    assert_eq!(caps.structure(0).unwrap().get::<i32>("width").unwrap(), 352);
+
+    // The src pad answers for what upstream can give, upscaled.
+    let pipeline = gst::parse::launch(
+        "videotestsrc ! video/x-raw,format=NV12,width=320,height=240,framerate=30/1 ! flashvsr name=vsr ! fakesink",
+    )
+    .unwrap()
+    .downcast::<gst::Bin>()
+    .unwrap();
+    let srcpad = pipeline.by_name("vsr").unwrap().static_pad("src").unwrap();
+    let caps = srcpad.query_caps(None);
+    let s = caps.structure(0).unwrap();
+    assert_eq!(
+        (
+            s.get::<i32>("width").unwrap(),
+            s.get::<i32>("height").unwrap()
+        ),
+        (1280, 960)
+    );
+    assert_eq!(s.get::<&str>("format").unwrap(), "NV12");
+}
+
+#[test]
+fn negotiates_every_format_with_scaled_size_and_carried_fields() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    for format in [
+        "I420",
+        "NV12",
+        "RGB",
+        "BGR",
+        "RGBA",
+        "BGRA",
+        "RGBx",
+        "BGRx",
+        "YV12",
+        "NV21",
+        "Y42B",
+        "Y444",
+        "I420_10LE",
+        "I422_10LE",
+        "Y444_10LE",
+        "P010_10LE",
+    ] {
+        let input = caps_str(format, 32, 24);
+        let (mut h, log) = start(&model, &input);
+        let out_caps: gst::Caps = caps_str(format, 128, 96).parse().unwrap();
+        let src_caps = h
+            .element()
+            .unwrap()
+            .static_pad("src")
+            .unwrap()
+            .current_caps()
+            .unwrap();
+        let s = src_caps.structure(0).unwrap();
+        let expected = out_caps.structure(0).unwrap();
+        for field in [
+            "format",
+            "width",
+            "height",
+            "framerate",
+            "pixel-aspect-ratio",
+        ] {
+            assert_eq!(
+                s.value(field).unwrap().serialize().unwrap(),
+                expected.value(field).unwrap().serialize().unwrap(),
+                "{format}: {field} in {src_caps}"
+            );
+        }
+        let out_info = gst_video::VideoInfo::from_caps(&src_caps).unwrap();
+        let in_info = info_of(&input);
+        assert_eq!(
+            out_info.colorimetry(),
+            in_info.colorimetry(),
+            "{format}: colorimetry"
+        );
+
+        h.push(frame(&in_info, 0, gst::ClockTime::ZERO)).unwrap();
+        assert!(h.push_event(gst::event::Eos::new()));
+        let out = buffers(&log);
+        assert_eq!(out.len(), 1, "{format}: one frame in, one out");
+        assert_buf(&out[0], 0, gst::ClockTime::ZERO, out_info.size());
+    }
+}
+
+#[test]
+fn unsupported_caps_are_refused() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    let (h, _) = start(&model, &caps_str("I420", 32, 24));
+    let element = h.element().unwrap();
+    let (sinkpad, srcpad) = (
+        element.static_pad("sink").unwrap(),
+        element.static_pad("src").unwrap(),
+    );
+    let negotiated = srcpad.current_caps().unwrap();
+    for bad in [
+        caps_str("GRAY8", 32, 24),
+        "video/x-raw,format=I420,width=32,height=24,framerate=25/1,interlace-mode=interleaved"
+            .to_string(),
+        caps_str("I420", 3000, 24),
+    ] {
+        let caps: gst::Caps = bad.parse().unwrap();
+        assert!(
+            !sinkpad.send_event(gst::event::Caps::new(&caps)),
+            "accepted {bad}"
+        );
+        assert_eq!(srcpad.current_caps().unwrap(), negotiated);
+    }
+}
+
+#[test]
+fn every_output_carries_its_input_timestamps() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    let caps = caps_str("I420", 32, 24);
+    let (mut h, log) = start(&model, &caps);
+    let info = info_of(&caps);
+    let out_size = info_of(&caps_str("I420", 128, 96)).size();
+    let start_ts = gst::ClockTime::from_seconds(3);
+    for i in 0..40 {
+        h.push(frame(&info, i, start_ts)).unwrap();
+        // Nothing comes out before the 25th frame; then frames 0..21 at once.
+        let received = i + 1;
+        let expected = if received < 25 {
+            0
+        } else {
+            21 + 8 * ((received - 25) / 8) as usize
+        };
+        assert_eq!(buffers(&log).len(), expected, "outputs after input {i}");
+    }
+    assert!(h.push_event(gst::event::Eos::new()));
+    let out = buffers(&log);
+    assert_eq!(out.len(), 40);
+    for (i, b) in out.iter().enumerate() {
+        assert_buf(b, i as u64, start_ts, out_size);
+    }
+    assert!(matches!(
+        log.lock().unwrap().last(),
+        Some(Seen::Event(gst::EventType::Eos))
+    ));
+}
+
+#[test]
+fn eos_drains_fewer_than_25_frames() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    let caps = caps_str("RGB", 32, 24);
+    let (mut h, log) = start(&model, &caps);
+    let info = info_of(&caps);
+    for i in 0..5 {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    assert!(buffers(&log).is_empty(), "frames held before EOS");
+    assert!(h.push_event(gst::event::Eos::new()));
+    let out_size = info_of(&caps_str("RGB", 128, 96)).size();
+    for i in 0..5 {
+        let b = h.pull().unwrap();
+        assert_buf(&b, i, gst::ClockTime::ZERO, out_size);
+    }
+    assert!(h.try_pull().is_none(), "nothing after the 5 frames");
+    let events: Vec<gst::EventType> = std::iter::from_fn(|| h.try_pull_event())
+        .map(|e| e.type_())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            gst::EventType::StreamStart,
+            gst::EventType::Caps,
+            gst::EventType::Segment,
+            gst::EventType::Eos
+        ]
+    );
+}
+
+#[test]
+fn flush_drops_held_frames_and_restarts() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    let caps = caps_str("I420", 32, 24);
+    let (mut h, log) = start(&model, &caps);
+    let info = info_of(&caps);
+    for i in 0..10 {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    segment.set_start(gst::ClockTime::from_seconds(10));
+    assert!(h.push_event(gst::event::Segment::new(&segment)));
+    let after = gst::ClockTime::from_seconds(10);
+    for i in 0..3 {
+        h.push(frame(&info, i, after)).unwrap();
+    }
+    assert!(h.push_event(gst::event::Eos::new()));
+    let out = buffers(&log);
+    assert_eq!(out.len(), 3, "only the frames after the flush");
+    let out_size = info_of(&caps_str("I420", 128, 96)).size();
+    for (i, b) in out.iter().enumerate() {
+        assert_buf(b, i as u64, after, out_size);
+    }
+    let kinds: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Event(t) if *t == gst::EventType::FlushStop || *t == gst::EventType::Segment => {
+                Some(format!("{t:?}"))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["Segment", "FlushStop", "Segment"]);
+}
+
+#[test]
+fn caps_change_drains_old_frames_at_the_old_size_first() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    let first = caps_str("I420", 32, 24);
+    let (mut h, log) = start(&model, &first);
+    for i in 0..5 {
+        h.push(frame(&info_of(&first), i, gst::ClockTime::ZERO))
+            .unwrap();
+    }
+    let second = caps_str("I420", 16, 16);
+    assert!(h.push_event(gst::event::Caps::new(&second.parse().unwrap())));
+    for i in 5..9 {
+        h.push(frame(&info_of(&second), i, gst::ClockTime::ZERO))
+            .unwrap();
+    }
+    assert!(h.push_event(gst::event::Eos::new()));
+
+    let big = info_of(&caps_str("I420", 128, 96)).size();
+    let small = info_of(&caps_str("I420", 64, 64)).size();
+    let seen = log.lock().unwrap().clone();
+    let order: Vec<String> = seen
+        .iter()
+        .map(|s| match s {
+            Seen::Buffer(b) if b.size() == big => "big".to_string(),
+            Seen::Buffer(b) if b.size() == small => "small".to_string(),
+            Seen::Buffer(b) => format!("buffer of {} bytes", b.size()),
+            Seen::Caps(c) => {
+                let s = c.structure(0).unwrap();
+                format!(
+                    "caps {}x{}",
+                    s.get::<i32>("width").unwrap(),
+                    s.get::<i32>("height").unwrap()
+                )
+            }
+            Seen::Event(t) => format!("{t:?}"),
+        })
+        .collect();
+    let mut expected = vec![
+        "StreamStart".to_string(),
+        "caps 128x96".into(),
+        "Segment".into(),
+    ];
+    expected.extend(std::iter::repeat_n("big".to_string(), 5));
+    expected.push("caps 64x64".into());
+    expected.extend(std::iter::repeat_n("small".to_string(), 4));
+    expected.push("Eos".into());
+    assert_eq!(order, expected);
+    for (i, b) in buffers(&log).iter().enumerate() {
+        assert_eq!(b.pts(), Some(FRAME * i as u64));
+    }
+}
+
+#[test]
+fn gap_is_forwarded_behind_the_frames_before_it() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    let caps = caps_str("NV12", 32, 24);
+    let (mut h, log) = start(&model, &caps);
+    let info = info_of(&caps);
+    for i in 0..3 {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    assert!(h.push_event(gst::event::Gap::builder(FRAME * 3).duration(FRAME).build()));
+    for i in 4..6 {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    assert!(h.push_event(gst::event::Eos::new()));
+    let order: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .skip(3)
+        .map(|s| match s {
+            Seen::Buffer(b) => format!("{}", b.pts().unwrap().mseconds()),
+            Seen::Caps(_) => "caps".into(),
+            Seen::Event(t) => format!("{t:?}"),
+        })
+        .collect();
+    assert_eq!(order, ["0", "40", "80", "Gap", "160", "200", "Eos"]);
+}
+
+#[test]
+fn latency_adds_held_frames_and_chunk_budget_to_upstream() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    let (mut h, _) = start(&model, &caps_str("I420", 32, 24));
+    h.set_upstream_latency(gst::ClockTime::from_mseconds(10));
+    let mut q = gst::query::Latency::new();
+    assert!(h.sinkpad().unwrap().peer_query(&mut q));
+    let (_live, min, max) = q.result();
+    // 25 frames held at 25 fps, plus 8 frames for processing until a chunk has been
+    // timed; no upstream maximum stays none.
+    assert_eq!(min, gst::ClockTime::from_mseconds(10 + 33 * 40));
+    assert_eq!(max, None);
+}

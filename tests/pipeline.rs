@@ -1,0 +1,322 @@
+//! `flashvsr` in real pipelines, as users write them: a file through decodebin and
+//! x264enc into MP4 (frame count, size, pixel-aspect-ratio and timestamps checked by
+//! decoding the result), a live source, and `pipelines/upscale-file.sh` keeping audio.
+//! The fixture model `../shared/golden/tiny-v1/model` stands in for the weights.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Once};
+
+use gst::prelude::*;
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstflashvsr::plugin_register_static().expect("registering the flashvsr plugin");
+    });
+}
+
+fn tiny_model(shared: &Path) -> PathBuf {
+    let dir = shared.join("golden/tiny-v1/model");
+    assert!(dir.is_dir(), "{} is missing", dir.display());
+    dir
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("flashvsr-test-{}-{name}", std::process::id()))
+}
+
+/// Runs `pipeline` to EOS and stops it; panics with the bus error, or after `timeout`.
+fn run(pipeline: &gst::Element, timeout: gst::ClockTime) {
+    play_to_eos(pipeline, timeout);
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// Runs `pipeline` until EOS and leaves it there (its elements' stats still readable).
+fn play_to_eos(pipeline: &gst::Element, timeout: gst::ClockTime) {
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_nanos(timeout.nseconds());
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "pipeline did not finish within {timeout}");
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(200)) else {
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(err) => {
+                pipeline.set_state(gst::State::Null).unwrap();
+                panic!(
+                    "{}: {} ({:?})",
+                    err.src().map(|s| s.path_string()).unwrap_or_default(),
+                    err.error(),
+                    err.debug()
+                );
+            }
+            gst::MessageView::Latency(_) => {
+                let _ = pipeline
+                    .downcast_ref::<gst::Bin>()
+                    .unwrap()
+                    .recalculate_latency();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The decoded video of `file`: its caps and every frame's PTS.
+fn decode(file: &Path) -> (gst::Caps, Vec<gst::ClockTime>) {
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! decodebin ! video/x-raw ! fakesink name=sink sync=false",
+        file.display()
+    ))
+    .unwrap();
+    let pad = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("sink")
+        .unwrap()
+        .static_pad("sink")
+        .unwrap();
+    let pts = Arc::new(Mutex::new(Vec::new()));
+    let sink = pts.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(gst::PadProbeData::Buffer(b)) = &info.data {
+            sink.lock()
+                .unwrap()
+                .push(b.pts().expect("decoded frame without PTS"));
+        }
+        gst::PadProbeReturn::Ok
+    });
+    let caps = Arc::new(Mutex::new(None));
+    let caps_sink = caps.clone();
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(gst::PadProbeData::Event(e)) = &info.data
+            && let gst::EventView::Caps(c) = e.view()
+        {
+            *caps_sink.lock().unwrap() = Some(c.caps_owned());
+        }
+        gst::PadProbeReturn::Ok
+    });
+    run(&pipeline, gst::ClockTime::from_seconds(120));
+    let caps = caps.lock().unwrap().clone().expect("no caps decoded");
+    let pts = pts.lock().unwrap().clone();
+    (caps, pts)
+}
+
+fn size_and_par(caps: &gst::Caps) -> (i32, i32, gst::Fraction) {
+    let s = caps.structure(0).unwrap();
+    (
+        s.get("width").unwrap(),
+        s.get("height").unwrap(),
+        s.get("pixel-aspect-ratio")
+            .unwrap_or(gst::Fraction::new(1, 1)),
+    )
+}
+
+/// The pipeline of the README, on a whole clip: same frames, same timestamps, x4.
+fn upscale_file_keeps_every_frame(clip: &str) {
+    init();
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let input = shared.join("media").join(clip);
+    let output = temp_path(clip);
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! decodebin ! flashvsr scale=4 model-version=v1 model-dir=\"{}\" ! x264enc ! mp4mux ! filesink location=\"{}\"",
+        input.display(),
+        tiny_model(&shared).display(),
+        output.display()
+    ))
+    .unwrap();
+    run(&pipeline, gst::ClockTime::from_seconds(1800));
+
+    let (in_caps, in_pts) = decode(&input);
+    let (out_caps, out_pts) = decode(&output);
+    let (w, h, par) = size_and_par(&in_caps);
+    assert_eq!(size_and_par(&out_caps), (w * 4, h * 4, par), "{out_caps}");
+    assert_eq!(out_pts.len(), in_pts.len(), "frame count");
+    assert_eq!(out_pts, in_pts, "frame timestamps");
+    std::fs::remove_file(&output).unwrap();
+}
+
+#[test]
+fn carphone_upscales_to_704x576_with_every_frame_and_timestamp() {
+    upscale_file_keeps_every_frame("carphone_pristine.mp4");
+}
+
+#[test]
+fn live_source_runs_with_the_reported_latency() {
+    init();
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    // The sink drops frames later than 20 ms against the latency the pipeline
+    // configured: every frame arriving means the latency covered the frames held and
+    // the chunks. 2 fps leaves a chunk 4 s (the fixture model on a loaded 2-core
+    // machine takes about 2.5 s for the first chunk, under 1 s for the others).
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc is-live=true num-buffers=28 ! video/x-raw,format=I420,width=32,height=24,framerate=2/1 \
+         ! flashvsr model-version=v1 model-dir=\"{}\" ! fakesink name=sink sync=true qos=true max-lateness=20000000",
+        tiny_model(&shared).display()
+    ))
+    .unwrap();
+    let bin = pipeline.downcast_ref::<gst::Bin>().unwrap();
+    let sink = bin.by_name("sink").unwrap();
+    play_to_eos(&pipeline, gst::ClockTime::from_seconds(120));
+    let stats = sink.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(stats.get::<u64>("rendered").unwrap(), 28, "{stats}");
+    assert_eq!(stats.get::<u64>("dropped").unwrap(), 0, "{stats}");
+}
+
+#[test]
+fn live_latency_query_counts_the_frames_held() {
+    init();
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc is-live=true ! video/x-raw,format=I420,width=32,height=24,framerate=25/1 \
+         ! flashvsr model-version=v1 model-dir=\"{}\" ! fakesink sync=true",
+        tiny_model(&shared).display()
+    ))
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    // Wait for the caps to reach flashvsr (the live source starts in PLAYING).
+    let bus = pipeline.bus().unwrap();
+    bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(10),
+        &[gst::MessageType::AsyncDone],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut q = gst::query::Latency::new();
+    assert!(pipeline.query(&mut q));
+    let (live, min, _max) = q.result();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(live);
+    // videotestsrc adds one frame; flashvsr 25 held + at least 8 for a chunk.
+    assert!(
+        min >= gst::ClockTime::from_mseconds(34 * 40),
+        "latency {min}"
+    );
+}
+
+/// The `libgstflashvsr.so` that `cargo build --release` made next to this test, for
+/// the shell scripts (which load the plugin from GST_PLUGIN_PATH).
+fn plugin_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?.to_path_buf();
+    if dir.join("libgstflashvsr.so").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "{} has no libgstflashvsr.so: run cargo build --release before the tests",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "skipping: no libgstflashvsr.so in {} (run cargo build --release)",
+        dir.display()
+    );
+    None
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines")).join(name)
+}
+
+/// Media types of the streams in `file`, e.g. ["audio/mpeg", "video/x-h264"].
+fn stream_types(file: &Path) -> Vec<String> {
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! qtdemux name=demux",
+        file.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Bin>()
+    .unwrap();
+    let demux = pipeline.by_name("demux").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pads = Arc::new(Mutex::new(Vec::new()));
+    let found = pads.clone();
+    demux.connect_pad_added(move |_, pad| {
+        let caps = pad.current_caps().unwrap();
+        found
+            .lock()
+            .unwrap()
+            .push(caps.structure(0).unwrap().name().to_string());
+    });
+    demux.connect_no_more_pads(move |_| {
+        let _ = tx.send(());
+    });
+    pipeline.set_state(gst::State::Paused).unwrap();
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("demuxer found no streams");
+    pipeline.set_state(gst::State::Null).unwrap();
+    let mut types = pads.lock().unwrap().clone();
+    types.sort();
+    types
+}
+
+#[test]
+fn upscale_script_keeps_the_audio_track() {
+    init();
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let Some(plugins) = plugin_dir() else { return };
+    let input = temp_path("av-in.mp4");
+    let make = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=30 ! video/x-raw,format=I420,width=32,height=24,framerate=15/1 ! x264enc ! mp4mux name=m ! filesink location=\"{}\" \
+         audiotestsrc num-buffers=50 ! audio/x-raw,rate=44100 ! avenc_aac ! m.",
+        input.display()
+    ))
+    .unwrap();
+    run(&make, gst::ClockTime::from_seconds(60));
+    assert_eq!(stream_types(&input), ["audio/mpeg", "video/x-h264"]);
+
+    for (with_audio, source) in [(true, input.clone()), (false, temp_path("v-in.mp4"))] {
+        if !with_audio {
+            let make = gst::parse::launch(&format!(
+                "videotestsrc num-buffers=30 ! video/x-raw,format=I420,width=32,height=24,framerate=15/1 ! x264enc ! mp4mux ! filesink location=\"{}\"",
+                source.display()
+            ))
+            .unwrap();
+            run(&make, gst::ClockTime::from_seconds(60));
+        }
+        let output = temp_path(if with_audio {
+            "av-out.mp4"
+        } else {
+            "v-out.mp4"
+        });
+        let status = std::process::Command::new("sh")
+            .arg(script("upscale-file.sh"))
+            .args([&source, &output])
+            .arg("2")
+            .env("GST_PLUGIN_PATH", &plugins)
+            .env("FLASHVSR_MODEL_DIR", tiny_model(&shared))
+            .env("FLASHVSR_OPTS", "model-version=v1")
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "upscale-file.sh failed on {}",
+            source.display()
+        );
+        let expected: &[&str] = if with_audio {
+            &["audio/mpeg", "video/x-h264"]
+        } else {
+            &["video/x-h264"]
+        };
+        assert_eq!(stream_types(&output), expected);
+        let (caps, pts) = decode(&output);
+        assert_eq!(size_and_par(&caps).0, 64);
+        assert_eq!(pts.len(), 30);
+        std::fs::remove_file(&output).unwrap();
+        std::fs::remove_file(&source).unwrap();
+    }
+}
