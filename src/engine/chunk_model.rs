@@ -3,15 +3,21 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use crate::model::{FlashVsrModel, StreamConfig, StreamState};
+use crate::model::{ChunkTrace, FlashVsrModel, StreamConfig, StreamState};
 
 pub trait ChunkModel {
     /// Per-stream temporal state.
     type State;
     fn device(&self) -> &Device;
     fn new_stream(&self, config: &StreamConfig) -> Result<Self::State>;
-    /// Runs the next chunk (see `FlashVsrModel::run_chunk`).
-    fn run_chunk(&self, state: &mut Self::State, lq: &Tensor, noise: &Tensor) -> Result<Tensor>;
+    /// Runs the next chunk (see `FlashVsrModel::run_chunk_traced`).
+    fn run_chunk(
+        &self,
+        state: &mut Self::State,
+        lq: &Tensor,
+        noise: &Tensor,
+        trace: Option<&mut ChunkTrace>,
+    ) -> Result<Tensor>;
 }
 
 impl ChunkModel for FlashVsrModel {
@@ -25,7 +31,13 @@ impl ChunkModel for FlashVsrModel {
         FlashVsrModel::new_stream(self, config)
     }
 
-    fn run_chunk(&self, state: &mut StreamState, lq: &Tensor, noise: &Tensor) -> Result<Tensor> {
-        FlashVsrModel::run_chunk(self, state, lq, noise)
+    fn run_chunk(
+        &self,
+        state: &mut StreamState,
+        lq: &Tensor,
+        noise: &Tensor,
+        trace: Option<&mut ChunkTrace>,
+    ) -> Result<Tensor> {
+        FlashVsrModel::run_chunk_traced(self, state, lq, noise, trace)
     }
 }

@@ -29,7 +29,7 @@ pub use noise::{FixedNoise, NoiseSource, SeededNoise};
 pub use settings::{
     DeviceSpec, EngineSettings, ModelVersion, Precision, color_fix_name, parse_color_fix,
 };
-pub use stream::PAD_MULTIPLE;
+pub use stream::{ChunkProfile, PAD_MULTIPLE};
 
 use crate::model::schedule::FIRST_CHUNK_INPUT;
 use crate::model::{FlashVsrModel, ModelOptions};
@@ -115,6 +115,9 @@ pub struct Engine<T> {
     /// The noise was given by the caller: kept across `reconfigure`.
     noise_injected: bool,
     stream: Option<Stream<T, FlashVsrModel>>,
+    profiling: bool,
+    /// Profiles of streams that ended since the last `take_profiles`.
+    profiles: Vec<ChunkProfile>,
 }
 
 impl<T> Engine<T> {
@@ -148,6 +151,8 @@ impl<T> Engine<T> {
             noise,
             noise_injected,
             stream: None,
+            profiling: false,
+            profiles: Vec::new(),
         })
     }
 
@@ -178,9 +183,11 @@ impl<T> Engine<T> {
         }
         let stream = match &mut self.stream {
             Some(stream) => stream,
-            None => self
-                .stream
-                .insert(Stream::new(self.model.as_ref(), &self.settings, geometry)?),
+            None => {
+                let mut stream = Stream::new(self.model.as_ref(), &self.settings, geometry)?;
+                stream.set_profiling(self.profiling);
+                self.stream.insert(stream)
+            }
         };
         match stream.push(&frame, tag, self.model.as_ref(), self.noise.as_mut()) {
             Ok(ready) => {
@@ -198,9 +205,36 @@ impl<T> Engine<T> {
     /// accepts a new stream.
     pub fn finish(&mut self) -> Result<Vec<(RgbFrame, T)>, EngineError> {
         match self.stream.take() {
-            Some(mut stream) => stream.finish(self.model.as_ref(), self.noise.as_mut()),
+            Some(mut stream) => {
+                let out = stream.finish(self.model.as_ref(), self.noise.as_mut());
+                self.profiles.extend(stream.take_profiles());
+                out
+            }
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Records where each chunk's time goes (see [`ChunkProfile`]); off by default.
+    /// Applies to the current stream as well.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profiling = on;
+        if let Some(stream) = &mut self.stream {
+            stream.set_profiling(on);
+        }
+    }
+
+    /// Profiles of the chunks run since the last call, in order.
+    pub fn take_profiles(&mut self) -> Vec<ChunkProfile> {
+        let mut out = std::mem::take(&mut self.profiles);
+        if let Some(stream) = &mut self.stream {
+            out.extend(stream.take_profiles());
+        }
+        out
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &candle_core::Device {
+        self.model.device()
     }
 
     /// Flush or seek: drops the pending frames and the stream state; the next frame

@@ -2,13 +2,15 @@
 //! pre-upscaled frames the next chunk needs and the tags of the frames not yet output.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
-use crate::model::StreamConfig;
 use crate::model::bicubic::BicubicResizer;
 use crate::model::frames::{crop_frame_rgb, pad_frame_rgb, rgb_to_tensor, tensor_to_rgb};
+use crate::model::profile::{ConvShape, MatmulShape, Stage, StageTimes};
 use crate::model::schedule::{
     LATENT_CHANNELS, chunk_lq_span, chunk_noise_frames, chunk_output_span, chunks_for,
 };
+use crate::model::{ChunkTrace, StreamConfig};
 
 use super::chunk_model::ChunkModel;
 use super::noise::NoiseSource;
@@ -16,7 +18,7 @@ use super::{EngineError, EngineSettings, RgbFrame};
 
 /// The frame side lengths the model works on are multiples of this (the sparse
 /// attention's 8x8-token windows of 16x16-pixel tokens).
-pub const PAD_MULTIPLE: usize = 128;
+pub const PAD_MULTIPLE: usize = crate::model::pipeline::SIZE_MULTIPLE;
 
 /// Sizes of one stream's frames: input, upscaled (the output) and padded (the model's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +61,27 @@ impl Geometry {
     }
 }
 
+/// Where one chunk's time went, for benchmarks (`Engine::set_profiling`).
+#[derive(Debug, Clone, Default)]
+pub struct ChunkProfile {
+    pub chunk: usize,
+    /// Frames the chunk output.
+    pub frames: usize,
+    /// Per stage; the pre-upscale of the frames the chunk waited for included.
+    pub times: StageTimes,
+    /// Wall time of the chunk, its pre-upscales included.
+    pub total: Duration,
+    /// Shapes of the DiT's matrix products and the decoder's convolutions.
+    pub dit_matmuls: Vec<MatmulShape>,
+    pub decoder_convs: Vec<ConvShape>,
+}
+
 pub struct Stream<T, M: ChunkModel> {
+    /// Record a `ChunkProfile` per chunk.
+    profiling: bool,
+    profiles: Vec<ChunkProfile>,
+    /// Time spent on frames since the last chunk (pre-upscale, padding).
+    frame_times: StageTimes,
     geometry: Geometry,
     /// The pre-upscale to the output size, prepared once for the stream's size.
     resizer: BicubicResizer,
@@ -105,6 +127,9 @@ impl<T, M: ChunkModel> Stream<T, M> {
             .new_stream(&config)
             .map_err(|e| EngineError::model(context, e))?;
         Ok(Self {
+            profiling: false,
+            profiles: Vec::new(),
+            frame_times: StageTimes::default(),
             geometry,
             resizer,
             state,
@@ -121,6 +146,15 @@ impl<T, M: ChunkModel> Stream<T, M> {
         self.geometry
     }
 
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profiling = on;
+    }
+
+    /// The profiles of the chunks run since the last call.
+    pub fn take_profiles(&mut self) -> Vec<ChunkProfile> {
+        std::mem::take(&mut self.profiles)
+    }
+
     /// Frames received and not yet output.
     pub fn pending(&self) -> usize {
         self.tags.len()
@@ -135,19 +169,27 @@ impl<T, M: ChunkModel> Stream<T, M> {
         noise: &mut dyn NoiseSource,
     ) -> Result<Vec<(RgbFrame, T)>, EngineError> {
         let g = self.geometry;
-        let padded = self
+        let context = || format!("pre-upscaling frame {}", self.received);
+        let started = Instant::now();
+        let upscaled = self
             .resizer
             .resize(&frame.data)
-            .and_then(|upscaled| {
-                pad_frame_rgb(
-                    &upscaled,
-                    g.out_width,
-                    g.out_height,
-                    g.padded_width,
-                    g.padded_height,
-                )
-            })
-            .map_err(|e| EngineError::model(format!("pre-upscaling frame {}", self.received), e))?;
+            .map_err(|e| EngineError::model(context(), e))?;
+        let upscaled_at = Instant::now();
+        let padded = pad_frame_rgb(
+            &upscaled,
+            g.out_width,
+            g.out_height,
+            g.padded_width,
+            g.padded_height,
+        )
+        .map_err(|e| EngineError::model(context(), e))?;
+        if self.profiling {
+            self.frame_times
+                .add(Stage::PreUpscale, upscaled_at - started);
+            self.frame_times
+                .add(Stage::Conversions, upscaled_at.elapsed());
+        }
         self.window.push_back(padded);
         self.tags.push_back(tag);
         self.received += 1;
@@ -183,9 +225,12 @@ impl<T, M: ChunkModel> Stream<T, M> {
             |what: &str| format!("chunk {k} ({}x{} frames): {what}", g.in_width, g.in_height);
         let model_error = |what: &str, e| EngineError::model(context(what), e);
 
+        let chunk_start = Instant::now();
+        let mut trace = self.profiling.then(ChunkTrace::profiling);
         let lq_frames = self.lq_frames(k)?;
         let lq = rgb_to_tensor(&lq_frames, g.padded_width, g.padded_height, model.device())
             .map_err(|e| model_error("building the LQ tensor", e))?;
+        let converting = chunk_start.elapsed();
         let noise_shape = [
             1,
             LATENT_CHANNELS,
@@ -197,9 +242,12 @@ impl<T, M: ChunkModel> Stream<T, M> {
             .chunk_noise(k, noise_shape)
             .and_then(|n| n.to_device(model.device()))
             .map_err(|e| model_error("drawing the noise", e))?;
+        let model_start = Instant::now();
         let decoded = model
-            .run_chunk(&mut self.state, &lq, &noise)
+            .run_chunk(&mut self.state, &lq, &noise, trace.as_mut())
             .map_err(|e| model_error("running the model", e))?;
+        let output_start = Instant::now();
+        let noise_time = model_start - chunk_start - converting;
         let span = chunk_output_span(k);
         let expected = [span.len(), 3, g.padded_height, g.padded_width];
         if decoded.dims() != expected {
@@ -241,6 +289,20 @@ impl<T, M: ChunkModel> Stream<T, M> {
                 tag,
             ));
             self.emitted += 1;
+        }
+        if let Some(trace) = trace {
+            let mut times = std::mem::take(&mut self.frame_times);
+            times.merge(&trace.times);
+            times.add(Stage::Conversions, converting + output_start.elapsed());
+            let frame_work = times.get(Stage::PreUpscale) + times.get(Stage::Conversions);
+            self.profiles.push(ChunkProfile {
+                chunk: k,
+                frames: out.len(),
+                total: frame_work + noise_time + (output_start - model_start),
+                times,
+                dit_matmuls: trace.dit.matmuls,
+                decoder_convs: trace.decoder_convs,
+            });
         }
         self.next_chunk += 1;
         self.drop_frames_before(chunk_lq_span(self.next_chunk).start);
@@ -318,7 +380,13 @@ mod tests {
             })
         }
 
-        fn run_chunk(&self, state: &mut EchoState, lq: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        fn run_chunk(
+            &self,
+            state: &mut EchoState,
+            lq: &Tensor,
+            noise: &Tensor,
+            _: Option<&mut crate::model::ChunkTrace>,
+        ) -> Result<Tensor> {
             let k = state.chunk;
             let (h, w) = (state.config.height, state.config.width);
             if lq.dims() != [chunk_lq_span(k).len(), 3, h, w] {
@@ -474,7 +542,13 @@ mod tests {
             fn new_stream(&self, _: &StreamConfig) -> Result<()> {
                 Ok(())
             }
-            fn run_chunk(&self, _: &mut (), _: &Tensor, _: &Tensor) -> Result<Tensor> {
+            fn run_chunk(
+                &self,
+                _: &mut (),
+                _: &Tensor,
+                _: &Tensor,
+                _: Option<&mut crate::model::ChunkTrace>,
+            ) -> Result<Tensor> {
                 candle_core::bail!("out of memory")
             }
         }

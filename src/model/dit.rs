@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::ops::{self, Linear};
+use super::profile::{self, Stage, StageTimes};
 use super::rope;
 use super::sparse_attention::{self, KvCache, SparseConfig, TokenGrid};
 
@@ -121,11 +122,18 @@ struct Block {
     modulation: [Tensor; 6],
 }
 
-/// What one chunk's DiT pass can report for parity checks.
+/// What one chunk's DiT pass can report: tensors for parity checks (when
+/// `keep_tensors`), stage times for benchmarks.
 #[derive(Debug, Default)]
 pub struct DitTrace {
+    pub keep_tensors: bool,
     pub block0_out: Option<Tensor>,
     pub masks: Vec<Tensor>,
+    /// Time spent building block masks and in self-attention.
+    pub times: StageTimes,
+    /// Record the shape of every matrix product (see `profile::matmul`).
+    pub log_matmuls: bool,
+    pub matmuls: Vec<profile::MatmulShape>,
 }
 
 /// Per-stream DiT state: one KV cache per block.
@@ -298,6 +306,9 @@ impl Dit {
             cols: lw / 2,
         };
         grid.check()?;
+        if trace.as_ref().is_some_and(|t| t.log_matmuls) {
+            profile::start_matmul_log();
+        }
         let tokens = f * grid.rows * grid.cols;
         // (c, f, y, py, x, px) -> tokens (f, y, x) x features (c, py, px)
         let patches = noise
@@ -356,8 +367,19 @@ impl Dit {
                     b
                 }
             };
-            let mask = sparse_attention::block_mask(&q, &k_all, &bias, grid, sparse.topk_ratio)?;
-            let attn = sparse_attention::sparse_attention(&q, &k_all, &v_all, &mask)?;
+            let device = noise.device();
+            let mask = profile::timed(
+                trace.as_deref_mut().map(|t| &mut t.times),
+                Stage::Mask,
+                device,
+                || sparse_attention::block_mask(&q, &k_all, &bias, grid, sparse.topk_ratio),
+            )?;
+            let attn = profile::timed(
+                trace.as_deref_mut().map(|t| &mut t.times),
+                Stage::Attention,
+                device,
+                || sparse_attention::sparse_attention(&q, &k_all, &v_all, &mask),
+            )?;
             state.caches[i].store(k_all, v_all, nb, sparse.kv_time_windows)?;
             let attn =
                 sa.o.forward(&sparse_attention::from_windows(&attn, grid)?)?;
@@ -378,7 +400,7 @@ impl Dit {
             let ffn = block.ffn2.forward(&block.ffn0.forward(&input)?.gelu()?)?;
             x = (x + ffn.broadcast_mul(gate2)?)?;
 
-            if let Some(trace) = trace.as_deref_mut() {
+            if let Some(trace) = trace.as_deref_mut().filter(|t| t.keep_tensors) {
                 if i == 0 {
                     trace.block0_out = Some(x.clone());
                 }
@@ -391,6 +413,9 @@ impl Dit {
             &self.head_shift,
             &self.head_scale,
         )?)?;
+        if let Some(t) = trace.filter(|t| t.log_matmuls) {
+            t.matmuls = profile::take_matmul_log();
+        }
         // tokens (f, y, x) x (py, px, c) -> [1, c, f, 2y + py, 2x + px]
         let co = self.cfg.out_channels;
         out.reshape(&[f, grid.rows, grid.cols, 2, 2, co][..])?

@@ -6,6 +6,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::conv::Conv2d;
 use super::ops::{self, Linear};
 use crate::model::LqVariant;
 
@@ -71,9 +72,8 @@ impl LqProjConfig {
 /// replicate padding 1, computed as one 2-D convolution over the 4 stacked input
 /// frames of each output frame.
 struct CausalConv3d {
-    /// `[out, 4 * in, 3, 3]`, input channels ordered (time tap, channel).
-    weight: Tensor,
-    bias: Tensor,
+    /// A 2-D convolution over `4 * in` channels ordered (time tap, channel).
+    conv: Conv2d,
 }
 
 impl CausalConv3d {
@@ -84,9 +84,9 @@ impl CausalConv3d {
             .contiguous()?
             .reshape((out_c, KERNEL_T * in_c, 3, 3))?
             .to_dtype(dtype)?;
+        let bias = vb.get(out_c, "bias")?.to_dtype(dtype)?;
         Ok(Self {
-            weight,
-            bias: vb.get(out_c, "bias")?.to_dtype(dtype)?,
+            conv: Conv2d::new(&weight, Some(bias))?,
         })
     }
 
@@ -106,12 +106,7 @@ impl CausalConv3d {
                     .reshape((1, KERNEL_T * c, h + 2, w + 2))
             })
             .collect::<Result<_>>()?;
-        ops::conv2d(
-            &Tensor::cat(&stacked, 0)?,
-            &self.weight,
-            Some(&self.bias),
-            0,
-        )
+        self.conv.forward_padded(&Tensor::cat(&stacked, 0)?)
     }
 }
 

@@ -4,15 +4,19 @@
 
 pub mod bicubic;
 pub mod color_fix;
+pub mod conv;
 pub mod dit;
 pub mod frames;
 pub mod lq_proj;
-mod ops;
+pub(crate) mod ops;
 pub mod parity;
 pub mod pipeline;
+pub mod profile;
 pub mod pth;
+pub mod random_model;
 pub mod rope;
 pub mod schedule;
+pub mod softmax;
 pub mod sparse_attention;
 pub mod tcdecoder;
 pub mod weights;

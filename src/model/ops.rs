@@ -1,7 +1,7 @@
 //! Small numerical building blocks shared by the model components. Every op here
 //! is a plain candle op, so it runs on every candle device.
 
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::{D, DType, Module, Result, Tensor};
 
 /// LayerNorm over the last dimension without affine parameters, computed in f32
 /// (as the reference does) and returned in the input's dtype.
@@ -82,7 +82,7 @@ impl Module for Linear {
         let rows = x.elem_count() / in_dim.max(1);
         // Inputs from f32-only stages (e.g. CPU convolutions) meet half-precision weights.
         let x = x.to_dtype(self.weight_t.dtype())?;
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
+        let y = super::profile::matmul(&x.reshape((rows, in_dim))?, &self.weight_t)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -101,38 +101,14 @@ pub(crate) fn pad_replicate_hw(x: &Tensor, pad: usize) -> Result<Tensor> {
     x.pad_with_same(2, pad, pad)?.pad_with_same(3, pad, pad)
 }
 
-/// 2-D convolution that also works for half-precision tensors on the CPU, where
-/// candle has no half-precision conv kernel: there it runs in f32.
-pub(crate) fn conv2d(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    padding: usize,
-) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let upcast = matches!(x.device(), Device::Cpu) && dtype != DType::F32;
-    let (x, w) = if upcast {
-        (x.to_dtype(DType::F32)?, weight.to_dtype(DType::F32)?)
-    } else {
-        (x.clone(), weight.clone())
-    };
-    let mut y = x.conv2d(&w, padding, 1, 1, 1)?;
-    if let Some(b) = bias {
-        let b = b.to_dtype(y.dtype())?.reshape((1, b.elem_count(), 1, 1))?;
-        y = y.broadcast_add(&b)?;
-    }
-    if upcast { y.to_dtype(dtype) } else { Ok(y) }
-}
-
 /// Multi-head scaled dot-product attention over `[heads, len, head_dim]` tensors,
 /// softmax in f32.
 pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let head_dim = q.dim(D::Minus1)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?;
-    let probs =
-        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
-    probs.matmul(v)
+    let scores = super::profile::matmul(&(q * scale)?, &k.t()?)?;
+    let probs = super::softmax::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+    super::profile::matmul(&probs, v)
 }
 
 /// Splits `[len, heads * head_dim]` into `[heads, len, head_dim]`.
@@ -152,6 +128,7 @@ pub(crate) fn merge_heads(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn layer_norm_has_zero_mean_unit_variance() -> Result<()> {

@@ -297,7 +297,7 @@ pub fn check_pipeline(
         let lq = frames::rgb_to_tensor(&refs, w, h, model.device())?;
         let nf = schedule::chunk_noise_frames(k);
         let chunk_noise = noise.narrow(2, nf.start, nf.len())?;
-        let mut trace = ChunkTrace::default();
+        let mut trace = ChunkTrace::with_tensors();
         let out = model.run_chunk_traced(&mut state, &lq, &chunk_noise, Some(&mut trace))?;
         let p = |s: &str| format!("chunk{k}.{s}");
         let mut check = |name: String,

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use super::color_fix::ColorFix;
 use super::dit::{Dit, DitConfig, DitState, DitTrace};
 use super::lq_proj::{LqProj, LqProjConfig, LqProjState};
+use super::profile::{self, Stage, StageTimes};
 use super::schedule;
 use super::sparse_attention::SparseConfig;
 use super::tcdecoder::{TcDecoder, TcDecoderConfig, TcDecoderState};
@@ -106,9 +107,16 @@ impl StreamState {
     }
 }
 
-/// Intermediate tensors of one chunk, for parity checks and benchmarks.
+/// What one chunk can report: intermediate tensors for parity checks (when
+/// `keep_tensors`) and stage times for benchmarks.
 #[derive(Debug, Default)]
 pub struct ChunkTrace {
+    pub keep_tensors: bool,
+    pub times: StageTimes,
+    /// Record the shapes of the DiT's matrix products and the decoder's
+    /// convolutions (in `dit.matmuls` and `decoder_convs`).
+    pub log_shapes: bool,
+    pub decoder_convs: Vec<profile::ConvShape>,
     /// LQ features added before DiT block 0, `[tokens, dim]`.
     pub lq_features: Option<Tensor>,
     pub dit: DitTrace,
@@ -116,6 +124,32 @@ pub struct ChunkTrace {
     pub latents: Option<Tensor>,
     /// Decoder output before the colour fix, `[m, 3, H, W]` in [-1, 1].
     pub decoded: Option<Tensor>,
+}
+
+impl ChunkTrace {
+    /// A trace that keeps every intermediate tensor.
+    pub fn with_tensors() -> Self {
+        Self {
+            keep_tensors: true,
+            dit: DitTrace {
+                keep_tensors: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// A trace for benchmarks: stage times and the shapes of the heavy products.
+    pub fn profiling() -> Self {
+        Self {
+            log_shapes: true,
+            dit: DitTrace {
+                log_matmuls: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
 }
 
 /// All weights of one model folder, loaded once and shared between streams.
@@ -285,22 +319,32 @@ impl FlashVsrModel {
             clips.push((start, schedule::CLIP_FRAMES));
             start += schedule::CLIP_FRAMES;
         }
+        let device = &self.device;
         let mut features: Vec<Vec<Tensor>> = Vec::new();
-        for (first, len) in clips {
-            let clip = lq.narrow(0, first - span.start, len)?;
-            if let Some(f) = self
-                .lq_proj
-                .stream_clip(&clip, cfg.variant, &mut state.lq)?
-            {
-                features.push(f);
-            }
-        }
+        profile::timed(
+            trace.as_deref_mut().map(|t| &mut t.times),
+            Stage::LqProjection,
+            device,
+            || {
+                for (first, len) in clips {
+                    let clip = lq.narrow(0, first - span.start, len)?;
+                    if let Some(f) = self
+                        .lq_proj
+                        .stream_clip(&clip, cfg.variant, &mut state.lq)?
+                    {
+                        features.push(f);
+                    }
+                }
+                Ok(())
+            },
+        )?;
         let layers = features.first().map(Vec::len).unwrap_or(0);
         let lq_features: Vec<Tensor> = (0..layers)
             .map(|l| Tensor::cat(&features.iter().map(|f| &f[l]).collect::<Vec<_>>(), 0))
             .collect::<Result<_>>()?;
 
         // One denoising step.
+        let dit_start = std::time::Instant::now();
         let noise_pred = self.dit.forward(
             &noise,
             &lq_features,
@@ -309,12 +353,30 @@ impl FlashVsrModel {
             &mut state.dit,
             trace.as_deref_mut().map(|t| &mut t.dit),
         )?;
+        if let Some(t) = trace.as_deref_mut() {
+            device.synchronize()?;
+            t.times.add(Stage::Dit, dit_start.elapsed());
+            let dit_times = std::mem::take(&mut t.dit.times);
+            t.times.merge(&dit_times);
+        }
         let latents = (&noise - &noise_pred)?;
 
         // Decode with the LQ frames of the output span as condition.
         let out_span = schedule::chunk_output_span(k);
         let cond = lq.narrow(0, out_span.start - span.start, out_span.len())?;
-        let decoded = self.decoder.decode(&latents, &cond, &mut state.decoder)?;
+        let log_shapes = trace.as_ref().is_some_and(|t| t.log_shapes);
+        if log_shapes {
+            profile::start_conv_log();
+        }
+        let decoded = profile::timed(
+            trace.as_deref_mut().map(|t| &mut t.times),
+            Stage::Decoder,
+            device,
+            || self.decoder.decode(&latents, &cond, &mut state.decoder),
+        )?;
+        if let Some(t) = trace.as_deref_mut().filter(|_| log_shapes) {
+            t.decoder_convs = profile::take_conv_log();
+        }
         if decoded.dim(0)? != out_span.len() {
             candle_core::bail!(
                 "chunk {k}: decoder returned {} frames, expected {}",
@@ -322,8 +384,13 @@ impl FlashVsrModel {
                 out_span.len()
             )
         }
-        let out = cfg.color_fix.apply(&decoded, &cond)?;
-        if let Some(t) = trace {
+        let out = profile::timed(
+            trace.as_deref_mut().map(|t| &mut t.times),
+            Stage::ColorFix,
+            device,
+            || cfg.color_fix.apply(&decoded, &cond),
+        )?;
+        if let Some(t) = trace.filter(|t| t.keep_tensors) {
             t.lq_features = lq_features.into_iter().next();
             t.noise_pred = Some(noise_pred);
             t.latents = Some(latents);

@@ -22,6 +22,8 @@ use parking_lot::Mutex;
 use zip::ZipArchive;
 use zip::result::ZipError;
 
+pub mod writer;
+
 /// Name given to the tensor of a file whose pickle root is a single tensor.
 pub const BARE_TENSOR_NAME: &str = "<root>";
 
@@ -29,7 +31,12 @@ pub const BARE_TENSOR_NAME: &str = "<root>";
 /// is not a weight file, and would only be read into memory for nothing.
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
 
-/// Storage types whose data this reader decodes.
+/// Storage types whose data this reader decodes (and [`writer`] writes), with their dtypes.
+pub(crate) const STORAGE_DTYPES: [(&str, DType); 3] = [
+    ("FloatStorage", DType::F32),
+    ("BFloat16Storage", DType::BF16),
+    ("HalfStorage", DType::F16),
+];
 const SUPPORTED_STORAGES: &str = "FloatStorage, BFloat16Storage, HalfStorage";
 
 /// Element byte order of the storage records (`<top>/byteorder`).
@@ -60,12 +67,10 @@ pub struct PthTensorInfo {
 impl PthTensorInfo {
     /// The element type, for the storage types this reader decodes.
     pub fn dtype(&self) -> Option<DType> {
-        match self.storage_type.as_str() {
-            "FloatStorage" => Some(DType::F32),
-            "BFloat16Storage" => Some(DType::BF16),
-            "HalfStorage" => Some(DType::F16),
-            _ => None,
-        }
+        STORAGE_DTYPES
+            .iter()
+            .find(|(class, _)| *class == self.storage_type)
+            .map(|&(_, dtype)| dtype)
     }
 }
 

@@ -8,6 +8,8 @@
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
+use super::{profile, softmax};
+
 /// Tokens per attention window: 2 frames x 8 rows x 8 columns.
 pub const WINDOW_TOKENS: usize = 128;
 const WINDOW_T: usize = 2;
@@ -155,8 +157,8 @@ pub fn block_mask(
     let nb = grid.blocks_per_time_window();
     let pooled_q = q_win.to_dtype(DType::F32)?.mean(2)?;
     let pooled_k = k_win.to_dtype(DType::F32)?.mean(2)?;
-    let scores = (pooled_q.matmul(&pooled_k.t()?)? / (head_dim as f64).sqrt())?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(bias)?)?;
+    let scores = (profile::matmul(&pooled_q, &pooled_k.t()?)? / (head_dim as f64).sqrt())?;
+    let probs = softmax::softmax_last_dim(&scores.broadcast_add(bias)?)?;
     let groups = nq / nb;
     let flat = probs.reshape((heads * groups, nb * nk))?;
     let k = ((nb * nb) as f64 * topk_ratio) as i64 - 1;
@@ -170,24 +172,20 @@ pub fn block_mask(
 /// `[heads, nq, nk]` allows in `k_win` / `v_win` `[heads, nk, 128, d]`, softmax
 /// scale 1/sqrt(d). A query window with no allowed key window gets zeros.
 ///
-/// The kept key windows of each query window are gathered (padded to the
-/// longest list of a batch, padding masked out), so the work is proportional to
-/// the number of kept pairs. Rows are batched so that the gathered keys stay under
-/// `GATHER_BUDGET` elements.
+/// Consecutive query windows of a head that keep the same key windows form one
+/// batch: its keys are gathered once (or taken as a view when they are
+/// contiguous) and its queries go through one matrix product, so the work is
+/// proportional to the kept (query, key) pairs and nothing is copied twice.
 pub fn sparse_attention(
     q_win: &Tensor,
     k_win: &Tensor,
     v_win: &Tensor,
     mask: &Tensor,
 ) -> Result<Tensor> {
-    const GATHER_BUDGET: usize = 1 << 26;
     let (heads, nq, wt, d) = q_win.dims4()?;
     let nk = k_win.dim(1)?;
     let device = q_win.device();
-    let dtype = q_win.dtype();
     let mask_host = mask.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?;
-    let scale = 1.0 / (d as f64).sqrt();
-
     // Rows are (head, query window) pairs; their kept key windows, as indices into
     // the flattened [heads * nk] key windows.
     let rows: Vec<Vec<u32>> = (0..heads * nq)
@@ -202,96 +200,99 @@ pub fn sparse_attention(
         .collect();
     let k_flat = k_win.reshape((heads * nk, wt * d))?;
     let v_flat = v_win.reshape((heads * nk, wt * d))?;
-    let q_rows = q_win.reshape((heads * nq, wt, d))?;
+    // Scaling the queries is cheaper than scaling the scores.
+    let q_rows = (q_win.reshape((heads * nq, wt, d))? / (d as f64).sqrt())?;
 
     let mut outputs = Vec::new();
     let mut start = 0;
     while start < rows.len() {
-        // Grow the batch while the padded gather stays within budget.
-        let mut end = start;
-        let mut longest = 0;
-        while end < rows.len() {
-            let l = longest.max(rows[end].len().max(1));
-            if end > start && (end + 1 - start) * l * wt * d > GATHER_BUDGET {
-                break;
-            }
-            longest = l;
+        let keys = &rows[start];
+        let mut end = start + 1;
+        while end < rows.len() && rows[end] == *keys {
             end += 1;
         }
         let batch = end - start;
-        let mut idx = Vec::with_capacity(batch * longest);
-        let mut pad_bias = Vec::with_capacity(batch * longest);
-        let mut row_live = Vec::with_capacity(batch);
-        for r in &rows[start..end] {
-            for j in 0..longest {
-                match r.get(j) {
-                    Some(&i) => {
-                        idx.push(i);
-                        pad_bias.push(0f32);
-                    }
-                    // Padding (or an empty row) points at a real window whose
-                    // scores are masked out (or whose output is zeroed).
-                    None => {
-                        idx.push(r.first().copied().unwrap_or(0));
-                        pad_bias.push(if r.is_empty() { 0.0 } else { f32::NEG_INFINITY });
-                    }
-                }
-            }
-            row_live.push(if r.is_empty() { 0f32 } else { 1.0 });
+        if keys.is_empty() {
+            outputs.push(Tensor::zeros((batch * wt, d), q_win.dtype(), device)?);
+            start = end;
+            continue;
         }
-        let idx = Tensor::from_vec(idx, batch * longest, device)?;
-        let keys = k_flat
-            .index_select(&idx, 0)?
-            .reshape((batch, longest * wt, d))?;
-        let values = v_flat
-            .index_select(&idx, 0)?
-            .reshape((batch, longest * wt, d))?;
-        let q = q_rows.narrow(0, start, batch)?;
-        let scores = (q.matmul(&keys.t()?)? * scale)?.to_dtype(DType::F32)?;
-        let pad_bias = Tensor::from_vec(pad_bias, (batch, 1, longest, 1), device)?
-            .broadcast_as((batch, 1, longest, wt))?
-            .reshape((batch, 1, longest * wt))?;
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&pad_bias)?)?.to_dtype(dtype)?;
-        let out = probs.matmul(&values)?;
-        let live = Tensor::from_vec(row_live, (batch, 1, 1), device)?.to_dtype(dtype)?;
-        outputs.push(out.broadcast_mul(&live)?);
+        let n = keys.len();
+        let contiguous = keys.windows(2).all(|p| p[1] == p[0] + 1);
+        let (k, v) = if contiguous {
+            let first = keys[0] as usize;
+            (k_flat.narrow(0, first, n)?, v_flat.narrow(0, first, n)?)
+        } else {
+            let idx = Tensor::from_slice(keys, n, device)?;
+            (k_flat.index_select(&idx, 0)?, v_flat.index_select(&idx, 0)?)
+        };
+        let (k, v) = (k.reshape((n * wt, d))?, v.reshape((n * wt, d))?);
+        let q = q_rows.narrow(0, start, batch)?.reshape((batch * wt, d))?;
+        let scores = profile::matmul(&q, &k.t()?)?;
+        let probs = softmax::softmax_last_dim(&scores)?;
+        outputs.push(profile::matmul(&probs, &v)?);
         start = end;
     }
     Tensor::cat(&outputs, 0)?.reshape((heads, nq, wt, d))
 }
 
 /// Dense masked reference of [`sparse_attention`]: every key token, with masked
-/// blocks at -inf. Used by tests and benchmarks.
+/// blocks at -inf, one head at a time. Used by tests and benchmarks.
 pub fn dense_masked_attention(
     q_win: &Tensor,
     k_win: &Tensor,
     v_win: &Tensor,
     mask: &Tensor,
 ) -> Result<Tensor> {
-    let (heads, nq, wt, d) = q_win.dims4()?;
-    let nk = k_win.dim(1)?;
-    let q = q_win.reshape((heads, nq * wt, d))?;
-    let k = k_win.reshape((heads, nk * wt, d))?;
-    let v = v_win.reshape((heads, nk * wt, d))?;
-    let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.to_dtype(DType::F32)?;
+    let heads = q_win.dim(0)?;
+    let outs = (0..heads)
+        .map(|h| {
+            dense_head(
+                &q_win.get(h)?,
+                &k_win.get(h)?,
+                &v_win.get(h)?,
+                Some(&mask.get(h)?),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::stack(&outs, 0)
+}
+
+/// Plain dense attention of every query over every key (no mask), one head at a
+/// time: the baseline that sparse attention is measured against.
+pub fn dense_attention(q_win: &Tensor, k_win: &Tensor, v_win: &Tensor) -> Result<Tensor> {
+    let heads = q_win.dim(0)?;
+    let outs = (0..heads)
+        .map(|h| dense_head(&q_win.get(h)?, &k_win.get(h)?, &v_win.get(h)?, None))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::stack(&outs, 0)
+}
+
+/// One head: `q` `[nq, 128, d]`, `k`/`v` `[nk, 128, d]`, `mask` `[nq, nk]`.
+fn dense_head(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (nq, wt, d) = q.dims3()?;
+    let nk = k.dim(0)?;
+    let q = (q.reshape((nq * wt, d))? / (d as f64).sqrt())?;
+    let k = k.reshape((nk * wt, d))?;
+    let v = v.reshape((nk * wt, d))?;
+    let scores = profile::matmul(&q, &k.t()?)?.to_dtype(DType::F32)?;
+    let Some(mask) = mask else {
+        let probs = softmax::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        return profile::matmul(&probs, &v)?.reshape((nq, wt, d));
+    };
     let allowed = mask.to_dtype(DType::F32)?;
     let bias = ((allowed.ones_like()? - &allowed)? * -1e30)?
-        .reshape((heads, nq, 1, nk, 1))?
-        .broadcast_as((heads, nq, wt, nk, wt))?
-        .reshape((heads, nq * wt, nk * wt))?;
-    let probs = candle_nn::ops::softmax_last_dim(&(scores + bias)?)?;
+        .reshape((nq, 1, nk, 1))?
+        .broadcast_as((nq, wt, nk, wt))?
+        .reshape((nq * wt, nk * wt))?;
+    let probs = softmax::softmax_last_dim(&(scores + bias)?)?;
     // Rows without any allowed key are zero, as in the reference kernel.
     let live = allowed
         .max_keepdim(D::Minus1)?
-        .reshape((heads, nq, 1, 1))?
-        .broadcast_as((heads, nq, wt, 1))?
-        .reshape((heads, nq * wt, 1))?;
-    let out = probs
-        .broadcast_mul(&live)?
-        .to_dtype(v.dtype())?
-        .matmul(&v)?;
-    out.reshape((heads, nq, wt, d))
+        .reshape((nq, 1, 1))?
+        .broadcast_as((nq, wt, 1))?
+        .reshape((nq * wt, 1))?;
+    profile::matmul(&probs.broadcast_mul(&live)?.to_dtype(v.dtype())?, &v)?.reshape((nq, wt, d))
 }
 
 /// Per-block rolling cache of past key / value windows, `[heads, windows, 128, d]`.

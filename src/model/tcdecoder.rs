@@ -6,7 +6,7 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::ops;
+use super::conv::Conv2d;
 
 /// LQ frames per latent frame (the decoder's 4x time upsampling).
 pub const FRAMES_PER_LATENT: usize = 4;
@@ -44,25 +44,21 @@ impl TcDecoderConfig {
     }
 }
 
-struct Conv {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
+/// A zero-padded 3x3 (or 1x1) convolution loaded from `<prefix>.weight` / `.bias`.
+struct Conv(Conv2d);
 
 impl Conv {
     fn load(vb: VarBuilder, in_c: usize, out_c: usize, k: usize, bias: bool) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get((out_c, in_c, k, k), "weight")?,
-            bias: if bias {
-                Some(vb.get(out_c, "bias")?)
-            } else {
-                None
-            },
-        })
+        let weight = vb.get((out_c, in_c, k, k), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_c, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self(Conv2d::new(&weight, bias)?))
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let pad = self.weight.dim(2)? / 2;
-        ops::conv2d(x, &self.weight, self.bias.as_ref(), pad)
+        self.0.forward(x)
     }
 }
 
@@ -106,7 +102,7 @@ impl MemBlock {
 
 /// 1x1 conv to `stride * C` channels, split into `stride` consecutive frames.
 struct TGrow {
-    weight: Tensor,
+    conv: Conv2d,
     stride: usize,
 }
 
@@ -128,11 +124,14 @@ impl TGrow {
         let weight = w
             .narrow(0, dims[0] - c * stride, c * stride)?
             .to_dtype(vb.dtype())?;
-        Ok(Self { weight, stride })
+        Ok(Self {
+            conv: Conv2d::new(&weight, None)?,
+            stride,
+        })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
-        ops::conv2d(x, &self.weight, None, 0)?.reshape((n * self.stride, c, h, w))
+        self.conv.forward(x)?.reshape((n * self.stride, c, h, w))
     }
 }
 
@@ -159,6 +158,8 @@ struct Stage {
 
 pub struct TcDecoder {
     cfg: TcDecoderConfig,
+    /// Activation dtype between layers.
+    dtype: DType,
     conv_in: Conv,
     conv_in2: Conv,
     stages: [Stage; 3],
@@ -182,6 +183,7 @@ impl TcDecoder {
             })
         };
         Ok(Self {
+            dtype: vb.dtype(),
             conv_in: Conv::load(d.pp(1), cfg.in_channels, c0, 3, true)?,
             conv_in2: Conv::load(d.pp(3), c0, c0, 3, false)?,
             stages: [
@@ -215,7 +217,7 @@ impl TcDecoder {
         if n > want || n == 0 {
             candle_core::bail!("decoder condition: {n} frames for {f} latent frames")
         }
-        let dtype = self.conv_in.weight.dtype();
+        let dtype = self.dtype;
         let cond = cond.to_dtype(dtype)?;
         let cond = if n < want {
             let first = cond.narrow(0, 0, 1)?;

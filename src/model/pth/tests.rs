@@ -1,10 +1,12 @@
 //! Tests of the torch.save reader on archives built here, opcode by opcode, the way
 //! torch's pickler (protocol 2) writes them.
 
+use super::writer::{self, ArchiveWriter, Pickler};
 use super::*;
-use std::io::Write;
 use zip::CompressionMethod;
-use zip::write::{SimpleFileOptions, ZipWriter};
+
+/// Python's `False` opcode, for the hand-built parameter pickles.
+const NEWFALSE: u8 = 0x89;
 
 /// One tensor of a test archive: a view into a storage.
 #[derive(Clone)]
@@ -62,92 +64,6 @@ fn values(n: usize) -> Vec<f32> {
     (0..n).map(|i| i as f32 * 0.5 - 3.0).collect()
 }
 
-/// Writes pickle opcodes.
-#[derive(Default)]
-struct Pickle(Vec<u8>);
-
-impl Pickle {
-    fn op(&mut self, op: u8) -> &mut Self {
-        self.0.push(op);
-        self
-    }
-    fn global(&mut self, module: &str, class: &str) -> &mut Self {
-        self.0.push(b'c');
-        self.0
-            .extend_from_slice(format!("{module}\n{class}\n").as_bytes());
-        self
-    }
-    fn string(&mut self, s: &str) -> &mut Self {
-        self.0.push(b'X');
-        self.0.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        self.0.extend_from_slice(s.as_bytes());
-        self
-    }
-    fn int(&mut self, v: usize) -> &mut Self {
-        if v < 0x100 {
-            self.0.extend_from_slice(&[b'K', v as u8]);
-        } else if v < 0x1_0000 {
-            self.0.push(b'M');
-            self.0.extend_from_slice(&(v as u16).to_le_bytes());
-        } else if v < 0x8000_0000 {
-            self.0.push(b'J');
-            self.0.extend_from_slice(&(v as i32).to_le_bytes());
-        } else {
-            self.0.extend_from_slice(&[0x8a, 8]);
-            self.0.extend_from_slice(&(v as u64).to_le_bytes());
-        }
-        self
-    }
-    fn put(&mut self, slot: u8) -> &mut Self {
-        self.0.extend_from_slice(&[b'q', slot]);
-        self
-    }
-    fn get(&mut self, slot: u8) -> &mut Self {
-        self.0.extend_from_slice(&[b'h', slot]);
-        self
-    }
-    /// A tuple of ints, with the short forms torch uses for 1 to 3 items.
-    fn int_tuple(&mut self, items: &[usize]) -> &mut Self {
-        match items.len() {
-            0 => self.op(b')'),
-            1..=3 => {
-                for &v in items {
-                    self.int(v);
-                }
-                self.op(0x84 + items.len() as u8)
-            }
-            _ => {
-                self.op(b'(');
-                for &v in items {
-                    self.int(v);
-                }
-                self.op(b't')
-            }
-        }
-    }
-    /// `_rebuild_tensor_v2(('storage', torch.<class>, key, 'cpu', numel), offset, size,
-    /// stride, False, OrderedDict())`.
-    fn tensor(&mut self, v: &View, storage: &Storage) -> &mut Self {
-        self.global("torch._utils", "_rebuild_tensor_v2").op(b'(');
-        self.op(b'(')
-            .string("storage")
-            .global("torch", storage.class);
-        self.string(v.storage)
-            .string("cpu")
-            .int(storage.numel)
-            .op(b't');
-        self.op(b'Q')
-            .int(v.offset)
-            .int_tuple(&v.shape)
-            .int_tuple(&v.stride);
-        self.op(0x89)
-            .global("collections", "OrderedDict")
-            .op(b')')
-            .op(b'R');
-        self.op(b't').op(b'R')
-    }
-}
-
 enum Root {
     /// An OrderedDict state dict, with the `_metadata` attribute torch adds.
     Dict(Vec<View>),
@@ -163,48 +79,41 @@ fn storage_of<'a>(storages: &'a [Storage], v: &View) -> &'a Storage {
         .expect("test view names a storage of the test")
 }
 
+/// The tensor table entry torch would pickle for `v`.
+fn record(v: &View, storages: &[Storage]) -> PthTensorInfo {
+    let storage = storage_of(storages, v);
+    PthTensorInfo {
+        name: v.name.to_string(),
+        storage_type: storage.class.to_string(),
+        storage_key: storage.key.to_string(),
+        storage_numel: storage.numel,
+        offset: v.offset,
+        shape: v.shape.clone(),
+        stride: v.stride.clone(),
+    }
+}
+
 fn pickle_bytes(root: &Root, storages: &[Storage]) -> Vec<u8> {
-    let mut p = Pickle::default();
-    p.op(0x80).op(2);
     match root {
-        Root::Bare(v) => {
-            p.tensor(v, storage_of(storages, v));
+        Root::Bare(v) => writer::bare_tensor_pickle(&record(v, storages)),
+        Root::Dict(views) => {
+            let records: Vec<_> = views.iter().map(|v| record(v, storages)).collect();
+            writer::state_dict_pickle(&records, &[String::new()])
         }
-        Root::Dict(views) | Root::Parameters(views) => {
-            p.global("collections", "OrderedDict")
-                .put(0)
-                .op(b')')
-                .op(b'R');
-            p.op(b'(');
-            for v in views {
-                p.string(v.name);
-                if matches!(root, Root::Parameters(_)) {
-                    p.global("torch._utils", "_rebuild_parameter").op(b'(');
-                    p.tensor(v, storage_of(storages, v));
-                    p.op(0x89)
-                        .global("collections", "OrderedDict")
-                        .op(b')')
-                        .op(b'R');
-                    p.op(b't').op(b'R');
-                } else {
-                    p.tensor(v, storage_of(storages, v));
-                }
-            }
-            p.op(b'u');
-            // state = {'_metadata': OrderedDict({'': {'version': 1}})}, then BUILD.
-            p.op(b'}').string("_metadata").get(0).op(b')').op(b'R');
-            p.op(b'(')
-                .string("")
-                .op(b'}')
-                .string("version")
-                .int(1)
-                .op(b's')
-                .op(b'u');
-            p.op(b's').op(b'b');
+        Root::Parameters(views) => {
+            // OrderedDict({name: _rebuild_parameter(<tensor>, False, OrderedDict())}).
+            let records: Vec<_> = views.iter().map(|v| record(v, storages)).collect();
+            let mut p = Pickler::new();
+            p.ordered_dict();
+            p.set_items(&records, |p, r| {
+                p.string(&r.name)
+                    .global("torch._utils", "_rebuild_parameter")
+                    .mark();
+                p.tensor(r).op(NEWFALSE).ordered_dict().tuple().reduce();
+            });
+            p.finish()
         }
     }
-    p.op(b'.');
-    p.0
 }
 
 struct Archive {
@@ -227,22 +136,23 @@ impl Archive {
     }
 
     fn zip(&self) -> Vec<u8> {
-        let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
-        let options = SimpleFileOptions::default().compression_method(self.compression);
-        let mut entry = |name: String, bytes: &[u8]| {
-            zip.start_file(name, options).expect("zip entry");
-            zip.write_all(bytes).expect("zip write");
-        };
-        let top = self.top;
-        entry(format!("{top}/data.pkl"), &self.pickle);
+        let mut archive = ArchiveWriter::new(Cursor::new(Vec::new()), self.top)
+            .with_compression(self.compression);
+        archive
+            .record("data.pkl", &self.pickle)
+            .expect("zip pickle");
         if let Some(order) = self.byte_order {
-            entry(format!("{top}/byteorder"), order.as_bytes());
+            archive
+                .record("byteorder", order.as_bytes())
+                .expect("zip byteorder");
         }
         for s in &self.storages {
-            entry(format!("{top}/data/{}", s.key), &s.bytes);
+            archive
+                .record(&format!("data/{}", s.key), &s.bytes)
+                .expect("zip storage");
         }
-        entry(format!("{top}/version"), b"3\n");
-        zip.finish().expect("zip finish").into_inner()
+        archive.record("version", b"3\n").expect("zip version");
+        archive.finish().expect("zip finish").into_inner()
     }
 
     fn open(&self) -> Result<PthFile> {
@@ -506,10 +416,8 @@ fn not_a_zip_and_not_a_torch_archive() {
     ));
     assert!(msg.contains("/x/bad.ckpt") && msg.contains("zip"), "{msg}");
 
-    let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
-    zip.start_file("readme.txt", SimpleFileOptions::default())
-        .unwrap();
-    zip.write_all(b"hello").unwrap();
+    let mut zip = ArchiveWriter::new(Cursor::new(Vec::new()), "docs");
+    zip.record("readme.txt", b"hello").unwrap();
     let bytes = zip.finish().unwrap().into_inner();
     let msg = err_text(PthFile::from_bytes(Path::new("/x/other.zip"), bytes));
     assert!(
@@ -527,20 +435,14 @@ fn root_that_holds_no_tensor_is_an_error() {
         Root::Dict(vec![view("w", "0", 0, &[2], &[1])]),
         vec![f32_storage("0", &values(2))],
     );
-    let mut p = Pickle::default();
-    p.op(0x80)
-        .op(2)
-        .op(b'}')
-        .string("epoch")
-        .int(3)
-        .op(b's')
-        .op(b'.');
-    archive.pickle = p.0;
+    let mut p = Pickler::new();
+    p.empty_dict().string("epoch").int(3).op(b's');
+    archive.pickle = p.finish();
     let msg = err_text(archive.open());
     assert!(msg.contains("no tensors"), "{msg}");
-    let mut p = Pickle::default();
-    p.op(0x80).op(2).int(3).op(b'.');
-    archive.pickle = p.0;
+    let mut p = Pickler::new();
+    p.int(3);
+    archive.pickle = p.finish();
     let msg = err_text(archive.open());
     assert!(msg.contains("neither a tensor nor a dict"), "{msg}");
 }
@@ -612,4 +514,76 @@ fn fixture_prompt_is_a_bare_f32_tensor() {
     assert_eq!((t.dims(), t.dtype()), (&[1usize, 16, 64][..], DType::F32));
     let file = PthFile::open(&dir.join("TCDecoder.ckpt")).unwrap();
     assert_eq!(file.tensors().len(), 66);
+}
+
+#[test]
+fn integers_past_32_bits_round_trip() {
+    let storage = Storage {
+        key: "0",
+        class: "FloatStorage",
+        numel: 3_000_000_000,
+        bytes: Vec::new(),
+    };
+    let archive = Archive::new(
+        Root::Dict(vec![view(
+            "huge",
+            "0",
+            5_000_000_000,
+            &[0, 70_000],
+            &[1 << 40, 1],
+        )]),
+        vec![storage],
+    );
+    let file = archive.open().unwrap();
+    let info = file.info("huge").unwrap();
+    assert_eq!(info.storage_numel, 3_000_000_000);
+    assert_eq!(info.offset, 5_000_000_000);
+    assert_eq!(
+        (info.shape.as_slice(), info.stride.as_slice()),
+        (&[0, 70_000][..], &[1 << 40, 1][..])
+    );
+}
+
+#[test]
+fn write_torch_save_streams_storages_and_checks_their_length() {
+    let records = vec![
+        record(
+            &view("w", "0", 0, &[2, 3], &[3, 1]),
+            &[f32_storage("0", &values(6))],
+        ),
+        record(
+            &view("b", "1", 0, &[2], &[1]),
+            &[f32_storage("1", &values(2))],
+        ),
+    ];
+    let pickle = writer::state_dict_pickle(&records, &[String::new()]);
+    let storages = [
+        writer::StorageRecord {
+            key: "0".into(),
+            bytes: 24,
+        },
+        writer::StorageRecord {
+            key: "1".into(),
+            bytes: 8,
+        },
+    ];
+    let fill = |i: usize, out: &mut dyn std::io::Write| {
+        let n = [6, 2][i];
+        out.write_all(&f32_storage("x", &values(n)).bytes)
+    };
+    let bytes = writer::write_torch_save(Cursor::new(Vec::new()), "m", &pickle, &storages, fill)
+        .unwrap()
+        .into_inner();
+    let file = PthFile::from_bytes(Path::new("/test/m.ckpt"), bytes).unwrap();
+    assert_eq!(f32_values(&file.load("w").unwrap()), values(6));
+    assert_eq!(f32_values(&file.load("b").unwrap()), values(2));
+
+    let short = |_: usize, out: &mut dyn std::io::Write| out.write_all(&[0; 4]);
+    let err = writer::write_torch_save(Cursor::new(Vec::new()), "m", &pickle, &storages, short)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("storage '0'") && err.contains("4 bytes written, 24 expected"),
+        "{err}"
+    );
 }

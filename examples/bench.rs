@@ -1,0 +1,201 @@
+//! Stage timings of the engine on synthetic frames.
+//!
+//! `cargo run --release --example bench -- --model-dir DIR --width W --height H --frames N [--scale S]
+//!  [--precision f32|bf16|f16] [--sparse-ratio R] [--local-range L] [--kv-ratio K] [--device cpu|cuda:N]`
+//!
+//! Streams N synthetic frames through the engine and prints, per steady-state
+//! chunk, the time of each stage, then `fps=<value>` (frames out per second of
+//! wall time, first chunk included) and `dit_efficiency=<value>`: the time the
+//! DiT's matrix products take alone (the same shapes and dtype, replayed in this
+//! run) divided by the DiT's time. Make a model folder with the released widths
+//! with `cargo run --release --example make_model`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use gstflashvsr::engine::{ChunkProfile, Engine, EngineSettings, RgbFrame};
+use gstflashvsr::model::profile::{self, Stage};
+
+struct Args {
+    settings: EngineSettings,
+    width: u32,
+    height: u32,
+    frames: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut settings = EngineSettings::default();
+    let (mut width, mut height, mut frames) = (None, None, 41usize);
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let num = |v: String| v.parse::<f64>().map_err(|e| format!("{flag} {v}: {e}"));
+        match flag.as_str() {
+            "--model-dir" => settings.model_dir = PathBuf::from(value()?),
+            "--width" => width = Some(num(value()?)? as u32),
+            "--height" => height = Some(num(value()?)? as u32),
+            "--frames" => frames = num(value()?)? as usize,
+            "--scale" => settings.scale = num(value()?)? as u32,
+            "--precision" => settings.precision = value()?.parse().map_err(|e| format!("{e}"))?,
+            "--device" => settings.device = value()?,
+            "--sparse-ratio" => settings.sparse_ratio = num(value()?)?,
+            "--kv-ratio" => settings.kv_ratio = num(value()?)?,
+            "--local-range" => settings.local_range = num(value()?)? as u32,
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let (Some(width), Some(height)) = (width, height) else {
+        return Err("--width and --height are required".into());
+    };
+    if settings.model_dir.as_os_str().is_empty() {
+        return Err("--model-dir is required".into());
+    }
+    Ok(Args {
+        settings,
+        width,
+        height,
+        frames,
+    })
+}
+
+/// A moving colour pattern, so that every frame differs.
+fn synthetic_frame(w: u32, h: u32, i: usize) -> RgbFrame {
+    let mut data = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h as usize {
+        for x in 0..w as usize {
+            data.push(((x * 3 + i * 5) % 256) as u8);
+            data.push(((y * 2 + i * 3) % 256) as u8);
+            data.push((((x + y) / 2 + i * 7) % 256) as u8);
+        }
+    }
+    RgbFrame {
+        width: w,
+        height: h,
+        data,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!(
+                "{e}\nusage: bench --model-dir DIR --width W --height H --frames N [--scale S] [--precision P] [--sparse-ratio R] [--local-range L] [--kv-ratio K] [--device D]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let mut engine = match Engine::<usize>::new(args.settings.clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    engine.set_profiling(true);
+    let (out_w, out_h) = (
+        args.width * args.settings.scale,
+        args.height * args.settings.scale,
+    );
+    println!(
+        "input {}x{} -> output {out_w}x{out_h}, {} frames, precision {}, sparse_ratio {}, local_range {}, kv_ratio {}",
+        args.width,
+        args.height,
+        args.frames,
+        args.settings.precision,
+        args.settings.sparse_ratio,
+        args.settings.local_range,
+        args.settings.kv_ratio
+    );
+    let start = Instant::now();
+    let mut produced = 0usize;
+    let mut profiles: Vec<ChunkProfile> = Vec::new();
+    for i in 0..args.frames {
+        let frame = synthetic_frame(args.width, args.height, i);
+        match engine.push(frame, i) {
+            Ok(out) => produced += out.len(),
+            Err(e) => {
+                eprintln!("error at frame {i}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        profiles.extend(engine.take_profiles());
+    }
+    match engine.finish() {
+        Ok(out) => produced += out.len(),
+        Err(e) => {
+            eprintln!("error at end of stream: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    profiles.extend(engine.take_profiles());
+    let wall = start.elapsed();
+    if produced != args.frames {
+        eprintln!("error: {produced} frames out for {} in", args.frames);
+        return ExitCode::FAILURE;
+    }
+
+    print!("chunk frames");
+    for s in Stage::ALL {
+        print!(" {}_ms", s.name());
+    }
+    println!(" total_ms");
+    let mut dit_time = Duration::ZERO;
+    let mut matmul_time = Duration::ZERO;
+    let mut matmul_flops = 0.0;
+    let (mut conv_time, mut conv_matmul_time) = (Duration::ZERO, Duration::ZERO);
+    for p in &profiles {
+        print!("{:>5} {:>6}", p.chunk, p.frames);
+        for s in Stage::ALL {
+            print!(" {:>10.1}", ms(p.times.get(s)));
+        }
+        println!(" {:>9.1}", ms(p.total));
+        // Steady state: chunks after the first.
+        if p.chunk > 0 {
+            dit_time += p.times.get(Stage::Dit);
+            match profile::replay_matmuls(&p.dit_matmuls, engine.device()) {
+                Ok(t) => matmul_time += t,
+                Err(e) => {
+                    eprintln!("error replaying the DiT's matmuls: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            matmul_flops += p.dit_matmuls.iter().map(|m| m.flops()).sum::<f64>();
+            match profile::replay_convs(&p.decoder_convs, engine.device()) {
+                Ok((c, m)) => {
+                    conv_time += c;
+                    conv_matmul_time += m;
+                }
+                Err(e) => {
+                    eprintln!("error replaying the decoder's convolutions: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    println!("fps={:.4}", produced as f64 / wall.as_secs_f64());
+    if dit_time > Duration::ZERO {
+        println!(
+            "dit_matmul_gflops={:.1}",
+            matmul_flops / matmul_time.as_secs_f64() / 1e9
+        );
+        println!(
+            "dit_efficiency={:.3}",
+            matmul_time.as_secs_f64() / dit_time.as_secs_f64()
+        );
+        // The decoder's convolutions against matrix products of the same arithmetic.
+        println!(
+            "decoder_conv_efficiency={:.3}",
+            conv_matmul_time.as_secs_f64() / conv_time.as_secs_f64()
+        );
+    } else {
+        println!("dit_efficiency=n/a (fewer than two chunks: give at least 33 frames)");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,122 @@
+//! The element against the engine on the same input.
+//!
+//! `cargo run --release --example element_bench -- --model-dir DIR [--width 64] [--height 64]
+//!  [--frames 41] [--scale 4]`
+//!
+//! Runs `videotestsrc num-buffers=N ! video/x-raw,format=RGB,WxH ! flashvsr ! fakesink`
+//! as fast as it goes, then the engine alone on the same number of frames of the
+//! same size, and prints `element_fps=<value>`, `engine_fps=<value>` and their
+//! ratio.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use gst::prelude::*;
+use gstflashvsr::engine::{Engine, EngineSettings, RgbFrame};
+
+struct Args {
+    model_dir: PathBuf,
+    width: u32,
+    height: u32,
+    frames: u32,
+    scale: u32,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args { model_dir: PathBuf::new(), width: 64, height: 64, frames: 41, scale: 4 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let num = || value.parse::<u32>().map_err(|e| format!("{flag} {value}: {e}"));
+        match flag.as_str() {
+            "--model-dir" => a.model_dir = PathBuf::from(&value),
+            "--width" => a.width = num()?,
+            "--height" => a.height = num()?,
+            "--frames" => a.frames = num()?,
+            "--scale" => a.scale = num()?,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if a.model_dir.as_os_str().is_empty() {
+        return Err("--model-dir is required".into());
+    }
+    Ok(a)
+}
+
+fn element_fps(a: &Args) -> Result<f64, String> {
+    gst::init().map_err(|e| e.to_string())?;
+    gstflashvsr::plugin_register_static().map_err(|e| e.to_string())?;
+    let desc = format!(
+        "videotestsrc num-buffers={} pattern=smpte ! video/x-raw,format=RGB,width={},height={},framerate=25/1 \
+         ! flashvsr model-dir=\"{}\" scale={} ! fakesink sync=false",
+        a.frames,
+        a.width,
+        a.height,
+        a.model_dir.display(),
+        a.scale
+    );
+    let pipeline = gst::parse::launch(&desc).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    pipeline.set_state(gst::State::Playing).map_err(|e| format!("{e:?}"))?;
+    let bus = pipeline.bus().ok_or("pipeline without bus")?;
+    let result = loop {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::NONE) else { continue };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break Ok(a.frames as f64 / start.elapsed().as_secs_f64()),
+            gst::MessageView::Error(e) => break Err(format!("{}: {:?}", e.error(), e.debug())),
+            _ => {}
+        }
+    };
+    let _ = pipeline.set_state(gst::State::Null);
+    result
+}
+
+fn engine_fps(a: &Args) -> Result<f64, String> {
+    let settings = EngineSettings { model_dir: a.model_dir.clone(), scale: a.scale, ..Default::default() };
+    let mut engine = Engine::<u32>::new(settings).map_err(|e| e.to_string())?;
+    let frame = |i: u32| RgbFrame {
+        width: a.width,
+        height: a.height,
+        data: (0..a.width * a.height * 3).map(|v| ((v + i * 7) % 251) as u8).collect(),
+    };
+    let start = Instant::now();
+    let mut out = 0usize;
+    for i in 0..a.frames {
+        out += engine.push(frame(i), i).map_err(|e| e.to_string())?.len();
+    }
+    out += engine.finish().map_err(|e| e.to_string())?.len();
+    if out != a.frames as usize {
+        return Err(format!("engine returned {out} frames for {}", a.frames));
+    }
+    Ok(a.frames as f64 / start.elapsed().as_secs_f64())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}\nusage: element_bench --model-dir DIR [--width W] [--height H] [--frames N] [--scale S]");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{} frames of {}x{} at scale {}", args.frames, args.width, args.height, args.scale);
+    let element = match element_fps(&args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("element pipeline failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let engine = match engine_fps(&args) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("engine failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("element_fps={element:.4}");
+    println!("engine_fps={engine:.4}");
+    println!("element_over_engine={:.3}", element / engine);
+    ExitCode::SUCCESS
+}
