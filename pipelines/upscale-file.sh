@@ -40,19 +40,23 @@ case $CONTAINER in
     *) DEMUX= ;;
 esac
 
-# Which elementary streams the file has: the caps its demuxer announces.
-STREAMS=$(gst-launch-1.0 -v filesrc location="\"$IN\"" ! parsebin ! fakesink 2>&1 |
-    sed -n 's/^.*caps = \(\(audio\|video\)\/[^,]*\(, mpegversion=(int)[0-9]\)\?\).*$/\1/p' | sort -u)
-AUDIO=$(printf '%s\n' "$STREAMS" | grep '^audio/' | head -n 1 || true)
+# The audio track, if any: the caps of the demuxer's audio_0 pad ("" when it has none).
+AUDIO=
+if [ -n "$DEMUX" ]; then
+    AUDIO=$(gst-launch-1.0 -v filesrc location="\"$IN\"" ! $DEMUX name=demux demux.audio_0 ! fakesink num-buffers=1 2>&1 |
+        sed -n 's/^.*fakesink0\.GstPad:sink: caps = \(audio\/[^,]*\(, mpegversion=(int)[0-9]\)\?\).*$/\1/p' | head -n 1)
+fi
 
-VIDEO_CHAIN="queue ! decodebin ! flashvsr scale=$SCALE $FLASHVSR_OPTS ! progressreport update-freq=1 ! x264enc $X264_OPTS ! queue"
+UPSCALE_CHAIN="flashvsr scale=$SCALE $FLASHVSR_OPTS ! progressreport update-freq=1 ! x264enc $X264_OPTS ! queue"
 SINK="mp4mux name=mux ! filesink location=\"$OUT\""
 
-if [ -z "$AUDIO" ] || [ -z "$DEMUX" ]; then
-    [ -n "$AUDIO" ] && echo "warning: $CONTAINER input: audio is not kept (MP4/MOV and Matroska only)" >&2
+if [ -z "$AUDIO" ]; then
+    if [ -z "$DEMUX" ]; then
+        echo "note: $CONTAINER input: only MP4/MOV and Matroska inputs keep their audio" >&2
+    fi
     echo "upscaling video x$SCALE (no audio track)"
     # shellcheck disable=SC2086
-    exec gst-launch-1.0 -e filesrc location="\"$IN\"" ! $VIDEO_CHAIN ! $SINK
+    exec gst-launch-1.0 -e filesrc location="\"$IN\"" ! decodebin ! $UPSCALE_CHAIN ! $SINK
 fi
 
 case $AUDIO in
@@ -63,5 +67,5 @@ esac
 # video arrives, and a full audio queue would stall the demuxer (and so the video).
 # shellcheck disable=SC2086
 exec gst-launch-1.0 -e filesrc location="\"$IN\"" ! $DEMUX name=demux \
-    demux.video_0 ! $VIDEO_CHAIN ! $SINK \
+    demux.video_0 ! queue ! decodebin ! $UPSCALE_CHAIN ! $SINK \
     demux.audio_0 ! queue max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! $AUDIO_CHAIN ! mux.

@@ -1,6 +1,7 @@
-//! `flashvsr` in real pipelines, as users write them: a file through decodebin and
+//! `flashvsr` in real pipelines, as users write them: files through decodebin and
 //! x264enc into MP4 (frame count, size, pixel-aspect-ratio and timestamps checked by
-//! decoding the result), a live source, and `pipelines/upscale-file.sh` keeping audio.
+//! decoding the result; the whole carphone clip takes minutes on 2 cores), a live
+//! source, and `pipelines/upscale-file.sh` keeping audio.
 //! The fixture model `../shared/golden/tiny-v1/model` stands in for the weights.
 
 mod common;
@@ -117,24 +118,23 @@ fn size_and_par(caps: &gst::Caps) -> (i32, i32, gst::Fraction) {
     )
 }
 
-/// The pipeline of the README, on a whole clip: same frames, same timestamps, x4.
-fn upscale_file_keeps_every_frame(clip: &str) {
-    init();
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
-    let input = shared.join("media").join(clip);
-    let output = temp_path(clip);
+/// The pipeline of the issue on `input`, decoded again: the same frames with the same
+/// timestamps, 4 times larger, same pixel-aspect-ratio.
+fn upscale_file_keeps_every_frame(shared: &Path, input: &Path) {
+    let output = temp_path(&format!(
+        "{}-x4.mp4",
+        input.file_stem().unwrap().to_string_lossy()
+    ));
     let pipeline = gst::parse::launch(&format!(
         "filesrc location=\"{}\" ! decodebin ! flashvsr scale=4 model-version=v1 model-dir=\"{}\" ! x264enc ! mp4mux ! filesink location=\"{}\"",
         input.display(),
-        tiny_model(&shared).display(),
+        tiny_model(shared).display(),
         output.display()
     ))
     .unwrap();
     run(&pipeline, gst::ClockTime::from_seconds(1800));
 
-    let (in_caps, in_pts) = decode(&input);
+    let (in_caps, in_pts) = decode(input);
     let (out_caps, out_pts) = decode(&output);
     let (w, h, par) = size_and_par(&in_caps);
     assert_eq!(size_and_par(&out_caps), (w * 4, h * 4, par), "{out_caps}");
@@ -145,7 +145,36 @@ fn upscale_file_keeps_every_frame(clip: &str) {
 
 #[test]
 fn carphone_upscales_to_704x576_with_every_frame_and_timestamp() {
-    upscale_file_keeps_every_frame("carphone_pristine.mp4");
+    init();
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let clip = shared.join("media/carphone_pristine.mp4");
+    let (caps, _) = decode(&clip);
+    assert_eq!(size_and_par(&caps).0, 176);
+    upscale_file_keeps_every_frame(&shared, &clip);
+}
+
+#[test]
+fn other_size_rate_and_aspect_keep_every_frame() {
+    init();
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    // 37 frames (not 8k+1), 50x38, 24000/1001 fps, non-square pixels.
+    let clip = temp_path("odd-size.mp4");
+    let make = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=37 pattern=ball ! video/x-raw,format=I420,width=50,height=38,framerate=24000/1001,pixel-aspect-ratio=16/15 \
+         ! x264enc ! mp4mux ! filesink location=\"{}\"",
+        clip.display()
+    ))
+    .unwrap();
+    run(&make, gst::ClockTime::from_seconds(60));
+    let (caps, pts) = decode(&clip);
+    assert_eq!(size_and_par(&caps), (50, 38, gst::Fraction::new(16, 15)));
+    assert_eq!(pts.len(), 37);
+    upscale_file_keeps_every_frame(&shared, &clip);
+    std::fs::remove_file(&clip).unwrap();
 }
 
 #[test]
@@ -269,54 +298,60 @@ fn upscale_script_keeps_the_audio_track() {
         return;
     };
     let Some(plugins) = plugin_dir() else { return };
-    let input = temp_path("av-in.mp4");
-    let make = gst::parse::launch(&format!(
-        "videotestsrc num-buffers=30 ! video/x-raw,format=I420,width=32,height=24,framerate=15/1 ! x264enc ! mp4mux name=m ! filesink location=\"{}\" \
-         audiotestsrc num-buffers=50 ! audio/x-raw,rate=44100 ! avenc_aac ! m.",
-        input.display()
-    ))
-    .unwrap();
-    run(&make, gst::ClockTime::from_seconds(60));
-    assert_eq!(stream_types(&input), ["audio/mpeg", "video/x-h264"]);
+    const VIDEO: &str = "videotestsrc num-buffers=30 ! video/x-raw,format=I420,width=32,height=24,framerate=15/1 ! x264enc";
+    const AUDIO: &str = "audiotestsrc num-buffers=50 ! audio/x-raw,rate=44100";
+    // (input, how to make it, the streams the output must have)
+    let cases = [
+        // AAC is passed through.
+        (
+            "aac.mp4",
+            format!(
+                "{VIDEO} ! mp4mux name=m ! filesink location=LOCATION {AUDIO} ! avenc_aac ! m."
+            ),
+            &["audio/mpeg", "video/x-h264"][..],
+        ),
+        // Vorbis cannot go into MP4: re-encoded to AAC.
+        (
+            "vorbis.mkv",
+            format!(
+                "{VIDEO} ! matroskamux name=m ! filesink location=LOCATION {AUDIO} ! vorbisenc ! m."
+            ),
+            &["audio/mpeg", "video/x-h264"][..],
+        ),
+        (
+            "silent.mp4",
+            format!("{VIDEO} ! mp4mux ! filesink location=LOCATION"),
+            &["video/x-h264"][..],
+        ),
+    ];
+    for (name, launch, expected) in cases {
+        let input = temp_path(name);
+        let launch = launch.replace("LOCATION", &format!("\"{}\"", input.display()));
+        run(
+            &gst::parse::launch(&launch).unwrap(),
+            gst::ClockTime::from_seconds(60),
+        );
 
-    for (with_audio, source) in [(true, input.clone()), (false, temp_path("v-in.mp4"))] {
-        if !with_audio {
-            let make = gst::parse::launch(&format!(
-                "videotestsrc num-buffers=30 ! video/x-raw,format=I420,width=32,height=24,framerate=15/1 ! x264enc ! mp4mux ! filesink location=\"{}\"",
-                source.display()
-            ))
-            .unwrap();
-            run(&make, gst::ClockTime::from_seconds(60));
-        }
-        let output = temp_path(if with_audio {
-            "av-out.mp4"
-        } else {
-            "v-out.mp4"
-        });
+        let output = temp_path(&format!("{name}-x2.mp4"));
         let status = std::process::Command::new("sh")
             .arg(script("upscale-file.sh"))
-            .args([&source, &output])
+            .args([&input, &output])
             .arg("2")
             .env("GST_PLUGIN_PATH", &plugins)
             .env("FLASHVSR_MODEL_DIR", tiny_model(&shared))
             .env("FLASHVSR_OPTS", "model-version=v1")
             .status()
             .unwrap();
-        assert!(
-            status.success(),
-            "upscale-file.sh failed on {}",
-            source.display()
+        assert!(status.success(), "upscale-file.sh failed on {name}");
+        assert_eq!(
+            stream_types(&output),
+            expected,
+            "streams of {name} upscaled"
         );
-        let expected: &[&str] = if with_audio {
-            &["audio/mpeg", "video/x-h264"]
-        } else {
-            &["video/x-h264"]
-        };
-        assert_eq!(stream_types(&output), expected);
         let (caps, pts) = decode(&output);
-        assert_eq!(size_and_par(&caps).0, 64);
-        assert_eq!(pts.len(), 30);
+        assert_eq!(size_and_par(&caps).0, 64, "{name}");
+        assert_eq!(pts.len(), 30, "{name}");
         std::fs::remove_file(&output).unwrap();
-        std::fs::remove_file(&source).unwrap();
+        std::fs::remove_file(&input).unwrap();
     }
 }
