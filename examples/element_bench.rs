@@ -24,11 +24,21 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { model_dir: PathBuf::new(), width: 64, height: 64, frames: 41, scale: 4 };
+    let mut a = Args {
+        model_dir: PathBuf::new(),
+        width: 64,
+        height: 64,
+        frames: 41,
+        scale: 4,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = || value.parse::<u32>().map_err(|e| format!("{flag} {value}: {e}"));
+        let num = || {
+            value
+                .parse::<u32>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
         match flag.as_str() {
             "--model-dir" => a.model_dir = PathBuf::from(&value),
             "--width" => a.width = num()?,
@@ -58,10 +68,14 @@ fn element_fps(a: &Args) -> Result<f64, String> {
     );
     let pipeline = gst::parse::launch(&desc).map_err(|e| e.to_string())?;
     let start = Instant::now();
-    pipeline.set_state(gst::State::Playing).map_err(|e| format!("{e:?}"))?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| format!("{e:?}"))?;
     let bus = pipeline.bus().ok_or("pipeline without bus")?;
     let result = loop {
-        let Some(msg) = bus.timed_pop(gst::ClockTime::NONE) else { continue };
+        let Some(msg) = bus.timed_pop(gst::ClockTime::NONE) else {
+            continue;
+        };
         match msg.view() {
             gst::MessageView::Eos(_) => break Ok(a.frames as f64 / start.elapsed().as_secs_f64()),
             gst::MessageView::Error(e) => break Err(format!("{}: {:?}", e.error(), e.debug())),
@@ -73,12 +87,18 @@ fn element_fps(a: &Args) -> Result<f64, String> {
 }
 
 fn engine_fps(a: &Args) -> Result<f64, String> {
-    let settings = EngineSettings { model_dir: a.model_dir.clone(), scale: a.scale, ..Default::default() };
+    let settings = EngineSettings {
+        model_dir: a.model_dir.clone(),
+        scale: a.scale,
+        ..Default::default()
+    };
     let mut engine = Engine::<u32>::new(settings).map_err(|e| e.to_string())?;
     let frame = |i: u32| RgbFrame {
         width: a.width,
         height: a.height,
-        data: (0..a.width * a.height * 3).map(|v| ((v + i * 7) % 251) as u8).collect(),
+        data: (0..a.width * a.height * 3)
+            .map(|v| ((v + i * 7) % 251) as u8)
+            .collect(),
     };
     let start = Instant::now();
     let mut out = 0usize;
@@ -96,11 +116,16 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("{e}\nusage: element_bench --model-dir DIR [--width W] [--height H] [--frames N] [--scale S]");
+            eprintln!(
+                "{e}\nusage: element_bench --model-dir DIR [--width W] [--height H] [--frames N] [--scale S]"
+            );
             return ExitCode::from(2);
         }
     };
-    println!("{} frames of {}x{} at scale {}", args.frames, args.width, args.height, args.scale);
+    println!(
+        "{} frames of {}x{} at scale {}",
+        args.frames, args.width, args.height, args.scale
+    );
     let element = match element_fps(&args) {
         Ok(v) => v,
         Err(e) => {
