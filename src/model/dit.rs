@@ -49,18 +49,7 @@ impl DitConfig {
                 "tensor 'patch_embedding.weight': model width {dim} is not a multiple of the head size {HEAD_DIM}"
             )
         }
-        let num_layers = names
-            .iter()
-            .filter_map(|n| {
-                n.strip_prefix("blocks.")?
-                    .split('.')
-                    .next()?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .map(|i| i + 1)
-            .max()
-            .unwrap_or(0);
+        let num_layers = ops::indexed_count(names, "blocks.");
         if num_layers == 0 {
             candle_core::bail!("no 'blocks.N.*' tensors: not a Wan DiT checkpoint")
         }

@@ -43,18 +43,7 @@ impl LqProjConfig {
                 "LQ projection convs: expected [h1, 768, 4, 3, 3] and [h2, h1, 4, 3, 3], found {conv1:?} and {conv2:?}"
             )
         }
-        let layers = names
-            .iter()
-            .filter_map(|n| {
-                n.strip_prefix("linear_layers.")?
-                    .split('.')
-                    .next()?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .map(|i| i + 1)
-            .max()
-            .unwrap_or(0);
+        let layers = ops::indexed_count(names, "linear_layers.");
         if layers == 0 {
             candle_core::bail!("no 'linear_layers.N.weight' tensor in the LQ projection")
         }

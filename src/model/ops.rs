@@ -38,6 +38,23 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> 
         .broadcast_mul(weight)
 }
 
+/// Number of `<prefix>N.*` entries in a checkpoint's tensor names: one more than
+/// the largest index N found (0 when there is none).
+pub(crate) fn indexed_count(names: &[String], prefix: &str) -> usize {
+    names
+        .iter()
+        .filter_map(|n| {
+            n.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .map(|i| i + 1)
+        .max()
+        .unwrap_or(0)
+}
+
 /// `x * (1 + scale) + shift`, the adaLN modulation.
 pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
@@ -129,6 +146,15 @@ pub(crate) fn merge_heads(x: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn counts_indexed_tensors() {
+        let names: Vec<String> = ["blocks.0.a", "blocks.11.b", "blocks.x.c", "head.w"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(indexed_count(&names, "blocks."), 12);
+        assert_eq!(indexed_count(&names, "linear_layers."), 0);
+    }
 
     #[test]
     fn layer_norm_has_zero_mean_unit_variance() -> Result<()> {
