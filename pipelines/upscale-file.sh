@@ -40,11 +40,13 @@ case $CONTAINER in
     *) DEMUX= ;;
 esac
 
-# The audio track, if any: the caps of the demuxer's audio_0 pad ("" when it has none).
+# The audio track, if any: its caps as gst-discoverer reports them ("" when it has
+# none). gst-discoverer bounds its own run time; a pipeline that waits for an
+# audio pad would wait forever on a file without one.
 AUDIO=
 if [ -n "$DEMUX" ]; then
-    AUDIO=$(gst-launch-1.0 -v filesrc location="\"$IN\"" ! $DEMUX name=demux demux.audio_0 ! fakesink num-buffers=1 2>&1 |
-        sed -n 's/^.*fakesink0\.GstPad:sink: caps = \(audio\/[^,]*\(, mpegversion=(int)[0-9]\)\?\).*$/\1/p' | head -n 1)
+    AUDIO=$(gst-discoverer-1.0 -v "$IN" 2>/dev/null |
+        sed -n 's/^ *audio #[0-9]*: \(audio\/[^,]*\(, mpegversion=(int)[0-9]\)\?\).*$/\1/p' | head -n 1)
 fi
 
 UPSCALE_CHAIN="flashvsr scale=$SCALE $FLASHVSR_OPTS ! progressreport update-freq=1 ! x264enc $X264_OPTS ! queue"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages gst-flashvsr builds, tests and runs with, on
 # Debian 12 (bookworm) or a derivative: GStreamer 1.22 development files, the
-# command-line tools and the plugin sets the example pipelines use. Needs a Rust
+# command-line tools (gst-discoverer-1.0 included) and the plugin sets the example
+# pipelines use. Needs a Rust
 # toolchain (rustup, 1.92 or newer) already on PATH.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ packages=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  gstreamer1.0-plugins-base-apps
 )
 
 missing=()

@@ -333,7 +333,9 @@ fn upscale_script_keeps_the_audio_track() {
         );
 
         let output = temp_path(&format!("{name}-x2.mp4"));
-        let status = std::process::Command::new("sh")
+        // Bounded: a script that hangs must fail the test, not stall the suite.
+        let status = std::process::Command::new("timeout")
+            .args(["300", "sh"])
             .arg(script("upscale-file.sh"))
             .args([&input, &output])
             .arg("2")
