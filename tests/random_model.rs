@@ -1,36 +1,14 @@
 //! Random model folders: the released tensor and parameter counts, the released stored
 //! dtypes, and a small folder that loads and runs one chunk to sane frames.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use candle_core::{DType, Device, Tensor};
+mod common;
+
+use common::Scratch;
 use gstflashvsr::model::color_fix::ColorFix;
 use gstflashvsr::model::random_model::{NormalSource, RandomModelSpec, write_model_dir};
 use gstflashvsr::model::weights::{DECODER_FILE, DIT_FILE, LQ_PROJ_FILE, PROMPT_FILE, WeightFile};
 use gstflashvsr::model::{FlashVsrModel, LqVariant, ModelOptions, StreamConfig};
-
-/// A folder under the system temp dir, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "gst-flashvsr-random-model-{}-{n}-{tag}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Small widths (those of the tiny fixtures), two DiT blocks.
 fn small_spec() -> RandomModelSpec {

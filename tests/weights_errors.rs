@@ -4,11 +4,12 @@
 
 mod common;
 
+use common::Scratch;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use gstflashvsr::model::pth::PthFile;
@@ -18,39 +19,11 @@ use gstflashvsr::model::weights::{
     convert_to_safetensors,
 };
 
-/// `../shared/golden/<case>`, or `None` when the shared fixtures are absent.
-fn golden_case(case: &str) -> Option<PathBuf> {
-    common::shared_dir().map(|dir| dir.join("golden").join(case))
-}
-
-/// A folder under the system temp dir, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "gst-flashvsr-weights-{}-{n}-{tag}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A writable copy of `<case>/model` (the fixtures are read-only), or `None` when the
 /// shared fixtures are absent.
 fn model_copy(case: &str) -> Option<Scratch> {
-    let source = golden_case(case)?.join("model");
-    let scratch = Scratch::new(case);
+    let source = common::golden_case(case)?.join("model");
+    let scratch = Scratch::created(case);
     for entry in std::fs::read_dir(&source).expect("fixture model folder") {
         let from = entry.expect("fixture entry").path();
         let to = scratch.0.join(from.file_name().expect("file name"));
@@ -166,7 +139,7 @@ const CASES: [Expected; 2] = [
 #[test]
 fn fixture_folders_load_with_expected_shapes_and_values() {
     for exp in &CASES {
-        let Some(dir) = golden_case(exp.case) else {
+        let Some(dir) = common::golden_case(exp.case) else {
             return;
         };
         let files = ModelFiles::open(&dir.join("model")).unwrap();
@@ -222,7 +195,7 @@ fn convert_round_trip_keeps_names_dtypes_and_values() {
     let Some(model) = model_copy("tiny-v1") else {
         return;
     };
-    let out = Scratch::new("converted");
+    let out = Scratch::created("converted");
     let written = convert_to_safetensors(&model.0, &out.0).unwrap();
     let expected: Vec<PathBuf> = [
         LQ_PROJ_SAFETENSORS_FILE,
@@ -314,7 +287,7 @@ fn missing_or_non_folder_is_explained() {
     let Some(_) = common::shared_dir() else {
         return;
     };
-    let scratch = Scratch::new("absent");
+    let scratch = Scratch::created("absent");
     let absent = scratch.0.join("no-such-model");
     let msg = err_text(ModelFiles::open(&absent));
     assert_names(

@@ -23,3 +23,35 @@ pub fn shared_dir() -> Option<PathBuf> {
 pub fn golden_case(case: &str) -> Option<PathBuf> {
     shared_dir().map(|d| d.join("golden").join(case))
 }
+
+/// A folder under the system temp dir, unique to this process and call,
+/// removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// The path, not yet created.
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "gst-flashvsr-test-{}-{n}-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+
+    /// The folder, created empty.
+    pub fn created(tag: &str) -> Self {
+        let scratch = Self::new(tag);
+        std::fs::create_dir_all(&scratch.0).expect("create scratch dir");
+        scratch
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
