@@ -12,17 +12,7 @@ use gstflashvsr::model::{FlashVsrModel, LqVariant, ModelOptions, StreamConfig};
 
 /// Small widths (those of the tiny fixtures), two DiT blocks.
 fn small_spec() -> RandomModelSpec {
-    RandomModelSpec {
-        dit_blocks: 2,
-        dim: 256,
-        ffn_dim: 512,
-        text_dim: 64,
-        ctx_len: 16,
-        lq_hidden: [64, 96],
-        lq_layers: 1,
-        tc_channels: [64, 32, 16, 16],
-        seed: 5,
-    }
+    RandomModelSpec::tiny(5)
 }
 
 /// Counted from the tensor list alone: nothing is written.

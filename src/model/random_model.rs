@@ -76,6 +76,22 @@ impl RandomModelSpec {
         }
     }
 
+    /// The widths of the tiny-v1 golden fixture (two DiT blocks): small enough for
+    /// tests to write, load and run in seconds.
+    pub fn tiny(seed: u64) -> Self {
+        Self {
+            dit_blocks: 2,
+            dim: 256,
+            ffn_dim: 512,
+            text_dim: 64,
+            ctx_len: 16,
+            lq_hidden: [64, 96],
+            lq_layers: 1,
+            tc_channels: [64, 32, 16, 16],
+            seed,
+        }
+    }
+
     /// Checks that the sizes make a model the loader accepts.
     pub fn validate(&self) -> Result<()> {
         let widths = [

@@ -27,17 +27,7 @@ fn fixture_model_dir(case: &str) -> Option<PathBuf> {
 
 /// The sizes of the tiny-v1 fixture (its `case.json`).
 fn tiny_v1_spec() -> RandomModelSpec {
-    RandomModelSpec {
-        dit_blocks: 2,
-        dim: 256,
-        ffn_dim: 512,
-        text_dim: 64,
-        ctx_len: 16,
-        lq_hidden: [64, 96],
-        lq_layers: 1,
-        tc_channels: [64, 32, 16, 16],
-        seed: 1,
-    }
+    RandomModelSpec::tiny(1)
 }
 
 /// The sizes of the sparse-v1.1 fixture (its `case.json`).
