@@ -6,10 +6,13 @@
 //! Runs `videotestsrc num-buffers=N ! video/x-raw,format=RGB,WxH ! flashvsr ! fakesink`
 //! as fast as it goes, then the engine alone on the same number of frames of the
 //! same size, and prints `element_fps=<value>`, `engine_fps=<value>` and their
-//! ratio.
+//! ratio. Both clocks start at the first frame, after the model is loaded (the
+//! element loads it going to PAUSED, before the source streams), and stop at
+//! the last frame out.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use gst::prelude::*;
@@ -59,7 +62,7 @@ fn element_fps(a: &Args) -> Result<f64, String> {
     gstflashvsr::plugin_register_static().map_err(|e| e.to_string())?;
     let desc = format!(
         "videotestsrc num-buffers={} pattern=smpte ! video/x-raw,format=RGB,width={},height={},framerate=25/1 \
-         ! flashvsr model-dir=\"{}\" scale={} ! fakesink sync=false",
+         ! flashvsr name=sr model-dir=\"{}\" scale={} ! fakesink sync=false",
         a.frames,
         a.width,
         a.height,
@@ -67,7 +70,19 @@ fn element_fps(a: &Args) -> Result<f64, String> {
         a.scale
     );
     let pipeline = gst::parse::launch(&desc).map_err(|e| e.to_string())?;
-    let start = Instant::now();
+    let first_frame: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let sink_pad = pipeline
+        .downcast_ref::<gst::Bin>()
+        .and_then(|bin| bin.by_name("sr"))
+        .and_then(|sr| sr.static_pad("sink"))
+        .ok_or("no flashvsr sink pad in the pipeline")?;
+    let seen = first_frame.clone();
+    sink_pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        if let Ok(mut first) = seen.lock() {
+            first.get_or_insert_with(Instant::now);
+        }
+        gst::PadProbeReturn::Remove
+    });
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| format!("{e:?}"))?;
@@ -77,7 +92,14 @@ fn element_fps(a: &Args) -> Result<f64, String> {
             continue;
         };
         match msg.view() {
-            gst::MessageView::Eos(_) => break Ok(a.frames as f64 / start.elapsed().as_secs_f64()),
+            gst::MessageView::Eos(_) => {
+                let start = first_frame
+                    .lock()
+                    .ok()
+                    .and_then(|f| *f)
+                    .ok_or("end of stream before any frame")?;
+                break Ok(a.frames as f64 / start.elapsed().as_secs_f64());
+            }
             gst::MessageView::Error(e) => break Err(format!("{}: {:?}", e.error(), e.debug())),
             _ => {}
         }

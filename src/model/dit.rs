@@ -6,6 +6,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::norm;
 use super::ops::{self, Linear};
 use super::profile::{self, Stage, StageTimes};
 use super::rope;
@@ -206,7 +207,7 @@ impl Dit {
             let ca_v = Linear::load(&ca.pp("v"), dim, dim, true)?;
             let ca_norm_k = ca.pp("norm_k").get(dim, "weight")?;
             let k = ops::split_heads(
-                &ops::rms_norm(&ca_k.forward(&context)?, &ca_norm_k, EPS)?,
+                &norm::rms_norm(&ca_k.forward(&context)?, &ca_norm_k, EPS)?,
                 cfg.heads,
             )?;
             let v = ops::split_heads(&ca_v.forward(&context)?, cfg.heads)?;
@@ -326,14 +327,14 @@ impl Dit {
                 x = x.broadcast_add(&features.to_dtype(self.dtype)?)?;
             }
             let [shift1, scale1, gate1, shift2, scale2, gate2] = &block.modulation;
-            let input = ops::modulate(&ops::layer_norm(&x, EPS)?, shift1, scale1)?;
+            let input = norm::layer_norm_modulate(&x, shift1, scale1, EPS)?;
 
             // Self-attention over the cached windows plus this chunk's.
             let sa = &block.self_attn;
             let heads = self.cfg.heads;
-            let q = ops::rms_norm(&sa.q.forward(&input)?, &sa.norm_q, EPS)?
+            let q = norm::rms_norm(&sa.q.forward(&input)?, &sa.norm_q, EPS)?
                 .reshape((tokens, heads, HEAD_DIM))?;
-            let k = ops::rms_norm(&sa.k.forward(&input)?, &sa.norm_k, EPS)?
+            let k = norm::rms_norm(&sa.k.forward(&input)?, &sa.norm_k, EPS)?
                 .reshape((tokens, heads, HEAD_DIM))?;
             let v = sa.v.forward(&input)?.reshape((tokens, heads, HEAD_DIM))?;
             let q = sparse_attention::to_windows(&rope::apply_rope(&q, &cos, &sin)?, grid)?;
@@ -376,17 +377,17 @@ impl Dit {
 
             // Cross-attention to the prompt.
             let ca = &block.cross_attn;
-            let normed = ops::layer_norm_affine(&x, &block.norm3_w, &block.norm3_b, EPS)?;
+            let normed = norm::layer_norm_affine(&x, &block.norm3_w, &block.norm3_b, EPS)?;
             let q = ops::split_heads(
-                &ops::rms_norm(&ca.q.forward(&normed)?, &ca.norm_q, EPS)?,
+                &norm::rms_norm(&ca.q.forward(&normed)?, &ca.norm_q, EPS)?,
                 heads,
             )?;
             let cross = ops::merge_heads(&ops::attention(&q, &ca.k, &ca.v)?)?;
             x = (x + ca.o.forward(&cross)?)?;
 
             // Feed-forward.
-            let input = ops::modulate(&ops::layer_norm(&x, EPS)?, shift2, scale2)?;
-            let ffn = block.ffn2.forward(&block.ffn0.forward(&input)?.gelu()?)?;
+            let input = norm::layer_norm_modulate(&x, shift2, scale2, EPS)?;
+            let ffn = block.ffn2.forward(&block.ffn0.forward_gelu(&input)?)?;
             x = (x + ffn.broadcast_mul(gate2)?)?;
 
             if let Some(trace) = trace.as_deref_mut().filter(|t| t.keep_tensors) {
@@ -397,10 +398,11 @@ impl Dit {
             }
         }
 
-        let out = self.head.forward(&ops::modulate(
-            &ops::layer_norm(&x, EPS)?,
+        let out = self.head.forward(&norm::layer_norm_modulate(
+            &x,
             &self.head_shift,
             &self.head_scale,
+            EPS,
         )?)?;
         if let Some(t) = trace.filter(|t| t.log_matmuls) {
             t.matmuls = profile::take_matmul_log();

@@ -88,14 +88,20 @@ impl CausalConv3d {
         }
         let padded = ops::pad_replicate_hw(x, 1)?;
         let outs = (t - KERNEL_T) / 2 + 1;
-        let stacked: Vec<Tensor> = (0..outs)
+        // Each output's 4 input frames are consecutive in `padded`, so its
+        // stacked channels are a view, not a copy.
+        let frames: Vec<Tensor> = (0..outs)
             .map(|o| {
-                padded
-                    .narrow(0, 2 * o, KERNEL_T)?
-                    .reshape((1, KERNEL_T * c, h + 2, w + 2))
+                self.conv
+                    .forward_padded(&padded.narrow(0, 2 * o, KERNEL_T)?.reshape((
+                        1,
+                        KERNEL_T * c,
+                        h + 2,
+                        w + 2,
+                    ))?)
             })
             .collect::<Result<_>>()?;
-        self.conv.forward_padded(&Tensor::cat(&stacked, 0)?)
+        Tensor::cat(&frames, 0)
     }
 }
 

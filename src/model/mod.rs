@@ -2,12 +2,15 @@
 //! with locality-constrained sparse attention, the TCDecoder, colour fixes and the
 //! PIL-compatible pre-upscale. No GStreamer here.
 
+pub(crate) mod activation;
 pub mod bicubic;
 pub mod color_fix;
 pub mod conv;
 pub mod dit;
+pub(crate) mod fast_math;
 pub mod frames;
 pub mod lq_proj;
+pub(crate) mod norm;
 pub(crate) mod ops;
 pub mod parity;
 pub mod pipeline;

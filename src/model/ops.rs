@@ -1,42 +1,7 @@
 //! Small numerical building blocks shared by the model components. Every op here
 //! is a plain candle op, so it runs on every candle device.
 
-use candle_core::{D, DType, Module, Result, Tensor};
-
-/// LayerNorm over the last dimension without affine parameters, computed in f32
-/// (as the reference does) and returned in the input's dtype.
-pub(crate) fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    centered
-        .broadcast_div(&(var + eps)?.sqrt()?)?
-        .to_dtype(dtype)
-}
-
-/// LayerNorm with weight and bias.
-pub(crate) fn layer_norm_affine(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    eps: f64,
-) -> Result<Tensor> {
-    layer_norm(x, eps)?
-        .broadcast_mul(weight)?
-        .broadcast_add(bias)
-}
-
-/// Wan's RMSNorm: `x * rsqrt(mean(x^2) + eps)` in f32, cast back, times `weight`.
-pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x32 = x.to_dtype(DType::F32)?;
-    let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
-    x32.broadcast_div(&(ms + eps)?.sqrt()?)?
-        .to_dtype(dtype)?
-        .broadcast_mul(weight)
-}
+use candle_core::{D, Module, Result, Tensor};
 
 /// Number of `<prefix>N.*` entries in a checkpoint's tensor names: one more than
 /// the largest index N found (0 when there is none).
@@ -53,11 +18,6 @@ pub(crate) fn indexed_count(names: &[String], prefix: &str) -> usize {
         .map(|i| i + 1)
         .max()
         .unwrap_or(0)
-}
-
-/// `x * (1 + scale) + shift`, the adaLN modulation.
-pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
 }
 
 /// A linear layer `x W^T + b` that accepts inputs of any rank.
@@ -92,20 +52,34 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// `x W^T` as `[rows, out]`, and the output shape for `x`'s leading dims.
+    fn product(&self, x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
         // Inputs from f32-only stages (e.g. CPU convolutions) meet half-precision weights.
         let x = x.to_dtype(self.weight_t.dtype())?;
         let y = super::profile::matmul(&x.reshape((rows, in_dim))?, &self.weight_t)?;
+        let mut out_dims = dims.to_vec();
+        out_dims[dims.len() - 1] = self.weight_t.dim(1)?;
+        Ok((y, out_dims))
+    }
+
+    /// `gelu_tanh(x W^T + b)`, the bias and activation fused on the CPU.
+    pub(crate) fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        let (y, out_dims) = self.product(x)?;
+        super::activation::bias_gelu_in_place(y, self.bias.as_ref())?.reshape(out_dims)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (y, out_dims) = self.product(x)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        let mut out_dims = dims.to_vec();
-        out_dims[dims.len() - 1] = self.weight_t.dim(1)?;
         y.reshape(out_dims)
     }
 }
@@ -124,7 +98,7 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let head_dim = q.dim(D::Minus1)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let scores = super::profile::matmul(&(q * scale)?, &k.t()?)?;
-    let probs = super::softmax::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+    let probs = super::softmax::softmax_last_dim_in_place(scores)?.to_dtype(v.dtype())?;
     super::profile::matmul(&probs, v)
 }
 
@@ -154,28 +128,6 @@ mod tests {
             .to_vec();
         assert_eq!(indexed_count(&names, "blocks."), 12);
         assert_eq!(indexed_count(&names, "linear_layers."), 0);
-    }
-
-    #[test]
-    fn layer_norm_has_zero_mean_unit_variance() -> Result<()> {
-        let x = Tensor::new(&[[1f32, 2., 3., 4.], [10., 10., 10., 14.]], &Device::Cpu)?;
-        let y = layer_norm(&x, 1e-6)?;
-        let mean = y.mean_keepdim(1)?.flatten_all()?.to_vec1::<f32>()?;
-        let var = y.sqr()?.mean_keepdim(1)?.flatten_all()?.to_vec1::<f32>()?;
-        for (m, v) in mean.iter().zip(var) {
-            assert!(m.abs() < 1e-5 && (v - 1.0).abs() < 1e-4, "{m} {v}");
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn rms_norm_matches_definition() -> Result<()> {
-        let x = Tensor::new(&[[3f32, 4.]], &Device::Cpu)?;
-        let w = Tensor::new(&[2f32, 1.], &Device::Cpu)?;
-        let y = rms_norm(&x, &w, 0.0)?.to_vec2::<f32>()?;
-        let rms = (12.5f32).sqrt();
-        assert!((y[0][0] - 6.0 / rms).abs() < 1e-6 && (y[0][1] - 4.0 / rms).abs() < 1e-6);
-        Ok(())
     }
 
     #[test]

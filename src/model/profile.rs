@@ -108,6 +108,16 @@ pub struct MatmulShape {
 }
 
 impl MatmulShape {
+    /// One f32 product `[m, k] @ [k, n]`.
+    pub fn f32(m: usize, k: usize, n: usize) -> Self {
+        Self {
+            batch: 1,
+            m,
+            k,
+            n,
+            dtype: DType::F32,
+        }
+    }
     pub fn flops(&self) -> f64 {
         2.0 * (self.batch * self.m * self.k * self.n) as f64
     }
@@ -203,22 +213,29 @@ pub fn take_matmul_log() -> Vec<MatmulShape> {
         .unwrap_or_default()
 }
 
-/// `a.matmul(b)`, logged when a log is open on this thread.
-pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// Records a product computed outside [`matmul`] (e.g. by a fused kernel) when
+/// a log is open on this thread.
+pub(crate) fn log_matmul(shape: MatmulShape) {
     MATMUL_LOG.with(|l| {
         if let Some(log) = l.borrow_mut().as_mut() {
-            let dims = a.dims();
-            let (m, k) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-            let n = b.dims()[b.rank() - 1];
-            log.push(MatmulShape {
-                batch: a.elem_count() / (m * k).max(1),
-                m,
-                k,
-                n,
-                dtype: a.dtype(),
-            });
+            log.push(shape);
         }
     });
+}
+
+/// `a.matmul(b)`, logged when a log is open on this thread.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dims = a.dims();
+    if dims.len() >= 2 && b.rank() >= 2 {
+        let (m, k) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        log_matmul(MatmulShape {
+            batch: a.elem_count() / (m * k).max(1),
+            m,
+            k,
+            n: b.dims()[b.rank() - 1],
+            dtype: a.dtype(),
+        });
+    }
     a.matmul(b)
 }
 

@@ -10,6 +10,8 @@ use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::{profile, softmax};
 
+mod cpu_blocks;
+
 /// Tokens per attention window: 2 frames x 8 rows x 8 columns.
 pub const WINDOW_TOKENS: usize = 128;
 const WINDOW_T: usize = 2;
@@ -158,7 +160,7 @@ pub fn block_mask(
     let pooled_q = q_win.to_dtype(DType::F32)?.mean(2)?;
     let pooled_k = k_win.to_dtype(DType::F32)?.mean(2)?;
     let scores = (profile::matmul(&pooled_q, &pooled_k.t()?)? / (head_dim as f64).sqrt())?;
-    let probs = softmax::softmax_last_dim(&scores.broadcast_add(bias)?)?;
+    let probs = softmax::softmax_last_dim_in_place(scores.broadcast_add(bias)?)?;
     let groups = nq / nb;
     let flat = probs.reshape((heads * groups, nb * nk))?;
     let k = ((nb * nb) as f64 * topk_ratio) as i64 - 1;
@@ -173,9 +175,10 @@ pub fn block_mask(
 /// scale 1/sqrt(d). A query window with no allowed key window gets zeros.
 ///
 /// Consecutive query windows of a head that keep the same key windows form one
-/// batch: its keys are gathered once (or taken as a view when they are
-/// contiguous) and its queries go through one matrix product, so the work is
-/// proportional to the kept (query, key) pairs and nothing is copied twice.
+/// batch, whose queries go through one matrix product, so the work is
+/// proportional to the kept (query, key) pairs. On the CPU in f32 the kept keys
+/// are read in place ([`cpu_blocks`]); elsewhere each batch's keys are gathered
+/// once (or taken as a view when they are contiguous).
 pub fn sparse_attention(
     q_win: &Tensor,
     k_win: &Tensor,
@@ -198,11 +201,36 @@ pub fn sparse_attention(
                 .collect()
         })
         .collect();
-    let k_flat = k_win.reshape((heads * nk, wt * d))?;
-    let v_flat = v_win.reshape((heads * nk, wt * d))?;
     // Scaling the queries is cheaper than scaling the scores.
     let q_rows = (q_win.reshape((heads * nq, wt, d))? / (d as f64).sqrt())?;
+    if device.is_cpu() && q_win.dtype() == DType::F32 {
+        let op = cpu_blocks::BlockSparseAttention {
+            batches: cpu_blocks::batches(&rows),
+        };
+        op.log_products(wt, d);
+        let k = k_win.reshape((heads * nk, wt, d))?.contiguous()?;
+        let v = v_win.reshape((heads * nk, wt, d))?.contiguous()?;
+        return q_rows
+            .contiguous()?
+            .apply_op3_no_bwd(&k, &v, &op)?
+            .reshape((heads, nq, wt, d));
+    }
+    gathered_attention(&q_rows, k_win, v_win, &rows)
+}
 
+/// The candle-op path of [`sparse_attention`]: `q_rows` `[heads * nq, wt, d]`
+/// already scaled, `rows` as built there.
+fn gathered_attention(
+    q_rows: &Tensor,
+    k_win: &Tensor,
+    v_win: &Tensor,
+    rows: &[Vec<u32>],
+) -> Result<Tensor> {
+    let (heads, nk, wt, d) = k_win.dims4()?;
+    let nq = q_rows.dim(0)? / heads;
+    let device = q_rows.device();
+    let k_flat = k_win.reshape((heads * nk, wt * d))?;
+    let v_flat = v_win.reshape((heads * nk, wt * d))?;
     let mut outputs = Vec::new();
     let mut start = 0;
     while start < rows.len() {
@@ -213,7 +241,7 @@ pub fn sparse_attention(
         }
         let batch = end - start;
         if keys.is_empty() {
-            outputs.push(Tensor::zeros((batch * wt, d), q_win.dtype(), device)?);
+            outputs.push(Tensor::zeros((batch * wt, d), q_rows.dtype(), device)?);
             start = end;
             continue;
         }
@@ -229,7 +257,7 @@ pub fn sparse_attention(
         let (k, v) = (k.reshape((n * wt, d))?, v.reshape((n * wt, d))?);
         let q = q_rows.narrow(0, start, batch)?.reshape((batch * wt, d))?;
         let scores = profile::matmul(&q, &k.t()?)?;
-        let probs = softmax::softmax_last_dim(&scores)?;
+        let probs = softmax::softmax_last_dim_in_place(scores)?;
         outputs.push(profile::matmul(&probs, &v)?);
         start = end;
     }
@@ -277,7 +305,7 @@ fn dense_head(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
     let v = v.reshape((nk * wt, d))?;
     let scores = profile::matmul(&q, &k.t()?)?.to_dtype(DType::F32)?;
     let Some(mask) = mask else {
-        let probs = softmax::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let probs = softmax::softmax_last_dim_in_place(scores)?.to_dtype(v.dtype())?;
         return profile::matmul(&probs, &v)?.reshape((nq, wt, d));
     };
     let allowed = mask.to_dtype(DType::F32)?;
@@ -285,7 +313,7 @@ fn dense_head(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
         .reshape((nq, 1, nk, 1))?
         .broadcast_as((nq, wt, nk, wt))?
         .reshape((nq * wt, nk * wt))?;
-    let probs = softmax::softmax_last_dim(&(scores + bias)?)?;
+    let probs = softmax::softmax_last_dim_in_place((scores + bias)?)?;
     // Rows without any allowed key are zero, as in the reference kernel.
     let live = allowed
         .max_keepdim(D::Minus1)?
@@ -417,8 +445,43 @@ mod tests {
         let dense = dense_masked_attention(&q, &k, &v, &mask)?;
         let err = (sparse - &dense)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(err < 1e-5, "max error {err}");
+        // the candle-op path, which other devices take, on the same rows
+        let mask_host = mask.flatten_all()?.to_vec1::<u8>()?;
+        let rows: Vec<Vec<u32>> = (0..heads * nq)
+            .map(|r| {
+                (0..nk)
+                    .filter(|&j| mask_host[r * nk + j] != 0)
+                    .map(|j| ((r / nq) * nk + j) as u32)
+                    .collect()
+            })
+            .collect();
+        let q_rows = (q.reshape((heads * nq, 128, d))? / (d as f64).sqrt())?;
+        let gathered = gathered_attention(&q_rows, &k, &v, &rows)?;
+        let err = (gathered - &dense)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-5, "gathered path: max error {err}");
         let empty = dense.get(0)?.get(1)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(empty, 0.0);
+        Ok(())
+    }
+
+    /// Query windows with equal key sets are batched (up to 4 at a time on the
+    /// CPU path); runs of key windows and a fully kept head give the same result.
+    #[test]
+    fn batched_rows_match_dense_masked_reference() -> Result<()> {
+        let dev = Device::Cpu;
+        let (heads, nq, nk, d) = (2, 9, 7, 8);
+        let q = Tensor::randn(0f32, 1.0, (heads, nq, 128, d), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (heads, nk, 128, d), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (heads, nk, 128, d), &dev)?;
+        let keep = [1u8, 1, 0, 1, 1, 1, 0];
+        let bits: Vec<u8> = (0..heads * nq * nk)
+            .map(|i| if i < nq * nk { keep[i % nk] } else { 1 })
+            .collect();
+        let mask = Tensor::from_vec(bits, (heads, nq, nk), &dev)?;
+        let sparse = sparse_attention(&q, &k, &v, &mask)?;
+        let dense = dense_masked_attention(&q, &k, &v, &mask)?;
+        let err = (sparse - dense)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-5, "max error {err}");
         Ok(())
     }
 

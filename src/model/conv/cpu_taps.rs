@@ -1,0 +1,215 @@
+//! CPU fast path of [`super::Conv2d`]: one accumulating matrix product per
+//! kernel tap, read straight from the padded image.
+//!
+//! With the padded frame flattened to `[c_in, ph * pw]`, output pixel `(r, x)`
+//! taken at flat position `q = r * pw + x` reads tap `(dy, dx)` at
+//! `q + dy * pw + dx`. Computing outputs for every `x < pw` (the last `k - 1`
+//! columns of each row are discarded) makes each tap's input a plain shifted
+//! view of the image, with row stride `ph * pw`. `gemm` takes such strided
+//! operands and adds into its destination, so the `k * k` products accumulate in
+//! one strip-sized buffer with no im2col copy at all; candle's own matmul cannot
+//! accumulate, which is why this path calls `gemm` directly.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+
+/// Output columns computed per strip (`rows * pw`): the strip's accumulator
+/// (`c_out` x this many f32) stays within the caches between the taps.
+const STRIP_COLUMNS: usize = 16 * 1024;
+
+/// `[n, c_in, h, w]` (zero-padded by `pad` here) convolved with the tap weights
+/// `[k * k, c_out, c_in]`, plus `bias`; returns `[n, c_out, h + 2 pad - k + 1, ...]`.
+pub(super) struct TapConv {
+    pub k: usize,
+    pub pad: usize,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl CustomOp2 for TapConv {
+    fn name(&self) -> &'static str {
+        "tap-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (x, w) else {
+            candle_core::bail!("tap convolution: f32 input and weight only")
+        };
+        let (Some((x0, x1)), Some((w0, w1))) =
+            (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("tap convolution: input and weight must be contiguous")
+        };
+        let (n, c_in, h0, w0_) = x_layout.shape().dims4()?;
+        let (taps, c_out, wc) = w_layout.shape().dims3()?;
+        let k = self.k;
+        let (ph, pw) = (h0 + 2 * self.pad, w0_ + 2 * self.pad);
+        if taps != k * k || wc != c_in || ph < k || pw < k {
+            candle_core::bail!(
+                "tap convolution: input {:?} does not fit weight {:?} with kernel {k} and padding {}",
+                x_layout.shape().dims(),
+                w_layout.shape().dims(),
+                self.pad
+            )
+        }
+        let geometry = Geometry {
+            k,
+            c_in,
+            c_out,
+            ph,
+            pw,
+            h: ph + 1 - k,
+            w: pw + 1 - k,
+        };
+        let (x, w) = (&x[x0..x1], &w[w0..w1]);
+        let frame_out = c_out * geometry.h * geometry.w;
+        let mut out = vec![0f32; n * frame_out];
+        let mut padded = Vec::new();
+        for (i, dst) in out.chunks_exact_mut(frame_out).enumerate() {
+            let src = &x[i * c_in * h0 * w0_..(i + 1) * c_in * h0 * w0_];
+            let frame = if self.pad == 0 {
+                src
+            } else {
+                pad_zeros(src, c_in, h0, w0_, self.pad, &mut padded);
+                &padded[..]
+            };
+            geometry.frame(frame, w, self.bias.as_deref(), dst)?;
+        }
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((n, c_out, geometry.h, geometry.w)),
+        ))
+    }
+}
+
+/// Copies `[c, h, w]` into `buf` as `[c, h + 2 pad, w + 2 pad]` with zero borders.
+fn pad_zeros(src: &[f32], c: usize, h: usize, w: usize, pad: usize, buf: &mut Vec<f32>) {
+    let (ph, pw) = (h + 2 * pad, w + 2 * pad);
+    buf.clear();
+    buf.resize(c * ph * pw, 0.0);
+    for (plane, dst) in src.chunks_exact(h * w).zip(buf.chunks_exact_mut(ph * pw)) {
+        for (row, out) in plane
+            .chunks_exact(w)
+            .zip(dst[pad * pw..].chunks_exact_mut(pw))
+        {
+            out[pad..pad + w].copy_from_slice(row);
+        }
+    }
+}
+
+/// Sizes of one convolution over one padded frame.
+struct Geometry {
+    k: usize,
+    c_in: usize,
+    c_out: usize,
+    ph: usize,
+    pw: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Geometry {
+    /// `frame`: `[c_in, ph, pw]`; `weight`: `[k * k, c_out, c_in]`; `out`: `[c_out, h, w]`.
+    fn frame(
+        &self,
+        frame: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let Geometry { k, pw, h, w, .. } = *self;
+        let strip_rows = (STRIP_COLUMNS / pw).clamp(1, h);
+        let mut wide = vec![0f32; self.c_out * strip_rows * pw];
+        let mut r0 = 0;
+        while r0 < h {
+            let rows = strip_rows.min(h - r0);
+            // The last row needs only its `w` valid columns, which keeps every
+            // tap's reads inside the frame.
+            let cols = (rows - 1) * pw + w;
+            let row_stride = rows * pw;
+            if let Some(bias) = bias {
+                for (acc, &b) in wide.chunks_exact_mut(row_stride).zip(bias) {
+                    acc[..cols].fill(b);
+                }
+            }
+            for tap in 0..k * k {
+                let (dy, dx) = (tap / k, tap % k);
+                let start = (r0 + dy) * pw + dx;
+                self.accumulate(
+                    &mut wide,
+                    row_stride,
+                    cols,
+                    &weight[tap * self.c_out * self.c_in..(tap + 1) * self.c_out * self.c_in],
+                    &frame[start..],
+                    bias.is_some() || tap > 0,
+                )?;
+            }
+            for (o, acc) in wide.chunks_exact(row_stride).take(self.c_out).enumerate() {
+                for r in 0..rows {
+                    let dst = (o * h + r0 + r) * w;
+                    out[dst..dst + w].copy_from_slice(&acc[r * pw..r * pw + w]);
+                }
+            }
+            r0 += rows;
+        }
+        Ok(())
+    }
+
+    /// `wide[:, ..cols] (+)= weight @ image[:, ..cols]`, where `image` rows are
+    /// `ph * pw` apart.
+    fn accumulate(
+        &self,
+        wide: &mut [f32],
+        row_stride: usize,
+        cols: usize,
+        weight: &[f32],
+        image: &[f32],
+        add: bool,
+    ) -> Result<()> {
+        let image_rows = self.ph * self.pw;
+        if wide.len() < (self.c_out - 1) * row_stride + cols
+            || weight.len() != self.c_out * self.c_in
+            || image.len() < (self.c_in - 1) * image_rows + cols
+        {
+            candle_core::bail!("tap convolution: operands out of bounds")
+        }
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: the check above keeps every element gemm reads or writes
+        // inside the three slices: dst `c_out x cols` with row stride
+        // `row_stride`, lhs `c_out x c_in` row-major, rhs `c_in x cols` with row
+        // stride `image_rows`; all column strides are 1.
+        unsafe {
+            gemm::gemm(
+                self.c_out,
+                cols,
+                self.c_in,
+                wide.as_mut_ptr(),
+                1,
+                row_stride as isize,
+                add,
+                weight.as_ptr(),
+                1,
+                self.c_in as isize,
+                image.as_ptr(),
+                1,
+                image_rows as isize,
+                if add { 1.0 } else { 0.0 },
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+        Ok(())
+    }
+}

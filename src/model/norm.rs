@@ -1,0 +1,302 @@
+//! LayerNorm and RMSNorm over the last dimension, as the reference computes them
+//! (in f32, returned in the input's dtype), with a fused CPU path.
+//!
+//! Written with candle ops, each norm is five to seven passes over the
+//! activations, and the adaLN modulation that follows two more. On the CPU, for
+//! f32 input, one pass per row does the statistics in cache and writes
+//! `(x - mean) * rstd * mul + add` (RMSNorm: `x * rstd * weight`); the adaLN
+//! modulation `* (1 + scale) + shift` folds into `mul` and `add`. Other devices
+//! and dtypes take the candle-op path.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::fast_math::simd_kernel;
+
+/// LayerNorm without affine parameters.
+pub(crate) fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    if let Some(fast) = fused_layer_norm(x, None, eps)? {
+        return Ok(fast);
+    }
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    centered
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .to_dtype(dtype)
+}
+
+/// LayerNorm with weight and bias.
+pub(crate) fn layer_norm_affine(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    if let Some(fast) = fused_layer_norm(x, Some((weight, bias)), eps)? {
+        return Ok(fast);
+    }
+    layer_norm(x, eps)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
+}
+
+/// `layer_norm(x) * (1 + scale) + shift`, the adaLN modulation; `shift` and
+/// `scale` hold one value per feature.
+pub(crate) fn layer_norm_modulate(
+    x: &Tensor,
+    shift: &Tensor,
+    scale: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let mul = (scale.flatten_all()? + 1.0)?;
+        return layer_norm_affine(x, &mul, &shift.flatten_all()?, eps);
+    }
+    layer_norm(x, eps)?
+        .broadcast_mul(&(scale + 1.0)?)?
+        .broadcast_add(shift)
+}
+
+/// Wan's RMSNorm: `x * rsqrt(mean(x^2) + eps)` in f32, cast back, times `weight`.
+pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let weight = weight.to_dtype(DType::F32)?.flatten_all()?;
+        return x
+            .contiguous()?
+            .apply_op2_no_bwd(&weight, &RmsNorm { eps: eps as f32 });
+    }
+    let dtype = x.dtype();
+    let x32 = x.to_dtype(DType::F32)?;
+    let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
+    x32.broadcast_div(&(ms + eps)?.sqrt()?)?
+        .to_dtype(dtype)?
+        .broadcast_mul(weight)
+}
+
+/// The fused LayerNorm when `x` is f32 on the CPU; `None` otherwise.
+fn fused_layer_norm(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    eps: f64,
+) -> Result<Option<Tensor>> {
+    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+        return Ok(None);
+    }
+    let dim = x.dim(D::Minus1)?;
+    let (mul, add) = match affine {
+        Some((w, b)) => (
+            w.to_dtype(DType::F32)?.flatten_all()?,
+            b.to_dtype(DType::F32)?.flatten_all()?,
+        ),
+        None => (
+            Tensor::ones(dim, DType::F32, x.device())?,
+            Tensor::zeros(dim, DType::F32, x.device())?,
+        ),
+    };
+    let op = LayerNorm { eps: eps as f32 };
+    Ok(Some(x.contiguous()?.apply_op3_no_bwd(&mul, &add, &op)?))
+}
+
+/// The contiguous f32 data of a CPU operand.
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("fused norm: {what} must be f32")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("fused norm: {what} must be contiguous")
+    };
+    Ok(&data[start..end])
+}
+
+/// Checks that `params` hold one value per feature of `x`; returns the feature count.
+fn features(x_layout: &Layout, params: &[&[f32]]) -> Result<usize> {
+    let dim = x_layout.shape().dims().last().copied().unwrap_or(1).max(1);
+    if let Some(p) = params.iter().find(|p| p.len() != dim) {
+        candle_core::bail!("fused norm: {} parameters for {dim} features", p.len())
+    }
+    Ok(dim)
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        mul: &CpuStorage,
+        mul_layout: &Layout,
+        add: &CpuStorage,
+        add_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let src = f32_slice(x, x_layout, "input")?;
+        let mul = f32_slice(mul, mul_layout, "scale")?;
+        let add = f32_slice(add, add_layout, "shift")?;
+        let dim = features(x_layout, &[mul, add])?;
+        let mut out = vec![0f32; src.len()];
+        out.par_chunks_mut(dim)
+            .zip(src.par_chunks(dim))
+            .with_min_len((4096 / dim).max(1))
+            .for_each(|(dst, row)| layer_norm_row(row, dst, mul, add, self.eps));
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let src = f32_slice(x, x_layout, "input")?;
+        let weight = f32_slice(weight, weight_layout, "weight")?;
+        let dim = features(x_layout, &[weight])?;
+        let mut out = vec![0f32; src.len()];
+        out.par_chunks_mut(dim)
+            .zip(src.par_chunks(dim))
+            .with_min_len((4096 / dim).max(1))
+            .for_each(|(dst, row)| rms_norm_row(row, dst, weight, self.eps));
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+}
+
+/// Lanes the row sums keep, so that they vectorise.
+const LANES: usize = 16;
+
+simd_kernel! {
+    fn layer_norm_row(row: &[f32], dst: &mut [f32], mul: &[f32], add: &[f32], eps: f32) {
+        let n = row.len() as f32;
+        let mean = lane_sum(row, |v| v) / n;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for (((d, &v), &m), &a) in dst.iter_mut().zip(row).zip(mul).zip(add) {
+            *d = (v - mean) * rstd * m + a;
+        }
+    }
+}
+
+simd_kernel! {
+    fn rms_norm_row(row: &[f32], dst: &mut [f32], weight: &[f32], eps: f32) {
+        let ms = lane_sum(row, |v| v * v) / row.len() as f32;
+        let rstd = 1.0 / (ms + eps).sqrt();
+        for ((d, &v), &w) in dst.iter_mut().zip(row).zip(weight) {
+            *d = v * rstd * w;
+        }
+    }
+}
+
+/// `sum(f(v))` over `row`, accumulated in `LANES` partial sums.
+#[inline(always)]
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (s, &v) in sums.iter_mut().zip(c) {
+            *s += f(v);
+        }
+    }
+    chunks.remainder().iter().map(|&v| f(v)).sum::<f32>() + sums.iter().sum::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_err(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()
+    }
+
+    /// The fused CPU path against the candle-op path (run here on bf16 input,
+    /// which takes it), on rows with an offset mean so that a one-pass variance
+    /// would lose digits.
+    #[test]
+    fn fused_norms_match_the_reference_formulas() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 1.0, (6, 100), &dev)? + 30.0)?;
+        let w = Tensor::randn(0f32, 1.0, 100, &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 100, &dev)?;
+        let shift = Tensor::randn(0f32, 1.0, (1, 100), &dev)?;
+        let scale = Tensor::randn(0f32, 1.0, (1, 100), &dev)?;
+
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let c = x.broadcast_sub(&mean)?;
+        let ln = c.broadcast_div(&(c.sqr()?.mean_keepdim(D::Minus1)? + 1e-6)?.sqrt()?)?;
+        assert!(max_err(&layer_norm(&x, 1e-6)?, &ln)? < 1e-4);
+        let affine = ln.broadcast_mul(&w)?.broadcast_add(&b)?;
+        assert!(max_err(&layer_norm_affine(&x, &w, &b, 1e-6)?, &affine)? < 1e-4);
+        let modulated = ln.broadcast_mul(&(&scale + 1.0)?)?.broadcast_add(&shift)?;
+        assert!(max_err(&layer_norm_modulate(&x, &shift, &scale, 1e-6)?, &modulated)? < 1e-4);
+        let rms = x
+            .broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + 1e-6)?.sqrt()?)?
+            .broadcast_mul(&w)?;
+        assert!(max_err(&rms_norm(&x, &w, 1e-6)?, &rms)? < 1e-5);
+
+        // the candle-op path, through bf16 input, agrees within bf16 rounding
+        // (the offset taken off first: bf16 keeps too few digits at 30)
+        let xb = (&x - 30.0)?.to_dtype(DType::BF16)?;
+        let out = layer_norm_modulate(
+            &xb,
+            &shift.to_dtype(DType::BF16)?,
+            &scale.to_dtype(DType::BF16)?,
+            1e-6,
+        )?;
+        assert_eq!(out.dtype(), DType::BF16);
+        assert!(max_err(&out, &modulated)? < 0.1);
+        Ok(())
+    }
+
+    #[test]
+    fn layer_norm_has_zero_mean_unit_variance() -> Result<()> {
+        let x = Tensor::new(&[[1f32, 2., 3., 4.], [10., 10., 10., 14.]], &Device::Cpu)?;
+        let y = layer_norm(&x, 1e-6)?;
+        let mean = y.mean_keepdim(1)?.flatten_all()?.to_vec1::<f32>()?;
+        let var = y.sqr()?.mean_keepdim(1)?.flatten_all()?.to_vec1::<f32>()?;
+        for (m, v) in mean.iter().zip(var) {
+            assert!(m.abs() < 1e-5 && (v - 1.0).abs() < 1e-4, "{m} {v}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rms_norm_matches_definition() -> Result<()> {
+        let x = Tensor::new(&[[3f32, 4.]], &Device::Cpu)?;
+        let w = Tensor::new(&[2f32, 1.], &Device::Cpu)?;
+        let y = rms_norm(&x, &w, 0.0)?.to_vec2::<f32>()?;
+        let rms = (12.5f32).sqrt();
+        assert!((y[0][0] - 6.0 / rms).abs() < 1e-6 && (y[0][1] - 4.0 / rms).abs() < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_parameters_of_the_wrong_size() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 8), DType::F32, &dev)?;
+        let w = Tensor::zeros(7, DType::F32, &dev)?;
+        assert!(rms_norm(&x, &w, 1e-6).is_err());
+        assert!(layer_norm_affine(&x, &w, &w, 1e-6).is_err());
+        Ok(())
+    }
+}
