@@ -6,6 +6,7 @@ pub(crate) mod activation;
 pub mod bicubic;
 pub mod color_fix;
 pub mod conv;
+pub(crate) mod cpu_kernels;
 pub mod dit;
 pub(crate) mod fast_math;
 pub mod frames;

@@ -11,6 +11,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_kernels::contiguous_f32;
 use super::fast_math::simd_kernel;
 
 /// LayerNorm without affine parameters.
@@ -100,17 +101,6 @@ fn fused_layer_norm(
     Ok(Some(x.contiguous()?.apply_op3_no_bwd(&mul, &add, &op)?))
 }
 
-/// The contiguous f32 data of a CPU operand.
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("fused norm: {what} must be f32")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("fused norm: {what} must be contiguous")
-    };
-    Ok(&data[start..end])
-}
-
 /// Checks that `params` hold one value per feature of `x`; returns the feature count.
 fn features(x_layout: &Layout, params: &[&[f32]]) -> Result<usize> {
     let dim = x_layout.shape().dims().last().copied().unwrap_or(1).max(1);
@@ -138,9 +128,9 @@ impl CustomOp3 for LayerNorm {
         add: &CpuStorage,
         add_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let src = f32_slice(x, x_layout, "input")?;
-        let mul = f32_slice(mul, mul_layout, "scale")?;
-        let add = f32_slice(add, add_layout, "shift")?;
+        let src = contiguous_f32(x, x_layout, self.name(), "input")?;
+        let mul = contiguous_f32(mul, mul_layout, self.name(), "scale")?;
+        let add = contiguous_f32(add, add_layout, self.name(), "shift")?;
         let dim = features(x_layout, &[mul, add])?;
         let mut out = vec![0f32; src.len()];
         out.par_chunks_mut(dim)
@@ -167,8 +157,8 @@ impl CustomOp2 for RmsNorm {
         weight: &CpuStorage,
         weight_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let src = f32_slice(x, x_layout, "input")?;
-        let weight = f32_slice(weight, weight_layout, "weight")?;
+        let src = contiguous_f32(x, x_layout, self.name(), "input")?;
+        let weight = contiguous_f32(weight, weight_layout, self.name(), "weight")?;
         let dim = features(x_layout, &[weight])?;
         let mut out = vec![0f32; src.len()];
         out.par_chunks_mut(dim)

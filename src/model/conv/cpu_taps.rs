@@ -12,6 +12,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
+use crate::model::cpu_kernels::{Strided, contiguous_f32, gemm_f32};
+
 /// Output columns computed per strip (`rows * pw`): the strip's accumulator
 /// (`c_out` x this many f32) stays within the caches between the taps.
 const STRIP_COLUMNS: usize = 16 * 1024;
@@ -36,14 +38,9 @@ impl CustomOp2 for TapConv {
         w: &CpuStorage,
         w_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (x, w) else {
-            candle_core::bail!("tap convolution: f32 input and weight only")
-        };
-        let (Some((x0, x1)), Some((w0, w1))) =
-            (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
-        else {
-            candle_core::bail!("tap convolution: input and weight must be contiguous")
-        };
+        const OP: &str = "tap convolution";
+        let x = contiguous_f32(x, x_layout, OP, "input")?;
+        let w = contiguous_f32(w, w_layout, OP, "weight")?;
         let (n, c_in, h0, w0_) = x_layout.shape().dims4()?;
         let (taps, c_out, wc) = w_layout.shape().dims3()?;
         let k = self.k;
@@ -65,7 +62,6 @@ impl CustomOp2 for TapConv {
             h: ph + 1 - k,
             w: pw + 1 - k,
         };
-        let (x, w) = (&x[x0..x1], &w[w0..w1]);
         let frame_out = c_out * geometry.h * geometry.w;
         let mut out = vec![0f32; n * frame_out];
         let mut padded = Vec::new();
@@ -177,37 +173,30 @@ impl Geometry {
         {
             candle_core::bail!("tap convolution: operands out of bounds")
         }
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
         // SAFETY: the check above keeps every element gemm reads or writes
         // inside the three slices: dst `c_out x cols` with row stride
         // `row_stride`, lhs `c_out x c_in` row-major, rhs `c_in x cols` with row
         // stride `image_rows`; all column strides are 1.
         unsafe {
-            gemm::gemm(
-                self.c_out,
-                cols,
-                self.c_in,
-                wide.as_mut_ptr(),
-                1,
-                row_stride as isize,
+            gemm_f32(
+                (self.c_out, cols, self.c_in),
+                Strided {
+                    ptr: wide.as_mut_ptr(),
+                    row_stride,
+                    col_stride: 1,
+                },
                 add,
-                weight.as_ptr(),
-                1,
-                self.c_in as isize,
-                image.as_ptr(),
-                1,
-                image_rows as isize,
-                if add { 1.0 } else { 0.0 },
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
+                Strided {
+                    ptr: weight.as_ptr(),
+                    row_stride: self.c_in,
+                    col_stride: 1,
+                },
+                Strided {
+                    ptr: image.as_ptr(),
+                    row_stride: image_rows,
+                    col_stride: 1,
+                },
+                candle_core::utils::get_num_threads(),
             )
         }
         Ok(())

@@ -13,6 +13,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
+use super::super::cpu_kernels::{Strided, contiguous_f32, gemm_f32};
 use super::super::profile::{self, MatmulShape};
 use super::super::softmax;
 
@@ -92,9 +93,10 @@ impl CustomOp3 for BlockSparseAttention {
         v: &CpuStorage,
         v_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let q = f32_slice(q, q_layout, "queries")?;
-        let k = f32_slice(k, k_layout, "keys")?;
-        let v = f32_slice(v, v_layout, "values")?;
+        const OP: &str = "block-sparse attention";
+        let q = contiguous_f32(q, q_layout, OP, "queries")?;
+        let k = contiguous_f32(k, k_layout, OP, "keys")?;
+        let v = contiguous_f32(v, v_layout, OP, "values")?;
         let (rows, wt, d) = q_layout.shape().dims3()?;
         let (key_windows, kwt, kd) = k_layout.shape().dims3()?;
         if (kwt, kd) != (wt, d) || v_layout.shape().dims3()? != (key_windows, wt, d) {
@@ -134,16 +136,6 @@ impl CustomOp3 for BlockSparseAttention {
     }
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("block-sparse attention: {what} must be f32")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("block-sparse attention: {what} must be contiguous")
-    };
-    Ok(&data[start..end])
-}
-
 #[derive(Clone, Copy)]
 struct Dims {
     wt: usize,
@@ -177,26 +169,25 @@ impl Dims {
             // lhs is the batch's `m x d` queries; rhs is K^T of key rows
             // `first * wt ..` `+ n`, inside `k` (checked by the caller).
             unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    d,
-                    scores.as_mut_ptr().add(col),
+                gemm_f32(
+                    (m, n, d),
+                    Strided {
+                        ptr: scores.as_mut_ptr().add(col),
+                        row_stride: keys,
+                        col_stride: 1,
+                    },
+                    false,
+                    Strided {
+                        ptr: q.as_ptr(),
+                        row_stride: d,
+                        col_stride: 1,
+                    },
+                    Strided {
+                        ptr: k.as_ptr().add(first * wt * d),
+                        row_stride: 1,
+                        col_stride: d,
+                    },
                     1,
-                    keys as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
-                    d as isize,
-                    k.as_ptr().add(first * wt * d),
-                    d as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 )
             }
             col += n;
@@ -208,26 +199,25 @@ impl Dims {
             // SAFETY: dst is the batch's `m x d` output; lhs the `m x n` block of
             // probabilities at column `col`; rhs value rows `first * wt ..` `+ n`.
             unsafe {
-                gemm::gemm(
-                    m,
-                    d,
-                    n,
-                    dst.as_mut_ptr(),
-                    1,
-                    d as isize,
+                gemm_f32(
+                    (m, d, n),
+                    Strided {
+                        ptr: dst.as_mut_ptr(),
+                        row_stride: d,
+                        col_stride: 1,
+                    },
                     col > 0,
-                    scores.as_ptr().add(col),
+                    Strided {
+                        ptr: scores.as_ptr().add(col),
+                        row_stride: keys,
+                        col_stride: 1,
+                    },
+                    Strided {
+                        ptr: v.as_ptr().add(first * wt * d),
+                        row_stride: d,
+                        col_stride: 1,
+                    },
                     1,
-                    keys as isize,
-                    v.as_ptr().add(first * wt * d),
-                    1,
-                    d as isize,
-                    if col > 0 { 1.0 } else { 0.0 },
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 )
             }
             col += n;
