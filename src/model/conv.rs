@@ -26,6 +26,8 @@ pub struct Conv2d {
     w_taps: Tensor,
     /// `[c_out, 1]`.
     bias: Option<Tensor>,
+    /// The bias as the CPU path reads it, kept from load.
+    cpu_bias: Option<Vec<f32>>,
     k: usize,
     c_in: usize,
     c_out: usize,
@@ -53,9 +55,16 @@ impl Conv2d {
         let bias = bias
             .map(|b| b.to_dtype(dtype)?.reshape((c_out, 1)))
             .transpose()?;
+        let cpu_bias = match &bias {
+            Some(b) if dtype == DType::F32 && b.device().is_cpu() => {
+                Some(b.flatten_all()?.to_vec1::<f32>()?)
+            }
+            _ => None,
+        };
         Ok(Self {
             w_taps,
             bias,
+            cpu_bias,
             k,
             c_in,
             c_out,
@@ -116,15 +125,10 @@ impl Conv2d {
     }
 
     fn forward_cpu(&self, x: &Tensor, pad: usize) -> Result<Tensor> {
-        let bias = self
-            .bias
-            .as_ref()
-            .map(|b| b.flatten_all()?.to_vec1::<f32>())
-            .transpose()?;
         let op = cpu_taps::TapConv {
             k: self.k,
             pad,
-            bias,
+            bias: self.cpu_bias.as_deref(),
         };
         x.contiguous()?.apply_op2_no_bwd(&self.w_taps, &op)
     }

@@ -20,13 +20,13 @@ const STRIP_COLUMNS: usize = 16 * 1024;
 
 /// `[n, c_in, h, w]` (zero-padded by `pad` here) convolved with the tap weights
 /// `[k * k, c_out, c_in]`, plus `bias`; returns `[n, c_out, h + 2 pad - k + 1, ...]`.
-pub(super) struct TapConv {
+pub(super) struct TapConv<'a> {
     pub k: usize,
     pub pad: usize,
-    pub bias: Option<Vec<f32>>,
+    pub bias: Option<&'a [f32]>,
 }
 
-impl CustomOp2 for TapConv {
+impl CustomOp2 for TapConv<'_> {
     fn name(&self) -> &'static str {
         "tap-conv2d"
     }
@@ -73,7 +73,7 @@ impl CustomOp2 for TapConv {
                 pad_zeros(src, c_in, h0, w0_, self.pad, &mut padded);
                 &padded[..]
             };
-            geometry.frame(frame, w, self.bias.as_deref(), dst)?;
+            geometry.frame(frame, w, self.bias, dst)?;
         }
         Ok((
             CpuStorage::F32(out),
