@@ -1,5 +1,6 @@
 //! Small numerical building blocks shared by the model components. Every op here
-//! is a plain candle op, so it runs on every candle device.
+//! is a plain candle op, so it runs on every candle device; `Linear::forward_gelu`
+//! adds the fused CPU activation of `model::activation` beside its candle ops.
 
 use candle_core::{D, Module, Result, Tensor};
 
