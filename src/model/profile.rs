@@ -186,16 +186,7 @@ pub fn replay_convs(log: &[ConvShape], device: &Device) -> Result<(Duration, Dur
         let x = Tensor::randn(0f32, 1.0, (s.n, s.c_in, s.h, s.w), device)?.to_dtype(s.dtype)?;
         let w = Tensor::randn(0f32, 1.0, (s.c_out, s.c_in, s.k, s.k), device)?.to_dtype(s.dtype)?;
         let layer = crate::model::conv::Conv2d::new(&w, None)?;
-        let mut best = Duration::MAX;
-        for _ in 0..2 {
-            device.synchronize()?;
-            let start = Instant::now();
-            let y = layer.forward(&x)?;
-            device.synchronize()?;
-            best = best.min(start.elapsed());
-            drop(y);
-        }
-        conv += best;
+        conv += fastest_of_two(device, || layer.forward(&x))?;
         mm += replay_matmuls(&[s.as_matmul()], device)?;
     }
     Ok((conv, mm))
@@ -247,18 +238,24 @@ pub fn replay_matmuls(log: &[MatmulShape], device: &Device) -> Result<Duration> 
     for s in log {
         let a = Tensor::randn(0f32, 1.0, (s.batch, s.m, s.k), device)?.to_dtype(s.dtype)?;
         let b = Tensor::randn(0f32, 1.0, (s.batch, s.k, s.n), device)?.to_dtype(s.dtype)?;
-        let mut best = Duration::MAX;
-        for _ in 0..2 {
-            device.synchronize()?;
-            let start = Instant::now();
-            let c = a.matmul(&b)?;
-            device.synchronize()?;
-            best = best.min(start.elapsed());
-            drop(c);
-        }
-        total += best;
+        total += fastest_of_two(device, || a.matmul(&b))?;
     }
     Ok(total)
+}
+
+/// Runs `f` twice with `device` synchronised around each run and returns the
+/// shorter time: the first run pays for page faults and cold caches.
+fn fastest_of_two<T>(device: &Device, mut f: impl FnMut() -> Result<T>) -> Result<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..2 {
+        device.synchronize()?;
+        let start = Instant::now();
+        let out = f()?;
+        device.synchronize()?;
+        best = best.min(start.elapsed());
+        drop(out);
+    }
+    Ok(best)
 }
 
 #[cfg(test)]
