@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use candle_core::{Device, Result, Tensor};
-use gstflashvsr::model::sparse_attention::{self, SparseConfig, TokenGrid};
+use gstflashvsr::layers::sparse_attention::{self, SparseConfig, TokenGrid};
 
 fn run() -> Result<bool> {
     let (mut width, mut height, mut sparse_ratio, mut local_range, mut kv_ratio, mut heads) =

@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use gstflashvsr::devtools::replay;
 use gstflashvsr::engine::{ChunkProfile, Engine, EngineSettings, RgbFrame};
-use gstflashvsr::model::profile::{self, Stage};
+use gstflashvsr::model::profile::Stage;
 
 struct Args {
     settings: EngineSettings,
@@ -159,7 +160,7 @@ fn main() -> ExitCode {
         // Steady state: chunks after the first.
         if p.chunk > 0 {
             dit_time += p.times.get(Stage::Dit);
-            match profile::replay_matmuls(&p.dit_matmuls, engine.device()) {
+            match replay::replay_matmuls(&p.dit_matmuls, engine.device()) {
                 Ok(t) => matmul_time += t,
                 Err(e) => {
                     eprintln!("error replaying the DiT's matmuls: {e}");
@@ -167,7 +168,7 @@ fn main() -> ExitCode {
                 }
             }
             matmul_flops += p.dit_matmuls.iter().map(|m| m.flops()).sum::<f64>();
-            match profile::replay_convs(&p.decoder_convs, engine.device()) {
+            match replay::replay_convs(&p.decoder_convs, engine.device()) {
                 Ok((c, m)) => {
                     conv_time += c;
                     conv_matmul_time += m;

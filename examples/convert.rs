@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use gstflashvsr::model::weights::{WeightFile, convert_to_safetensors};
+use gstflashvsr::weights::{WeightFile, convert_to_safetensors};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use gstflashvsr::model::random_model::{RandomModelSpec, write_model_dir};
+use gstflashvsr::devtools::random_model::{RandomModelSpec, write_model_dir};
 use gstflashvsr::model::{FlashVsrModel, ModelOptions};
 
 const USAGE: &str = "usage: make_model --out DIR [--blocks N] [--seed S] [--load]";

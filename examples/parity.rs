@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use candle_core::{DType, Device};
+use gstflashvsr::devtools::parity::{self, GoldenCase};
 use gstflashvsr::model::ModelOptions;
-use gstflashvsr::model::parity::{self, GoldenCase};
 
 fn main() -> ExitCode {
     let Some(dir) = std::env::args_os().nth(1).map(PathBuf::from) else {

@@ -1,12 +1,19 @@
 //! gst-flashvsr: streaming video super-resolution with FlashVSR as a GStreamer
-//! element. `model` is the network, `engine` turns it into frames in / frames out,
-//! `flashvsr` is the element.
+//! element. `layers` and `model` are the network, `weights` reads its files,
+//! `pixels` converts frames, `engine` turns the network into frames in / frames
+//! out, `flashvsr` is the element; `devtools` (feature `devtools`) holds the
+//! parity check, random model folders and benchmark replays.
 
 use gst::glib;
 
+#[cfg(feature = "devtools")]
+pub mod devtools;
 pub mod engine;
 mod flashvsr;
+pub mod layers;
 pub mod model;
+pub mod pixels;
+pub mod weights;
 
 pub use flashvsr::{ColorFix, FlashVsr, MODEL_DIR_ENV, ModelVersion, Precision};
 

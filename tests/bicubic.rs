@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use gstflashvsr::model::bicubic::{BicubicResizer, resize_rgb, upscaled_size};
+use gstflashvsr::pixels::bicubic::{BicubicResizer, resize_rgb, upscaled_size};
 
 fn load(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu)

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use gstflashvsr::model::color_fix::ColorFix;
-use gstflashvsr::model::frames::{rgb_to_tensor, tensor_to_rgb};
+use gstflashvsr::pixels::frames::{rgb_to_tensor, tensor_to_rgb};
 
 #[test]
 fn adain_reproduces_the_final_frames_of_chunk1() {

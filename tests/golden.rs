@@ -3,8 +3,8 @@
 mod common;
 
 use candle_core::{DType, Device, Result, Tensor};
-use gstflashvsr::model::parity::{self, GoldenCase};
-use gstflashvsr::model::sparse_attention::SparseConfig;
+use gstflashvsr::devtools::parity::{self, GoldenCase};
+use gstflashvsr::layers::sparse_attention::SparseConfig;
 use gstflashvsr::model::{FlashVsrModel, ModelOptions, schedule};
 
 fn cpu_f32() -> ModelOptions {

@@ -3,8 +3,9 @@
 mod common;
 
 use candle_core::{DType, Device, Result};
-use gstflashvsr::model::parity::GoldenCase;
-use gstflashvsr::model::{FlashVsrModel, ModelOptions, frames, schedule};
+use gstflashvsr::devtools::parity::GoldenCase;
+use gstflashvsr::model::{FlashVsrModel, ModelOptions, schedule};
+use gstflashvsr::pixels::frames;
 
 /// Output frames of the first two chunks of `case` computed in `dtype`.
 fn first_chunks(case: &GoldenCase, dtype: DType) -> Result<Vec<Vec<u8>>> {

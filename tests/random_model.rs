@@ -5,10 +5,10 @@ use candle_core::{DType, Device, Tensor};
 mod common;
 
 use common::Scratch;
+use gstflashvsr::devtools::random_model::{NormalSource, RandomModelSpec, write_model_dir};
 use gstflashvsr::model::color_fix::ColorFix;
-use gstflashvsr::model::random_model::{NormalSource, RandomModelSpec, write_model_dir};
-use gstflashvsr::model::weights::{DECODER_FILE, DIT_FILE, LQ_PROJ_FILE, PROMPT_FILE, WeightFile};
 use gstflashvsr::model::{FlashVsrModel, LqVariant, ModelOptions, StreamConfig};
+use gstflashvsr::weights::{DECODER_FILE, DIT_FILE, LQ_PROJ_FILE, PROMPT_FILE, WeightFile};
 
 /// Small widths (those of the tiny fixtures), two DiT blocks.
 fn small_spec() -> RandomModelSpec {
@@ -132,8 +132,7 @@ fn rewriting_a_folder_replaces_stale_conversions() {
     let scratch = Scratch::new("stale");
     let spec = small_spec();
     write_model_dir(&spec, &scratch.0).unwrap();
-    let converted =
-        gstflashvsr::model::weights::convert_to_safetensors(&scratch.0, &scratch.0).unwrap();
+    let converted = gstflashvsr::weights::convert_to_safetensors(&scratch.0, &scratch.0).unwrap();
     assert_eq!(converted.len(), 3);
     let mut other = small_spec();
     other.seed = 6;

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use gstflashvsr::model::pth::PthFile;
-use gstflashvsr::model::weights::{
+use gstflashvsr::weights::pth::PthFile;
+use gstflashvsr::weights::{
     DECODER_FILE, DECODER_SAFETENSORS_FILE, DIT_FILE, LQ_PROJ_FILE, LQ_PROJ_SAFETENSORS_FILE,
     ModelFiles, PROMPT_FILE, PROMPT_KEY, PROMPT_SAFETENSORS_FILE, WeightFile,
     convert_to_safetensors,

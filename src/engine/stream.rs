@@ -4,13 +4,14 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::model::bicubic::BicubicResizer;
-use crate::model::frames::{crop_frame_rgb, pad_frame_rgb, rgb_to_tensor, tensor_to_rgb};
-use crate::model::profile::{ConvShape, MatmulShape, Stage, StageTimes};
+use crate::layers::shape_log::{ConvShape, MatmulShape};
+use crate::model::profile::{Stage, StageTimes};
 use crate::model::schedule::{
     LATENT_CHANNELS, chunk_lq_span, chunk_noise_frames, chunk_output_span, chunks_for,
 };
 use crate::model::{ChunkTrace, StreamConfig};
+use crate::pixels::bicubic::BicubicResizer;
+use crate::pixels::frames::{crop_frame_rgb, pad_frame_rgb, rgb_to_tensor, tensor_to_rgb};
 
 use super::chunk_model::ChunkModel;
 use super::noise::NoiseSource;
@@ -18,7 +19,7 @@ use super::{EngineError, EngineSettings, RgbFrame};
 
 /// The frame side lengths the model works on are multiples of this (the sparse
 /// attention's 8x8-token windows of 16x16-pixel tokens).
-pub const PAD_MULTIPLE: usize = crate::model::pipeline::SIZE_MULTIPLE;
+pub const PAD_MULTIPLE: usize = crate::model::network::SIZE_MULTIPLE;
 
 /// Sizes of one stream's frames: input, upscaled (the output) and padded (the model's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,8 +351,8 @@ mod tests {
 
     use super::*;
     use crate::engine::SeededNoise;
-    use crate::model::bicubic::resize_rgb;
     use crate::model::schedule::{FIRST_CHUNK_INPUT, FIRST_CHUNK_OUTPUT};
+    use crate::pixels::bicubic::resize_rgb;
 
     /// A stand-in model whose output frames are its LQ input frames (output frame i
     /// comes from LQ frame i, as in the real model); it checks every input shape and

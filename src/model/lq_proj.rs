@@ -6,9 +6,11 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::conv::Conv2d;
-use super::ops::{self, Linear};
+use crate::layers::conv::Conv2d;
+use crate::layers::conv::pad_replicate_hw;
+use crate::layers::linear::Linear;
 use crate::model::LqVariant;
+use crate::weights::indexed_count;
 
 /// Pixel-unshuffle factor: one token per 16 x 16 pixels.
 pub const UNSHUFFLE: usize = 16;
@@ -43,7 +45,7 @@ impl LqProjConfig {
                 "LQ projection convs: expected [h1, 768, 4, 3, 3] and [h2, h1, 4, 3, 3], found {conv1:?} and {conv2:?}"
             )
         }
-        let layers = ops::indexed_count(names, "linear_layers.");
+        let layers = indexed_count(names, "linear_layers.");
         if layers == 0 {
             candle_core::bail!("no 'linear_layers.N.weight' tensor in the LQ projection")
         }
@@ -86,7 +88,7 @@ impl CausalConv3d {
         if t < KERNEL_T || !(t - KERNEL_T).is_multiple_of(2) {
             candle_core::bail!("causal conv: {t} input frames do not fit kernel 4 stride 2")
         }
-        let padded = ops::pad_replicate_hw(x, 1)?;
+        let padded = pad_replicate_hw(x, 1)?;
         let outs = (t - KERNEL_T) / 2 + 1;
         // Each output's 4 input frames are consecutive in `padded`, so its
         // stacked channels are a view, not a copy.

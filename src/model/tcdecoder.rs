@@ -6,7 +6,7 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::conv::Conv2d;
+use crate::layers::conv::Conv2d;
 
 /// LQ frames per latent frame (the decoder's 4x time upsampling).
 pub const FRAMES_PER_LATENT: usize = 4;

@@ -1,4 +1,4 @@
-//! CPU fast path of [`super::Conv2d`]: one accumulating matrix product per
+//! CPU fast path of [`crate::layers::conv::Conv2d`]: one accumulating matrix product per
 //! kernel tap, read straight from the padded image.
 //!
 //! With the padded frame flattened to `[c_in, ph * pw]`, output pixel `(r, x)`
@@ -12,7 +12,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
-use crate::model::cpu_kernels::{Strided, contiguous_f32, gemm_f32};
+use super::gemm::{Strided, contiguous_f32, gemm_f32};
 
 /// Output columns computed per strip (`rows * pw`): the strip's accumulator
 /// (`c_out` x this many f32) stays within the caches between the taps.
@@ -20,7 +20,7 @@ const STRIP_COLUMNS: usize = 16 * 1024;
 
 /// `[n, c_in, h, w]` (zero-padded by `pad` here) convolved with the tap weights
 /// `[k * k, c_out, c_in]`, plus `bias`; returns `[n, c_out, h + 2 pad - k + 1, ...]`.
-pub(super) struct TapConv<'a> {
+pub(crate) struct TapConv<'a> {
     pub k: usize,
     pub pad: usize,
     pub bias: Option<&'a [f32]>,

@@ -10,9 +10,10 @@ use super::dit::{Dit, DitConfig, DitState, DitTrace};
 use super::lq_proj::{LqProj, LqProjConfig, LqProjState};
 use super::profile::{self, Stage, StageTimes};
 use super::schedule;
-use super::sparse_attention::SparseConfig;
 use super::tcdecoder::{TcDecoder, TcDecoderConfig, TcDecoderState};
-use super::weights::ModelFiles;
+use crate::layers::shape_log;
+use crate::layers::sparse_attention::SparseConfig;
+use crate::weights::ModelFiles;
 
 /// Weight version; the two releases differ only in the LQ projection's cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,7 +117,7 @@ pub struct ChunkTrace {
     /// Record the shapes of the DiT's matrix products and the decoder's
     /// convolutions (in `dit.matmuls` and `decoder_convs`).
     pub log_shapes: bool,
-    pub decoder_convs: Vec<profile::ConvShape>,
+    pub decoder_convs: Vec<shape_log::ConvShape>,
     /// LQ features added before DiT block 0, `[tokens, dim]`.
     pub lq_features: Option<Tensor>,
     pub dit: DitTrace,
@@ -366,7 +367,7 @@ impl FlashVsrModel {
         let cond = lq.narrow(0, out_span.start - span.start, out_span.len())?;
         let log_shapes = trace.as_ref().is_some_and(|t| t.log_shapes);
         if log_shapes {
-            profile::start_conv_log();
+            shape_log::start_conv_log();
         }
         let decoded = profile::timed(
             trace.as_deref_mut().map(|t| &mut t.times),
@@ -375,7 +376,7 @@ impl FlashVsrModel {
             || self.decoder.decode(&latents, &cond, &mut state.decoder),
         )?;
         if let Some(t) = trace.as_deref_mut().filter(|_| log_shapes) {
-            t.decoder_convs = profile::take_conv_log();
+            t.decoder_convs = shape_log::take_conv_log();
         }
         if decoded.dim(0)? != out_span.len() {
             candle_core::bail!(

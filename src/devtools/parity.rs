@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor};
 
-use super::color_fix::ColorFix;
-use super::{
-    ChunkTrace, FlashVsrModel, LqVariant, ModelOptions, StreamConfig, bicubic, frames, schedule,
-};
+use crate::model::color_fix::ColorFix;
+use crate::model::{ChunkTrace, FlashVsrModel, LqVariant, ModelOptions, StreamConfig, schedule};
+use crate::pixels::{bicubic, frames};
 
 /// Max abs error allowed on f32 intermediate tensors.
 pub const F32_TOLERANCE: f32 = 1e-3;

@@ -1,16 +1,24 @@
 //! The Wan2.1 DiT as FlashVSR streams it: one denoising step at t = 1000 over a
 //! chunk of latent frames, with locality-constrained sparse self-attention over a
 //! rolling KV cache and cross-attention to a fixed prompt
-//! (`docs/flashvsr-model.md`, section 3).
+//! (docs/model.md, section "The DiT"). Each block ([`block`]) and attention
+//! ([`attention`]) is its own struct with `new` and `forward`.
+
+mod attention;
+mod block;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::norm;
-use super::ops::{self, Linear};
-use super::profile::{self, Stage, StageTimes};
-use super::rope;
-use super::sparse_attention::{self, KvCache, SparseConfig, TokenGrid};
+use super::kv_cache::KvCache;
+use super::profile::StageTimes;
+use crate::layers::linear::Linear;
+use crate::layers::norm;
+use crate::layers::shape_log;
+use crate::layers::sparse_attention::{SparseConfig, TokenGrid};
+use crate::weights::indexed_count;
+use attention::ChunkContext;
+use block::DitBlock;
 
 /// Every Wan model uses 128-wide attention heads.
 pub const HEAD_DIM: usize = 128;
@@ -50,7 +58,7 @@ impl DitConfig {
                 "tensor 'patch_embedding.weight': model width {dim} is not a multiple of the head size {HEAD_DIM}"
             )
         }
-        let num_layers = ops::indexed_count(names, "blocks.");
+        let num_layers = indexed_count(names, "blocks.");
         if num_layers == 0 {
             candle_core::bail!("no 'blocks.N.*' tensors: not a Wan DiT checkpoint")
         }
@@ -83,35 +91,6 @@ pub fn timestep_embedding(t: f64, dim: usize, device: &Device) -> Result<Tensor>
     Tensor::from_vec(emb, (1, dim), device)
 }
 
-struct SelfAttention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    norm_q: Tensor,
-    norm_k: Tensor,
-}
-
-struct CrossAttention {
-    q: Linear,
-    o: Linear,
-    norm_q: Tensor,
-    /// Keys and values of the prompt, `[heads, ctx, head_dim]`: constants.
-    k: Tensor,
-    v: Tensor,
-}
-
-struct Block {
-    self_attn: SelfAttention,
-    cross_attn: CrossAttention,
-    norm3_w: Tensor,
-    norm3_b: Tensor,
-    ffn0: Linear,
-    ffn2: Linear,
-    /// `modulation + t_mod`, split: shift/scale/gate for attention, then for the FFN.
-    modulation: [Tensor; 6],
-}
-
 /// What one chunk's DiT pass can report: tensors for parity checks (when
 /// `keep_tensors`), stage times for benchmarks.
 #[derive(Debug, Default)]
@@ -121,9 +100,9 @@ pub struct DitTrace {
     pub masks: Vec<Tensor>,
     /// Time spent building block masks and in self-attention.
     pub times: StageTimes,
-    /// Record the shape of every matrix product (see `profile::matmul`).
+    /// Record the shape of every matrix product (see `shape_log::matmul`).
     pub log_matmuls: bool,
-    pub matmuls: Vec<profile::MatmulShape>,
+    pub matmuls: Vec<shape_log::MatmulShape>,
 }
 
 /// Per-stream DiT state: one KV cache per block.
@@ -145,18 +124,13 @@ impl DitState {
 pub struct Dit {
     cfg: DitConfig,
     patch_embedding: Linear,
-    blocks: Vec<Block>,
+    blocks: Vec<DitBlock>,
     head: Linear,
     head_shift: Tensor,
     head_scale: Tensor,
     t: Tensor,
     t_mod: Tensor,
     dtype: DType,
-}
-
-fn chunk6(t: &Tensor) -> Result<[Tensor; 6]> {
-    let c = |i| t.narrow(1, i, 1)?.squeeze(1);
-    Ok([c(0)?, c(1)?, c(2)?, c(3)?, c(4)?, c(5)?])
 }
 
 impl Dit {
@@ -198,43 +172,18 @@ impl Dit {
         let t = time2.forward(&time0.forward(&sinus)?.silu()?)?;
         let t_mod = proj.forward(&t.silu()?)?.reshape((1, 6, dim))?;
 
-        let mut blocks = Vec::with_capacity(cfg.num_layers);
-        for i in 0..cfg.num_layers {
-            let b = vb.pp("blocks").pp(i);
-            let sa = b.pp("self_attn");
-            let ca = b.pp("cross_attn");
-            let ca_k = Linear::load(&ca.pp("k"), dim, dim, true)?;
-            let ca_v = Linear::load(&ca.pp("v"), dim, dim, true)?;
-            let ca_norm_k = ca.pp("norm_k").get(dim, "weight")?;
-            let k = ops::split_heads(
-                &norm::rms_norm(&ca_k.forward(&context)?, &ca_norm_k, EPS)?,
-                cfg.heads,
-            )?;
-            let v = ops::split_heads(&ca_v.forward(&context)?, cfg.heads)?;
-            let modulation = b.get((1, 6, dim), "modulation")?.broadcast_add(&t_mod)?;
-            blocks.push(Block {
-                self_attn: SelfAttention {
-                    q: Linear::load(&sa.pp("q"), dim, dim, true)?,
-                    k: Linear::load(&sa.pp("k"), dim, dim, true)?,
-                    v: Linear::load(&sa.pp("v"), dim, dim, true)?,
-                    o: Linear::load(&sa.pp("o"), dim, dim, true)?,
-                    norm_q: sa.pp("norm_q").get(dim, "weight")?,
-                    norm_k: sa.pp("norm_k").get(dim, "weight")?,
-                },
-                cross_attn: CrossAttention {
-                    q: Linear::load(&ca.pp("q"), dim, dim, true)?,
-                    o: Linear::load(&ca.pp("o"), dim, dim, true)?,
-                    norm_q: ca.pp("norm_q").get(dim, "weight")?,
-                    k,
-                    v,
-                },
-                norm3_w: b.pp("norm3").get(dim, "weight")?,
-                norm3_b: b.pp("norm3").get(dim, "bias")?,
-                ffn0: Linear::load(&b.pp("ffn").pp("0"), dim, cfg.ffn_dim, true)?,
-                ffn2: Linear::load(&b.pp("ffn").pp("2"), cfg.ffn_dim, dim, true)?,
-                modulation: chunk6(&modulation)?,
-            });
-        }
+        let blocks = (0..cfg.num_layers)
+            .map(|i| {
+                DitBlock::new(
+                    dim,
+                    cfg.ffn_dim,
+                    cfg.heads,
+                    &t_mod,
+                    &context,
+                    vb.pp("blocks").pp(i),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         let hb = vb.pp("head");
         let head = Linear::load(&hb.pp("head"), dim, cfg.out_channels * 4, true)?;
         let head_mod = hb
@@ -297,7 +246,7 @@ impl Dit {
         };
         grid.check()?;
         if trace.as_ref().is_some_and(|t| t.log_matmuls) {
-            profile::start_matmul_log();
+            shape_log::start_matmul_log();
         }
         let tokens = f * grid.rows * grid.cols;
         // (c, f, y, py, x, px) -> tokens (f, y, x) x features (c, py, px)
@@ -309,87 +258,17 @@ impl Dit {
             .reshape((tokens, c * 4))?;
         let mut x = self.patch_embedding.forward(&patches)?;
 
-        let (cos, sin) = rope::rope_tables(
-            HEAD_DIM,
-            time_offset,
-            f,
-            grid.rows,
-            grid.cols,
-            noise.device(),
-        )?;
-        let nb = grid.blocks_per_time_window();
         if state.caches.len() != self.blocks.len() {
             *state = self.new_state();
         }
-        let mut bias_cache: Option<(usize, Tensor)> = None;
-        for (i, block) in self.blocks.iter().enumerate() {
+        let mut ctx = ChunkContext::new(grid, time_offset, sparse, noise.device())?;
+        for (i, (block, cache)) in self.blocks.iter().zip(&mut state.caches).enumerate() {
             if let Some(features) = lq_features.get(i) {
                 x = x.broadcast_add(&features.to_dtype(self.dtype)?)?;
             }
-            let [shift1, scale1, gate1, shift2, scale2, gate2] = &block.modulation;
-            let input = norm::layer_norm_modulate(&x, shift1, scale1, EPS)?;
-
-            // Self-attention over the cached windows plus this chunk's.
-            let sa = &block.self_attn;
-            let heads = self.cfg.heads;
-            let q = norm::rms_norm(&sa.q.forward(&input)?, &sa.norm_q, EPS)?
-                .reshape((tokens, heads, HEAD_DIM))?;
-            let k = norm::rms_norm(&sa.k.forward(&input)?, &sa.norm_k, EPS)?
-                .reshape((tokens, heads, HEAD_DIM))?;
-            let v = sa.v.forward(&input)?.reshape((tokens, heads, HEAD_DIM))?;
-            let q = sparse_attention::to_windows(&rope::apply_rope(&q, &cos, &sin)?, grid)?;
-            let k = sparse_attention::to_windows(&rope::apply_rope(&k, &cos, &sin)?, grid)?;
-            let v = sparse_attention::to_windows(&v, grid)?;
-            let (k_all, v_all) = state.caches[i].extend(&k, &v)?;
-            let nq = q.dim(1)?;
-            let nk = k_all.dim(1)?;
-            let bias = match &bias_cache {
-                Some((n, b)) if *n == nk => b.clone(),
-                _ => {
-                    let b = sparse_attention::local_bias(
-                        grid,
-                        nq,
-                        nk,
-                        sparse.local_range,
-                        noise.device(),
-                    )?;
-                    bias_cache = Some((nk, b.clone()));
-                    b
-                }
-            };
-            let device = noise.device();
-            let mask = profile::timed(
-                trace.as_deref_mut().map(|t| &mut t.times),
-                Stage::Mask,
-                device,
-                || sparse_attention::block_mask(&q, &k_all, &bias, grid, sparse.topk_ratio),
-            )?;
-            let attn = profile::timed(
-                trace.as_deref_mut().map(|t| &mut t.times),
-                Stage::Attention,
-                device,
-                || sparse_attention::sparse_attention(&q, &k_all, &v_all, &mask),
-            )?;
-            state.caches[i].store(k_all, v_all, nb, sparse.kv_time_windows)?;
-            let attn =
-                sa.o.forward(&sparse_attention::from_windows(&attn, grid)?)?;
-            x = (x + attn.broadcast_mul(gate1)?)?;
-
-            // Cross-attention to the prompt.
-            let ca = &block.cross_attn;
-            let normed = norm::layer_norm_affine(&x, &block.norm3_w, &block.norm3_b, EPS)?;
-            let q = ops::split_heads(
-                &norm::rms_norm(&ca.q.forward(&normed)?, &ca.norm_q, EPS)?,
-                heads,
-            )?;
-            let cross = ops::merge_heads(&ops::attention(&q, &ca.k, &ca.v)?)?;
-            x = (x + ca.o.forward(&cross)?)?;
-
-            // Feed-forward.
-            let input = norm::layer_norm_modulate(&x, shift2, scale2, EPS)?;
-            let ffn = block.ffn2.forward(&block.ffn0.forward_gelu(&input)?)?;
-            x = (x + ffn.broadcast_mul(gate2)?)?;
-
+            let times = trace.as_deref_mut().map(|t| &mut t.times);
+            let (out, mask) = block.forward(&x, &mut ctx, cache, times)?;
+            x = out;
             if let Some(trace) = trace.as_deref_mut().filter(|t| t.keep_tensors) {
                 if i == 0 {
                     trace.block0_out = Some(x.clone());
@@ -405,7 +284,7 @@ impl Dit {
             EPS,
         )?)?;
         if let Some(t) = trace.filter(|t| t.log_matmuls) {
-            t.matmuls = profile::take_matmul_log();
+            t.matmuls = shape_log::take_matmul_log();
         }
         // tokens (f, y, x) x (py, px, c) -> [1, c, f, 2y + py, 2x + px]
         let co = self.cfg.out_channels;

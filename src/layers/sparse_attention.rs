@@ -8,9 +8,8 @@
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
-use super::{profile, softmax};
-
-mod cpu_blocks;
+use super::cpu::sparse_blocks;
+use super::{shape_log, softmax};
 
 /// Tokens per attention window: 2 frames x 8 rows x 8 columns.
 pub const WINDOW_TOKENS: usize = 128;
@@ -159,7 +158,7 @@ pub fn block_mask(
     let nb = grid.blocks_per_time_window();
     let pooled_q = q_win.to_dtype(DType::F32)?.mean(2)?;
     let pooled_k = k_win.to_dtype(DType::F32)?.mean(2)?;
-    let scores = (profile::matmul(&pooled_q, &pooled_k.t()?)? / (head_dim as f64).sqrt())?;
+    let scores = (shape_log::matmul(&pooled_q, &pooled_k.t()?)? / (head_dim as f64).sqrt())?;
     let probs = softmax::softmax_last_dim_in_place(scores.broadcast_add(bias)?)?;
     let groups = nq / nb;
     let flat = probs.reshape((heads * groups, nb * nk))?;
@@ -177,7 +176,7 @@ pub fn block_mask(
 /// Consecutive query windows of a head that keep the same key windows form one
 /// batch, whose queries go through one matrix product, so the work is
 /// proportional to the kept (query, key) pairs. On the CPU in f32 the kept keys
-/// are read in place ([`cpu_blocks`]); elsewhere each batch's keys are gathered
+/// are read in place ([`sparse_blocks`]); elsewhere each batch's keys are gathered
 /// once (or taken as a view when they are contiguous).
 pub fn sparse_attention(
     q_win: &Tensor,
@@ -204,8 +203,8 @@ pub fn sparse_attention(
     // Scaling the queries is cheaper than scaling the scores.
     let q_rows = (q_win.reshape((heads * nq, wt, d))? / (d as f64).sqrt())?;
     if device.is_cpu() && q_win.dtype() == DType::F32 {
-        let op = cpu_blocks::BlockSparseAttention {
-            batches: cpu_blocks::batches(&rows),
+        let op = sparse_blocks::BlockSparseAttention {
+            batches: sparse_blocks::batches(&rows),
         };
         op.log_products(wt, d);
         let k = k_win.reshape((heads * nk, wt, d))?.contiguous()?;
@@ -256,9 +255,9 @@ fn gathered_attention(
         };
         let (k, v) = (k.reshape((n * wt, d))?, v.reshape((n * wt, d))?);
         let q = q_rows.narrow(0, start, batch)?.reshape((batch * wt, d))?;
-        let scores = profile::matmul(&q, &k.t()?)?;
+        let scores = shape_log::matmul(&q, &k.t()?)?;
         let probs = softmax::softmax_last_dim_in_place(scores)?;
-        outputs.push(profile::matmul(&probs, &v)?);
+        outputs.push(shape_log::matmul(&probs, &v)?);
         start = end;
     }
     Tensor::cat(&outputs, 0)?.reshape((heads, nq, wt, d))
@@ -303,10 +302,10 @@ fn dense_head(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
     let q = (q.reshape((nq * wt, d))? / (d as f64).sqrt())?;
     let k = k.reshape((nk * wt, d))?;
     let v = v.reshape((nk * wt, d))?;
-    let scores = profile::matmul(&q, &k.t()?)?.to_dtype(DType::F32)?;
+    let scores = shape_log::matmul(&q, &k.t()?)?.to_dtype(DType::F32)?;
     let Some(mask) = mask else {
         let probs = softmax::softmax_last_dim_in_place(scores)?.to_dtype(v.dtype())?;
-        return profile::matmul(&probs, &v)?.reshape((nq, wt, d));
+        return shape_log::matmul(&probs, &v)?.reshape((nq, wt, d));
     };
     let allowed = mask.to_dtype(DType::F32)?;
     let bias = ((allowed.ones_like()? - &allowed)? * -1e30)?
@@ -320,59 +319,7 @@ fn dense_head(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
         .reshape((nq, 1, 1))?
         .broadcast_as((nq, wt, 1))?
         .reshape((nq * wt, 1))?;
-    profile::matmul(&probs.broadcast_mul(&live)?.to_dtype(v.dtype())?, &v)?.reshape((nq, wt, d))
-}
-
-/// Per-block rolling cache of past key / value windows, `[heads, windows, 128, d]`.
-#[derive(Debug, Default, Clone)]
-pub struct KvCache {
-    k: Option<Tensor>,
-    v: Option<Tensor>,
-}
-
-impl KvCache {
-    pub fn reset(&mut self) {
-        self.k = None;
-        self.v = None;
-    }
-
-    /// Windows held.
-    pub fn windows(&self) -> usize {
-        self.k.as_ref().and_then(|k| k.dim(1).ok()).unwrap_or(0)
-    }
-
-    /// Cached windows followed by this chunk's.
-    pub fn extend(&self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        match (&self.k, &self.v) {
-            (Some(ck), Some(cv)) => Ok((Tensor::cat(&[ck, k], 1)?, Tensor::cat(&[cv, v], 1)?)),
-            _ => Ok((k.clone(), v.clone())),
-        }
-    }
-
-    /// Stores `k`/`v` (all windows this chunk attended to), then drops the oldest
-    /// time window if more than `max_time_windows` are held: one per call, as the
-    /// reference does.
-    pub fn store(
-        &mut self,
-        k: Tensor,
-        v: Tensor,
-        blocks_per_time_window: usize,
-        max_time_windows: usize,
-    ) -> Result<()> {
-        let windows = k.dim(1)?;
-        let (k, v) = if windows / blocks_per_time_window > max_time_windows {
-            let keep = windows - blocks_per_time_window;
-            (
-                k.narrow(1, blocks_per_time_window, keep)?.contiguous()?,
-                v.narrow(1, blocks_per_time_window, keep)?.contiguous()?,
-            )
-        } else {
-            (k, v)
-        };
-        self.k = Some(k);
-        self.v = Some(v);
-        Ok(())
-    }
+    shape_log::matmul(&probs.broadcast_mul(&live)?.to_dtype(v.dtype())?, &v)?.reshape((nq, wt, d))
 }
 
 #[cfg(test)]
@@ -502,27 +449,6 @@ mod tests {
         // a huge ratio is capped: all but the single smallest entry survive
         let mask = block_mask(&q, &k, &bias, grid, 100.0)?;
         assert_eq!(mask.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?, 7);
-        Ok(())
-    }
-
-    #[test]
-    fn kv_cache_drops_one_time_window_per_call() -> Result<()> {
-        let dev = Device::Cpu;
-        let mut cache = KvCache::default();
-        let nb = 3;
-        let chunk = |n: usize, tag: f32| Tensor::full(tag, (1, n * nb, 128, 4), &dev);
-        let (k, v) = cache.extend(&chunk(3, 0.)?, &chunk(3, 0.)?)?;
-        cache.store(k, v, nb, 1)?;
-        // kv_ratio 1 still keeps 2 time windows after the first chunk of 3
-        assert_eq!(cache.windows(), 2 * nb);
-        let (k, v) = cache.extend(&chunk(1, 1.)?, &chunk(1, 1.)?)?;
-        cache.store(k, v, nb, 1)?;
-        assert_eq!(cache.windows(), 2 * nb);
-        let (k, v) = cache.extend(&chunk(1, 2.)?, &chunk(1, 2.)?)?;
-        cache.store(k, v, nb, 3)?;
-        assert_eq!(cache.windows(), 3 * nb);
-        cache.reset();
-        assert_eq!(cache.windows(), 0);
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! CPU fast path of [`super::sparse_attention`]: the kept key windows are read
+//! CPU fast path of [`crate::layers::sparse_attention`]: the kept key windows are read
 //! in place, never gathered.
 //!
 //! Kept key windows form runs of consecutive windows. For each batch of query
@@ -13,9 +13,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::super::cpu_kernels::{Strided, contiguous_f32, gemm_f32};
-use super::super::profile::{self, MatmulShape};
-use super::super::softmax;
+use super::gemm::{Strided, contiguous_f32, gemm_f32};
+use super::softmax;
+use crate::layers::shape_log::{self, MatmulShape};
 
 /// Query windows per batch at most, so that a batch's score buffer stays small
 /// (4 x 128 rows x keys).
@@ -25,14 +25,14 @@ const MAX_BATCH_WINDOWS: usize = 4;
 /// that keep the same key windows, as runs `(first key window, count)` into the
 /// flattened `[heads * nk]` key windows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Batch {
+pub(crate) struct Batch {
     pub first: usize,
     pub count: usize,
     pub runs: Vec<(usize, usize)>,
 }
 
 /// Splits the rows' kept key windows (sorted indices) into batches.
-pub(super) fn batches(rows: &[Vec<u32>]) -> Vec<Batch> {
+pub(crate) fn batches(rows: &[Vec<u32>]) -> Vec<Batch> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < rows.len() {
@@ -60,7 +60,7 @@ pub(super) fn batches(rows: &[Vec<u32>]) -> Vec<Batch> {
 
 /// Inputs: queries `[rows, wt, d]` (already scaled), keys and values
 /// `[key windows, wt, d]`, all contiguous f32; output `[rows, wt, d]`.
-pub(super) struct BlockSparseAttention {
+pub(crate) struct BlockSparseAttention {
     pub batches: Vec<Batch>,
 }
 
@@ -73,8 +73,8 @@ impl BlockSparseAttention {
                 continue;
             }
             let m = b.count * wt;
-            profile::log_matmul(MatmulShape::f32(m, d, keys));
-            profile::log_matmul(MatmulShape::f32(m, keys, d));
+            shape_log::log_matmul(MatmulShape::f32(m, d, keys));
+            shape_log::log_matmul(MatmulShape::f32(m, keys, d));
         }
     }
 }

@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Result};
 
-use super::dit::HEAD_DIM;
-use super::lq_proj::UNSHUFFLE;
-use super::pth::writer::{self, StorageRecord};
-use super::pth::{BARE_TENSOR_NAME, PthTensorInfo, message};
-use super::schedule::LATENT_CHANNELS;
-use super::tcdecoder::{COND_UNSHUFFLE, FRAMES_PER_LATENT};
-use super::weights::{
+use crate::model::dit::HEAD_DIM;
+use crate::model::lq_proj::UNSHUFFLE;
+use crate::model::schedule::LATENT_CHANNELS;
+use crate::model::tcdecoder::{COND_UNSHUFFLE, FRAMES_PER_LATENT};
+use crate::weights::pth::writer::{self, StorageRecord};
+use crate::weights::pth::{BARE_TENSOR_NAME, PthTensorInfo, message};
+use crate::weights::{
     DECODER_FILE, DECODER_SAFETENSORS_FILE, DIT_FILE, LQ_PROJ_FILE, LQ_PROJ_SAFETENSORS_FILE,
     PROMPT_FILE, PROMPT_SAFETENSORS_FILE,
 };

@@ -7,14 +7,13 @@
 //! every tap's input is a shifted view of it when outputs are computed for all
 //! `pw` columns of a row and the last `k - 1` are dropped, so no im2col copy is
 //! built. On the CPU the taps accumulate in one buffer through `gemm`
-//! ([`cpu_taps`]); elsewhere they are candle matmuls summed with candle adds,
+//! ([`conv_taps`]); elsewhere they are candle matmuls summed with candle adds,
 //! which every device has.
-
-mod cpu_taps;
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::profile::{self, ConvShape};
+use super::cpu::conv_taps;
+use super::shape_log::{self, ConvShape};
 
 /// Output columns per product on the portable path, bounding its temporaries.
 const PORTABLE_STRIP_COLUMNS: usize = 1 << 16;
@@ -100,7 +99,7 @@ impl Conv2d {
             )
         }
         let (h, w) = (ph + 1 - self.k, pw + 1 - self.k);
-        profile::log_conv(ConvShape {
+        shape_log::log_conv(ConvShape {
             n,
             c_in: c,
             h,
@@ -125,7 +124,7 @@ impl Conv2d {
     }
 
     fn forward_cpu(&self, x: &Tensor, pad: usize) -> Result<Tensor> {
-        let op = cpu_taps::TapConv {
+        let op = conv_taps::TapConv {
             k: self.k,
             pad,
             bias: self.cpu_bias.as_deref(),
@@ -190,6 +189,14 @@ impl Conv2d {
     }
 }
 
+/// Replicate-pads the last two dimensions of a 4-D tensor by `pad` on each side.
+pub(crate) fn pad_replicate_hw(x: &Tensor, pad: usize) -> Result<Tensor> {
+    if pad == 0 {
+        return Ok(x.clone());
+    }
+    x.pad_with_same(2, pad, pad)?.pad_with_same(3, pad, pad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,7 +251,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 5), &dev)?;
         let wt = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev)?;
         let conv = Conv2d::new(&wt, None)?;
-        let padded = super::super::ops::pad_replicate_hw(&x, 1)?;
+        let padded = pad_replicate_hw(&x, 1)?;
         let ours = conv.forward_padded(&padded)?;
         let want = padded.conv2d(&wt, 0, 1, 1, 1)?;
         assert!(max_err(&ours, &want)? < 1e-4);
@@ -275,6 +282,19 @@ mod tests {
                 .is_err()
         );
         assert!(Conv2d::new(&Tensor::zeros((3, 2, 2, 2), DType::F32, &dev)?, None).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn replicate_padding_copies_edges() -> Result<()> {
+        let x = Tensor::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu)?.reshape((1, 1, 2, 2))?;
+        let y = pad_replicate_hw(&x, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(
+            y,
+            vec![
+                1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.
+            ]
+        );
         Ok(())
     }
 }

@@ -3,14 +3,13 @@
 //! candle's CPU softmax calls the scalar `exp` per element and writes a new
 //! tensor, which made the attention softmax cost a large fraction of the
 //! attention products. On the CPU this module uses the vectorised exp of
-//! [`fast_math`] (accurate to a few f32 ulps) and, for score tensors that nothing
+//! [`fast_math`](super::cpu::fast_math) (accurate to a few f32 ulps) and, for score tensors that nothing
 //! else holds, overwrites them in place instead of allocating as much again.
 //! Other devices and dtypes use candle's own kernel.
 
-use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor};
-use rayon::prelude::*;
+use candle_core::{DType, Result, Tensor};
 
-use super::fast_math::{self, simd_kernel};
+use super::cpu::softmax::SoftmaxInPlace;
 
 /// Softmax over the last dimension, computed in f32 whatever the input dtype.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -37,72 +36,6 @@ pub fn softmax_last_dim_in_place(scores: Tensor) -> Result<Tensor> {
         Ok(scores)
     } else {
         softmax_last_dim(&scores)
-    }
-}
-
-struct SoftmaxInPlace;
-
-impl InplaceOp1 for SoftmaxInPlace {
-    fn name(&self) -> &'static str {
-        "softmax-last-dim-in-place"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("fast softmax: f32 input only")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("fast softmax: input must be contiguous")
-        };
-        let row = layout.shape().dims().last().copied().unwrap_or(1).max(1);
-        // Short rows are handed out several at a time.
-        let min_rows = (4096 / row).max(1);
-        data[start..end]
-            .par_chunks_mut(row)
-            .with_min_len(min_rows)
-            .for_each(softmax_row);
-        Ok(())
-    }
-}
-
-/// Lanes the row reductions keep, so that they vectorise.
-const LANES: usize = 16;
-
-simd_kernel! {
-    /// Softmax of one row, in place.
-    pub(crate) fn softmax_row(row: &mut [f32]) {
-        let mut maxes = [f32::NEG_INFINITY; LANES];
-        let mut chunks = row.chunks_exact(LANES);
-        for c in &mut chunks {
-            for (m, &v) in maxes.iter_mut().zip(c) {
-                *m = if v > *m { v } else { *m };
-            }
-        }
-        let max = chunks
-            .remainder()
-            .iter()
-            .chain(&maxes)
-            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        if max == f32::NEG_INFINITY {
-            // every entry masked out: no probability mass anywhere
-            row.fill(0.0);
-            return;
-        }
-        let mut sums = [0f32; LANES];
-        let mut chunks = row.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for (s, v) in sums.iter_mut().zip(c.iter_mut()) {
-                *v = fast_math::exp(*v - max);
-                *s += *v;
-            }
-        }
-        let mut sum = 0f32;
-        for v in chunks.into_remainder() {
-            *v = fast_math::exp(*v - max);
-            sum += *v;
-        }
-        let inv = 1.0 / (sum + sums.iter().sum::<f32>());
-        row.iter_mut().for_each(|v| *v *= inv);
     }
 }
 

@@ -14,7 +14,9 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
-use super::pth::{PthFile, error_text, message};
+pub mod pth;
+
+use pth::{PthFile, error_text, message};
 
 /// The DiT, as released (safetensors only).
 pub const DIT_FILE: &str = "diffusion_pytorch_model_streaming_dmd.safetensors";
@@ -423,4 +425,35 @@ fn write_safetensors_atomically(tensors: &HashMap<String, Tensor>, target: &Path
         )));
     }
     Ok(())
+}
+
+/// Number of `<prefix>N.*` entries in a checkpoint's tensor names: one more than
+/// the largest index N found (0 when there is none).
+pub fn indexed_count(names: &[String], prefix: &str) -> usize {
+    names
+        .iter()
+        .filter_map(|n| {
+            n.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .map(|i| i + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_indexed_tensors() {
+        let names: Vec<String> = ["blocks.0.a", "blocks.11.b", "blocks.x.c", "head.w"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(indexed_count(&names, "blocks."), 12);
+        assert_eq!(indexed_count(&names, "linear_layers."), 0);
+    }
 }

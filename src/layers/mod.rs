@@ -1,0 +1,15 @@
+//! The layers the network is built from: linear, norms, softmax, activation,
+//! attention (plain and block-sparse) and convolution. Each is written with
+//! candle ops that exist on every candle device (the portable path, the one CUDA
+//! takes); where candle's CPU kernels are slow, a fast path for f32 CPU tensors
+//! sits beside it in [`cpu`], and unit tests compare the two.
+
+pub mod activation;
+pub mod attention;
+pub mod conv;
+pub(crate) mod cpu;
+pub mod linear;
+pub mod norm;
+pub mod shape_log;
+pub mod softmax;
+pub mod sparse_attention;
