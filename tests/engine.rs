@@ -1,4 +1,4 @@
-//! The streaming engine against the golden fixtures and the acceptance list:
+//! The streaming engine against the golden fixtures and the engine's contract (docs/architecture.md):
 //! parity, frame counts and tags, output sizes, determinism, reset, reconfigure and
 //! invalid settings. Uses the small fixture models in `../shared/golden`.
 

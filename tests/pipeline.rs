@@ -118,7 +118,7 @@ fn size_and_par(caps: &gst::Caps) -> (i32, i32, gst::Fraction) {
     )
 }
 
-/// The pipeline of the issue on `input`, decoded again: the same frames with the same
+/// The README's file pipeline on `input`, decoded again: the same frames with the same
 /// timestamps, 4 times larger, same pixel-aspect-ratio.
 fn upscale_file_keeps_every_frame(shared: &Path, input: &Path) {
     let output = temp_path(&format!(

@@ -16,7 +16,7 @@ fn first_chunks(case: &GoldenCase, dtype: DType) -> Result<Vec<Vec<u8>>> {
             dtype,
         },
     )?;
-    let mut state = model.new_stream(&case.stream_config())?;
+    let mut state = model.new_sequence(&case.stream_config())?;
     let lq_u8 = case.tensor("lq_u8")?;
     let (_, h, w, _) = lq_u8.dims4()?;
     let mut out = Vec::new();

@@ -7,7 +7,7 @@ mod common;
 use common::Scratch;
 use gstflashvsr::devtools::random_model::{NormalSource, RandomModelSpec, write_model_dir};
 use gstflashvsr::model::color_fix::ColorFix;
-use gstflashvsr::model::{FlashVsrModel, LqVariant, ModelOptions, StreamConfig};
+use gstflashvsr::model::{FlashVsrModel, LqVariant, ModelOptions, SequenceConfig};
 use gstflashvsr::weights::{DECODER_FILE, DIT_FILE, LQ_PROJ_FILE, PROMPT_FILE, WeightFile};
 
 /// Small widths (those of the tiny fixtures), two DiT blocks.
@@ -90,7 +90,7 @@ fn small_model_loads_with_released_dtypes_and_runs_a_chunk() {
         dtype: DType::F32,
     };
     let model = FlashVsrModel::load(&scratch.0, &opts).unwrap();
-    let cfg = StreamConfig {
+    let cfg = SequenceConfig {
         height: 128,
         width: 128,
         variant: LqVariant::V1_1,
@@ -99,7 +99,7 @@ fn small_model_loads_with_released_dtypes_and_runs_a_chunk() {
         local_range: 11,
         color_fix: ColorFix::Adain,
     };
-    let mut state = model.new_stream(&cfg).unwrap();
+    let mut state = model.new_sequence(&cfg).unwrap();
     // A smooth moving pattern in [-1, 1], and unit noise.
     let lq = Tensor::arange(0f32, (25 * 3 * 128 * 128) as f32, &Device::Cpu)
         .unwrap()

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, IndexOp, Result, Tensor};
 
 use crate::model::color_fix::ColorFix;
-use crate::model::{ChunkTrace, FlashVsrModel, LqVariant, ModelOptions, StreamConfig, schedule};
+use crate::model::{ChunkTrace, FlashVsrModel, LqVariant, ModelOptions, SequenceConfig, schedule};
 use crate::pixels::{bicubic, frames};
 
 /// Max abs error allowed on f32 intermediate tensors.
@@ -114,9 +114,9 @@ impl GoldenCase {
         Ok((frames, w, h))
     }
 
-    pub fn stream_config(&self) -> StreamConfig {
+    pub fn stream_config(&self) -> SequenceConfig {
         let s = &self.settings;
-        StreamConfig {
+        SequenceConfig {
             height: s.height,
             width: s.width,
             variant: s.variant,
@@ -281,7 +281,7 @@ pub fn check_pipeline(
         .map(|i| lq_u8.i(i)?.flatten_all()?.to_vec1::<u8>())
         .collect::<Result<_>>()?;
     let noise = case.noise()?;
-    let mut state = model.new_stream(&case.stream_config())?;
+    let mut state = model.new_sequence(&case.stream_config())?;
     let n_out = case.tensor("out.frames_u8")?.dim(0)?;
     let mut out_frames: Vec<Vec<u8>> = Vec::new();
     for k in 0..case.settings.chunks {

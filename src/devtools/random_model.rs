@@ -242,7 +242,7 @@ impl RandomModelSpec {
         modules
     }
 
-    /// The TCDecoder's layers (`docs/flashvsr-model.md`, section 5).
+    /// The TCDecoder's layers (docs/model.md, section "The decoder").
     fn decoder_tensors(&self) -> Vec<RandomTensor> {
         let [c0, c1, c2, c3] = self.tc_channels;
         let cond = 3 * FRAMES_PER_LATENT * COND_UNSHUFFLE * COND_UNSHUFFLE;

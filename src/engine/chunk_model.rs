@@ -3,13 +3,13 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use crate::model::{ChunkTrace, FlashVsrModel, StreamConfig, StreamState};
+use crate::model::{ChunkTrace, FlashVsrModel, SequenceConfig, SequenceState};
 
 pub trait ChunkModel {
     /// Per-stream temporal state.
     type State;
     fn device(&self) -> &Device;
-    fn new_stream(&self, config: &StreamConfig) -> Result<Self::State>;
+    fn new_sequence(&self, config: &SequenceConfig) -> Result<Self::State>;
     /// Runs the next chunk (see `FlashVsrModel::run_chunk_traced`).
     fn run_chunk(
         &self,
@@ -21,19 +21,19 @@ pub trait ChunkModel {
 }
 
 impl ChunkModel for FlashVsrModel {
-    type State = StreamState;
+    type State = SequenceState;
 
     fn device(&self) -> &Device {
         FlashVsrModel::device(self)
     }
 
-    fn new_stream(&self, config: &StreamConfig) -> Result<StreamState> {
-        FlashVsrModel::new_stream(self, config)
+    fn new_sequence(&self, config: &SequenceConfig) -> Result<SequenceState> {
+        FlashVsrModel::new_sequence(self, config)
     }
 
     fn run_chunk(
         &self,
-        state: &mut StreamState,
+        state: &mut SequenceState,
         lq: &Tensor,
         noise: &Tensor,
         trace: Option<&mut ChunkTrace>,

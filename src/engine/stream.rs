@@ -9,7 +9,7 @@ use crate::model::profile::{Stage, StageTimes};
 use crate::model::schedule::{
     LATENT_CHANNELS, chunk_lq_span, chunk_noise_frames, chunk_output_span, chunks_for,
 };
-use crate::model::{ChunkTrace, StreamConfig};
+use crate::model::{ChunkTrace, SequenceConfig};
 use crate::pixels::bicubic::BicubicResizer;
 use crate::pixels::frames::{crop_frame_rgb, pad_frame_rgb, rgb_to_tensor, tensor_to_rgb};
 
@@ -104,7 +104,7 @@ impl<T, M: ChunkModel> Stream<T, M> {
         settings: &EngineSettings,
         geometry: Geometry,
     ) -> Result<Self, EngineError> {
-        let config = StreamConfig {
+        let config = SequenceConfig {
             height: geometry.padded_height,
             width: geometry.padded_width,
             variant: settings.model_version.lq_variant(),
@@ -125,7 +125,7 @@ impl<T, M: ChunkModel> Stream<T, M> {
         )
         .map_err(|e| EngineError::model(context.clone(), e))?;
         let state = model
-            .new_stream(&config)
+            .new_sequence(&config)
             .map_err(|e| EngineError::model(context, e))?;
         Ok(Self {
             profiling: false,
@@ -363,7 +363,7 @@ mod tests {
     }
 
     struct EchoState {
-        config: StreamConfig,
+        config: SequenceConfig,
         chunk: usize,
     }
 
@@ -374,7 +374,7 @@ mod tests {
             &self.device
         }
 
-        fn new_stream(&self, config: &StreamConfig) -> Result<EchoState> {
+        fn new_sequence(&self, config: &SequenceConfig) -> Result<EchoState> {
             Ok(EchoState {
                 config: config.clone(),
                 chunk: 0,
@@ -540,7 +540,7 @@ mod tests {
             fn device(&self) -> &Device {
                 &Device::Cpu
             }
-            fn new_stream(&self, _: &StreamConfig) -> Result<()> {
+            fn new_sequence(&self, _: &SequenceConfig) -> Result<()> {
                 Ok(())
             }
             fn run_chunk(

@@ -134,8 +134,8 @@ impl FrameTag {
     }
 }
 
-/// The negotiated stream: formats on both pads and the pixel converters.
-struct Stream {
+/// What caps negotiation settled: the input format and the pixel converters.
+struct Negotiated {
     in_info: gst_video::VideoInfo,
     converter: FrameConverter,
 }
@@ -149,7 +149,7 @@ enum Item {
 /// Streaming state, from READY->PAUSED to PAUSED->READY.
 struct State {
     engine: Engine<FrameTag>,
-    stream: Option<Stream>,
+    negotiated: Option<Negotiated>,
     /// Frames given to the engine and frames it returned since the last drain or flush.
     frames_in: u64,
     frames_out: u64,
@@ -159,23 +159,23 @@ struct State {
 }
 
 /// Why the stream cannot go on; posted as an element error by the caller.
-enum StreamError {
+enum ProcessError {
     Convert(glib::BoolError),
     Engine(String),
 }
 
 impl State {
     /// Converts the engine's outputs to buffers and interleaves the held events.
-    fn items_for(&mut self, outputs: Vec<(RgbFrame, FrameTag)>) -> Result<Vec<Item>, StreamError> {
+    fn items_for(&mut self, outputs: Vec<(RgbFrame, FrameTag)>) -> Result<Vec<Item>, ProcessError> {
         let mut items = Vec::with_capacity(outputs.len());
-        let Some(stream) = self.stream.as_ref() else {
+        let Some(negotiated) = self.negotiated.as_ref() else {
             return Ok(items);
         };
         for (frame, tag) in outputs {
-            let mut buffer = stream
+            let mut buffer = negotiated
                 .converter
                 .rgb_to_output(&frame)
-                .map_err(StreamError::Convert)?;
+                .map_err(ProcessError::Convert)?;
             tag.apply(buffer.make_mut());
             items.push(Item::Buffer(buffer));
             self.frames_out += 1;
@@ -192,11 +192,11 @@ impl State {
 
     /// Outputs every frame the engine holds, then every held event, and starts a
     /// fresh engine stream.
-    fn drain(&mut self) -> Result<Vec<Item>, StreamError> {
+    fn drain(&mut self) -> Result<Vec<Item>, ProcessError> {
         let outputs = self
             .engine
             .finish()
-            .map_err(|e| StreamError::Engine(e.to_string()))?;
+            .map_err(|e| ProcessError::Engine(e.to_string()))?;
         let mut items = self.items_for(outputs)?;
         items.extend(self.held_events.drain(..).map(|(_, e)| Item::Event(e)));
         self.engine.reset();
@@ -285,7 +285,7 @@ impl FlashVsr {
         self.reported_processing_ns.store(0, Ordering::Relaxed);
         *self.state.lock() = Some(State {
             engine,
-            stream: None,
+            negotiated: None,
             frames_in: 0,
             frames_out: 0,
             held_events: VecDeque::new(),
@@ -303,7 +303,7 @@ impl FlashVsr {
         let (items, took) = {
             let mut guard = self.state.lock();
             let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-            let Some(stream) = state.stream.as_ref() else {
+            let Some(negotiated) = state.negotiated.as_ref() else {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Negotiation,
@@ -311,12 +311,12 @@ impl FlashVsr {
                 );
                 return Err(gst::FlowError::NotNegotiated);
             };
-            let frame = stream.converter.input_to_rgb(&buffer).map_err(|err| {
+            let frame = negotiated.converter.input_to_rgb(&buffer).map_err(|err| {
                 gst::element_imp_error!(
                     self,
                     gst::StreamError::Format,
                     ("Could not read an input frame"),
-                    ["{:?} from {:?}: {}", stream.in_info, buffer, err]
+                    ["{:?} from {:?}: {}", negotiated.in_info, buffer, err]
                 );
                 gst::FlowError::Error
             })?;
@@ -347,15 +347,15 @@ impl FlashVsr {
         self.push_items(items)
     }
 
-    fn post_stream_error(&self, err: StreamError) {
+    fn post_stream_error(&self, err: ProcessError) {
         match err {
-            StreamError::Convert(err) => gst::element_imp_error!(
+            ProcessError::Convert(err) => gst::element_imp_error!(
                 self,
                 gst::StreamError::Format,
                 ("Could not convert an output frame"),
                 ["{}", err]
             ),
-            StreamError::Engine(err) => {
+            ProcessError::Engine(err) => {
                 gst::element_imp_error!(
                     self,
                     gst::StreamError::Failed,
@@ -537,11 +537,15 @@ impl FlashVsr {
                 gst::debug!(CAT, imp = self, "Caps before READY->PAUSED");
                 return false;
             };
-            if state.stream.as_ref().is_some_and(|s| s.in_info == in_info) {
+            if state
+                .negotiated
+                .as_ref()
+                .is_some_and(|s| s.in_info == in_info)
+            {
                 gst::debug!(CAT, imp = self, "Caps unchanged");
                 return true;
             }
-            let items = if state.stream.is_some() {
+            let items = if state.negotiated.is_some() {
                 match state.drain() {
                     Ok(items) => items,
                     Err(err) => {
@@ -553,7 +557,7 @@ impl FlashVsr {
             } else {
                 Vec::new()
             };
-            state.stream = Some(Stream { in_info, converter });
+            state.negotiated = Some(Negotiated { in_info, converter });
             items
         };
         gst::info!(CAT, imp = self, "Configured {} -> {}", caps, out_caps);

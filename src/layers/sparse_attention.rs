@@ -1,5 +1,5 @@
 //! Locality-constrained block-sparse self-attention with a rolling KV cache
-//! (`docs/flashvsr-model.md`, section 4).
+//! (docs/model.md, section "The sparse mask").
 //!
 //! Tokens are grouped into windows of 2 x 8 x 8 = 128 tokens (time, row, column).
 //! A cheap block mask is built from window-pooled queries and keys, restricted to

@@ -1,5 +1,5 @@
 //! The LQ projection: turns the bicubic-upscaled input clip into DiT features
-//! (`docs/flashvsr-model.md`, section 2). Per 4-frame clip: pixel-unshuffle 16x16,
+//! (docs/model.md, sections "The LQ projection" and "LQ projection caches"). Per 4-frame clip: pixel-unshuffle 16x16,
 //! two causal 3-D convolutions (time kernel 4, stride 2) each followed by an RMS
 //! norm over channels and SiLU, then one linear layer per fed DiT block.
 

@@ -12,4 +12,6 @@ pub mod rope;
 pub mod schedule;
 pub mod tcdecoder;
 
-pub use network::{ChunkTrace, FlashVsrModel, LqVariant, ModelOptions, StreamConfig, StreamState};
+pub use network::{
+    ChunkTrace, FlashVsrModel, LqVariant, ModelOptions, SequenceConfig, SequenceState,
+};

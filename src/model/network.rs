@@ -1,5 +1,8 @@
-//! One streaming chunk at a time: LQ projection, one DiT step, TCDecoder, colour
-//! fix (`docs/flashvsr-model.md`, section 1 for the schedule).
+//! The whole network, one streaming chunk at a time: LQ projection, one DiT
+//! step, TCDecoder, colour fix (docs/model.md, sections "One chunk, step by
+//! step" and "Caches and temporal state"). A *sequence* is one continuous run
+//! of frames through the model: its temporal state lives in [`SequenceState`],
+//! apart from the weights, so one loaded model serves many sequences.
 
 use std::path::Path;
 
@@ -32,10 +35,10 @@ pub struct ModelOptions {
     pub dtype: DType,
 }
 
-/// Per-stream settings. `height` and `width` are the (padded) output size, and
+/// Per-sequence settings. `height` and `width` are the (padded) output size, and
 /// must be multiples of 128.
 #[derive(Debug, Clone)]
-pub struct StreamConfig {
+pub struct SequenceConfig {
     pub height: usize,
     pub width: usize,
     pub variant: LqVariant,
@@ -48,7 +51,7 @@ pub struct StreamConfig {
 /// Output frames must tile into 2x8x8 token windows of 16x16-pixel tokens.
 pub const SIZE_MULTIPLE: usize = 128;
 
-impl StreamConfig {
+impl SequenceConfig {
     pub fn validate(&self) -> Result<()> {
         if self.height == 0
             || self.width == 0
@@ -56,7 +59,7 @@ impl StreamConfig {
             || !self.width.is_multiple_of(SIZE_MULTIPLE)
         {
             candle_core::bail!(
-                "stream size {}x{} is not a non-zero multiple of {SIZE_MULTIPLE}",
+                "frame size {}x{} is not a non-zero multiple of {SIZE_MULTIPLE}",
                 self.width,
                 self.height
             )
@@ -77,9 +80,10 @@ impl StreamConfig {
     }
 }
 
-/// Temporal state of one stream.
-pub struct StreamState {
-    cfg: StreamConfig,
+/// Temporal state of one sequence: the LQ-projection caches, the KV caches and
+/// the decoder memory.
+pub struct SequenceState {
+    cfg: SequenceConfig,
     sparse: SparseConfig,
     chunk: usize,
     lq: LqProjState,
@@ -87,15 +91,15 @@ pub struct StreamState {
     decoder: TcDecoderState,
 }
 
-impl StreamState {
+impl SequenceState {
     /// Index of the next chunk `run_chunk` will run.
     pub fn chunk_index(&self) -> usize {
         self.chunk
     }
-    pub fn config(&self) -> &StreamConfig {
+    pub fn config(&self) -> &SequenceConfig {
         &self.cfg
     }
-    /// Drops all temporal state: the next chunk is chunk 0 of a new stream.
+    /// Drops all temporal state: the next chunk is chunk 0 of a new sequence.
     pub fn reset(&mut self) {
         self.chunk = 0;
         self.lq.reset();
@@ -239,9 +243,9 @@ impl FlashVsrModel {
         &self.decoder
     }
 
-    pub fn new_stream(&self, cfg: &StreamConfig) -> Result<StreamState> {
+    pub fn new_sequence(&self, cfg: &SequenceConfig) -> Result<SequenceState> {
         cfg.validate()?;
-        Ok(StreamState {
+        Ok(SequenceState {
             sparse: SparseConfig::new(
                 cfg.sparse_ratio,
                 cfg.kv_ratio,
@@ -264,7 +268,7 @@ impl FlashVsrModel {
     /// f32 in [-1, 1], colour fix applied.
     pub fn run_chunk(
         &self,
-        state: &mut StreamState,
+        state: &mut SequenceState,
         lq: &Tensor,
         noise: &Tensor,
     ) -> Result<Tensor> {
@@ -274,7 +278,7 @@ impl FlashVsrModel {
     /// [`Self::run_chunk`], optionally recording intermediate tensors.
     pub fn run_chunk_traced(
         &self,
-        state: &mut StreamState,
+        state: &mut SequenceState,
         lq: &Tensor,
         noise: &Tensor,
         mut trace: Option<&mut ChunkTrace>,

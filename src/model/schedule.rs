@@ -1,5 +1,5 @@
 //! The streaming schedule of FlashVSR: which LQ frames, noise frames and output
-//! frames belong to each chunk (`docs/flashvsr-model.md`, section 1).
+//! frames belong to each chunk (docs/model.md, section "The streaming schedule").
 //!
 //! Chunk 0 consumes LQ frames 0..25 and outputs frames 0..21; chunk k >= 1 consumes
 //! 8 more (up to 8k+25) and outputs 8k+13..8k+21, a 4-frame look-ahead.

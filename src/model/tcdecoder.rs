@@ -1,6 +1,6 @@
 //! TCDecoder: a tiny causal video decoder (TAEHV-style) that turns latents plus
-//! pixel-unshuffled LQ frames into RGB frames (`docs/flashvsr-model.md`,
-//! section 5). Time runs forward frame by frame; MemBlocks see what they saw one
+//! pixel-unshuffled LQ frames into RGB frames (docs/model.md, section
+//! "The decoder"). Time runs forward frame by frame; MemBlocks see what they saw one
 //! frame earlier, across chunk boundaries.
 
 use candle_core::{DType, Result, Tensor};
