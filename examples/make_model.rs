@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use gstflashvsr::devtools::random_model::{RandomModelSpec, write_model_dir};
+use gstflashvsr::layers::kernels::KernelPath;
 use gstflashvsr::model::{FlashVsrModel, ModelOptions};
 
 const USAGE: &str = "usage: make_model --out DIR [--blocks N] [--seed S] [--load]";
@@ -102,6 +103,7 @@ fn main() -> ExitCode {
         let opts = ModelOptions {
             device: Device::Cpu,
             dtype: DType::F32,
+            kernels: KernelPath::Fast,
         };
         let start = Instant::now();
         match FlashVsrModel::load(&args.out, &opts) {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use candle_core::{DType, Device};
 use gstflashvsr::devtools::parity::{self, GoldenCase};
+use gstflashvsr::layers::kernels::KernelPath;
 use gstflashvsr::model::ModelOptions;
 
 fn main() -> ExitCode {
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
     let opts = ModelOptions {
         device: Device::Cpu,
         dtype: DType::F32,
+        kernels: KernelPath::Fast,
     };
     if let Err(e) = parity::check_pipeline(&case, &opts, &mut note) {
         println!("FAIL: {e}");

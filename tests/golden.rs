@@ -4,6 +4,7 @@ mod common;
 
 use candle_core::{DType, Device, Result, Tensor};
 use gstflashvsr::devtools::parity::{self, GoldenCase};
+use gstflashvsr::layers::kernels::KernelPath;
 use gstflashvsr::layers::sparse_attention::SparseConfig;
 use gstflashvsr::model::{FlashVsrModel, ModelOptions, schedule};
 
@@ -11,6 +12,7 @@ fn cpu_f32() -> ModelOptions {
     ModelOptions {
         device: Device::Cpu,
         dtype: DType::F32,
+        kernels: KernelPath::Fast,
     }
 }
 

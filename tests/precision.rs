@@ -4,6 +4,7 @@ mod common;
 
 use candle_core::{DType, Device, Result};
 use gstflashvsr::devtools::parity::GoldenCase;
+use gstflashvsr::layers::kernels::KernelPath;
 use gstflashvsr::model::{FlashVsrModel, ModelOptions, schedule};
 use gstflashvsr::pixels::frames;
 
@@ -14,6 +15,7 @@ fn first_chunks(case: &GoldenCase, dtype: DType) -> Result<Vec<Vec<u8>>> {
         &ModelOptions {
             device: Device::Cpu,
             dtype,
+            kernels: KernelPath::Fast,
         },
     )?;
     let mut state = model.new_sequence(&case.stream_config())?;

@@ -6,6 +6,7 @@ mod common;
 
 use common::Scratch;
 use gstflashvsr::devtools::random_model::{NormalSource, RandomModelSpec, write_model_dir};
+use gstflashvsr::layers::kernels::KernelPath;
 use gstflashvsr::model::color_fix::ColorFix;
 use gstflashvsr::model::{FlashVsrModel, LqVariant, ModelOptions, SequenceConfig};
 use gstflashvsr::weights::{DECODER_FILE, DIT_FILE, LQ_PROJ_FILE, PROMPT_FILE, WeightFile};
@@ -88,6 +89,7 @@ fn small_model_loads_with_released_dtypes_and_runs_a_chunk() {
     let opts = ModelOptions {
         device: Device::Cpu,
         dtype: DType::F32,
+        kernels: KernelPath::Fast,
     };
     let model = FlashVsrModel::load(&scratch.0, &opts).unwrap();
     let cfg = SequenceConfig {

@@ -31,6 +31,7 @@ pub use settings::{
 };
 pub use stream::{ChunkProfile, PAD_MULTIPLE};
 
+use crate::layers::kernels::KernelPath;
 use crate::model::schedule::FIRST_CHUNK_INPUT;
 use crate::model::{FlashVsrModel, ModelOptions};
 use stream::{Geometry, Stream};
@@ -77,6 +78,7 @@ struct ModelKey {
     dir: PathBuf,
     precision: Precision,
     device: DeviceSpec,
+    kernels: KernelPath,
 }
 
 impl ModelKey {
@@ -85,6 +87,7 @@ impl ModelKey {
             dir: settings.model_dir.clone(),
             precision: settings.precision,
             device: settings.device_spec()?,
+            kernels: settings.kernels,
         })
     }
 
@@ -98,6 +101,7 @@ impl ModelKey {
         let options = ModelOptions {
             device: self.device.open()?,
             dtype: self.precision.dtype(),
+            kernels: self.kernels,
         };
         let model = FlashVsrModel::load(&self.dir, &options).map_err(|e| {
             EngineError::model(format!("loading the model from {}", self.dir.display()), e)

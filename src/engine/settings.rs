@@ -7,6 +7,7 @@ use std::str::FromStr;
 use candle_core::{DType, Device};
 
 use super::EngineError;
+use crate::layers::kernels::KernelPath;
 use crate::model::LqVariant;
 use crate::model::color_fix::ColorFix;
 
@@ -203,6 +204,9 @@ pub struct EngineSettings {
     pub local_range: u32,
     /// Seed of the per-stream noise.
     pub seed: u64,
+    /// `Portable` runs the candle-op path that CUDA takes even on the CPU (to
+    /// prove the device path here); `Fast` (default) uses the CPU fast paths.
+    pub kernels: KernelPath,
 }
 
 impl Default for EngineSettings {
@@ -218,6 +222,7 @@ impl Default for EngineSettings {
             kv_ratio: 3.0,
             local_range: 11,
             seed: 0,
+            kernels: KernelPath::Fast,
         }
     }
 }

@@ -97,6 +97,7 @@ impl Settings {
             kv_ratio: self.kv_ratio,
             local_range: self.local_range,
             seed: self.seed,
+            ..EngineSettings::default()
         }
     }
 }

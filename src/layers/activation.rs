@@ -9,13 +9,14 @@
 use candle_core::{DType, Result, Tensor};
 
 use super::cpu::gelu::BiasGelu;
+use super::kernels;
 
 /// `gelu_tanh(x + bias)` with `bias` `[features]` added along the last dimension.
 /// On the CPU, for a contiguous f32 `x`, `x`'s storage is overwritten: only for
 /// tensors nothing else reads, such as a matmul result just computed.
 pub(crate) fn bias_gelu_in_place(x: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let features = x.dims().last().copied().unwrap_or(0);
-    let fast = x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous();
+    let fast = kernels::cpu_fast_path(&x) && x.is_contiguous();
     if !fast {
         let x = match bias {
             Some(b) => x.broadcast_add(b)?,

@@ -13,6 +13,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::cpu::conv_taps;
+use super::kernels;
 use super::shape_log::{self, ConvShape};
 
 /// Output columns per product on the portable path, bounding its temporaries.
@@ -110,7 +111,7 @@ impl Conv2d {
         });
         let dtype = x.dtype();
         let x = x.to_dtype(self.w_taps.dtype())?;
-        let y = if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let y = if kernels::cpu_fast_path(&x) {
             self.forward_cpu(&x, pad)?
         } else {
             let padded = if pad > 0 {

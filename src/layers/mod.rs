@@ -8,6 +8,7 @@ pub mod activation;
 pub mod attention;
 pub mod conv;
 pub(crate) mod cpu;
+pub mod kernels;
 pub mod linear;
 pub mod norm;
 pub mod shape_log;

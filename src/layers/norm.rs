@@ -11,6 +11,7 @@
 use candle_core::{D, DType, Result, Tensor};
 
 use super::cpu::norm::{FusedLayerNorm, FusedRmsNorm};
+use super::kernels;
 
 /// LayerNorm without affine parameters.
 pub(crate) fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
@@ -50,7 +51,7 @@ pub(crate) fn layer_norm_modulate(
     scale: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if kernels::cpu_fast_path(x) {
         let mul = (scale.flatten_all()? + 1.0)?;
         return layer_norm_affine(x, &mul, &shift.flatten_all()?, eps);
     }
@@ -61,7 +62,7 @@ pub(crate) fn layer_norm_modulate(
 
 /// Wan's RMSNorm: `x * rsqrt(mean(x^2) + eps)` in f32, cast back, times `weight`.
 pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if kernels::cpu_fast_path(x) {
         let weight = weight.to_dtype(DType::F32)?.flatten_all()?;
         return x
             .contiguous()?
@@ -81,7 +82,7 @@ fn fused_layer_norm(
     affine: Option<(&Tensor, &Tensor)>,
     eps: f64,
 ) -> Result<Option<Tensor>> {
-    if !(x.device().is_cpu() && x.dtype() == DType::F32) {
+    if !kernels::cpu_fast_path(x) {
         return Ok(None);
     }
     let dim = x.dim(D::Minus1)?;

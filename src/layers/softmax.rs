@@ -10,10 +10,11 @@
 use candle_core::{DType, Result, Tensor};
 
 use super::cpu::softmax::SoftmaxInPlace;
+use super::kernels::{self, KernelPath};
 
 /// Softmax over the last dimension, computed in f32 whatever the input dtype.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() {
+    if !(x.device().is_cpu() && kernels::current() == KernelPath::Fast) {
         return candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype());
     }
     let fresh = if x.dtype() != DType::F32 {
@@ -31,7 +32,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// f32 CPU tensor. Only for tensors whose storage nothing else reads, such as a
 /// matmul result just computed.
 pub fn softmax_last_dim_in_place(scores: Tensor) -> Result<Tensor> {
-    if scores.device().is_cpu() && scores.dtype() == DType::F32 && scores.is_contiguous() {
+    if kernels::cpu_fast_path(&scores) && scores.is_contiguous() {
         scores.inplace_op1(&SoftmaxInPlace)?;
         Ok(scores)
     } else {

@@ -9,7 +9,7 @@
 use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::cpu::sparse_blocks;
-use super::{shape_log, softmax};
+use super::{kernels, shape_log, softmax};
 
 /// Tokens per attention window: 2 frames x 8 rows x 8 columns.
 pub const WINDOW_TOKENS: usize = 128;
@@ -186,7 +186,6 @@ pub fn sparse_attention(
 ) -> Result<Tensor> {
     let (heads, nq, wt, d) = q_win.dims4()?;
     let nk = k_win.dim(1)?;
-    let device = q_win.device();
     let mask_host = mask.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?;
     // Rows are (head, query window) pairs; their kept key windows, as indices into
     // the flattened [heads * nk] key windows.
@@ -202,7 +201,7 @@ pub fn sparse_attention(
         .collect();
     // Scaling the queries is cheaper than scaling the scores.
     let q_rows = (q_win.reshape((heads * nq, wt, d))? / (d as f64).sqrt())?;
-    if device.is_cpu() && q_win.dtype() == DType::F32 {
+    if kernels::cpu_fast_path(q_win) {
         let op = sparse_blocks::BlockSparseAttention {
             batches: sparse_blocks::batches(&rows),
         };

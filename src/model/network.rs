@@ -14,6 +14,7 @@ use super::lq_proj::{LqProj, LqProjConfig, LqProjState};
 use super::profile::{self, Stage, StageTimes};
 use super::schedule;
 use super::tcdecoder::{TcDecoder, TcDecoderConfig, TcDecoderState};
+use crate::layers::kernels::{self, KernelPath};
 use crate::layers::shape_log;
 use crate::layers::sparse_attention::SparseConfig;
 use crate::weights::ModelFiles;
@@ -33,6 +34,9 @@ pub enum LqVariant {
 pub struct ModelOptions {
     pub device: Device,
     pub dtype: DType,
+    /// CPU fast paths where they apply (the default), or the portable path that
+    /// other devices take, forced on the CPU too (to prove the device path).
+    pub kernels: KernelPath,
 }
 
 /// Per-sequence settings. `height` and `width` are the (padded) output size, and
@@ -161,6 +165,7 @@ impl ChunkTrace {
 pub struct FlashVsrModel {
     device: Device,
     dtype: DType,
+    kernels: KernelPath,
     lq_proj: LqProj,
     dit: Dit,
     decoder: TcDecoder,
@@ -221,6 +226,7 @@ impl FlashVsrModel {
         Ok(Self {
             device: device.clone(),
             dtype,
+            kernels: opts.kernels,
             lq_proj,
             dit,
             decoder,
@@ -277,6 +283,16 @@ impl FlashVsrModel {
 
     /// [`Self::run_chunk`], optionally recording intermediate tensors.
     pub fn run_chunk_traced(
+        &self,
+        state: &mut SequenceState,
+        lq: &Tensor,
+        noise: &Tensor,
+        trace: Option<&mut ChunkTrace>,
+    ) -> Result<Tensor> {
+        kernels::run_with(self.kernels, || self.chunk(state, lq, noise, trace))
+    }
+
+    fn chunk(
         &self,
         state: &mut SequenceState,
         lq: &Tensor,
