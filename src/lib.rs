@@ -15,7 +15,8 @@ pub mod model;
 pub mod pixels;
 pub mod weights;
 
-pub use flashvsr::{ColorFix, FlashVsr, MODEL_DIR_ENV, ModelVersion, Precision};
+pub use engine::{ColorFix, ModelVersion, Precision};
+pub use flashvsr::{FlashVsr, MODEL_DIR_ENV};
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     flashvsr::register(plugin)

@@ -501,7 +501,7 @@ fn invalid_settings_are_errors_naming_the_field() {
     }
     assert!("v3".parse::<ModelVersion>().is_err());
     assert!("f8".parse::<gstflashvsr::engine::Precision>().is_err());
-    assert!(gstflashvsr::engine::parse_color_fix("sepia").is_err());
+    assert!("sepia".parse::<gstflashvsr::engine::ColorFix>().is_err());
 }
 
 #[test]

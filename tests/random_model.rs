@@ -8,7 +8,7 @@ use common::Scratch;
 use gstflashvsr::devtools::random_model::{NormalSource, RandomModelSpec, write_model_dir};
 use gstflashvsr::layers::kernels::KernelPath;
 use gstflashvsr::model::color_fix::ColorFix;
-use gstflashvsr::model::{FlashVsrModel, LqVariant, ModelOptions, SequenceConfig};
+use gstflashvsr::model::{FlashVsrModel, ModelOptions, ModelVersion, SequenceConfig};
 use gstflashvsr::weights::{DECODER_FILE, DIT_FILE, LQ_PROJ_FILE, PROMPT_FILE, WeightFile};
 
 /// Small widths (those of the tiny fixtures), two DiT blocks.
@@ -95,7 +95,7 @@ fn small_model_loads_with_released_dtypes_and_runs_a_chunk() {
     let cfg = SequenceConfig {
         height: 128,
         width: 128,
-        variant: LqVariant::V1_1,
+        version: ModelVersion::V1_1,
         sparse_ratio: 2.0,
         kv_ratio: 3.0,
         local_range: 11,

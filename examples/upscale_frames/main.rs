@@ -15,7 +15,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use gstflashvsr::engine::{Engine, EngineSettings, RgbFrame, parse_color_fix};
+use gstflashvsr::engine::{Engine, EngineSettings, RgbFrame};
 
 const USAGE: &str = "usage:
   upscale_frames --model-dir DIR --input in.rgb --output out.rgb --width W --height H [--frames N] [settings]
@@ -64,7 +64,9 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, St
             "--precision" => settings.precision = value.parse().map_err(|e| format!("{e}"))?,
             "--device" => settings.device = value,
             "--color-fix" => {
-                settings.color_fix = parse_color_fix(&value).map_err(|e| e.to_string())?
+                settings.color_fix = value
+                    .parse()
+                    .map_err(|e: gstflashvsr::engine::EngineError| e.to_string())?
             }
             "--sparse-ratio" => settings.sparse_ratio = real("--sparse-ratio")?,
             "--kv-ratio" => settings.kv_ratio = real("--kv-ratio")?,

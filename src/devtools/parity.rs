@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, IndexOp, Result, Tensor};
 
 use crate::model::color_fix::ColorFix;
-use crate::model::{ChunkTrace, FlashVsrModel, LqVariant, ModelOptions, SequenceConfig, schedule};
+use crate::model::{
+    ChunkTrace, FlashVsrModel, ModelOptions, ModelVersion, SequenceConfig, schedule,
+};
 use crate::pixels::{bicubic, frames};
 
 /// Max abs error allowed on f32 intermediate tensors.
@@ -24,7 +26,7 @@ pub struct CaseSettings {
     pub sparse_ratio: f64,
     pub kv_ratio: f64,
     pub local_range: usize,
-    pub variant: LqVariant,
+    pub variant: ModelVersion,
     pub height: usize,
     pub width: usize,
     pub chunks: usize,
@@ -54,8 +56,8 @@ impl CaseSettings {
                 .map_err(|e| candle_core::Error::Msg(format!("case.json: '{key}': {e}")))
         };
         let variant = match get("lq_variant")? {
-            "v1" => LqVariant::V1,
-            "v1.1" => LqVariant::V1_1,
+            "v1" => ModelVersion::V1,
+            "v1.1" => ModelVersion::V1_1,
             other => candle_core::bail!("case.json: unknown lq_variant '{other}'"),
         };
         Ok(Self {
@@ -119,7 +121,7 @@ impl GoldenCase {
         SequenceConfig {
             height: s.height,
             width: s.width,
-            variant: s.variant,
+            version: s.variant,
             sparse_ratio: s.sparse_ratio,
             kv_ratio: s.kv_ratio,
             local_range: s.local_range,
@@ -387,7 +389,7 @@ mod tests {
             (s.scale, s.local_range, s.height, s.width, s.chunks),
             (4, 3, 256, 384, 4)
         );
-        assert_eq!(s.variant, LqVariant::V1_1);
+        assert_eq!(s.variant, ModelVersion::V1_1);
         assert!((s.sparse_ratio - 0.25).abs() < 1e-12);
         assert!(CaseSettings::parse("{}").is_err());
         Ok(())

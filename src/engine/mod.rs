@@ -15,6 +15,7 @@
 //! - After an error from `push` or `finish` the current stream is dropped; the next
 //!   frame starts a new one.
 
+mod choices;
 mod chunk_model;
 mod error;
 pub mod noise;
@@ -24,14 +25,18 @@ mod stream;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use crate::layers::kernels::KernelPath;
+pub use crate::model::ModelVersion;
+pub use crate::model::color_fix::ColorFix;
+pub use choices::{Choice, ChoiceValue};
 pub use error::EngineError;
 pub use noise::{FixedNoise, NoiseSource, SeededNoise};
 pub use settings::{
-    DeviceSpec, EngineSettings, ModelVersion, Precision, color_fix_name, parse_color_fix,
+    DeviceSpec, EngineSettings, KV_RATIO_RANGE, LOCAL_RANGE_RANGE, Precision, SCALE_RANGE,
+    SPARSE_RATIO_RANGE,
 };
 pub use stream::{ChunkProfile, PAD_MULTIPLE};
 
-use crate::layers::kernels::KernelPath;
 use crate::model::schedule::FIRST_CHUNK_INPUT;
 use crate::model::{FlashVsrModel, ModelOptions};
 use stream::{Geometry, Stream};

@@ -1,57 +1,15 @@
 //! What the engine is asked to do, checked before any weight is loaded.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use candle_core::{DType, Device};
 
 use super::EngineError;
 use crate::layers::kernels::KernelPath;
-use crate::model::LqVariant;
+use crate::model::ModelVersion;
 use crate::model::color_fix::ColorFix;
-
-/// Which release of the weights the model folder holds. Both have the same files and
-/// tensor names; they differ in how the LQ projection caches frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ModelVersion {
-    V1,
-    #[default]
-    V1_1,
-}
-
-impl ModelVersion {
-    pub fn lq_variant(self) -> LqVariant {
-        match self {
-            Self::V1 => LqVariant::V1,
-            Self::V1_1 => LqVariant::V1_1,
-        }
-    }
-}
-
-impl fmt::Display for ModelVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::V1 => "v1",
-            Self::V1_1 => "v1.1",
-        })
-    }
-}
-
-impl FromStr for ModelVersion {
-    type Err = EngineError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "v1" => Ok(Self::V1),
-            "v1.1" | "v1-1" => Ok(Self::V1_1),
-            _ => Err(EngineError::setting(
-                "model_version",
-                format!("unknown weight version {s:?}; expected \"v1\" or \"v1.1\""),
-            )),
-        }
-    }
-}
 
 /// The dtype the model computes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,54 +27,6 @@ impl Precision {
             Self::Bf16 => DType::BF16,
             Self::F16 => DType::F16,
         }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-            Self::F16 => "f16",
-        })
-    }
-}
-
-impl FromStr for Precision {
-    type Err = EngineError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            "f16" => Ok(Self::F16),
-            _ => Err(EngineError::setting(
-                "precision",
-                format!("unknown precision {s:?}; expected \"f32\", \"bf16\" or \"f16\""),
-            )),
-        }
-    }
-}
-
-/// Parses a colour-fix name: "none", "adain" or "wavelet".
-pub fn parse_color_fix(s: &str) -> Result<ColorFix, EngineError> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "none" => Ok(ColorFix::None),
-        "adain" => Ok(ColorFix::Adain),
-        "wavelet" => Ok(ColorFix::Wavelet),
-        _ => Err(EngineError::setting(
-            "color_fix",
-            format!("unknown colour fix {s:?}; expected \"none\", \"adain\" or \"wavelet\""),
-        )),
-    }
-}
-
-/// The name `parse_color_fix` accepts for `fix`.
-pub fn color_fix_name(fix: ColorFix) -> &'static str {
-    match fix {
-        ColorFix::None => "none",
-        ColorFix::Adain => "adain",
-        ColorFix::Wavelet => "wavelet",
     }
 }
 
@@ -178,10 +88,12 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
-pub const SCALE_RANGE: std::ops::RangeInclusive<u32> = 2..=4;
-pub const SPARSE_RATIO_RANGE: std::ops::RangeInclusive<f64> = 0.1..=16.0;
-pub const KV_RATIO_RANGE: std::ops::RangeInclusive<f64> = 1.0..=16.0;
-pub const LOCAL_RANGE_RANGE: std::ops::RangeInclusive<u32> = 1..=63;
+// The accepted range of each numeric setting: `validate` checks them, the
+// element's property specs and caps, and the examples' help take them from here.
+pub const SCALE_RANGE: RangeInclusive<u32> = 2..=4;
+pub const SPARSE_RATIO_RANGE: RangeInclusive<f64> = 0.1..=16.0;
+pub const KV_RATIO_RANGE: RangeInclusive<f64> = 1.0..=16.0;
+pub const LOCAL_RANGE_RANGE: RangeInclusive<u32> = 1..=63;
 
 /// Everything the engine needs to know; `Default` gives the official settings
 /// (v1.1 weights, x4, f32 on the CPU, adain colour fix) with no model folder.
@@ -239,7 +151,12 @@ impl EngineSettings {
         if !SCALE_RANGE.contains(&self.scale) {
             return Err(EngineError::setting(
                 "scale",
-                format!("must be 2, 3 or 4, got {}", self.scale),
+                format!(
+                    "must be in {}..={}, got {}",
+                    SCALE_RANGE.start(),
+                    SCALE_RANGE.end(),
+                    self.scale
+                ),
             ));
         }
         DeviceSpec::parse(&self.device)?;
@@ -267,7 +184,7 @@ impl EngineSettings {
 fn check_ratio(
     field: &'static str,
     value: f64,
-    range: std::ops::RangeInclusive<f64>,
+    range: RangeInclusive<f64>,
 ) -> Result<(), EngineError> {
     if value.is_finite() && range.contains(&value) {
         Ok(())
@@ -357,23 +274,10 @@ mod tests {
     }
 
     #[test]
-    fn versions_and_precisions_round_trip() {
-        for v in [ModelVersion::V1, ModelVersion::V1_1] {
-            assert_eq!(v.to_string().parse::<ModelVersion>().unwrap(), v);
-        }
-        assert_eq!("v1-1".parse::<ModelVersion>().unwrap(), ModelVersion::V1_1);
-        assert_eq!("V1.1".parse::<ModelVersion>().unwrap(), ModelVersion::V1_1);
-        assert!("v2".parse::<ModelVersion>().is_err());
-        for p in [Precision::F32, Precision::Bf16, Precision::F16] {
-            assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
-        }
+    fn precision_dtypes() {
+        assert_eq!(Precision::F32.dtype(), DType::F32);
         assert_eq!(Precision::Bf16.dtype(), DType::BF16);
-        let err = "f64".parse::<Precision>().unwrap_err().to_string();
-        assert!(err.contains("precision") && err.contains("f64"), "{err}");
-        for fix in [ColorFix::None, ColorFix::Adain, ColorFix::Wavelet] {
-            assert_eq!(parse_color_fix(color_fix_name(fix)).unwrap(), fix);
-        }
-        assert!(parse_color_fix("histogram").is_err());
+        assert_eq!(Precision::F16.dtype(), DType::F16);
     }
 
     #[test]

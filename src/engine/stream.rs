@@ -107,7 +107,7 @@ impl<T, M: ChunkModel> Stream<T, M> {
         let config = SequenceConfig {
             height: geometry.padded_height,
             width: geometry.padded_width,
-            variant: settings.model_version.lq_variant(),
+            version: settings.model_version,
             sparse_ratio: settings.sparse_ratio,
             kv_ratio: settings.kv_ratio,
             local_range: settings.local_range as usize,

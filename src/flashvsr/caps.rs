@@ -4,6 +4,8 @@
 use gst::glib;
 use gst_video::VideoFormat;
 
+use crate::engine::SCALE_RANGE;
+
 /// Raw formats accepted on the sink pad and produced on the src pad (always the same
 /// on both). The 8-bit RGB and 4:2:0 formats come first; the others are what common
 /// decoders output (4:2:2, 4:4:4, 10-bit), so `decodebin ! flashvsr` needs no
@@ -30,9 +32,7 @@ pub const FORMATS: [VideoFormat; 16] = [
 /// Largest output width or height the element produces.
 pub const MAX_OUTPUT_DIM: i32 = 8192;
 /// Smallest scale factor: bounds the largest input the sink template admits.
-pub const MIN_SCALE: u32 = 2;
-/// Largest scale factor.
-pub const MAX_SCALE: u32 = 4;
+const MIN_SCALE: u32 = *SCALE_RANGE.start();
 
 pub fn sink_template_caps() -> gst::Caps {
     gst_video::VideoCapsBuilder::new()

@@ -19,8 +19,10 @@ use parking_lot::Mutex;
 
 use super::caps::{self, Direction};
 use super::convert::FrameConverter;
-use super::enums::{ColorFix, ModelVersion, Precision};
-use crate::engine::{Engine, EngineError, EngineSettings, LATENCY_FRAMES, RgbFrame};
+use crate::engine::{
+    Engine, EngineError, EngineSettings, KV_RATIO_RANGE, LATENCY_FRAMES, LOCAL_RANGE_RANGE,
+    RgbFrame, SCALE_RANGE, SPARSE_RATIO_RANGE,
+};
 use crate::model::schedule::CHUNK_STRIDE;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -34,16 +36,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 /// Environment variable read for the weights folder when `model-dir` is unset.
 pub const MODEL_DIR_ENV: &str = "FLASHVSR_MODEL_DIR";
 
-const DEFAULT_MODEL_VERSION: ModelVersion = ModelVersion::V1_1;
-const DEFAULT_SCALE: u32 = 4;
-const DEFAULT_DEVICE: &str = "cpu";
-const DEFAULT_PRECISION: Precision = Precision::F32;
-const DEFAULT_COLOR_FIX: ColorFix = ColorFix::Adain;
-const DEFAULT_SPARSE_RATIO: f64 = 2.0;
-const DEFAULT_KV_RATIO: f64 = 3.0;
-const DEFAULT_LOCAL_RANGE: u32 = 11;
-const DEFAULT_SEED: u64 = 0;
-
 /// Buffer flags that describe the frame itself and so travel with it to the output.
 const CARRIED_FLAGS: gst::BufferFlags = gst::BufferFlags::DISCONT
     .union(gst::BufferFlags::RESYNC)
@@ -52,54 +44,15 @@ const CARRIED_FLAGS: gst::BufferFlags = gst::BufferFlags::DISCONT
     .union(gst::BufferFlags::DROPPABLE);
 
 /// Property values as set by the application; copied out of the mutex before use and
-/// applied at the next READY->PAUSED change.
-#[derive(Debug, Clone)]
+/// applied at the next READY->PAUSED change. Defaults, ranges and the enums'
+/// spellings all come from the engine (`EngineSettings::default()`, its `*_RANGE`
+/// constants and its `Choice` tables).
+#[derive(Debug, Clone, Default)]
 struct Settings {
+    /// `None`: read `$FLASHVSR_MODEL_DIR` at start.
     model_dir: Option<PathBuf>,
-    model_version: ModelVersion,
-    scale: u32,
-    device: String,
-    precision: Precision,
-    color_fix: ColorFix,
-    sparse_ratio: f64,
-    kv_ratio: f64,
-    local_range: u32,
-    seed: u64,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            model_dir: None,
-            model_version: DEFAULT_MODEL_VERSION,
-            scale: DEFAULT_SCALE,
-            device: DEFAULT_DEVICE.to_string(),
-            precision: DEFAULT_PRECISION,
-            color_fix: DEFAULT_COLOR_FIX,
-            sparse_ratio: DEFAULT_SPARSE_RATIO,
-            kv_ratio: DEFAULT_KV_RATIO,
-            local_range: DEFAULT_LOCAL_RANGE,
-            seed: DEFAULT_SEED,
-        }
-    }
-}
-
-impl Settings {
-    fn engine_settings(&self, model_dir: PathBuf) -> EngineSettings {
-        EngineSettings {
-            model_dir,
-            model_version: self.model_version.into(),
-            scale: self.scale,
-            precision: self.precision.into(),
-            device: self.device.clone(),
-            color_fix: self.color_fix.into(),
-            sparse_ratio: self.sparse_ratio,
-            kv_ratio: self.kv_ratio,
-            local_range: self.local_range,
-            seed: self.seed,
-            ..EngineSettings::default()
-        }
-    }
+    /// Everything else; its `model_dir` is filled in at start.
+    engine: EngineSettings,
 }
 
 /// What an output buffer takes over from the input frame it was made from.
@@ -237,7 +190,7 @@ pub struct FlashVsr {
 impl FlashVsr {
     fn scale(&self) -> u32 {
         match self.active_scale.load(Ordering::Acquire) {
-            0 => self.settings.lock().scale,
+            0 => self.settings.lock().engine.scale,
             s => s,
         }
     }
@@ -277,11 +230,15 @@ impl FlashVsr {
             model_dir.display()
         );
         let started = Instant::now();
-        let engine = Engine::new(settings.engine_settings(model_dir.clone()))
-            .map_err(|err| start_error(&settings, &model_dir, err))?;
+        let engine = Engine::new(EngineSettings {
+            model_dir: model_dir.clone(),
+            ..settings.engine.clone()
+        })
+        .map_err(|err| start_error(&settings, &model_dir, err))?;
         gst::info!(CAT, imp = self, "Weights loaded in {:?}", started.elapsed());
 
-        self.active_scale.store(settings.scale, Ordering::Release);
+        self.active_scale
+            .store(settings.engine.scale, Ordering::Release);
         self.processing_ns.store(0, Ordering::Relaxed);
         self.reported_processing_ns.store(0, Ordering::Relaxed);
         *self.state.lock() = Some(State {
@@ -729,18 +686,11 @@ fn start_error(
             (
                 "Could not start FlashVSR from model-dir '{}' (model-version {}, device {}): {}",
                 model_dir.display(),
-                model_version_nick(settings.model_version),
-                settings.device,
+                settings.engine.model_version,
+                settings.engine.device,
                 err
             )
         ),
-    }
-}
-
-fn model_version_nick(v: ModelVersion) -> &'static str {
-    match v {
-        ModelVersion::V1 => "v1",
-        ModelVersion::V1_1 => "v1-1",
     }
 }
 
@@ -802,37 +752,38 @@ impl ObjectSubclass for FlashVsr {
 impl ObjectImpl for FlashVsr {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            let defaults = EngineSettings::default();
             vec![
                 glib::ParamSpecString::builder("model-dir")
                     .nick("Model folder")
                     .blurb("Folder with the FlashVSR weights (diffusion_pytorch_model_streaming_dmd.safetensors, LQ_proj_in.ckpt, TCDecoder.ckpt, posi_prompt.pth); when unset, $FLASHVSR_MODEL_DIR. Read at READY->PAUSED")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("model-version", DEFAULT_MODEL_VERSION)
+                glib::ParamSpecEnum::builder_with_default("model-version", defaults.model_version)
                     .nick("Model version")
-                    .blurb("FlashVSR release the weights come from (v1 or v1-1; the files look the same). Read at READY->PAUSED")
+                    .blurb("FlashVSR release the weights come from (the files look the same). Read at READY->PAUSED")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("scale")
                     .nick("Scale")
                     .blurb("Upscaling factor: output width and height are the input's times this. Read at READY->PAUSED")
-                    .minimum(caps::MIN_SCALE)
-                    .maximum(caps::MAX_SCALE)
-                    .default_value(DEFAULT_SCALE)
+                    .minimum(*SCALE_RANGE.start())
+                    .maximum(*SCALE_RANGE.end())
+                    .default_value(defaults.scale)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("device")
                     .nick("Device")
                     .blurb("Where the network runs: \"cpu\", or \"cuda:N\" in builds with the cuda feature. Read at READY->PAUSED")
-                    .default_value(Some(DEFAULT_DEVICE))
+                    .default_value(Some(defaults.device.as_str()))
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("precision", DEFAULT_PRECISION)
+                glib::ParamSpecEnum::builder_with_default("precision", defaults.precision)
                     .nick("Precision")
                     .blurb("Floating-point type the network runs in (bf16/f16 are for GPUs). Read at READY->PAUSED")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("color-fix", DEFAULT_COLOR_FIX)
+                glib::ParamSpecEnum::builder_with_default("color-fix", defaults.color_fix)
                     .nick("Colour fix")
                     .blurb("Colour correction of the output towards the input. Read at READY->PAUSED")
                     .mutable_ready()
@@ -840,31 +791,31 @@ impl ObjectImpl for FlashVsr {
                 glib::ParamSpecDouble::builder("sparse-ratio")
                     .nick("Sparse ratio")
                     .blurb("Share of attention blocks kept by the sparse attention (higher: more blocks, slower). Read at READY->PAUSED")
-                    .minimum(0.1)
-                    .maximum(16.0)
-                    .default_value(DEFAULT_SPARSE_RATIO)
+                    .minimum(*SPARSE_RATIO_RANGE.start())
+                    .maximum(*SPARSE_RATIO_RANGE.end())
+                    .default_value(defaults.sparse_ratio)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecDouble::builder("kv-ratio")
                     .nick("KV ratio")
                     .blurb("Time windows of past frames kept in the attention cache. Read at READY->PAUSED")
-                    .minimum(1.0)
-                    .maximum(16.0)
-                    .default_value(DEFAULT_KV_RATIO)
+                    .minimum(*KV_RATIO_RANGE.start())
+                    .maximum(*KV_RATIO_RANGE.end())
+                    .default_value(defaults.kv_ratio)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("local-range")
                     .nick("Local range")
                     .blurb("Width, in 8x8-token blocks, of the neighbourhood each block attends to. Read at READY->PAUSED")
-                    .minimum(1)
-                    .maximum(63)
-                    .default_value(DEFAULT_LOCAL_RANGE)
+                    .minimum(*LOCAL_RANGE_RANGE.start())
+                    .maximum(*LOCAL_RANGE_RANGE.end())
+                    .default_value(defaults.local_range)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt64::builder("seed")
                     .nick("Seed")
                     .blurb("Seed of the noise the network starts from (same seed, same output). Read at READY->PAUSED")
-                    .default_value(DEFAULT_SEED)
+                    .default_value(defaults.seed)
                     .mutable_ready()
                     .build(),
             ]
@@ -874,36 +825,32 @@ impl ObjectImpl for FlashVsr {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings.lock();
+        let engine = &mut settings.engine;
+        // GObject checks the value's type against the ParamSpec before calling
+        // here, so a mismatch is a bug in this file (as in gst-plugins-rs).
         match pspec.name() {
             "model-dir" => {
                 settings.model_dir = value
                     .get::<Option<String>>()
-                    .ok()
-                    .flatten()
+                    .expect("type checked upstream")
                     .filter(|s| !s.is_empty())
                     .map(PathBuf::from);
             }
-            "model-version" => {
-                settings.model_version = value.get().unwrap_or(DEFAULT_MODEL_VERSION)
-            }
-            "scale" => settings.scale = value.get().unwrap_or(DEFAULT_SCALE),
+            "model-version" => engine.model_version = value.get().expect("type checked upstream"),
+            "scale" => engine.scale = value.get().expect("type checked upstream"),
             "device" => {
-                settings.device = value
+                engine.device = value
                     .get::<Option<String>>()
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| DEFAULT_DEVICE.to_string());
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| EngineSettings::default().device);
             }
-            "precision" => settings.precision = value.get().unwrap_or(DEFAULT_PRECISION),
-            "color-fix" => settings.color_fix = value.get().unwrap_or(DEFAULT_COLOR_FIX),
-            "sparse-ratio" => settings.sparse_ratio = value.get().unwrap_or(DEFAULT_SPARSE_RATIO),
-            "kv-ratio" => settings.kv_ratio = value.get().unwrap_or(DEFAULT_KV_RATIO),
-            "local-range" => settings.local_range = value.get().unwrap_or(DEFAULT_LOCAL_RANGE),
-            "seed" => settings.seed = value.get().unwrap_or(DEFAULT_SEED),
-            other => {
-                gst::warning!(CAT, imp = self, "Unknown property {}", other);
-                return;
-            }
+            "precision" => engine.precision = value.get().expect("type checked upstream"),
+            "color-fix" => engine.color_fix = value.get().expect("type checked upstream"),
+            "sparse-ratio" => engine.sparse_ratio = value.get().expect("type checked upstream"),
+            "kv-ratio" => engine.kv_ratio = value.get().expect("type checked upstream"),
+            "local-range" => engine.local_range = value.get().expect("type checked upstream"),
+            "seed" => engine.seed = value.get().expect("type checked upstream"),
+            other => unreachable!("flashvsr has no property {other}"),
         }
         drop(settings);
         // Not the state lock: a chunk may be running under it.
@@ -919,22 +866,23 @@ impl ObjectImpl for FlashVsr {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings.lock();
+        let engine = &settings.engine;
         match pspec.name() {
             "model-dir" => settings
                 .model_dir
                 .as_ref()
                 .map(|p| p.to_string_lossy().into_owned())
                 .to_value(),
-            "model-version" => settings.model_version.to_value(),
-            "scale" => settings.scale.to_value(),
-            "device" => settings.device.to_value(),
-            "precision" => settings.precision.to_value(),
-            "color-fix" => settings.color_fix.to_value(),
-            "sparse-ratio" => settings.sparse_ratio.to_value(),
-            "kv-ratio" => settings.kv_ratio.to_value(),
-            "local-range" => settings.local_range.to_value(),
-            "seed" => settings.seed.to_value(),
-            _ => pspec.default_value().clone(),
+            "model-version" => engine.model_version.to_value(),
+            "scale" => engine.scale.to_value(),
+            "device" => engine.device.to_value(),
+            "precision" => engine.precision.to_value(),
+            "color-fix" => engine.color_fix.to_value(),
+            "sparse-ratio" => engine.sparse_ratio.to_value(),
+            "kv-ratio" => engine.kv_ratio.to_value(),
+            "local-range" => engine.local_range.to_value(),
+            "seed" => engine.seed.to_value(),
+            other => unreachable!("flashvsr has no property {other}"),
         }
     }
 

@@ -8,7 +8,6 @@ mod convert;
 mod enums;
 mod imp;
 
-pub use enums::{ColorFix, ModelVersion, Precision};
 pub use imp::MODEL_DIR_ENV;
 
 glib::wrapper! {

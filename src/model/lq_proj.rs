@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use crate::layers::conv::Conv2d;
 use crate::layers::conv::pad_replicate_hw;
 use crate::layers::linear::Linear;
-use crate::model::LqVariant;
+use crate::model::ModelVersion;
 use crate::weights::indexed_count;
 
 /// Pixel-unshuffle factor: one token per 16 x 16 pixels.
@@ -205,7 +205,7 @@ impl LqProj {
     pub fn stream_clip(
         &self,
         clip: &Tensor,
-        variant: LqVariant,
+        variant: ModelVersion,
         state: &mut LqProjState,
     ) -> Result<Option<Vec<Tensor>>> {
         let first = state.clips == 0;
@@ -253,14 +253,14 @@ impl LqProj {
         &self,
         conv: &CausalConv3d,
         x: &Tensor,
-        variant: LqVariant,
+        variant: ModelVersion,
         cache: &mut Option<Tensor>,
     ) -> Result<Tensor> {
         let tail = x.narrow(0, x.dim(0)? - CACHE_T, CACHE_T)?;
         let front = match variant {
             // v1 overwrites its cache with the current input before using it.
-            LqVariant::V1 => tail.clone(),
-            LqVariant::V1_1 => match cache.take() {
+            ModelVersion::V1 => tail.clone(),
+            ModelVersion::V1_1 => match cache.take() {
                 Some(prev) => prev,
                 // No previous clip: replicate the first frame.
                 None => {

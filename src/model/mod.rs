@@ -13,5 +13,5 @@ pub mod schedule;
 pub mod tcdecoder;
 
 pub use network::{
-    ChunkTrace, FlashVsrModel, LqVariant, ModelOptions, SequenceConfig, SequenceState,
+    ChunkTrace, FlashVsrModel, ModelOptions, ModelVersion, SequenceConfig, SequenceState,
 };

@@ -19,9 +19,11 @@ use crate::layers::shape_log;
 use crate::layers::sparse_attention::SparseConfig;
 use crate::weights::ModelFiles;
 
-/// Weight version; the two releases differ only in the LQ projection's cache.
+/// Which release of the weights a model folder holds. Both have the same files
+/// and tensor names (so the files cannot tell); they differ only in how the LQ
+/// projection caches frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LqVariant {
+pub enum ModelVersion {
     /// FlashVSR (`Buffer_LQ4x_Proj`): each clip's conv cache is its own last frames.
     V1,
     /// FlashVSR-v1.1 (`Causal_LQ4x_Proj`): the cache is the previous clip's last frames.
@@ -45,7 +47,7 @@ pub struct ModelOptions {
 pub struct SequenceConfig {
     pub height: usize,
     pub width: usize,
-    pub variant: LqVariant,
+    pub version: ModelVersion,
     pub sparse_ratio: f64,
     pub kv_ratio: f64,
     pub local_range: usize,
@@ -351,7 +353,7 @@ impl FlashVsrModel {
                     let clip = lq.narrow(0, first - span.start, len)?;
                     if let Some(f) = self
                         .lq_proj
-                        .stream_clip(&clip, cfg.variant, &mut state.lq)?
+                        .stream_clip(&clip, cfg.version, &mut state.lq)?
                     {
                         features.push(f);
                     }

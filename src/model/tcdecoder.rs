@@ -289,13 +289,35 @@ mod tests {
     use std::collections::HashMap;
 
     /// A decoder with small random weights of the released layout.
+    /// Deterministic pseudo-random values, uniform in [-scale, scale]: candle's
+    /// CPU `randn` cannot be seeded, and some draws of a 4-channel network are
+    /// dead (all-zero after its ReLUs), which made these tests flaky.
+    fn values(shape: &[usize], seed: u64, scale: f32) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                // xorshift64*
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                let bits = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+                (bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu)
+    }
+
     fn random_decoder(c: usize) -> Result<TcDecoder> {
         let dev = Device::Cpu;
         let mut t = HashMap::new();
+        let mut seed = 0u64;
         let mut add = |name: String, shape: &[usize]| -> Result<()> {
             let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
-            let std = (1.0 / fan_in as f64).sqrt();
-            t.insert(name, Tensor::randn(0f32, std as f32, shape, &dev)?);
+            // uniform in [-a, a] has deviation a / sqrt(3)
+            let scale = (3.0 / fan_in as f64).sqrt() as f32;
+            seed += 1;
+            t.insert(name, values(shape, seed, scale)?);
             Ok(())
         };
         add("decoder.1.weight".into(), &[c, 784, 3, 3])?;
@@ -330,10 +352,9 @@ mod tests {
 
     #[test]
     fn memory_carries_across_chunks() -> Result<()> {
-        let dev = Device::Cpu;
         let dec = random_decoder(4)?;
-        let latents = Tensor::randn(0f32, 1.0, (1, 16, 4, 2, 2), &dev)?;
-        let cond = Tensor::randn(0f32, 0.5, (16, 3, 16, 16), &dev)?;
+        let latents = values(&[1, 16, 4, 2, 2], 101, 1.7)?;
+        let cond = values(&[16, 3, 16, 16], 102, 0.85)?;
         // all at once
         let mut whole = TcDecoderState::default();
         let all = dec.decode(&latents, &cond, &mut whole)?;
@@ -383,10 +404,9 @@ mod tests {
 
     #[test]
     fn short_condition_is_padded_with_its_first_frame() -> Result<()> {
-        let dev = Device::Cpu;
         let dec = random_decoder(4)?;
-        let latents = Tensor::randn(0f32, 1.0, (1, 16, 2, 2, 2), &dev)?;
-        let cond = Tensor::randn(0f32, 0.5, (6, 3, 16, 16), &dev)?;
+        let latents = values(&[1, 16, 2, 2, 2], 103, 1.7)?;
+        let cond = values(&[6, 3, 16, 16], 104, 0.85)?;
         let padded = Tensor::cat(
             &[cond.narrow(0, 0, 1)?, cond.narrow(0, 0, 1)?, cond.clone()],
             0,
