@@ -26,6 +26,16 @@ impl From<ModelVersion> for engine::ModelVersion {
     }
 }
 
+/// Lets applications that parse settings the engine's way set the property.
+impl From<engine::ModelVersion> for ModelVersion {
+    fn from(v: engine::ModelVersion) -> Self {
+        match v {
+            engine::ModelVersion::V1 => ModelVersion::V1,
+            engine::ModelVersion::V1_1 => ModelVersion::V1_1,
+        }
+    }
+}
+
 /// Floating-point type the weights are run in.
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
 #[repr(u32)]
@@ -45,6 +55,17 @@ impl From<Precision> for engine::Precision {
             Precision::F32 => engine::Precision::F32,
             Precision::Bf16 => engine::Precision::Bf16,
             Precision::F16 => engine::Precision::F16,
+        }
+    }
+}
+
+/// Lets applications that parse settings the engine's way set the property.
+impl From<engine::Precision> for Precision {
+    fn from(p: engine::Precision) -> Self {
+        match p {
+            engine::Precision::F32 => Precision::F32,
+            engine::Precision::Bf16 => Precision::Bf16,
+            engine::Precision::F16 => Precision::F16,
         }
     }
 }
