@@ -14,27 +14,47 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use candle_core::{Device, Result, Tensor};
+use clap::Parser;
 use gstflashvsr::layers::sparse_attention::{self, SparseConfig, TokenGrid};
 
+/// Times block-sparse against dense self-attention for one steady-state chunk
+/// and checks the sparse result against a dense masked reference.
+#[derive(Parser, Debug)]
+struct Cli {
+    /// Output width in pixels
+    #[arg(long, value_name = "W", default_value_t = 1024)]
+    width: usize,
+
+    /// Output height in pixels
+    #[arg(long, value_name = "H", default_value_t = 1024)]
+    height: usize,
+
+    /// Share of attention blocks kept (scaled to the frame size)
+    #[arg(long, value_name = "R", default_value_t = 2.0)]
+    sparse_ratio: f64,
+
+    /// Width, in 8x8-token blocks, of the spatial window attention may look at
+    #[arg(long, value_name = "L", default_value_t = 11)]
+    local_range: usize,
+
+    /// Time windows of 2 latent frames kept in the KV cache
+    #[arg(long, value_name = "K", default_value_t = 3.0)]
+    kv_ratio: f64,
+
+    /// Attention heads (the release has 12)
+    #[arg(long, value_name = "N", default_value_t = 12)]
+    heads: usize,
+}
+
 fn run() -> Result<bool> {
-    let (mut width, mut height, mut sparse_ratio, mut local_range, mut kv_ratio, mut heads) =
-        (1024usize, 1024usize, 2.0f64, 11usize, 3.0f64, 12usize);
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().unwrap_or_default();
-        let num = value
-            .parse::<f64>()
-            .map_err(|e| candle_core::Error::Msg(format!("{flag} {value}: {e}")))?;
-        match flag.as_str() {
-            "--width" => width = num as usize,
-            "--height" => height = num as usize,
-            "--sparse-ratio" => sparse_ratio = num,
-            "--local-range" => local_range = num as usize,
-            "--kv-ratio" => kv_ratio = num,
-            "--heads" => heads = num as usize,
-            other => candle_core::bail!("unknown argument {other}"),
-        }
-    }
+    let Cli {
+        width,
+        height,
+        sparse_ratio,
+        local_range,
+        kv_ratio,
+        heads,
+    } = Cli::parse();
     let dev = Device::Cpu;
     let cfg = SparseConfig::new(sparse_ratio, kv_ratio, local_range, height, width);
     // A steady-state chunk: 2 latent frames of queries, the cache's time windows

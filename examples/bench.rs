@@ -1,7 +1,8 @@
 //! Stage timings of the engine on synthetic frames.
 //!
-//! `cargo run --release --example bench -- --model-dir DIR --width W --height H --frames N [--scale S]
-//!  [--precision f32|bf16|f16] [--sparse-ratio R] [--local-range L] [--kv-ratio K] [--device cpu|cuda:N]`
+//! `cargo run --release --example bench -- --model-dir DIR --width W --height H [--frames N] [--scale S]
+//!  [--precision f32|bf16|f16] [--sparse-ratio R] [--local-range L] [--kv-ratio K] [--device cpu|cuda:N]
+//!  [--portable]`
 //!
 //! Streams N synthetic frames through the engine and prints, per steady-state
 //! chunk, the time of each stage, then `fps=<value>` (frames out per second of
@@ -10,55 +11,38 @@
 //! run) divided by the DiT's time. Make a model folder with the released widths
 //! with `cargo run --release --example make_model`.
 
-use std::path::PathBuf;
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use gstflashvsr::devtools::replay;
 use gstflashvsr::engine::{ChunkProfile, Engine, EngineSettings, RgbFrame};
 use gstflashvsr::model::profile::Stage;
 
-struct Args {
-    settings: EngineSettings,
-    width: u32,
-    height: u32,
-    frames: usize,
-}
+/// Streams synthetic frames through the engine and prints per-chunk stage
+/// timings, fps and how close the DiT and decoder come to their matrix products.
+#[derive(Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    engine: cli::EngineArgs,
 
-fn parse_args() -> Result<Args, String> {
-    let mut settings = EngineSettings::default();
-    let (mut width, mut height, mut frames) = (None, None, 41usize);
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        let num = |v: String| v.parse::<f64>().map_err(|e| format!("{flag} {v}: {e}"));
-        match flag.as_str() {
-            "--model-dir" => settings.model_dir = PathBuf::from(value()?),
-            "--width" => width = Some(num(value()?)? as u32),
-            "--height" => height = Some(num(value()?)? as u32),
-            "--frames" => frames = num(value()?)? as usize,
-            "--scale" => settings.scale = num(value()?)? as u32,
-            "--precision" => settings.precision = value()?.parse().map_err(|e| format!("{e}"))?,
-            "--device" => settings.device = value()?,
-            "--sparse-ratio" => settings.sparse_ratio = num(value()?)?,
-            "--kv-ratio" => settings.kv_ratio = num(value()?)?,
-            "--local-range" => settings.local_range = num(value()?)? as u32,
-            "--help" | "-h" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    let (Some(width), Some(height)) = (width, height) else {
-        return Err("--width and --height are required".into());
-    };
-    if settings.model_dir.as_os_str().is_empty() {
-        return Err("--model-dir is required".into());
-    }
-    Ok(Args {
-        settings,
-        width,
-        height,
-        frames,
-    })
+    #[command(flatten)]
+    kernels: cli::KernelArgs,
+
+    /// Width of the input frames
+    #[arg(long, value_name = "W")]
+    width: u32,
+
+    /// Height of the input frames
+    #[arg(long, value_name = "H")]
+    height: u32,
+
+    /// Number of frames to stream (at least 33 for a steady-state chunk)
+    #[arg(long, value_name = "N", default_value_t = 41)]
+    frames: usize,
 }
 
 /// A moving colour pattern, so that every frame differs.
@@ -83,16 +67,12 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!(
-                "{e}\nusage: bench --model-dir DIR --width W --height H --frames N [--scale S] [--precision P] [--sparse-ratio R] [--local-range L] [--kv-ratio K] [--device D]"
-            );
-            return ExitCode::from(2);
-        }
+    let args = Cli::parse();
+    let settings = EngineSettings {
+        kernels: args.kernels.path(),
+        ..args.engine.settings()
     };
-    let mut engine = match Engine::<usize>::new(args.settings.clone()) {
+    let mut engine = match Engine::<usize>::new(settings.clone()) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
@@ -100,19 +80,16 @@ fn main() -> ExitCode {
         }
     };
     engine.set_profiling(true);
-    let (out_w, out_h) = (
-        args.width * args.settings.scale,
-        args.height * args.settings.scale,
-    );
+    let (out_w, out_h) = (args.width * settings.scale, args.height * settings.scale);
     println!(
         "input {}x{} -> output {out_w}x{out_h}, {} frames, precision {}, sparse_ratio {}, local_range {}, kv_ratio {}",
         args.width,
         args.height,
         args.frames,
-        args.settings.precision,
-        args.settings.sparse_ratio,
-        args.settings.local_range,
-        args.settings.kv_ratio
+        settings.precision,
+        settings.sparse_ratio,
+        settings.local_range,
+        settings.kv_ratio
     );
     let start = Instant::now();
     let mut produced = 0usize;

@@ -8,18 +8,27 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
 use gstflashvsr::weights::{WeightFile, convert_to_safetensors};
 
+/// Converts a FlashVSR model folder's torch.save files to safetensors, keeping
+/// tensor names and stored dtypes.
+#[derive(Parser, Debug)]
+struct Cli {
+    /// Folder with the FlashVSR weight files
+    #[arg(value_name = "MODEL_DIR")]
+    model_dir: PathBuf,
+
+    /// Where to write the converted files [default: MODEL_DIR, where they are then
+    /// preferred over the pickles]
+    #[arg(value_name = "OUT_DIR")]
+    out_dir: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (model_dir, out_dir) = match args.as_slice() {
-        [model] => (PathBuf::from(model), PathBuf::from(model)),
-        [model, out] => (PathBuf::from(model), PathBuf::from(out)),
-        _ => {
-            eprintln!("usage: convert <model-dir> [<out-dir>]");
-            return ExitCode::from(2);
-        }
-    };
+    let cli = Cli::parse();
+    let model_dir = cli.model_dir;
+    let out_dir = cli.out_dir.unwrap_or_else(|| model_dir.clone());
     let written = match convert_to_safetensors(&model_dir, &out_dir) {
         Ok(written) => written,
         Err(e) => {

@@ -15,46 +15,33 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use clap::Parser;
 use gst::prelude::*;
 use gstflashvsr::engine::{Engine, EngineSettings, RgbFrame};
 
+/// Runs the flashvsr element and then the engine alone on the same synthetic
+/// frames, and prints both frame rates and their ratio.
+#[derive(Parser, Debug)]
 struct Args {
+    /// Folder with the FlashVSR weight files
+    #[arg(long, value_name = "DIR")]
     model_dir: PathBuf,
-    width: u32,
-    height: u32,
-    frames: u32,
-    scale: u32,
-}
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        model_dir: PathBuf::new(),
-        width: 64,
-        height: 64,
-        frames: 41,
-        scale: 4,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let num = || {
-            value
-                .parse::<u32>()
-                .map_err(|e| format!("{flag} {value}: {e}"))
-        };
-        match flag.as_str() {
-            "--model-dir" => a.model_dir = PathBuf::from(&value),
-            "--width" => a.width = num()?,
-            "--height" => a.height = num()?,
-            "--frames" => a.frames = num()?,
-            "--scale" => a.scale = num()?,
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if a.model_dir.as_os_str().is_empty() {
-        return Err("--model-dir is required".into());
-    }
-    Ok(a)
+    /// Width of the input frames
+    #[arg(long, value_name = "W", default_value_t = 64)]
+    width: u32,
+
+    /// Height of the input frames
+    #[arg(long, value_name = "H", default_value_t = 64)]
+    height: u32,
+
+    /// Number of frames to stream
+    #[arg(long, value_name = "N", default_value_t = 41)]
+    frames: u32,
+
+    /// Upscaling factor: 2, 3 or 4
+    #[arg(long, value_name = "S", default_value_t = 4)]
+    scale: u32,
 }
 
 fn element_fps(a: &Args) -> Result<f64, String> {
@@ -135,15 +122,7 @@ fn engine_fps(a: &Args) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!(
-                "{e}\nusage: element_bench --model-dir DIR [--width W] [--height H] [--frames N] [--scale S]"
-            );
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     println!(
         "{} frames of {}x{} at scale {}",
         args.frames, args.width, args.height, args.scale

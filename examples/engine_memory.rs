@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
 use gstflashvsr::engine::{Engine, EngineSettings, ModelVersion, RgbFrame};
 
 const REPORT_EVERY: usize = 500;
@@ -42,42 +43,40 @@ fn moving_frame(width: u32, height: u32, index: usize) -> RgbFrame {
     }
 }
 
+/// Streams many small frames through the engine and fails if the resident
+/// memory grows by more than 5% after the first 500 frames.
+#[derive(Parser, Debug)]
 struct Args {
+    /// Folder with the FlashVSR weight files
+    #[arg(long, value_name = "DIR", default_value = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/golden/tiny-v1/model"
+    ))]
     model_dir: PathBuf,
+
+    /// Number of frames to stream
+    #[arg(long, value_name = "N", default_value_t = 5000)]
     frames: usize,
+
+    /// Size of the input frames, as WIDTHxHEIGHT
+    #[arg(long, value_name = "WxH", default_value = "32x32", value_parser = parse_size)]
     size: (u32, u32),
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        model_dir: PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/golden/tiny-v1/model"
-        )),
-        frames: 5000,
-        size: (32, 32),
+/// Parses "WxH" into (width, height).
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
+    let side = |v: &str, what: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{text:?}: the {what} {v:?} is not a whole number"))
     };
-    let mut argv = std::env::args().skip(1);
-    while let Some(flag) = argv.next() {
-        let value = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--model-dir" => args.model_dir = PathBuf::from(value),
-            "--frames" => args.frames = value.parse().map_err(|_| format!("--frames {value}"))?,
-            "--size" => {
-                let (w, h) = value.split_once('x').ok_or("--size takes WxH")?;
-                args.size = (
-                    w.parse().map_err(|_| format!("--size width {w}"))?,
-                    h.parse().map_err(|_| format!("--size height {h}"))?,
-                );
-            }
-            _ => return Err(format!("unknown option {flag}")),
-        }
-    }
-    Ok(args)
+    Ok((side(w, "width")?, side(h, "height")?))
 }
 
 fn run() -> Result<(), String> {
-    let args = parse_args()?;
+    let args = Args::parse();
     // the settings of the fixture model's own case
     let settings = EngineSettings {
         model_dir: args.model_dir.clone(),

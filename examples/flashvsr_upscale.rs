@@ -4,98 +4,84 @@
 //!
 //! ```text
 //! cargo run --release --example flashvsr_upscale -- \
-//!     --model-dir /path/to/FlashVSR-v1.1 [--model-version v1-1] [--scale 4] IN.mp4 OUT.mp4
+//!     --model-dir /path/to/FlashVSR-v1.1 [--model-version v1-1] [--scale 4] \
+//!     [--device cpu|cuda:N] [--precision f32|bf16|f16] IN.mp4 OUT.mp4
 //! ```
+//!
+//! `--model-dir` defaults to `$FLASHVSR_MODEL_DIR`; the other options left out keep
+//! the element's defaults.
 //!
 //! The video is decoded, upscaled and encoded with x264; an audio track, when the input
 //! has one, is decoded and re-encoded to AAC.
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::process::ExitCode;
 
+use clap::Parser;
 use gst::prelude::*;
+use gstflashvsr::engine::ModelVersion;
 
-const USAGE: &str =
-    "usage: flashvsr_upscale [--model-dir DIR] [--model-version v1|v1-1] [--scale 2|3|4] \
-[--device cpu|cuda:N] [--precision f32|bf16|f16] IN OUT.mp4
-  --model-dir defaults to $FLASHVSR_MODEL_DIR";
-
-/// Command-line options: element properties by name, and the two files.
+/// Upscales a video file to MP4 with the flashvsr element (registered
+/// statically), printing progress every second.
+#[derive(Parser, Debug)]
 struct Options {
-    properties: Vec<(&'static str, String)>,
+    /// Folder with the FlashVSR weight files [default: $FLASHVSR_MODEL_DIR]
+    #[arg(long, value_name = "DIR")]
+    model_dir: Option<String>,
+
+    /// Release of the weights in the model folder [default: v1.1]
+    #[arg(long, value_name = "v1|v1-1")]
+    model_version: Option<ModelVersion>,
+
+    /// Upscaling factor: 2, 3 or 4 [default: 4]
+    #[arg(long, value_name = "S")]
+    scale: Option<u32>,
+
+    #[command(flatten)]
+    compute: cli::ComputeArgs,
+
+    /// The video file to upscale
+    #[arg(value_name = "IN")]
     input: String,
+
+    /// The MP4 file to write
+    #[arg(value_name = "OUT.mp4")]
     output: String,
 }
 
-fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
-    let mut properties = Vec::new();
-    let mut files = Vec::new();
-    let mut args = args.peekable();
-    while let Some(arg) = args.next() {
-        let property = match arg.as_str() {
-            "--model-dir" => "model-dir",
-            "--model-version" => "model-version",
-            "--scale" => "scale",
-            "--device" => "device",
-            "--precision" => "precision",
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            flag if flag.starts_with("--") => {
-                return Err(format!("unknown option {flag}\n{USAGE}"));
-            }
-            _ => {
-                files.push(arg);
-                continue;
-            }
-        };
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{arg} needs a value\n{USAGE}"))?;
-        properties.push((property, value));
+/// Sets the element's properties from the options; unset options keep the
+/// element's defaults.
+fn configure(element: &gst::Element, options: &Options) -> Result<(), String> {
+    if let Some(dir) = &options.model_dir {
+        element.set_property("model-dir", dir);
     }
-    let [input, output]: [String; 2] = files
-        .try_into()
-        .map_err(|files: Vec<String>| format!("expected IN and OUT, got {files:?}\n{USAGE}"))?;
-    Ok(Options {
-        properties,
-        input,
-        output,
-    })
-}
-
-/// Sets property `name` from its command-line text (enum nicks such as "v1-1",
-/// numbers), refusing values the property does not accept.
-fn set_option(element: &gst::Element, name: &str, text: &str) -> Result<(), String> {
-    let pspec = element
-        .find_property(name)
-        .ok_or_else(|| format!("flashvsr has no property {name}"))?;
-    let value = gst::glib::Value::deserialize_with_pspec(text, &pspec).map_err(|_| {
-        format!(
-            "--{name}: {text:?} is not a valid value ({})",
-            pspec.blurb().unwrap_or_default()
-        )
-    })?;
-    if !in_range(&pspec, &value) {
-        return Err(format!(
-            "--{name}: {text} is out of range ({})",
-            pspec.blurb().unwrap_or_default()
-        ));
+    if let Some(version) = options.model_version {
+        element.set_property("model-version", version);
     }
-    element.set_property_from_value(name, &value);
+    if let Some(scale) = options.scale {
+        set_scale(element, scale)?;
+    }
+    element.set_property("device", options.compute.device.to_string());
+    element.set_property("precision", options.compute.precision);
     Ok(())
 }
 
-fn in_range(pspec: &gst::glib::ParamSpec, value: &gst::glib::Value) -> bool {
-    use gst::glib::{ParamSpecDouble, ParamSpecUInt};
-    if let Some(p) = pspec.downcast_ref::<ParamSpecUInt>() {
-        return value
-            .get::<u32>()
-            .is_ok_and(|v| (p.minimum()..=p.maximum()).contains(&v));
+/// Sets `scale`, refusing values outside the range the property accepts.
+fn set_scale(element: &gst::Element, scale: u32) -> Result<(), String> {
+    let pspec = element
+        .find_property("scale")
+        .and_then(|p| p.downcast::<gst::glib::ParamSpecUInt>().ok())
+        .ok_or("flashvsr has no unsigned integer property scale")?;
+    if !(pspec.minimum()..=pspec.maximum()).contains(&scale) {
+        return Err(format!(
+            "--scale: {scale} is out of range ({})",
+            pspec.blurb().unwrap_or_default()
+        ));
     }
-    if let Some(p) = pspec.downcast_ref::<ParamSpecDouble>() {
-        return value
-            .get::<f64>()
-            .is_ok_and(|v| (p.minimum()..=p.maximum()).contains(&v));
-    }
-    true
+    element.set_property("scale", scale);
+    Ok(())
 }
 
 fn make(factory: &str) -> Result<gst::Element, String> {
@@ -113,9 +99,7 @@ fn build_pipeline(options: &Options) -> Result<gst::Pipeline, String> {
     src.set_property("location", &options.input);
     let decode = make("decodebin")?;
     let upscale = make("flashvsr")?;
-    for (name, value) in &options.properties {
-        set_option(&upscale, name, value)?;
-    }
+    configure(&upscale, options)?;
     let video_queue = make("queue")?;
     let encode_queue = make("queue")?;
     let encode = make("x264enc")?;
@@ -278,13 +262,7 @@ fn describe_error(err: &gst::message::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    let options = match parse_args(std::env::args().skip(1)) {
-        Ok(o) => o,
-        Err(msg) => {
-            eprintln!("{msg}");
-            return ExitCode::from(2);
-        }
-    };
+    let options = Options::parse();
     if let Err(err) = gst::init() {
         eprintln!("error: GStreamer could not start: {err}");
         return ExitCode::FAILURE;

@@ -10,60 +10,34 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
+use clap::Parser;
 use gstflashvsr::devtools::random_model::{RandomModelSpec, write_model_dir};
 use gstflashvsr::layers::kernels::KernelPath;
 use gstflashvsr::model::{FlashVsrModel, ModelOptions};
 
-const USAGE: &str = "usage: make_model --out DIR [--blocks N] [--seed S] [--load]";
-
-struct Args {
+/// Writes a model folder with the released widths, file names and formats but
+/// random weights, for benchmarks without the released files.
+#[derive(Parser, Debug)]
+struct Cli {
+    /// Folder to write
+    #[arg(long, value_name = "DIR")]
     out: PathBuf,
+
+    /// Number of DiT blocks (the release has 30)
+    #[arg(long, value_name = "N", default_value_t = 1)]
     blocks: usize,
+
+    /// Seed of the random weights
+    #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
+
+    /// Then load the folder on the CPU in f32 and print the sizes the loader read
+    #[arg(long)]
     load: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut out = None;
-    let (mut blocks, mut seed, mut load) = (1usize, 0u64, false);
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--out" => out = Some(PathBuf::from(value()?)),
-            "--blocks" => {
-                let v = value()?;
-                blocks = v
-                    .parse()
-                    .map_err(|_| format!("--blocks: '{v}' is not a block count"))?;
-            }
-            "--seed" => {
-                let v = value()?;
-                seed = v
-                    .parse()
-                    .map_err(|_| format!("--seed: '{v}' is not an unsigned integer"))?;
-            }
-            "--load" => load = true,
-            other => return Err(format!("unknown argument '{other}'")),
-        }
-    }
-    let out = out.ok_or("--out DIR is required")?;
-    Ok(Args {
-        out,
-        blocks,
-        seed,
-        load,
-    })
-}
-
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("error: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Cli::parse();
     let spec = RandomModelSpec {
         seed: args.seed,
         ..RandomModelSpec::released(args.blocks)

@@ -1,27 +1,64 @@
-//! `cargo run --release --example parity -- <case-dir>`: checks this crate
-//! against a golden case made by the official FlashVSR pipeline. Prints one line
-//! per compared tensor, then `PASS` or `FAIL: <tensor>`; exits 0 only on PASS.
+//! `cargo run --release --example parity -- <case-dir> [--device cpu|cuda:N]
+//! [--precision f32|bf16|f16] [--portable]`: checks this crate against a golden
+//! case made by the official FlashVSR pipeline. Prints one line per compared
+//! tensor, then `PASS` or `FAIL: <tensor>`; exits 0 only on PASS.
+//!
+//! In f32 the bounds are the fixtures' own; bf16 and f16 are held to the looser
+//! bounds of `devtools::parity::Tolerances::for_dtype`.
+
+#[path = "common/cli.rs"]
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use candle_core::{DType, Device};
-use gstflashvsr::devtools::parity::{self, GoldenCase};
-use gstflashvsr::layers::kernels::KernelPath;
+use clap::Parser;
+use gstflashvsr::devtools::parity::{self, GoldenCase, Tolerances};
 use gstflashvsr::model::ModelOptions;
 
+/// Checks the model against a golden case of the official FlashVSR pipeline
+/// and prints PASS or FAIL.
+#[derive(Parser, Debug)]
+struct Cli {
+    /// A golden case folder, laid out like ../shared/golden/<case>
+    #[arg(value_name = "CASE_DIR")]
+    case_dir: PathBuf,
+
+    #[command(flatten)]
+    compute: cli::ComputeArgs,
+
+    #[command(flatten)]
+    kernels: cli::KernelArgs,
+}
+
 fn main() -> ExitCode {
-    let Some(dir) = std::env::args_os().nth(1).map(PathBuf::from) else {
-        eprintln!("usage: parity <case-dir>   (a folder laid out like ../shared/golden/<case>)");
-        return ExitCode::from(2);
-    };
-    let case = match GoldenCase::load(&dir) {
+    let cli = Cli::parse();
+    let case = match GoldenCase::load(&cli.case_dir) {
         Ok(c) => c,
         Err(e) => {
             println!("FAIL: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let device = match cli.compute.device.open() {
+        Ok(d) => d,
+        Err(e) => {
+            println!("FAIL: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = ModelOptions {
+        device,
+        dtype: cli.compute.precision.dtype(),
+        kernels: cli.kernels.path(),
+    };
+    println!(
+        "device {}, precision {}, kernels {:?}; {}",
+        cli.compute.device,
+        cli.compute.precision,
+        opts.kernels,
+        Tolerances::for_dtype(opts.dtype)
+    );
     let mut first_failure: Option<String> = None;
     let mut note = |c: &parity::Comparison| {
         println!("{c}");
@@ -36,11 +73,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let opts = ModelOptions {
-        device: Device::Cpu,
-        dtype: DType::F32,
-        kernels: KernelPath::Fast,
-    };
     if let Err(e) = parity::check_pipeline(&case, &opts, &mut note) {
         println!("FAIL: {e}");
         return ExitCode::FAILURE;

@@ -7,7 +7,10 @@
 //! Settings: --scale S --version v1|v1.1 --precision f32|bf16|f16 --device cpu|cuda:N
 //!           --color-fix none|adain|wavelet --sparse-ratio R --kv-ratio R
 //!           --local-range L --seed S
+//! (`--help` lists them with their defaults, `EngineSettings::default()`'s.)
 
+#[path = "../common/cli.rs"]
+mod cli;
 mod ppm;
 
 use std::fs::File;
@@ -15,13 +18,48 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use gstflashvsr::engine::{Engine, EngineSettings, RgbFrame};
+use clap::Parser;
+use gstflashvsr::engine::{Engine, EngineSettings, ModelVersion, RgbFrame};
+use gstflashvsr::model::color_fix::ColorFix;
 
-const USAGE: &str = "usage:
-  upscale_frames --model-dir DIR --input in.rgb --output out.rgb --width W --height H [--frames N] [settings]
-  upscale_frames --model-dir DIR --input ppm_folder/ --output out_folder/ [--frames N] [settings]
-settings: --scale 2|3|4 --version v1|v1.1 --precision f32|bf16|f16 --device cpu|cuda:N
-          --color-fix none|adain|wavelet --sparse-ratio R --kv-ratio R --local-range L --seed S";
+/// Upscales a raw RGB24 file, or a folder of PPM (P6) frames, with the engine.
+#[derive(Parser, Debug)]
+struct Cli {
+    /// A raw RGB24 file (needs --width and --height) or a folder of .ppm frames
+    #[arg(long, value_name = "PATH")]
+    input: PathBuf,
+
+    /// The raw RGB24 file, or the folder of .ppm frames, to write
+    #[arg(long, value_name = "PATH")]
+    output: PathBuf,
+
+    /// Width of the raw input frames
+    #[arg(long, value_name = "W", requires = "height")]
+    width: Option<u32>,
+
+    /// Height of the raw input frames
+    #[arg(long, value_name = "H", requires = "width")]
+    height: Option<u32>,
+
+    /// Upscale at most this many frames [default: all]
+    #[arg(long, value_name = "N")]
+    frames: Option<usize>,
+
+    #[command(flatten)]
+    engine: cli::EngineArgs,
+
+    /// Release of the weights in the model folder
+    #[arg(long, value_name = "v1|v1-1", default_value_t = EngineSettings::default().model_version)]
+    version: ModelVersion,
+
+    /// Colour correction of the output towards the input
+    #[arg(long, value_name = "none|adain|wavelet", default_value_t = EngineSettings::default().color_fix)]
+    color_fix: ColorFix,
+
+    /// Seed of the per-stream noise
+    #[arg(long, value_name = "S", default_value_t = EngineSettings::default().seed)]
+    seed: u64,
+}
 
 struct Args {
     settings: EngineSettings,
@@ -31,62 +69,21 @@ struct Args {
     max_frames: Option<usize>,
 }
 
-/// `None` when help was asked for.
-fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let mut settings = EngineSettings::default();
-    let (mut input, mut output, mut width, mut height, mut max_frames) =
-        (None, None, None, None, None);
-    while let Some(flag) = argv.next() {
-        if flag == "--help" || flag == "-h" {
-            println!("{USAGE}");
-            return Ok(None);
-        }
-        let value = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = |what: &str| -> Result<u64, String> {
-            value
-                .parse()
-                .map_err(|_| format!("{what}: {value:?} is not a number"))
-        };
-        let real = |what: &str| -> Result<f64, String> {
-            value
-                .parse()
-                .map_err(|_| format!("{what}: {value:?} is not a number"))
-        };
-        match flag.as_str() {
-            "--model-dir" => settings.model_dir = PathBuf::from(&value),
-            "--input" => input = Some(PathBuf::from(&value)),
-            "--output" => output = Some(PathBuf::from(&value)),
-            "--width" => width = Some(number("--width")? as u32),
-            "--height" => height = Some(number("--height")? as u32),
-            "--frames" => max_frames = Some(number("--frames")? as usize),
-            "--scale" => settings.scale = number("--scale")? as u32,
-            "--version" => settings.model_version = value.parse().map_err(|e| format!("{e}"))?,
-            "--precision" => settings.precision = value.parse().map_err(|e| format!("{e}"))?,
-            "--device" => settings.device = value,
-            "--color-fix" => {
-                settings.color_fix = value
-                    .parse()
-                    .map_err(|e: gstflashvsr::engine::EngineError| e.to_string())?
-            }
-            "--sparse-ratio" => settings.sparse_ratio = real("--sparse-ratio")?,
-            "--kv-ratio" => settings.kv_ratio = real("--kv-ratio")?,
-            "--local-range" => settings.local_range = number("--local-range")? as u32,
-            "--seed" => settings.seed = number("--seed")?,
-            _ => return Err(format!("unknown option {flag}")),
+impl From<Cli> for Args {
+    fn from(cli: Cli) -> Self {
+        Self {
+            settings: EngineSettings {
+                model_version: cli.version,
+                color_fix: cli.color_fix,
+                seed: cli.seed,
+                ..cli.engine.settings()
+            },
+            input: cli.input,
+            output: cli.output,
+            size: cli.width.zip(cli.height),
+            max_frames: cli.frames,
         }
     }
-    let size = match (width, height) {
-        (Some(w), Some(h)) => Some((w, h)),
-        (None, None) => None,
-        _ => return Err("--width and --height go together".into()),
-    };
-    Ok(Some(Args {
-        settings,
-        input: input.ok_or("--input is required (see --help)")?,
-        output: output.ok_or("--output is required (see --help)")?,
-        size,
-        max_frames,
-    }))
 }
 
 /// Reports progress on stderr each time frames come out.
@@ -197,9 +194,7 @@ fn upscale_ppm_folder(args: &Args, engine: &mut Engine<PathBuf>) -> Result<(), S
 }
 
 fn run() -> Result<(), String> {
-    let Some(args) = parse_args(std::env::args().skip(1))? else {
-        return Ok(());
-    };
+    let args = Args::from(Cli::parse());
     if args.input.is_dir() {
         let mut engine = Engine::new(args.settings.clone()).map_err(|e| e.to_string())?;
         upscale_ppm_folder(&args, &mut engine)
