@@ -1,5 +1,5 @@
 //! The DiT's rolling key / value cache: the windows of past chunks that the next
-//! chunk's self-attention may still see (docs/model.md, section "The caches").
+//! chunk's self-attention may still see (docs/model.md, section "The DiT KV cache").
 
 use candle_core::{Result, Tensor};
 

@@ -1,5 +1,5 @@
 //! The weight files of a FlashVSR model folder: opening them (safetensors memory-mapped,
-//! torch.save archives through [`super::pth`]), checked tensor access, a
+//! torch.save archives through [`pth`]), checked tensor access, a
 //! `candle_nn::VarBuilder` whose errors name the file, and conversion of the torch files
 //! to safetensors so that later loads skip the pickle.
 //!

@@ -1,6 +1,6 @@
 //! The two attentions of a DiT block: sparse self-attention over this chunk's
 //! windows and the KV cache, and cross-attention to the fixed prompt
-//! (docs/model.md, sections "The sparse mask" and "The caches").
+//! (docs/model.md, sections "The sparse mask" and "The DiT KV cache").
 
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;

@@ -1,7 +1,7 @@
 //! The Wan2.1 DiT as FlashVSR streams it: one denoising step at t = 1000 over a
 //! chunk of latent frames, with locality-constrained sparse self-attention over a
 //! rolling KV cache and cross-attention to a fixed prompt
-//! (docs/model.md, section "The DiT"). Each block ([`block`]) and attention
+//! (docs/model.md, section "The DiT step"). Each block ([`block`]) and attention
 //! ([`attention`]) is its own struct with `new` and `forward`.
 
 mod attention;
