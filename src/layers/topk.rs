@@ -109,10 +109,10 @@ mod tests {
     }
 
     /// The scalar replay of the bisection's bounds for a target `v` in
-    /// `[0, hi)`, with the same f64 midpoint and f32 rounding: steps until `hi`
-    /// is the f32 just above `lo`.
-    fn walk(v: f32, max: f32) -> usize {
-        let (mut lo, mut hi) = (0f32, 2.0 * max + 1.0);
+    /// `[min, hi)`, with the same f64 midpoint and f32 rounding: steps until
+    /// `hi` is the f32 just above `lo`.
+    fn walk(v: f32, min: f32, max: f32) -> usize {
+        let (mut lo, mut hi) = (min, 2.0 * max + 1.0);
         let mut steps = 0;
         while lo.to_bits() + 1 < hi.to_bits() && steps <= 2 * BISECTION_STEPS {
             let (l, h) = (lo as f64, hi as f64);
@@ -146,7 +146,12 @@ mod tests {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             targets.push(f32::from_bits(state % (1f32.to_bits() + 1)));
         }
-        let longest = targets.iter().map(|&v| walk(v, 1.0)).max().unwrap_or(0);
+        // from a row minimum of zero, or anywhere below the target
+        let longest = targets
+            .iter()
+            .flat_map(|&v| [walk(v, 0.0, 1.0), walk(v, v * 0.5, 1.0), walk(v, v, 1.0)])
+            .max()
+            .unwrap_or(0);
         assert!(longest <= 32, "{longest} steps");
         assert!(longest < BISECTION_STEPS);
     }
