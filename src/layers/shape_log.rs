@@ -7,6 +7,8 @@ use std::cell::RefCell;
 
 use candle_core::{DType, Result, Tensor};
 
+use super::device_rules;
+
 /// Shape of one (batched) matrix product: `batch x [m, k] @ [k, n]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MatmulShape {
@@ -111,6 +113,13 @@ pub(crate) fn log_matmul(shape: MatmulShape) {
 
 /// `a.matmul(b)`, logged when a log is open on this thread.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_named("matmul", a, b)
+}
+
+/// [`matmul`] whose operands, on the portable path, are checked against CUDA's
+/// rules ([`device_rules::check_matmul`]); `op` names the product in the error.
+pub fn matmul_named(op: &str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    device_rules::check_matmul(op, a, b)?;
     let dims = a.dims();
     if dims.len() >= 2 && b.rank() >= 2 {
         let (m, k) = (dims[dims.len() - 2], dims[dims.len() - 1]);

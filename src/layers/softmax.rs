@@ -5,17 +5,22 @@
 //! attention products. On the CPU this module uses the vectorised exp of
 //! [`fast_math`](super::cpu::fast_math) (accurate to a few f32 ulps) and, for score tensors that nothing
 //! else holds, overwrites them in place instead of allocating as much again.
-//! Other devices and dtypes use candle's own kernel.
+//! Other devices and dtypes use candle's own kernel, on contiguous input (its
+//! CUDA kernel reads one contiguous block).
 
 use candle_core::{DType, Result, Tensor};
 
 use super::cpu::softmax::SoftmaxInPlace;
+use super::device_rules;
 use super::kernels::{self, KernelPath};
 
 /// Softmax over the last dimension, computed in f32 whatever the input dtype.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if !(x.device().is_cpu() && kernels::current() == KernelPath::Fast) {
-        return candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype());
+        // candle-nn's CUDA kernel reads its input as one contiguous block.
+        let input = x.to_dtype(DType::F32)?.contiguous()?;
+        device_rules::check_contiguous("softmax_last_dim", &input)?;
+        return candle_nn::ops::softmax_last_dim(&input)?.to_dtype(x.dtype());
     }
     let fresh = if x.dtype() != DType::F32 {
         x.to_dtype(DType::F32)?.contiguous()?
@@ -88,6 +93,25 @@ mod tests {
         let want = candle_nn::ops::softmax_last_dim(&x.t()?.contiguous()?)?;
         let err = (t - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(err < 1e-6, "{err}");
+        Ok(())
+    }
+
+    /// The portable path hands candle-nn contiguous input, as its CUDA kernel
+    /// requires (the operand check refuses anything else), strided or not.
+    #[test]
+    fn portable_path_takes_strided_input() -> Result<()> {
+        let x = Tensor::randn(0f32, 3.0, (5, 40), &Device::Cpu)?;
+        let want = candle_nn::ops::softmax_last_dim(&x.t()?.contiguous()?)?;
+        for input in [x.t()?, x.t()?.to_dtype(DType::BF16)?] {
+            let got = kernels::run_with(KernelPath::Portable, || {
+                softmax_last_dim_in_place(input.clone())
+            })?;
+            let err = (got.to_dtype(DType::F32)? - &want)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(err < 1e-2, "{:?}: {err}", input.dtype());
+        }
         Ok(())
     }
 }

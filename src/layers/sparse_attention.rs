@@ -5,11 +5,17 @@
 //! A cheap block mask is built from window-pooled queries and keys, restricted to
 //! a spatial neighbourhood and thinned by a top-k over each query time window;
 //! attention then runs only on the (query window, key window) pairs it keeps.
+//!
+//! On the CPU fast path the top-k sorts and the attention reads only the kept
+//! blocks. The portable path (every other device) finds the top-k threshold by
+//! bisection ([`topk`]) and runs the attention with the mask as a bias
+//! ([`masked_attention`]), both without leaving the device
+//! (docs/device-path.md, section "Self-attention").
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::cpu::sparse_blocks;
-use super::{kernels, shape_log, softmax};
+use super::{kernels, masked_attention, shape_log, softmax, topk};
 
 /// Tokens per attention window: 2 frames x 8 rows x 8 columns.
 pub const WINDOW_TOKENS: usize = 128;
@@ -153,19 +159,29 @@ pub fn block_mask(
     grid: TokenGrid,
     topk_ratio: f64,
 ) -> Result<Tensor> {
-    let (heads, nq, _, head_dim) = q_win.dims4()?;
-    let nk = k_win.dim(1)?;
+    let head_dim = q_win.dim(3)?;
     let nb = grid.blocks_per_time_window();
     let pooled_q = q_win.to_dtype(DType::F32)?.mean(2)?;
     let pooled_k = k_win.to_dtype(DType::F32)?.mean(2)?;
-    let scores = (shape_log::matmul(&pooled_q, &pooled_k.t()?)? / (head_dim as f64).sqrt())?;
+    let scores = (shape_log::matmul_named("block_mask.scores", &pooled_q, &pooled_k.t()?)?
+        / (head_dim as f64).sqrt())?;
     let probs = softmax::softmax_last_dim_in_place(scores.broadcast_add(bias)?)?;
-    let groups = nq / nb;
-    let flat = probs.reshape((heads * groups, nb * nk))?;
+    keep_top_k(&probs, nb, topk_ratio)
+}
+
+/// The top-k step of [`block_mask`] on its probabilities `[heads, nq, nk]`,
+/// `nb` windows per time window.
+fn keep_top_k(probs: &Tensor, nb: usize, topk_ratio: f64) -> Result<Tensor> {
+    let (heads, nq, nk) = probs.dims3()?;
+    if nb == 0 || !nq.is_multiple_of(nb) {
+        candle_core::bail!(
+            "block_mask: {nq} query windows are not whole time windows of {nb} windows"
+        )
+    }
+    let flat = probs.reshape((heads * (nq / nb), nb * nk))?;
     let k = ((nb * nb) as f64 * topk_ratio) as i64 - 1;
     let k = k.clamp(0, (nb * nk) as i64 - 1) as usize;
-    let sorted = flat.sort_last_dim(false)?.0;
-    let threshold = sorted.narrow(1, k, 1)?;
+    let threshold = topk::kth_largest(&flat, k)?;
     flat.broadcast_gt(&threshold)?.reshape((heads, nq, nk))
 }
 
@@ -173,17 +189,21 @@ pub fn block_mask(
 /// `[heads, nq, nk]` allows in `k_win` / `v_win` `[heads, nk, 128, d]`, softmax
 /// scale 1/sqrt(d). A query window with no allowed key window gets zeros.
 ///
-/// Consecutive query windows of a head that keep the same key windows form one
-/// batch, whose queries go through one matrix product, so the work is
-/// proportional to the kept (query, key) pairs. On the CPU in f32 the kept keys
-/// are read in place ([`sparse_blocks`]); elsewhere each batch's keys are gathered
-/// once (or taken as a view when they are contiguous).
+/// On the CPU in f32, consecutive query windows of a head that keep the same
+/// key windows form one batch whose kept keys are read in place
+/// ([`sparse_blocks`]), so the work is proportional to the kept (query, key)
+/// pairs. The portable path ([`masked_attention`]) keeps the mask on the device
+/// and applies it as a bias to dense scores, in a few kernels per chunk of
+/// query windows.
 pub fn sparse_attention(
     q_win: &Tensor,
     k_win: &Tensor,
     v_win: &Tensor,
     mask: &Tensor,
 ) -> Result<Tensor> {
+    if !kernels::cpu_fast_path(q_win) {
+        return masked_attention::masked_attention(q_win, k_win, v_win, mask);
+    }
     let (heads, nq, wt, d) = q_win.dims4()?;
     let nk = k_win.dim(1)?;
     let mask_host = mask.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?;
@@ -201,65 +221,16 @@ pub fn sparse_attention(
         .collect();
     // Scaling the queries is cheaper than scaling the scores.
     let q_rows = (q_win.reshape((heads * nq, wt, d))? / (d as f64).sqrt())?;
-    if kernels::cpu_fast_path(q_win) {
-        let op = sparse_blocks::BlockSparseAttention {
-            batches: sparse_blocks::batches(&rows),
-        };
-        op.log_products(wt, d);
-        let k = k_win.reshape((heads * nk, wt, d))?.contiguous()?;
-        let v = v_win.reshape((heads * nk, wt, d))?.contiguous()?;
-        return q_rows
-            .contiguous()?
-            .apply_op3_no_bwd(&k, &v, &op)?
-            .reshape((heads, nq, wt, d));
-    }
-    gathered_attention(&q_rows, k_win, v_win, &rows)
-}
-
-/// The candle-op path of [`sparse_attention`]: `q_rows` `[heads * nq, wt, d]`
-/// already scaled, `rows` as built there.
-fn gathered_attention(
-    q_rows: &Tensor,
-    k_win: &Tensor,
-    v_win: &Tensor,
-    rows: &[Vec<u32>],
-) -> Result<Tensor> {
-    let (heads, nk, wt, d) = k_win.dims4()?;
-    let nq = q_rows.dim(0)? / heads;
-    let device = q_rows.device();
-    let k_flat = k_win.reshape((heads * nk, wt * d))?;
-    let v_flat = v_win.reshape((heads * nk, wt * d))?;
-    let mut outputs = Vec::new();
-    let mut start = 0;
-    while start < rows.len() {
-        let keys = &rows[start];
-        let mut end = start + 1;
-        while end < rows.len() && rows[end] == *keys {
-            end += 1;
-        }
-        let batch = end - start;
-        if keys.is_empty() {
-            outputs.push(Tensor::zeros((batch * wt, d), q_rows.dtype(), device)?);
-            start = end;
-            continue;
-        }
-        let n = keys.len();
-        let contiguous = keys.windows(2).all(|p| p[1] == p[0] + 1);
-        let (k, v) = if contiguous {
-            let first = keys[0] as usize;
-            (k_flat.narrow(0, first, n)?, v_flat.narrow(0, first, n)?)
-        } else {
-            let idx = Tensor::from_slice(keys, n, device)?;
-            (k_flat.index_select(&idx, 0)?, v_flat.index_select(&idx, 0)?)
-        };
-        let (k, v) = (k.reshape((n * wt, d))?, v.reshape((n * wt, d))?);
-        let q = q_rows.narrow(0, start, batch)?.reshape((batch * wt, d))?;
-        let scores = shape_log::matmul(&q, &k.t()?)?;
-        let probs = softmax::softmax_last_dim_in_place(scores)?;
-        outputs.push(shape_log::matmul(&probs, &v)?);
-        start = end;
-    }
-    Tensor::cat(&outputs, 0)?.reshape((heads, nq, wt, d))
+    let op = sparse_blocks::BlockSparseAttention {
+        batches: sparse_blocks::batches(&rows),
+    };
+    op.log_products(wt, d);
+    let k = k_win.reshape((heads * nk, wt, d))?.contiguous()?;
+    let v = v_win.reshape((heads * nk, wt, d))?.contiguous()?;
+    q_rows
+        .contiguous()?
+        .apply_op3_no_bwd(&k, &v, &op)?
+        .reshape((heads, nq, wt, d))
 }
 
 /// Dense masked reference of [`sparse_attention`]: every key token, with masked
@@ -324,6 +295,7 @@ fn dense_head(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::kernels::{KernelPath, run_with};
 
     const GRID: TokenGrid = TokenGrid {
         frames: 2,
@@ -391,20 +363,10 @@ mod tests {
         let dense = dense_masked_attention(&q, &k, &v, &mask)?;
         let err = (sparse - &dense)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(err < 1e-5, "max error {err}");
-        // the candle-op path, which other devices take, on the same rows
-        let mask_host = mask.flatten_all()?.to_vec1::<u8>()?;
-        let rows: Vec<Vec<u32>> = (0..heads * nq)
-            .map(|r| {
-                (0..nk)
-                    .filter(|&j| mask_host[r * nk + j] != 0)
-                    .map(|j| ((r / nq) * nk + j) as u32)
-                    .collect()
-            })
-            .collect();
-        let q_rows = (q.reshape((heads * nq, 128, d))? / (d as f64).sqrt())?;
-        let gathered = gathered_attention(&q_rows, &k, &v, &rows)?;
-        let err = (gathered - &dense)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(err < 1e-5, "gathered path: max error {err}");
+        // the portable path, which other devices take
+        let portable = run_with(KernelPath::Portable, || sparse_attention(&q, &k, &v, &mask))?;
+        let err = (portable - &dense)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-5, "portable path: max error {err}");
         let empty = dense.get(0)?.get(1)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(empty, 0.0);
         Ok(())
@@ -448,6 +410,90 @@ mod tests {
         // a huge ratio is capped: all but the single smallest entry survive
         let mask = block_mask(&q, &k, &bias, grid, 100.0)?;
         assert_eq!(mask.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()?, 7);
+        Ok(())
+    }
+
+    /// The top-k step on the same probabilities through the sort (fast path)
+    /// and through the portable bisection.
+    fn top_k_both_ways(probs: &Tensor, nb: usize, ratio: f64) -> Result<(Tensor, Tensor)> {
+        let fast = keep_top_k(probs, nb, ratio)?;
+        let portable = run_with(KernelPath::Portable, || keep_top_k(probs, nb, ratio))?;
+        Ok((fast, portable))
+    }
+
+    fn kept(mask: &Tensor) -> Result<u32> {
+        mask.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()
+    }
+
+    /// 1920 x 1088 output is padded to 1920 x 1152: 72 x 120 tokens, 9 x 15 =
+    /// 135 windows per time window, and at kv-ratio 3 a steady chunk's mask
+    /// rows hold 135 x 405 = 54,675 entries, beyond CUDA's sort. The portable
+    /// mask is the sort's, entry for entry, for a threshold inside the nonzero
+    /// entries, one on the zeros of the local bias, and the capped k.
+    #[test]
+    fn portable_mask_equals_sorted_mask_at_1920x1152() -> Result<()> {
+        let dev = Device::Cpu;
+        let grid = TokenGrid {
+            frames: 2,
+            rows: 1152 / 16,
+            cols: 1920 / 16,
+        };
+        let nb = grid.blocks_per_time_window();
+        assert_eq!(nb, 135);
+        let sparse = SparseConfig::new(2.0, 3.0, 11, 1152, 1920);
+        let nk = sparse.kv_time_windows * nb;
+        let q = Tensor::randn(0f32, 4.0, (2, nb, 128, 16), &dev)?;
+        let k = Tensor::randn(0f32, 4.0, (2, nk, 128, 16), &dev)?;
+        let bias = local_bias(grid, nb, nk, sparse.local_range, &dev)?;
+        // the probabilities block_mask thresholds, then the two top-k paths
+        let pooled_q = q.mean(2)?;
+        let pooled_k = k.mean(2)?;
+        let scores = (pooled_q.matmul(&pooled_k.t()?)? / 4.0)?.broadcast_add(&bias)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        assert!(nb * nk > crate::layers::device_rules::MAX_SORT_COLUMNS);
+        let nonzero = probs
+            .ne(0f32)?
+            .to_dtype(DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()?;
+        for ratio in [sparse.topk_ratio, 0.05, 2.5, 100.0] {
+            let (fast, portable) = top_k_both_ways(&probs, nb, ratio)?;
+            assert_eq!(
+                fast.to_vec3::<u8>()?,
+                portable.to_vec3::<u8>()?,
+                "ratio {ratio}"
+            );
+            assert!(kept(&fast)? > 0 && kept(&fast)? <= nonzero, "ratio {ratio}");
+        }
+        // ratio 2.5 asks for more entries than are nonzero: all nonzero kept
+        let (fast, _) = top_k_both_ways(&probs, nb, 2.5)?;
+        assert_eq!(kept(&fast)?, nonzero);
+        // and the whole block_mask runs on the portable path at this width
+        let mask = run_with(KernelPath::Portable, || {
+            block_mask(&q, &k, &bias, grid, sparse.topk_ratio)
+        })?;
+        assert_eq!(mask.dims(), &[2, nb, nk]);
+        Ok(())
+    }
+
+    /// Ties at the threshold keep none of the tied entries, on both paths.
+    #[test]
+    fn portable_mask_breaks_ties_like_the_sort() -> Result<()> {
+        let dev = Device::Cpu;
+        // one head, nb = 2 query windows, 3 key windows: rows of 6 entries
+        let probs = Tensor::new(&[[[0.5f32, 0.25, 0.25], [0.25, 0.25, 0.0]]], &dev)?;
+        // k = int(4 * 0.5) - 1 = 1: threshold 0.25 (tied), only 0.5 is kept
+        let (fast, portable) = top_k_both_ways(&probs, 2, 0.5)?;
+        assert_eq!(fast.to_vec3::<u8>()?, portable.to_vec3::<u8>()?);
+        assert_eq!(kept(&portable)?, 1);
+        // k = int(4 * 1.5) - 1 = 5: threshold 0.0, every nonzero entry kept
+        let (fast, portable) = top_k_both_ways(&probs, 2, 1.5)?;
+        assert_eq!(fast.to_vec3::<u8>()?, portable.to_vec3::<u8>()?);
+        assert_eq!(kept(&portable)?, 5);
+        // k beyond the row is capped at its last entry
+        let (fast, portable) = top_k_both_ways(&probs, 2, 50.0)?;
+        assert_eq!(fast.to_vec3::<u8>()?, portable.to_vec3::<u8>()?);
+        assert_eq!(kept(&portable)?, 5);
         Ok(())
     }
 }
