@@ -172,17 +172,53 @@ impl Conv2d {
     }
 
     /// The whole batch in one candle `conv2d` (zero padding by `pad` included),
-    /// then the bias broadcast over batch and pixels.
+    /// then the bias broadcast over batch and pixels; split into row strips only
+    /// when the im2col matrix would pass [`IM2COL_BUDGET_BYTES`].
     fn forward_portable(&self, x: &Tensor, pad: usize) -> Result<Tensor> {
-        let y = x
-            .contiguous()?
-            .conv2d(&self.weight.kernel(self.k)?, pad, 1, 1, 1)?;
+        self.forward_portable_within(x, pad, IM2COL_BUDGET_BYTES)
+    }
+
+    fn forward_portable_within(&self, x: &Tensor, pad: usize, budget: usize) -> Result<Tensor> {
+        let kernel = self.weight.kernel(self.k)?;
+        let (n, c, xh, xw) = x.dims4()?;
+        let (h, w) = (xh + 2 * pad + 1 - self.k, xw + 2 * pad + 1 - self.k);
+        // im2col holds k * k * c_in values per output pixel.
+        let row_bytes = n * w * self.k * self.k * c * x.dtype().size_in_bytes();
+        let strip = (budget / row_bytes.max(1)).clamp(1, h);
+        let y = if strip == h {
+            x.contiguous()?.conv2d(&kernel, pad, 1, 1, 1)?
+        } else {
+            // Zero padding must stay at the frame's border only, so it is
+            // applied once here and each strip reads its rows plus a k - 1 halo.
+            let padded = if pad > 0 {
+                x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?
+            } else {
+                x.clone()
+            };
+            let strips = (0..h)
+                .step_by(strip)
+                .map(|r0| {
+                    let rows = strip.min(h - r0);
+                    padded
+                        .narrow(2, r0, rows + self.k - 1)?
+                        .contiguous()?
+                        .conv2d(&kernel, 0, 1, 1, 1)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&strips, 2)?
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
     }
 }
+
+/// Largest im2col matrix one portable convolution builds. candle's CUDA
+/// `conv2d` (without cuDNN) materialises `n * h * w * k * k * c_in` values; for
+/// the decoder's last layers at 1080p that is about 19 GB in bf16, so such
+/// layers run as a few row strips instead of one call.
+const IM2COL_BUDGET_BYTES: usize = 2 << 30;
 
 /// Replicate-pads the last two dimensions of a 4-D tensor by `pad` on each side.
 pub(crate) fn pad_replicate_hw(x: &Tensor, pad: usize) -> Result<Tensor> {
@@ -285,6 +321,33 @@ mod tests {
                             "{name}: k={k} n={n} {h}x{w} bias={with_bias} zero_pad={zero_pad}: {err}"
                         );
                     }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A small im2col budget splits the layer into row strips (one row each,
+    /// and a few rows) with the same result as one call, zero and caller padding.
+    #[test]
+    fn portable_row_strips_equal_one_call() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, c_in, c_out, h, w) = (2, 3, 4, 7, 5);
+        let x = Tensor::randn(0f32, 1.0, (n, c_in, h, w), &dev)?;
+        for k in [1, 3] {
+            let wt = Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), &dev)?;
+            let b = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+            let conv = Conv2d::new(&wt, Some(b))?;
+            let padded = pad_replicate_hw(&x, k / 2)?;
+            let row = n * w * k * k * c_in * 4;
+            for (input, pad) in [(&x, k / 2), (&padded, 0)] {
+                let whole = conv.forward_portable_within(input, pad, usize::MAX)?;
+                assert_eq!(whole.dims(), &[n, c_out, h, w]);
+                for budget in [0, row, 3 * row + 1] {
+                    let strips = conv.forward_portable_within(input, pad, budget)?;
+                    assert_eq!(strips.dims(), whole.dims());
+                    let err = max_err(&strips, &whole)?;
+                    assert!(err < 1e-5, "k={k} pad={pad} budget={budget}: {err}");
                 }
             }
         }

@@ -307,7 +307,10 @@ mod tests {
             let outs = (t - KERNEL_T) / 2 + 1;
             assert_eq!(stacked.dims(), &[outs, KERNEL_T * c, h, w]);
             for o in 0..outs {
-                let want = x.narrow(0, 2 * o, KERNEL_T)?.flatten_all()?.to_vec1::<f32>()?;
+                let want = x
+                    .narrow(0, 2 * o, KERNEL_T)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
                 let got = stacked.get(o)?.flatten_all()?.to_vec1::<f32>()?;
                 assert_eq!(got, want, "T={t}, output {o}");
             }

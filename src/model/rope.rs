@@ -58,7 +58,11 @@ pub fn rope_tables(
 
 /// `(cos, sin)` of `rows_of(i)` for `i < n`, each row `width` angles, as f32
 /// computed from the f64 angles.
-fn host_tables(n: usize, width: usize, rows_of: impl Fn(usize) -> Vec<f64>) -> (Vec<f32>, Vec<f32>) {
+fn host_tables(
+    n: usize,
+    width: usize,
+    rows_of: impl Fn(usize) -> Vec<f64>,
+) -> (Vec<f32>, Vec<f32>) {
     let mut cos = Vec::with_capacity(n * width);
     let mut sin = Vec::with_capacity(n * width);
     for i in 0..n {
@@ -109,7 +113,8 @@ fn spatial_tables(
 }
 
 /// Grids whose spatial tables stay cached: a few concurrent streams of
-/// different sizes; each entry is `2 x tokens x 42` f32 (11 MB at 1080p).
+/// different sizes; each entry is `2 x rows x cols x 42` f32 (2.7 MB for the 68 x 120
+/// token grid of 1080p).
 const SPATIAL_CACHE_ENTRIES: usize = 4;
 
 struct SpatialEntry {
@@ -219,8 +224,16 @@ mod tests {
             let (want_cos, want_sin) = host_reference(128, offset, frames, rows, cols);
             assert_eq!(cos.dims(), &[frames * rows * cols, 64]);
             let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-            assert_eq!(bits(cos.flatten_all()?.to_vec1()?), bits(want_cos), "cos at {offset}");
-            assert_eq!(bits(sin.flatten_all()?.to_vec1()?), bits(want_sin), "sin at {offset}");
+            assert_eq!(
+                bits(cos.flatten_all()?.to_vec1()?),
+                bits(want_cos),
+                "cos at {offset}"
+            );
+            assert_eq!(
+                bits(sin.flatten_all()?.to_vec1()?),
+                bits(want_sin),
+                "sin at {offset}"
+            );
         }
         Ok(())
     }
