@@ -6,8 +6,9 @@
 //! all convolution. On the CPU the weight is therefore split at load into its
 //! `k * k` taps, `[k * k, c_out, c_in]`, which accumulate in one buffer through
 //! `gemm` ([`conv_taps`]). On other devices the weight stays `[c_out, c_in, k, k]`
-//! and each layer is one `Tensor::conv2d` (on CUDA: im2col and one cuBLAS
-//! product, or cuDNN with the `cudnn` feature) plus a broadcast bias add; see
+//! and each layer is one `Tensor::conv2d` over all its frames (on CUDA: im2col
+//! and one cuBLAS product, or cuDNN with the `cudnn` feature; a few row strips
+//! when the im2col matrix would pass 2 GiB) plus a broadcast bias add; see
 //! docs/device-path.md, section "Convolutions". Only one of the two layouts is
 //! kept, so device memory holds each weight once.
 
