@@ -1,14 +1,16 @@
-//! 2-D convolution as one matrix product per kernel tap.
+//! 2-D convolution: the CPU fast path runs one matrix product per kernel tap,
+//! every other device one candle `conv2d` per layer.
 //!
 //! candle's CPU convolution runs far below its matrix-multiply rate (and has no
 //! half-precision kernel), while the TCDecoder and the LQ projection are nearly
-//! all convolution. The weight is split at load into its `k * k` taps,
-//! `[k * k, c_out, c_in]`. With the padded frame flattened to `[c_in, ph * pw]`,
-//! every tap's input is a shifted view of it when outputs are computed for all
-//! `pw` columns of a row and the last `k - 1` are dropped, so no im2col copy is
-//! built. On the CPU the taps accumulate in one buffer through `gemm`
-//! ([`conv_taps`]); elsewhere they are candle matmuls summed with candle adds,
-//! which every device has.
+//! all convolution. On the CPU the weight is therefore split at load into its
+//! `k * k` taps, `[k * k, c_out, c_in]`, which accumulate in one buffer through
+//! `gemm` ([`conv_taps`]). On other devices the weight stays `[c_out, c_in, k, k]`
+//! and each layer is one `Tensor::conv2d` over all its frames (on CUDA: im2col
+//! and one cuBLAS product, or cuDNN with the `cudnn` feature; a few row strips
+//! when the im2col matrix would pass 2 GiB) plus a broadcast bias add; see
+//! docs/device-path.md, section "Convolutions". Only one of the two layouts is
+//! kept, so device memory holds each weight once.
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -16,15 +18,43 @@ use super::cpu::conv_taps;
 use super::kernels;
 use super::shape_log::{self, ConvShape};
 
-/// Output columns per product on the portable path, bounding its temporaries.
-const PORTABLE_STRIP_COLUMNS: usize = 1 << 16;
+/// The weight in the layout its device's path reads.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// CPU: `[k * k, c_out, c_in]`, tap `(dy, dx)` at index `dy * k + dx`.
+    Taps(Tensor),
+    /// Other devices: `[c_out, c_in, k, k]`, as `conv2d` takes it.
+    Kernel(Tensor),
+}
+
+impl Weight {
+    fn dtype(&self) -> DType {
+        match self {
+            Self::Taps(t) | Self::Kernel(t) => t.dtype(),
+        }
+    }
+
+    /// The `[c_out, c_in, k, k]` kernel. From CPU taps (the portable path forced
+    /// on the CPU, i.e. tests) it is rebuilt per call: a weight-sized copy that
+    /// a device never makes.
+    fn kernel(&self, k: usize) -> Result<Tensor> {
+        match self {
+            Self::Kernel(w) => Ok(w.clone()),
+            Self::Taps(taps) => {
+                let (_, c_out, c_in) = taps.dims3()?;
+                taps.reshape((k, k, c_out, c_in))?
+                    .permute((2, 3, 0, 1))?
+                    .contiguous()
+            }
+        }
+    }
+}
 
 /// A stride-1, "same"-padded 2-D convolution with an odd square kernel.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    /// `[k * k, c_out, c_in]`, tap `(dy, dx)` at index `dy * k + dx`.
-    w_taps: Tensor,
-    /// `[c_out, 1]`.
+    weight: Weight,
+    /// `[1, c_out, 1, 1]`.
     bias: Option<Tensor>,
     /// The bias as the CPU path reads it, kept from load.
     cpu_bias: Option<Vec<f32>>,
@@ -34,7 +64,8 @@ pub struct Conv2d {
 }
 
 /// The dtype convolutions compute in on `device`: candle's CPU matmul is
-/// fastest in f32, and the reference runs these layers in f32 too.
+/// fastest in f32 (and its CPU `conv2d` has no half-precision kernel), and the
+/// reference runs these layers in f32 too.
 fn compute_dtype(device: &Device, dtype: DType) -> DType {
     if device.is_cpu() { DType::F32 } else { dtype }
 }
@@ -47,13 +78,27 @@ impl Conv2d {
             candle_core::bail!("convolution kernel must be square and odd, found {k}x{k2}")
         }
         let dtype = compute_dtype(weight.device(), weight.dtype());
-        let w_taps = weight
-            .permute((2, 3, 0, 1))?
-            .contiguous()?
-            .reshape((k * k, c_out, c_in))?
-            .to_dtype(dtype)?;
+        let weight = if weight.device().is_cpu() {
+            Weight::Taps(
+                weight
+                    .permute((2, 3, 0, 1))?
+                    .contiguous()?
+                    .reshape((k * k, c_out, c_in))?
+                    .to_dtype(dtype)?,
+            )
+        } else {
+            Weight::Kernel(weight.to_dtype(dtype)?.contiguous()?)
+        };
         let bias = bias
-            .map(|b| b.to_dtype(dtype)?.reshape((c_out, 1)))
+            .map(|b| {
+                if b.elem_count() != c_out {
+                    candle_core::bail!(
+                        "convolution bias: expected {c_out} values, found shape {:?}",
+                        b.dims()
+                    )
+                }
+                b.to_dtype(dtype)?.reshape((1, c_out, 1, 1))
+            })
             .transpose()?;
         let cpu_bias = match &bias {
             Some(b) if dtype == DType::F32 && b.device().is_cpu() => {
@@ -62,7 +107,7 @@ impl Conv2d {
             _ => None,
         };
         Ok(Self {
-            w_taps,
+            weight,
             bias,
             cpu_bias,
             k,
@@ -110,85 +155,71 @@ impl Conv2d {
             dtype: x.dtype(),
         });
         let dtype = x.dtype();
-        let x = x.to_dtype(self.w_taps.dtype())?;
-        let y = if kernels::cpu_fast_path(&x) {
-            self.forward_cpu(&x, pad)?
-        } else {
-            let padded = if pad > 0 {
-                x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?
-            } else {
-                x
-            };
-            self.forward_portable(&padded)?
+        let x = x.to_dtype(self.weight.dtype())?;
+        let y = match &self.weight {
+            Weight::Taps(taps) if kernels::cpu_fast_path(&x) => self.forward_cpu(&x, taps, pad)?,
+            _ => self.forward_portable(&x, pad)?,
         };
         y.to_dtype(dtype)
     }
 
-    fn forward_cpu(&self, x: &Tensor, pad: usize) -> Result<Tensor> {
+    fn forward_cpu(&self, x: &Tensor, taps: &Tensor, pad: usize) -> Result<Tensor> {
         let op = conv_taps::TapConv {
             k: self.k,
             pad,
             bias: self.cpu_bias.as_deref(),
         };
-        x.contiguous()?.apply_op2_no_bwd(&self.w_taps, &op)
+        x.contiguous()?.apply_op2_no_bwd(taps, &op)
     }
 
-    /// The same products with candle ops only: `k * k` matmuls over shifted
-    /// views of each flattened padded frame, summed.
-    fn forward_portable(&self, padded: &Tensor) -> Result<Tensor> {
-        let (n, c, ph, pw) = padded.dims4()?;
-        let (h, w) = (ph + 1 - self.k, pw + 1 - self.k);
-        let strip = (PORTABLE_STRIP_COLUMNS / pw).clamp(1, h);
-        let mut frames = Vec::with_capacity(n);
-        for i in 0..n {
-            let flat = padded.get(i)?.contiguous()?.reshape((c, ph * pw))?;
-            let mut strips = Vec::with_capacity(h.div_ceil(strip));
-            let mut r0 = 0;
-            while r0 < h {
-                let rows = strip.min(h - r0);
-                strips.push(self.portable_strip(&flat, pw, r0, rows)?);
-                r0 += rows;
-            }
-            let wide = Tensor::cat(&strips, 1)?;
-            // Each row's last k - 1 columns are not outputs.
-            frames.push(wide.reshape((self.c_out, h, pw))?.narrow(2, 0, w)?);
-        }
-        Tensor::stack(&frames, 0)
+    /// The whole batch in one candle `conv2d` (zero padding by `pad` included),
+    /// then the bias broadcast over batch and pixels; split into row strips only
+    /// when the im2col matrix would pass [`IM2COL_BUDGET_BYTES`].
+    fn forward_portable(&self, x: &Tensor, pad: usize) -> Result<Tensor> {
+        self.forward_portable_within(x, pad, IM2COL_BUDGET_BYTES)
     }
 
-    /// Output rows `r0 .. r0 + rows` of a flattened padded frame `[c_in, ph * pw]`,
-    /// as `[c_out, rows * pw]` (the last `k - 1` columns of each row unused).
-    fn portable_strip(&self, flat: &Tensor, pw: usize, r0: usize, rows: usize) -> Result<Tensor> {
-        // The last row needs only its w valid columns; the rest is zero-filled.
-        let w = pw + 1 - self.k;
-        let cols = (rows - 1) * pw + w;
-        let mut acc: Option<Tensor> = None;
-        for tap in 0..self.k * self.k {
-            let (dy, dx) = (tap / self.k, tap % self.k);
-            let view = flat.narrow(1, (r0 + dy) * pw + dx, cols)?;
-            // candle's CPU matmul takes the strided view as it is; others want it packed.
-            let view = if view.device().is_cpu() {
-                view
+    fn forward_portable_within(&self, x: &Tensor, pad: usize, budget: usize) -> Result<Tensor> {
+        let kernel = self.weight.kernel(self.k)?;
+        let (n, c, xh, xw) = x.dims4()?;
+        let (h, w) = (xh + 2 * pad + 1 - self.k, xw + 2 * pad + 1 - self.k);
+        // im2col holds k * k * c_in values per output pixel.
+        let row_bytes = n * w * self.k * self.k * c * x.dtype().size_in_bytes();
+        let strip = (budget / row_bytes.max(1)).clamp(1, h);
+        let y = if strip == h {
+            x.contiguous()?.conv2d(&kernel, pad, 1, 1, 1)?
+        } else {
+            // Zero padding must stay at the frame's border only, so it is
+            // applied once here and each strip reads its rows plus a k - 1 halo.
+            let padded = if pad > 0 {
+                x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?
             } else {
-                view.contiguous()?
+                x.clone()
             };
-            let y = self.w_taps.get(tap)?.matmul(&view)?;
-            acc = Some(match acc {
-                None => y,
-                Some(a) => (a + y)?,
-            });
+            let strips = (0..h)
+                .step_by(strip)
+                .map(|r0| {
+                    let rows = strip.min(h - r0);
+                    padded
+                        .narrow(2, r0, rows + self.k - 1)?
+                        .contiguous()?
+                        .conv2d(&kernel, 0, 1, 1, 1)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&strips, 2)?
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
         }
-        let acc = match acc {
-            Some(a) => a,
-            None => candle_core::bail!("convolution without taps"),
-        };
-        let acc = match &self.bias {
-            Some(b) => acc.broadcast_add(b)?,
-            None => acc,
-        };
-        acc.pad_with_zeros(1, 0, self.k - 1)
     }
 }
+
+/// Largest im2col matrix one portable convolution builds. candle's CUDA
+/// `conv2d` (without cuDNN) materialises `n * h * w * k * k * c_in` values; for
+/// the decoder's last layers at 1080p that is about 19 GB in bf16, so such
+/// layers run as a few row strips instead of one call.
+const IM2COL_BUDGET_BYTES: usize = 2 << 30;
 
 /// Replicate-pads the last two dimensions of a 4-D tensor by `pad` on each side.
 pub(crate) fn pad_replicate_hw(x: &Tensor, pad: usize) -> Result<Tensor> {
@@ -201,6 +232,7 @@ pub(crate) fn pad_replicate_hw(x: &Tensor, pad: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::kernels::KernelPath;
 
     /// candle's own convolution (zero padding) plus bias: the reference.
     fn reference(x: &Tensor, wt: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -214,7 +246,7 @@ mod tests {
     }
 
     /// Both paths against candle's convolution, including shapes that take
-    /// several strips on either path (70 x 300 and 300 x 300 frames).
+    /// several strips on the CPU path (70 x 300 and 300 x 300 frames).
     #[test]
     fn both_paths_match_candle_conv2d() -> Result<()> {
         let dev = Device::Cpu;
@@ -231,9 +263,7 @@ mod tests {
             let conv = Conv2d::new(&wt, Some(b.clone()))?;
             let want = reference(&x, &wt, &b)?;
             let fast = conv.forward(&x)?;
-            let pad = k / 2;
-            let padded = x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?;
-            let portable = conv.forward_portable(&padded)?;
+            let portable = kernels::run_with(KernelPath::Portable, || conv.forward(&x))?;
             assert_eq!(fast.dims(), want.dims());
             assert_eq!(portable.dims(), want.dims());
             assert!(max_err(&fast, &want)? < 1e-4, "cpu path, k={k} {h}x{w}");
@@ -242,6 +272,111 @@ mod tests {
                 "portable path, k={k} {h}x{w}"
             );
         }
+        Ok(())
+    }
+
+    /// The layer as a device loads it: the weight kept `[c_out, c_in, k, k]`.
+    fn with_device_layout(conv: &Conv2d, weight: &Tensor) -> Conv2d {
+        Conv2d {
+            weight: Weight::Kernel(weight.clone()),
+            ..conv.clone()
+        }
+    }
+
+    /// The portable path (from CPU taps, and from the device's weight layout)
+    /// equals the CPU fast path: k = 1 and 3, with and without bias, zero- and
+    /// caller-padded, odd sizes, batches of several frames.
+    #[test]
+    fn portable_path_equals_cpu_fast_path() -> Result<()> {
+        let dev = Device::Cpu;
+        for (k, c_in, c_out, n, h, w) in [
+            (3, 5, 7, 3, 9, 13),
+            (1, 6, 5, 2, 7, 3),
+            (3, 4, 3, 4, 1, 5),
+            (3, 3, 2, 2, 17, 1),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (n, c_in, h, w), &dev)?;
+            let wt = Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), &dev)?;
+            let padded = pad_replicate_hw(&x, k / 2)?;
+            for bias in [None, Some(Tensor::randn(0f32, 1.0, c_out, &dev)?)] {
+                let with_bias = bias.is_some();
+                let conv = Conv2d::new(&wt, bias)?;
+                let device_layout = with_device_layout(&conv, &wt);
+                for (input, zero_pad) in [(&x, true), (&padded, false)] {
+                    let run = |c: &Conv2d| -> Result<Tensor> {
+                        if zero_pad {
+                            c.forward(input)
+                        } else {
+                            c.forward_padded(input)
+                        }
+                    };
+                    let fast = run(&conv)?;
+                    let portable = kernels::run_with(KernelPath::Portable, || run(&conv))?;
+                    let device = kernels::run_with(KernelPath::Portable, || run(&device_layout))?;
+                    assert_eq!(fast.dims(), &[n, c_out, h, w]);
+                    for (name, y) in [("portable", &portable), ("device layout", &device)] {
+                        assert_eq!(y.dims(), fast.dims());
+                        let err = max_err(y, &fast)?;
+                        assert!(
+                            err < 1e-4,
+                            "{name}: k={k} n={n} {h}x{w} bias={with_bias} zero_pad={zero_pad}: {err}"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A small im2col budget splits the layer into row strips (one row each,
+    /// and a few rows) with the same result as one call, zero and caller padding.
+    #[test]
+    fn portable_row_strips_equal_one_call() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, c_in, c_out, h, w) = (2, 3, 4, 7, 5);
+        let x = Tensor::randn(0f32, 1.0, (n, c_in, h, w), &dev)?;
+        for k in [1, 3] {
+            let wt = Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), &dev)?;
+            let b = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+            let conv = Conv2d::new(&wt, Some(b))?;
+            let padded = pad_replicate_hw(&x, k / 2)?;
+            let row = n * w * k * k * c_in * 4;
+            for (input, pad) in [(&x, k / 2), (&padded, 0)] {
+                let whole = conv.forward_portable_within(input, pad, usize::MAX)?;
+                assert_eq!(whole.dims(), &[n, c_out, h, w]);
+                for budget in [0, row, 3 * row + 1] {
+                    let strips = conv.forward_portable_within(input, pad, budget)?;
+                    assert_eq!(strips.dims(), whole.dims());
+                    let err = max_err(&strips, &whole)?;
+                    assert!(err < 1e-5, "k={k} pad={pad} budget={budget}: {err}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The CPU taps turn back into exactly the loaded `[c_out, c_in, k, k]` weight.
+    #[test]
+    fn taps_give_back_the_loaded_kernel() -> Result<()> {
+        let wt = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &Device::Cpu)?;
+        let conv = Conv2d::new(&wt, None)?;
+        assert!(matches!(conv.weight, Weight::Taps(_)));
+        let back = conv.weight.kernel(3)?;
+        assert_eq!(back.dims(), wt.dims());
+        assert_eq!(
+            back.flatten_all()?.to_vec1::<f32>()?,
+            wt.flatten_all()?.to_vec1::<f32>()?
+        );
+        Ok(())
+    }
+
+    /// A bias of the wrong length is refused at load, naming the sizes.
+    #[test]
+    fn rejects_wrong_bias() -> Result<()> {
+        let dev = Device::Cpu;
+        let wt = Tensor::zeros((3, 2, 3, 3), DType::F32, &dev)?;
+        let err = Conv2d::new(&wt, Some(Tensor::zeros(4, DType::F32, &dev)?));
+        assert!(format!("{:?}", err.err()).contains("expected 3 values"));
         Ok(())
     }
 
@@ -259,7 +394,8 @@ mod tests {
         Ok(())
     }
 
-    /// Half-precision inputs come back in their dtype.
+    /// Half-precision inputs come back in their dtype, on both paths (the
+    /// CPU computes in f32 either way: its `conv2d` has no bf16 kernel).
     #[test]
     fn keeps_the_input_dtype() -> Result<()> {
         let dev = Device::Cpu;
@@ -267,6 +403,8 @@ mod tests {
         let conv = Conv2d::new(&wt, None)?;
         let x = Tensor::randn(0f32, 1.0, (1, 3, 4, 4), &dev)?.to_dtype(DType::BF16)?;
         assert_eq!(conv.forward(&x)?.dtype(), DType::BF16);
+        let portable = kernels::run_with(KernelPath::Portable, || conv.forward(&x))?;
+        assert_eq!(portable.dtype(), DType::BF16);
         Ok(())
     }
 

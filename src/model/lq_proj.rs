@@ -17,6 +17,8 @@ pub const UNSHUFFLE: usize = 16;
 /// Frames of a causal conv's time kernel and of its cache.
 const KERNEL_T: usize = 4;
 const CACHE_T: usize = 2;
+/// Time stride of the causal convs.
+const STRIDE_T: usize = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LqProjConfig {
@@ -61,7 +63,7 @@ impl LqProjConfig {
 
 /// A causal 3-D convolution, kernel (4, 3, 3), stride (2, 1, 1), spatial
 /// replicate padding 1, computed as one 2-D convolution over the 4 stacked input
-/// frames of each output frame.
+/// frames of each output frame, every output frame of a call in one batch.
 struct CausalConv3d {
     /// A 2-D convolution over `4 * in` channels ordered (time tap, channel).
     conv: Conv2d,
@@ -82,29 +84,26 @@ impl CausalConv3d {
     }
 
     /// `x`: `[T, C, h, w]` with T = 4 + 2n (cache already in front); returns
-    /// `[n + 1, out, h, w]`.
+    /// `[n + 1, out, h, w]`, all output frames from one 2-D convolution.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (t, c, h, w) = x.dims4()?;
-        if t < KERNEL_T || !(t - KERNEL_T).is_multiple_of(2) {
-            candle_core::bail!("causal conv: {t} input frames do not fit kernel 4 stride 2")
-        }
         let padded = pad_replicate_hw(x, 1)?;
-        let outs = (t - KERNEL_T) / 2 + 1;
-        // Each output's 4 input frames are consecutive in `padded`, so its
-        // stacked channels are a view, not a copy.
-        let frames: Vec<Tensor> = (0..outs)
-            .map(|o| {
-                self.conv
-                    .forward_padded(&padded.narrow(0, 2 * o, KERNEL_T)?.reshape((
-                        1,
-                        KERNEL_T * c,
-                        h + 2,
-                        w + 2,
-                    ))?)
-            })
-            .collect::<Result<_>>()?;
-        Tensor::cat(&frames, 0)
+        self.conv.forward_padded(&stack_time_windows(&padded)?)
     }
+}
+
+/// The time windows of a kernel-4, stride-2 convolution over `x` `[T, C, h, w]`
+/// (T = 4 + 2n), as the batch of one 2-D convolution: `[n + 1, 4 * C, h, w]`,
+/// output `o` holding frames `2o .. 2o + 4` ordered (time tap, channel). Seen
+/// as `T / 2` frame pairs, window `o` is pairs `o` and `o + 1`, so the windows
+/// are two views of `x` joined along channels.
+fn stack_time_windows(x: &Tensor) -> Result<Tensor> {
+    let (t, c, h, w) = x.dims4()?;
+    if t < KERNEL_T || !(t - KERNEL_T).is_multiple_of(STRIDE_T) {
+        candle_core::bail!("causal conv: {t} input frames do not fit kernel 4 stride 2")
+    }
+    let outs = (t - KERNEL_T) / STRIDE_T + 1;
+    let pairs = x.reshape((t / STRIDE_T, STRIDE_T * c, h, w))?;
+    Tensor::cat(&[pairs.narrow(0, 0, outs)?, pairs.narrow(0, 1, outs)?], 1)
 }
 
 /// `x / max(||x||_2, 1e-12) * sqrt(C) * gamma` over channels (dim 1), then SiLU.
@@ -293,6 +292,31 @@ mod tests {
             .get(0)?
             .to_scalar::<f32>()?;
         assert_eq!(v as usize, 16 + 3 * 4 + 1);
+        Ok(())
+    }
+
+    /// Output `o`'s window is input frames `2o .. 2o + 4`, channels ordered
+    /// (time tap, channel), for one and for two output frames.
+    #[test]
+    fn time_windows_are_the_strided_frame_groups() -> Result<()> {
+        let dev = Device::Cpu;
+        let (c, h, w) = (3, 2, 5);
+        for t in [4, 6, 8] {
+            let x = Tensor::arange(0f32, (t * c * h * w) as f32, &dev)?.reshape((t, c, h, w))?;
+            let stacked = stack_time_windows(&x)?;
+            let outs = (t - KERNEL_T) / 2 + 1;
+            assert_eq!(stacked.dims(), &[outs, KERNEL_T * c, h, w]);
+            for o in 0..outs {
+                let want = x
+                    .narrow(0, 2 * o, KERNEL_T)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let got = stacked.get(o)?.flatten_all()?.to_vec1::<f32>()?;
+                assert_eq!(got, want, "T={t}, output {o}");
+            }
+        }
+        assert!(stack_time_windows(&Tensor::zeros((5, c, h, w), DType::F32, &dev)?).is_err());
+        assert!(stack_time_windows(&Tensor::zeros((2, c, h, w), DType::F32, &dev)?).is_err());
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //! reference does, and streams never stop.
 
 use candle_core::{DType, Device, Result, Tensor};
+use parking_lot::Mutex;
 
 /// Sizes of the time, row and column parts of a head of `head_dim` dims.
 pub fn rope_part_dims(head_dim: usize) -> [usize; 3] {
@@ -22,6 +23,11 @@ fn part_angles(dim: usize, pos: f64) -> impl Iterator<Item = f64> {
 /// Rotation tables for a `frames x rows x cols` token grid whose first frame has
 /// time position `time_offset`. Returns `(cos, sin)`, each `[tokens, head_dim / 2]`
 /// in f32, tokens in (t, y, x) order.
+///
+/// Only the time part changes from chunk to chunk: it is computed here on the
+/// host (`frames x dt / 2` angles), while the row and column part of the grid
+/// comes from [`spatial_tables`], built once per grid and device. The two are
+/// joined on `device` by broadcasting, so a chunk uploads a few hundred values.
 pub fn rope_tables(
     head_dim: usize,
     time_offset: usize,
@@ -31,31 +37,94 @@ pub fn rope_tables(
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let [dt, dh, dw] = rope_part_dims(head_dim);
-    let half = head_dim / 2;
-    let tokens = frames * rows * cols;
-    let mut cos = Vec::with_capacity(tokens * half);
-    let mut sin = Vec::with_capacity(tokens * half);
-    for t in 0..frames {
-        let t_angles: Vec<f64> = part_angles(dt, (time_offset + t) as f64).collect();
-        for y in 0..rows {
-            let y_angles: Vec<f64> = part_angles(dh, y as f64).collect();
-            for x in 0..cols {
-                let angles = t_angles
-                    .iter()
-                    .chain(&y_angles)
-                    .copied()
-                    .chain(part_angles(dw, x as f64));
-                for a in angles {
-                    cos.push(a.cos() as f32);
-                    sin.push(a.sin() as f32);
-                }
-            }
+    let (spatial_cos, spatial_sin) = spatial_tables(head_dim, rows, cols, device)?;
+    let (time_cos, time_sin) = host_tables(frames, dt / 2, |t| {
+        part_angles(dt, (time_offset + t) as f64).collect()
+    });
+    let spatial = rows * cols;
+    let join = |time: Vec<f32>, space: &Tensor| -> Result<Tensor> {
+        let time = Tensor::from_vec(time, (frames, 1, dt / 2), device)?.broadcast_as((
+            frames,
+            spatial,
+            dt / 2,
+        ))?;
+        let space = space
+            .unsqueeze(0)?
+            .broadcast_as((frames, spatial, (dh + dw) / 2))?;
+        Tensor::cat(&[time, space], 2)?.reshape((frames * spatial, head_dim / 2))
+    };
+    Ok((join(time_cos, &spatial_cos)?, join(time_sin, &spatial_sin)?))
+}
+
+/// `(cos, sin)` of `rows_of(i)` for `i < n`, each row `width` angles, as f32
+/// computed from the f64 angles.
+fn host_tables(
+    n: usize,
+    width: usize,
+    rows_of: impl Fn(usize) -> Vec<f64>,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut cos = Vec::with_capacity(n * width);
+    let mut sin = Vec::with_capacity(n * width);
+    for i in 0..n {
+        for a in rows_of(i) {
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
         }
     }
-    let cos = Tensor::from_vec(cos, (tokens, half), device)?;
-    let sin = Tensor::from_vec(sin, (tokens, half), device)?;
+    (cos, sin)
+}
+
+/// Row and column part of the tables for a `rows x cols` grid:
+/// `(cos, sin)`, each `[rows * cols, (dh + dw) / 2]` on `device`, tokens in
+/// (y, x) order. A stream's grid never changes, so the few most recent grids
+/// are kept (per device) and a chunk reuses its stream's.
+fn spatial_tables(
+    head_dim: usize,
+    rows: usize,
+    cols: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let key = (head_dim, rows, cols);
+    let mut cache = SPATIAL_CACHE.lock();
+    if let Some(hit) = cache
+        .iter()
+        .find(|e| e.key == key && e.cos.device().same_device(device))
+    {
+        return Ok((hit.cos.clone(), hit.sin.clone()));
+    }
+    let [_, dh, dw] = rope_part_dims(head_dim);
+    let width = (dh + dw) / 2;
+    let (cos, sin) = host_tables(rows * cols, width, |i| {
+        part_angles(dh, (i / cols) as f64)
+            .chain(part_angles(dw, (i % cols) as f64))
+            .collect()
+    });
+    let cos = Tensor::from_vec(cos, (rows * cols, width), device)?;
+    let sin = Tensor::from_vec(sin, (rows * cols, width), device)?;
+    if cache.len() == SPATIAL_CACHE_ENTRIES {
+        cache.remove(0);
+    }
+    cache.push(SpatialEntry {
+        key,
+        cos: cos.clone(),
+        sin: sin.clone(),
+    });
     Ok((cos, sin))
 }
+
+/// Grids whose spatial tables stay cached: a few concurrent streams of
+/// different sizes; each entry is `2 x rows x cols x 42` f32 (2.7 MB for the 68 x 120
+/// token grid of 1080p).
+const SPATIAL_CACHE_ENTRIES: usize = 4;
+
+struct SpatialEntry {
+    /// `(head_dim, rows, cols)`.
+    key: (usize, usize, usize),
+    cos: Tensor,
+    sin: Tensor,
+}
+
+static SPATIAL_CACHE: Mutex<Vec<SpatialEntry>> = Mutex::new(Vec::new());
 
 /// Rotates `x` of shape `[tokens, heads, head_dim]` (any float dtype) with tables
 /// from [`rope_tables`]; the product is formed in f32.
@@ -108,6 +177,77 @@ mod tests {
             .sum_all()?
             .to_scalar::<f32>()?;
         assert!((n0 - n1).abs() < 1e-3);
+        Ok(())
+    }
+
+    /// The whole table on the host, every angle in f64: what the tables were
+    /// before the spatial part was cached.
+    fn host_reference(
+        head_dim: usize,
+        time_offset: usize,
+        frames: usize,
+        rows: usize,
+        cols: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let [dt, dh, dw] = rope_part_dims(head_dim);
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for t in 0..frames {
+            for y in 0..rows {
+                for x in 0..cols {
+                    let angles = part_angles(dt, (time_offset + t) as f64)
+                        .chain(part_angles(dh, y as f64))
+                        .chain(part_angles(dw, x as f64));
+                    for a in angles {
+                        cos.push(a.cos() as f32);
+                        sin.push(a.sin() as f32);
+                    }
+                }
+            }
+        }
+        (cos, sin)
+    }
+
+    /// Bit-for-bit the full host computation, for fresh and cached grids,
+    /// grids taking turns, and time positions up to a million.
+    #[test]
+    fn tables_equal_the_full_host_computation() -> Result<()> {
+        let dev = Device::Cpu;
+        for (offset, frames, rows, cols) in [
+            (0, 2, 3, 4),
+            (6, 2, 3, 4),
+            (1_000_000, 3, 5, 7),
+            (17, 1, 3, 4),
+            (1_000_002, 2, 5, 7),
+            (0, 1, 1, 1),
+        ] {
+            let (cos, sin) = rope_tables(128, offset, frames, rows, cols, &dev)?;
+            let (want_cos, want_sin) = host_reference(128, offset, frames, rows, cols);
+            assert_eq!(cos.dims(), &[frames * rows * cols, 64]);
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            assert_eq!(
+                bits(cos.flatten_all()?.to_vec1()?),
+                bits(want_cos),
+                "cos at {offset}"
+            );
+            assert_eq!(
+                bits(sin.flatten_all()?.to_vec1()?),
+                bits(want_sin),
+                "sin at {offset}"
+            );
+        }
+        Ok(())
+    }
+
+    /// More grids than the cache holds: the oldest is dropped, results stay exact.
+    #[test]
+    fn spatial_cache_stays_bounded() -> Result<()> {
+        let dev = Device::Cpu;
+        for cols in 1..=SPATIAL_CACHE_ENTRIES + 2 {
+            let (cos, _) = rope_tables(128, 3, 1, 2, cols + 100, &dev)?;
+            let (want, _) = host_reference(128, 3, 1, 2, cols + 100);
+            assert_eq!(cos.flatten_all()?.to_vec1::<f32>()?, want);
+        }
+        assert!(SPATIAL_CACHE.lock().len() <= SPATIAL_CACHE_ENTRIES);
         Ok(())
     }
 
