@@ -3,7 +3,9 @@
 //!
 //! `KernelPath::Portable` makes every layer skip its CPU fast path, so these
 //! runs take, operation for operation, the path of a non-CPU device: one
-//! `conv2d` per convolution layer, the portable attention, RoPE tables joined
+//! `conv2d` per convolution layer, the sparse mask by bisection and the masked
+//! attention in chunks (every product's operands checked against CUDA's rules,
+//! `layers::device_rules`, on in test builds), RoPE tables joined
 //! by broadcasting. In f32 every golden comparison must meet the same
 //! tolerances as the fast path (tests/golden.rs).
 //!
@@ -68,7 +70,14 @@ fn assert_f32_parity(case: &str) -> Result<()> {
         .map(|c| c.to_string())
         .collect();
     assert!(failed.is_empty(), "{case}:\n{}", failed.join("\n"));
-    for kind in ["lq_latents", "noise_pred", "decoded", "out.frames_u8"] {
+    for kind in [
+        "lq_latents",
+        "block0.out",
+        "mask",
+        "noise_pred",
+        "decoded",
+        "out.frames_u8",
+    ] {
         assert!(
             results.iter().any(|c| c.name.contains(kind)),
             "{case}: {kind} was not compared"
