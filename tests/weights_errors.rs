@@ -484,6 +484,18 @@ fn wrong_shape_names_file_tensor_expected_and_found() {
         ],
     );
 
+    // A prompt whose width is not the DiT's text width.
+    let msg = err_text(files.prompt_tensor(DType::F32, &cpu(), 32));
+    assert_names(
+        &msg,
+        &[
+            PROMPT_FILE,
+            "[1, ctx_len, 32]",
+            "DiT's text width",
+            "[1, 16, 64]",
+        ],
+    );
+
     // A prompt that is not [1, ctx_len, text_dim].
     let prompt = files
         .prompt

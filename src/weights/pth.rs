@@ -1,14 +1,15 @@
 //! Reader for files written by PyTorch's `torch.save` (a zip archive holding a pickle and
 //! one raw record per storage), executing nothing from the pickle.
 //!
-//! The pickle is decoded with candle's opcode interpreter (`candle_core::pickle::Stack`),
-//! which only builds an object tree; the tensors are then recognised in that tree
-//! (`torch._utils._rebuild_tensor_v2` and its wrappers) and their bytes read from the
-//! archive's storage records on demand. Unlike candle's `read_all`/`PthTensors`, this
-//! accepts a root that is a bare tensor (e.g. FlashVSR's `posi_prompt.pth`), any
-//! storage offset and strides, and any name for the archive's top folder. Every size is
-//! checked before use, so a damaged file gives an error naming the file (and tensor),
-//! never a panic.
+//! The pickle is decoded by [`pickle`] (this project's bounded reader, which builds plain
+//! values and refuses any global but torch's rebuild functions, storage classes and
+//! `OrderedDict`); [`table`] then recognises the tensors (`_rebuild_tensor_v2` and its
+//! wrappers), whose bytes are read from the archive's storage records on demand. It
+//! accepts a root that is a bare tensor (e.g. FlashVSR's `posi_prompt.pth`), any storage
+//! offset and strides, and any name for the archive's top folder. Every size is checked
+//! before use, declared sizes against the bytes really present before anything is
+//! allocated, and every value is checked to be finite, so a damaged or crafted file gives
+//! an error naming the file (and tensor), never a panic, a crash or a huge allocation.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -364,7 +365,7 @@ fn read_small_record<R: Read + Seek>(
         .map_err(|e| format!("cannot read '{name}': {e}"))?;
     if entry.size() > MAX_SMALL_RECORD_BYTES {
         return Err(format!(
-            "'{name}' is {} bytes, larger than any weight file's",
+            "'{name}' is {} bytes, longer than the word torch writes there",
             entry.size()
         ));
     }

@@ -169,6 +169,7 @@ struct Machine<R: Read> {
     input: R,
     /// Bytes consumed so far (for positions in messages, and the byte cap).
     pos: u64,
+    max_bytes: u64,
     values: Vec<Value>,
     /// Nesting depth of each value (1 for a scalar).
     depths: Vec<u16>,
@@ -182,8 +183,14 @@ struct Machine<R: Read> {
 /// Decodes the pickle read from `input`. Errors are one sentence, to follow the name of
 /// the pickle (e.g. "does not parse at byte 12: ...").
 pub fn read_pickle(input: impl Read) -> Result<Pickle, String> {
+    read_pickle_within(input, MAX_PICKLE_BYTES)
+}
+
+/// [`read_pickle`] with a cap of `max_bytes` on the pickle's length.
+fn read_pickle_within(input: impl Read, max_bytes: u64) -> Result<Pickle, String> {
     let mut machine = Machine {
-        input: input.take(MAX_PICKLE_BYTES + 1),
+        input: input.take(max_bytes + 1),
+        max_bytes,
         pos: 0,
         values: Vec::new(),
         depths: Vec::new(),
@@ -212,9 +219,10 @@ impl<R: Read> Machine<R> {
         match self.input.read_exact(buf) {
             Ok(()) => {
                 self.pos += buf.len() as u64;
-                if self.pos > MAX_PICKLE_BYTES {
+                if self.pos > self.max_bytes {
                     return Err(format!(
-                        "is larger than {MAX_PICKLE_BYTES} bytes, the pickle size limit"
+                        "is larger than {} bytes, the pickle size limit",
+                        self.max_bytes
                     ));
                 }
                 Ok(())

@@ -159,3 +159,35 @@ fn long_strings_wide_integers_and_unknown_opcodes_are_errors() {
     let msg = err(&pickle(&[BINGET, 3]));
     assert!(msg.contains("memo entry 3"), "{msg}");
 }
+
+/// `PROTO 2`, `NONE`, then `BINPUT 0` forever: each opcode is valid and creates nothing.
+struct EndlessMemoPuts {
+    pos: u64,
+}
+
+impl Read for EndlessMemoPuts {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        for byte in buf.iter_mut() {
+            *byte = match self.pos {
+                0 => PROTO,
+                1 => 2,
+                2 => NONE,
+                p if p % 2 == 1 => BINPUT,
+                _ => 0,
+            };
+            self.pos += 1;
+        }
+        Ok(buf.len())
+    }
+}
+
+#[test]
+fn pickle_size_is_limited_even_when_nothing_grows() {
+    // The limit lowered to 1 MiB to keep the test quick; the reading is the same.
+    let msg = read_pickle_within(std::io::BufReader::new(EndlessMemoPuts { pos: 0 }), 1 << 20)
+        .expect_err("an endless pickle");
+    assert!(
+        msg.contains("larger than 1048576 bytes, the pickle size limit"),
+        "{msg}"
+    );
+}
