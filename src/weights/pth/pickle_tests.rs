@@ -191,3 +191,25 @@ fn pickle_size_is_limited_even_when_nothing_grows() {
         "{msg}"
     );
 }
+
+#[test]
+fn only_the_calls_and_states_torch_writes_are_accepted() {
+    // OrderedDict() is an empty dict; BUILD on it keeps it (the state is `_metadata`).
+    let p = read(&pickle(b"ccollections\nOrderedDict\n)R}b")).unwrap();
+    assert_eq!(p.get(p.root()), &Value::Dict(Vec::new()));
+    let msg = err(&pickle(b"ccollections\nOrderedDict\nN\x85R"));
+    assert!(msg.contains("OrderedDict from arguments"), "{msg}");
+    let msg = err(&pickle(b"]}b"));
+    assert!(msg.contains("sets the state of a list"), "{msg}");
+    let msg = err(&pickle(b"N)R"));
+    assert!(msg.contains("calls None"), "{msg}");
+    // A rebuild function is recorded, not run.
+    let p = read(&pickle(b"ctorch._utils\n_rebuild_tensor_v2\n)R")).unwrap();
+    assert!(matches!(
+        p.get(p.root()),
+        Value::Call {
+            func: Global::RebuildTensorV2,
+            ..
+        }
+    ));
+}
