@@ -658,3 +658,37 @@ fn a_view_with_more_elements_than_its_storage_is_refused() {
         "{msg}"
     );
 }
+
+/// `torch._tensor._rebuild_from_type_v2(_rebuild_tensor_v2, Parameter, (args..), {})`,
+/// as torch saves a tensor subclass, with the tensor's arguments written by hand.
+#[test]
+fn tensor_subclass_rebuilt_from_type() {
+    let mut archive = Archive::new(
+        Root::Bare(view("", "0", 0, &[3], &[1])),
+        vec![f32_storage("0", &values(3))],
+    );
+    let mut p = Pickler::new();
+    p.global("torch._tensor", "_rebuild_from_type_v2").mark();
+    p.global("torch._utils", "_rebuild_tensor_v2")
+        .global("torch.nn.parameter", "Parameter")
+        .mark();
+    p.mark()
+        .constant_string("storage")
+        .global("torch", "FloatStorage")
+        .string("0")
+        .constant_string("cpu")
+        .int(3)
+        .tuple()
+        .op(b'Q');
+    p.int(0)
+        .int_tuple(&[3])
+        .int_tuple(&[1])
+        .op(NEWFALSE)
+        .ordered_dict()
+        .tuple();
+    p.empty_dict().tuple().reduce();
+    archive.pickle = p.finish();
+    let file = archive.open().unwrap();
+    assert!(file.is_bare_tensor());
+    assert_eq!(f32_values(&file.load(BARE_TENSOR_NAME).unwrap()), values(3));
+}
