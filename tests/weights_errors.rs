@@ -161,7 +161,9 @@ fn fixture_folders_load_with_expected_shapes_and_values() {
         assert!(files.lq_proj.contains("linear_layers.0.bias"));
         assert!(!files.lq_proj.contains("_metadata"));
 
-        let prompt = files.prompt_tensor(DType::F32, &cpu()).unwrap();
+        let prompt = files
+            .prompt_tensor(DType::F32, &cpu(), exp.prompt_shape[2])
+            .unwrap();
         assert_eq!(prompt.dims(), exp.prompt_shape);
         assert_eq!(first_f32(&prompt), exp.prompt_first);
         assert!((sum_f64(&prompt) - exp.prompt_sum).abs() < 1e-9);
@@ -240,8 +242,8 @@ fn convert_round_trip_keeps_names_dtypes_and_values() {
     for file in [&converted.lq_proj, &converted.decoder, &converted.prompt] {
         assert_eq!(file.path().extension().unwrap(), "safetensors");
     }
-    let a = released.prompt_tensor(DType::F32, &cpu()).unwrap();
-    let b = converted.prompt_tensor(DType::F32, &cpu()).unwrap();
+    let a = released.prompt_tensor(DType::F32, &cpu(), 64).unwrap();
+    let b = converted.prompt_tensor(DType::F32, &cpu(), 64).unwrap();
     assert_eq!(a.to_vec3::<f32>().unwrap(), b.to_vec3::<f32>().unwrap());
 }
 
@@ -482,6 +484,18 @@ fn wrong_shape_names_file_tensor_expected_and_found() {
         ],
     );
 
+    // A prompt whose width is not the DiT's text width.
+    let msg = err_text(files.prompt_tensor(DType::F32, &cpu(), 32));
+    assert_names(
+        &msg,
+        &[
+            PROMPT_FILE,
+            "[1, ctx_len, 32]",
+            "DiT's text width",
+            "[1, 16, 64]",
+        ],
+    );
+
     // A prompt that is not [1, ctx_len, text_dim].
     let prompt = files
         .prompt
@@ -490,7 +504,7 @@ fn wrong_shape_names_file_tensor_expected_and_found() {
     let flat = HashMap::from([(PROMPT_KEY.to_string(), prompt.reshape((16, 64)).unwrap())]);
     candle_core::safetensors::save(&flat, model.0.join(PROMPT_SAFETENSORS_FILE)).unwrap();
     let files = ModelFiles::open(&model.0).unwrap();
-    let msg = err_text(files.prompt_tensor(DType::F32, &cpu()));
+    let msg = err_text(files.prompt_tensor(DType::F32, &cpu(), 64));
     assert_names(
         &msg,
         &[PROMPT_SAFETENSORS_FILE, "tensor 'posi_prompt'", "[16, 64]"],

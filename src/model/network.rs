@@ -191,7 +191,7 @@ impl FlashVsrModel {
         let dit_names = files.dit.names();
         let dit_cfg = DitConfig::from_shapes(&dit_names, |n| files.dit.shape(n))
             .map_err(|e| with_file(files.dit.path(), e))?;
-        let prompt = files.prompt_tensor(dtype, device)?;
+        let prompt = files.prompt_tensor(dtype, device, dit_cfg.text_dim)?;
         let dit = Dit::new(
             dit_cfg.clone(),
             files.dit.var_builder(dtype, device),

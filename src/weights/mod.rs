@@ -14,6 +14,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
+mod finite;
 pub mod pth;
 
 use pth::{PthFile, error_text, message};
@@ -178,12 +179,19 @@ impl WeightFile {
     }
 
     /// Tensor `name` in its stored dtype (checked to be f32, bf16 or f16) on `device`.
+    /// Every value is checked to be finite (error: file, tensor, element).
     fn load_stored(&self, name: &str, device: &Device) -> Result<Tensor> {
-        self.stored_dtype(name)?;
+        let dtype = self.stored_dtype(name)?;
         match &self.store {
-            Store::Safetensors(st) => st
-                .load(name, device)
-                .map_err(|e| self.fail(name, error_text(&e))),
+            Store::Safetensors(st) => {
+                let view = st.get(name).map_err(|_| self.missing(name))?;
+                // safetensors data is little-endian; the check reads the mapped bytes.
+                if let Some(at) = finite::first_non_finite(view.data(), dtype, true) {
+                    return Err(self.fail(name, format!("element {at} is NaN or infinite")));
+                }
+                st.load(name, device)
+                    .map_err(|e| self.fail(name, error_text(&e)))
+            }
             Store::Torch(pth) => pth
                 .load(name)?
                 .to_device(device)
@@ -348,17 +356,45 @@ impl ModelFiles {
         })
     }
 
-    /// The prompt tensor [1, ctx_len, text_dim] (the single tensor of the prompt file).
-    pub fn prompt_tensor(&self, dtype: DType, device: &Device) -> Result<Tensor> {
-        let name = single_tensor_name(&self.prompt)?;
-        let shape = self.prompt.shape(&name)?;
-        if shape.len() != 3 || shape[0] != 1 {
+    /// The prompt tensor [1, ctx_len, text_dim] (the single tensor of the prompt file),
+    /// its shape checked before anything is read: `text_dim` must be the DiT's text
+    /// width and ctx_len at most [`MAX_PROMPT_LEN`].
+    pub fn prompt_tensor(&self, dtype: DType, device: &Device, text_dim: usize) -> Result<Tensor> {
+        let (name, shape) = prompt_shape(&self.prompt)?;
+        if shape[2] != text_dim {
             return Err(self.prompt.fail(
                 &name,
-                format!("expected shape [1, ctx_len, text_dim], found {shape:?}"),
+                format!(
+                    "expected shape [1, ctx_len, {text_dim}] (the DiT's text width), found \
+                     {shape:?}"
+                ),
             ));
         }
         self.prompt.tensor(&name, &shape, dtype, device)
+    }
+}
+
+/// The longest prompt: the released one is [1, 512, 4096], umT5's full text length.
+pub const MAX_PROMPT_LEN: usize = 512;
+
+/// The name and shape of the prompt file's tensor, checked to be [1, ctx_len, text_dim]
+/// with 1 <= ctx_len <= [`MAX_PROMPT_LEN`], from the file's table alone.
+fn prompt_shape(file: &WeightFile) -> Result<(String, Vec<usize>)> {
+    let name = single_tensor_name(file)?;
+    let shape = file.shape(&name)?;
+    match shape.as_slice() {
+        [1, ctx, _] if (1..=MAX_PROMPT_LEN).contains(ctx) => Ok((name, shape)),
+        [1, ctx, _] if *ctx > MAX_PROMPT_LEN => Err(file.fail(
+            &name,
+            format!(
+                "the prompt {shape:?} holds {ctx} tokens, more than the model's \
+                 {MAX_PROMPT_LEN}"
+            ),
+        )),
+        _ => Err(file.fail(
+            &name,
+            format!("expected shape [1, ctx_len, text_dim], found {shape:?}"),
+        )),
     }
 }
 
@@ -394,7 +430,7 @@ pub fn convert_to_safetensors(model_dir: &Path, out_dir: &Path) -> Result<Vec<Pa
         let source = WeightFile::open(&model_dir.join(choice.released))?;
         let mut tensors = HashMap::new();
         if choice.released == PROMPT_FILE {
-            let name = single_tensor_name(&source)?;
+            let (name, _) = prompt_shape(&source)?;
             tensors.insert(PROMPT_KEY.to_string(), source.stored_tensor(&name)?);
         } else {
             for name in source.names() {

@@ -1,35 +1,39 @@
 //! Reader for files written by PyTorch's `torch.save` (a zip archive holding a pickle and
 //! one raw record per storage), executing nothing from the pickle.
 //!
-//! The pickle is decoded with candle's opcode interpreter (`candle_core::pickle::Stack`),
-//! which only builds an object tree; the tensors are then recognised in that tree
-//! (`torch._utils._rebuild_tensor_v2` and its wrappers) and their bytes read from the
-//! archive's storage records on demand. Unlike candle's `read_all`/`PthTensors`, this
-//! accepts a root that is a bare tensor (e.g. FlashVSR's `posi_prompt.pth`), any
-//! storage offset and strides, and any name for the archive's top folder. Every size is
-//! checked before use, so a damaged file gives an error naming the file (and tensor),
-//! never a panic.
+//! The pickle is decoded by [`pickle`] (this project's bounded reader, which builds plain
+//! values and refuses any global but torch's rebuild functions, storage classes and
+//! `OrderedDict`); [`table`] then recognises the tensors (`_rebuild_tensor_v2` and its
+//! wrappers), whose bytes are read from the archive's storage records on demand. It
+//! accepts a root that is a bare tensor (e.g. FlashVSR's `posi_prompt.pth`), any storage
+//! offset and strides, and any name for the archive's top folder. Every size is checked
+//! before use, declared sizes against the bytes really present before anything is
+//! allocated, and every value is checked to be finite, so a damaged or crafted file gives
+//! an error naming the file (and tensor), never a panic, a crash or a huge allocation.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Error, Result, Tensor};
 use half::{bf16, f16};
 use parking_lot::Mutex;
-use zip::ZipArchive;
 use zip::result::ZipError;
+use zip::{CompressionMethod, ZipArchive};
 
+mod pickle;
+mod table;
 pub mod writer;
+
+use super::finite::first_non_finite;
+use table::collect_tensors;
 
 /// Name given to the tensor of a file whose pickle root is a single tensor.
 pub const BARE_TENSOR_NAME: &str = "<root>";
 
-/// A state dict's pickle is a few MB even for billions of parameters; anything far larger
-/// is not a weight file, and would only be read into memory for nothing.
-const MAX_PICKLE_BYTES: u64 = 256 << 20;
+/// The small text records (`byteorder`) hold a word; anything larger is not torch's.
+const MAX_SMALL_RECORD_BYTES: u64 = 64;
 
 /// Storage types whose data this reader decodes (and [`writer`] writes), with their dtypes.
 pub(crate) const STORAGE_DTYPES: [(&str, DType); 3] = [
@@ -88,6 +92,8 @@ pub struct PthFile {
     /// Sorted by name.
     tensors: Vec<PthTensorInfo>,
     index: HashMap<String, usize>,
+    /// Length of the archive file, to check the sizes its zip directory claims.
+    archive_len: u64,
     archive: Mutex<ZipArchive<Box<dyn ArchiveSource>>>,
 }
 
@@ -121,16 +127,26 @@ impl PthFile {
         Self::from_source(path, Box::new(Cursor::new(bytes)))
     }
 
-    fn from_source(path: &Path, source: Box<dyn ArchiveSource>) -> Result<Self> {
+    fn from_source(path: &Path, mut source: Box<dyn ArchiveSource>) -> Result<Self> {
         let fail = |what: String| message(format!("weight file '{}': {what}", path.display()));
+        let archive_len = source
+            .seek(SeekFrom::End(0))
+            .map_err(|e| fail(format!("cannot read: {e}")))?;
         let mut archive = ZipArchive::new(source)
             .map_err(|e| fail(format!("not a readable PyTorch zip archive: {e}")))?;
         let top = find_top_folder(&archive).map_err(&fail)?;
         let byte_order = read_byte_order(&mut archive, &top).map_err(&fail)?;
         let pickle_name = format!("{top}/data.pkl");
-        let pickle = read_small_record(&mut archive, &pickle_name).map_err(&fail)?;
-        let root = run_pickle(&pickle).map_err(|e| fail(format!("'{pickle_name}': {e}")))?;
-        let (mut tensors, bare_tensor) = collect_tensors(root).map_err(&fail)?;
+        let pickle = {
+            let entry = archive
+                .by_name(&pickle_name)
+                .map_err(|e| fail(format!("cannot read '{pickle_name}': {e}")))?;
+            pickle::read_pickle(BufReader::new(entry))
+                .map_err(|e| fail(format!("'{pickle_name}' {e}")))?
+        };
+        let (mut tensors, bare_tensor) = collect_tensors(&pickle).map_err(&fail)?;
+        // The arena is dropped flat here, however the pickle nested its values.
+        drop(pickle);
         tensors.sort_by(|a, b| a.name.cmp(&b.name));
         let mut index = HashMap::with_capacity(tensors.len());
         for (i, info) in tensors.iter().enumerate() {
@@ -145,6 +161,7 @@ impl PthFile {
             bare_tensor,
             tensors,
             index,
+            archive_len,
             archive: Mutex::new(archive),
         })
     }
@@ -205,8 +222,7 @@ impl PthFile {
                 info.shape, info.stride
             )
         })?;
-        let end = info
-            .offset
+        info.offset
             .checked_add(span)
             .filter(|&end| end <= info.storage_numel)
             .ok_or_else(|| {
@@ -218,23 +234,41 @@ impl PthFile {
                     info.storage_numel
                 )
             })?;
-        let start_byte = info.offset * elem;
-        let len_bytes = span
+        // A tensor never has more elements than its storage (only a broadcast view
+        // repeats them, which no weight file holds): this bounds what a view can make
+        // this reader allocate by the bytes the storage record really holds.
+        if numel > info.storage_numel {
+            return Err(format!(
+                "has {numel} elements, more than the {} of storage '{}'",
+                info.storage_numel, info.storage_key
+            ));
+        }
+        let declared = info
+            .storage_numel
             .checked_mul(elem)
-            .ok_or_else(|| format!("storage span of {span} elements overflows"))?;
-        let needed_bytes = end
-            .checked_mul(elem)
-            .ok_or_else(|| format!("storage of {end} elements overflows"))?;
+            .ok_or_else(|| format!("storage of {} elements overflows", info.storage_numel))?;
         let record = format!("{}/data/{}", self.top, info.storage_key);
+        let range = RecordRange {
+            record: &record,
+            // Within `declared` (end <= storage_numel above), so these cannot overflow.
+            start: info.offset * elem,
+            len: span * elem,
+            declared,
+            archive_len: self.archive_len,
+        };
         let window = {
             let mut archive = self.archive.lock();
-            read_record_range(&mut archive, &record, start_byte, len_bytes, needed_bytes)?
+            read_record_range(&mut archive, &range)?
         };
         let contiguous = if is_row_major(&info.shape, &info.stride) {
             window
         } else {
             gather_strided(&window, &info.shape, &info.stride, elem, numel)?
         };
+        if let Some(at) = first_non_finite(&contiguous, dtype, self.byte_order == ByteOrder::Little)
+        {
+            return Err(format!("element {at} is NaN or infinite"));
+        }
         let shape = info.shape.as_slice();
         let order = self.byte_order;
         let tensor = match dtype {
@@ -329,301 +363,120 @@ fn read_small_record<R: Read + Seek>(
     let mut entry = archive
         .by_name(name)
         .map_err(|e| format!("cannot read '{name}': {e}"))?;
-    if entry.size() > MAX_PICKLE_BYTES {
+    if entry.size() > MAX_SMALL_RECORD_BYTES {
         return Err(format!(
-            "'{name}' is {} bytes, larger than any weight file's",
+            "'{name}' is {} bytes, longer than the word torch writes there",
             entry.size()
         ));
     }
     let mut bytes = Vec::with_capacity(entry.size() as usize);
     entry
         .by_ref()
-        .take(MAX_PICKLE_BYTES + 1)
+        .take(MAX_SMALL_RECORD_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read '{name}': {e}"))?;
     Ok(bytes)
 }
 
-/// Reads `len` bytes at `start` of storage record `record`, after checking that the record
-/// holds at least `needed` bytes (the tensor's end in its storage).
-fn read_record_range<R: Read + Seek>(
-    archive: &mut ZipArchive<R>,
-    record: &str,
+/// Deflate turns one compressed byte into at most about 1032; a record declaring more
+/// than this many bytes per compressed byte lies about its size.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Where a tensor's bytes lie in its storage record, and what the record must hold.
+struct RecordRange<'a> {
+    record: &'a str,
+    /// First byte of the tensor in the record, and how many bytes from there.
     start: usize,
     len: usize,
-    needed: usize,
+    /// The storage's size as the pickle declares it (elements times element size).
+    declared: usize,
+    /// Length of the whole archive file.
+    archive_len: u64,
+}
+
+/// Reads the bytes of `range`, after checking the record's size in the zip directory
+/// against the storage size the pickle declares, and that directory against the bytes
+/// present, so that no lying size makes it allocate: the buffer is reserved only for
+/// bytes the record holds, and filled only as they are read.
+fn read_record_range<R: Read + Seek>(
+    archive: &mut ZipArchive<R>,
+    range: &RecordRange,
 ) -> std::result::Result<Vec<u8>, String> {
-    let short = |size: u64| {
-        format!("storage record '{record}' holds {size} bytes, the tensor needs {needed}")
+    let RecordRange {
+        record,
+        start,
+        len,
+        declared,
+        archive_len,
+    } = *range;
+    let unreadable =
+        |e: &dyn std::fmt::Display| format!("storage record '{record}' is unreadable: {e}");
+    let (size, stored) = {
+        let entry = match archive.by_name(record) {
+            Ok(entry) => entry,
+            Err(ZipError::FileNotFound) => {
+                return Err(format!("storage record '{record}' is missing"));
+            }
+            Err(e) => return Err(unreadable(&e)),
+        };
+        let (size, packed) = (entry.size(), entry.compressed_size());
+        if size < declared as u64 {
+            return Err(format!(
+                "storage record '{record}' holds {size} bytes, fewer than the {declared} its \
+                 declared elements need"
+            ));
+        }
+        let stored = entry.compression() == CompressionMethod::Stored;
+        let data_end = entry.data_start().map(|start| start.saturating_add(packed));
+        if stored && (packed != size || data_end.is_none_or(|end| end > archive_len)) {
+            return Err(format!(
+                "storage record '{record}' says it holds {size} bytes, but the archive ends \
+                 before them"
+            ));
+        }
+        if !stored
+            && size
+                > packed
+                    .saturating_mul(MAX_DEFLATE_RATIO)
+                    .saturating_add(1024)
+        {
+            return Err(format!(
+                "storage record '{record}' says it unpacks to {size} bytes from {packed}, \
+                 more than compression can produce"
+            ));
+        }
+        (size, stored)
     };
-    let unreadable = |e: std::io::Error| format!("storage record '{record}' is unreadable: {e}");
+    let end = start.saturating_add(len) as u64;
+    if end > size {
+        return Err(format!(
+            "storage record '{record}' holds {size} bytes, the tensor needs {end}"
+        ));
+    }
     let mut buf = Vec::new();
     buf.try_reserve_exact(len)
-        .map_err(|e| format!("cannot allocate {len} bytes: {e}"))?;
-    buf.resize(len, 0);
-    // Records are stored uncompressed by torch: seek straight to the tensor's bytes.
-    match archive.by_name_seek(record) {
-        Ok(mut entry) => {
-            if entry.size() < needed as u64 {
-                return Err(short(entry.size()));
-            }
-            entry
-                .seek(SeekFrom::Start(start as u64))
-                .map_err(unreadable)?;
-            entry.read_exact(&mut buf).map_err(unreadable)?;
-            return Ok(buf);
-        }
-        Err(ZipError::UnsupportedArchive(_)) => {}
-        Err(ZipError::FileNotFound) => {
-            return Err(format!("storage record '{record}' is missing"));
-        }
-        Err(e) => return Err(format!("storage record '{record}' is unreadable: {e}")),
+        .map_err(|e| format!("cannot allocate {len} bytes for the tensor: {e}"))?;
+    let read = if stored {
+        // Records are stored uncompressed by torch: seek straight to the tensor's bytes.
+        let mut entry = archive.by_name_seek(record).map_err(|e| unreadable(&e))?;
+        entry
+            .seek(SeekFrom::Start(start as u64))
+            .map_err(|e| unreadable(&e))?;
+        entry.take(len as u64).read_to_end(&mut buf)
+    } else {
+        // A re-zipped (compressed) archive: decompress up to the tensor's bytes.
+        let mut entry = archive.by_name(record).map_err(|e| unreadable(&e))?;
+        std::io::copy(&mut entry.by_ref().take(start as u64), &mut std::io::sink())
+            .and_then(|_| entry.take(len as u64).read_to_end(&mut buf))
+    };
+    read.map_err(|e| unreadable(&e))?;
+    if buf.len() < len {
+        return Err(format!(
+            "storage record '{record}' ends after {} of the tensor's {len} bytes",
+            buf.len()
+        ));
     }
-    // A re-zipped (compressed) archive: decompress up to the tensor's bytes.
-    let mut entry = archive
-        .by_name(record)
-        .map_err(|e| format!("storage record '{record}' is unreadable: {e}"))?;
-    if entry.size() < needed as u64 {
-        return Err(short(entry.size()));
-    }
-    let skipped = std::io::copy(&mut entry.by_ref().take(start as u64), &mut std::io::sink())
-        .map_err(unreadable)?;
-    if skipped < start as u64 {
-        return Err(short(skipped));
-    }
-    entry.read_exact(&mut buf).map_err(unreadable)?;
     Ok(buf)
-}
-
-/// Runs the pickle's opcodes (building objects only) and returns the root object.
-///
-/// Before each opcode, the few whose arguments candle would trust blindly are checked:
-/// a string length beyond the end of the data (candle would allocate it first) and an
-/// integer wider than 8 bytes (candle would shift past 64 bits).
-fn run_pickle(bytes: &[u8]) -> std::result::Result<Object, String> {
-    const BINUNICODE: u8 = b'X';
-    const LONG1: u8 = 0x8a;
-    let mut reader = Cursor::new(bytes);
-    let mut stack = Stack::empty();
-    loop {
-        let pos = reader.position() as usize;
-        match bytes.get(pos) {
-            None => return Err(format!("ends at byte {pos} without a STOP opcode")),
-            Some(&BINUNICODE) => {
-                if let Some(len) = bytes.get(pos + 1..pos + 5) {
-                    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-                    if len > bytes.len() - (pos + 5) {
-                        return Err(format!(
-                            "string of {len} bytes at byte {pos} runs past the end"
-                        ));
-                    }
-                }
-            }
-            Some(&LONG1) => {
-                if let Some(&n) = bytes.get(pos + 1)
-                    && n > 8
-                {
-                    return Err(format!("integer of {n} bytes at byte {pos} is too wide"));
-                }
-            }
-            Some(_) => {}
-        }
-        match stack.read(&mut reader) {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => return Err(format!("does not parse at byte {pos}: {}", error_text(&e))),
-        }
-    }
-    stack
-        .finalize()
-        .map_err(|e| format!("does not parse: {}", error_text(&e)))
-}
-
-/// Finds the tensors in the pickle's root: a dict of tensors (entries that are not
-/// tensors, such as an OrderedDict's `_metadata`, are skipped) or one bare tensor.
-fn collect_tensors(root: Object) -> std::result::Result<(Vec<PthTensorInfo>, bool), String> {
-    match root {
-        Object::Dict(entries) => {
-            let mut tensors = Vec::new();
-            for (key, value) in entries {
-                if !is_tensor_rebuild(&value) {
-                    continue;
-                }
-                let Object::Unicode(name) = key else {
-                    return Err(format!("a tensor has a key that is not a string: {key:?}"));
-                };
-                let info =
-                    tensor_info(&name, value).map_err(|e| format!("tensor '{name}': {e}"))?;
-                tensors.push(info);
-            }
-            if tensors.is_empty() {
-                return Err("the pickle's dict holds no tensors".into());
-            }
-            Ok((tensors, false))
-        }
-        root if is_tensor_rebuild(&root) => {
-            let info = tensor_info(BARE_TENSOR_NAME, root)
-                .map_err(|e| format!("tensor '{BARE_TENSOR_NAME}': {e}"))?;
-            Ok((vec![info], true))
-        }
-        other => Err(format!(
-            "the pickle's root is neither a tensor nor a dict of tensors but {}",
-            describe(&other)
-        )),
-    }
-}
-
-fn describe(object: &Object) -> String {
-    match object {
-        Object::Class {
-            module_name,
-            class_name,
-        } => format!("class {module_name}.{class_name}"),
-        Object::Reduce { callable, .. } => format!("a call of {}", describe(callable)),
-        Object::Build { callable, .. } => format!("a built {}", describe(callable)),
-        Object::Int(_) | Object::Long(_) => "an integer".into(),
-        Object::Float(_) => "a float".into(),
-        Object::Unicode(_) => "a string".into(),
-        Object::Bool(_) => "a bool".into(),
-        Object::None => "None".into(),
-        Object::Tuple(_) => "a tuple".into(),
-        Object::List(_) => "a list".into(),
-        Object::Mark => "a mark".into(),
-        Object::Dict(_) => "a dict".into(),
-        Object::PersistentLoad(_) => "a persistent id".into(),
-    }
-}
-
-fn class_is(object: &Object, module: &str, class: &str) -> bool {
-    matches!(object, Object::Class { module_name, class_name }
-        if module_name == module && class_name == class)
-}
-
-/// The calls torch's pickler emits for a tensor or a parameter.
-fn is_tensor_rebuild(object: &Object) -> bool {
-    let Object::Reduce { callable, .. } = object else {
-        return false;
-    };
-    class_is(callable, "torch._utils", "_rebuild_tensor_v2")
-        || class_is(callable, "torch._utils", "_rebuild_parameter")
-        || class_is(callable, "torch._utils", "_rebuild_parameter_with_state")
-        || class_is(callable, "torch._tensor", "_rebuild_from_type_v2")
-}
-
-fn tensor_info(name: &str, object: Object) -> std::result::Result<PthTensorInfo, String> {
-    let Object::Reduce { callable, args } = object else {
-        return Err(format!("expected a tensor, found {}", describe(&object)));
-    };
-    let Object::Tuple(mut args) = *args else {
-        return Err("the tensor's arguments are not a tuple".into());
-    };
-    if class_is(&callable, "torch._utils", "_rebuild_tensor_v2") {
-        return rebuild_tensor_v2(name, args);
-    }
-    if class_is(&callable, "torch._utils", "_rebuild_parameter")
-        || class_is(&callable, "torch._utils", "_rebuild_parameter_with_state")
-    {
-        // (data, requires_grad, backward_hooks[, state]): the data is the tensor.
-        if args.is_empty() {
-            return Err("a parameter without data".into());
-        }
-        return tensor_info(name, args.swap_remove(0));
-    }
-    if class_is(&callable, "torch._tensor", "_rebuild_from_type_v2") && args.len() >= 3 {
-        // (func, new_type, args, state): a tensor subclass rebuilt by func(*args).
-        let inner_args = args.swap_remove(2);
-        let func = args.swap_remove(0);
-        return tensor_info(
-            name,
-            Object::Reduce {
-                callable: Box::new(func),
-                args: Box::new(inner_args),
-            },
-        );
-    }
-    Err(format!(
-        "unsupported tensor constructor {}",
-        describe(&callable)
-    ))
-}
-
-/// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, hooks, ..)`,
-/// storage being the persistent id `('storage', <Type>Storage, key, location, numel)`.
-fn rebuild_tensor_v2(name: &str, args: Vec<Object>) -> std::result::Result<PthTensorInfo, String> {
-    let count = args.len();
-    let mut args = args.into_iter();
-    let (Some(storage), Some(offset), Some(size), Some(stride)) =
-        (args.next(), args.next(), args.next(), args.next())
-    else {
-        return Err(format!("_rebuild_tensor_v2 with {count} arguments"));
-    };
-    let Object::PersistentLoad(storage) = storage else {
-        return Err(format!(
-            "storage is {}, not a persistent id",
-            describe(&storage)
-        ));
-    };
-    let Object::Tuple(storage) = *storage else {
-        return Err("storage id is not a tuple".into());
-    };
-    let [kind, storage_class, key, _location, numel] = storage.as_slice() else {
-        return Err(format!(
-            "storage id has {} fields, expected 5",
-            storage.len()
-        ));
-    };
-    if !matches!(kind, Object::Unicode(k) if k == "storage") {
-        return Err(format!(
-            "storage id starts with {}, not 'storage'",
-            describe(kind)
-        ));
-    }
-    let Object::Class { class_name, .. } = storage_class else {
-        return Err(format!("storage type is {}", describe(storage_class)));
-    };
-    let storage_key = match key {
-        Object::Unicode(key) if is_record_key(key) => key.clone(),
-        Object::Unicode(key) => return Err(format!("bad storage record key '{key}'")),
-        other => return Err(format!("storage record key is {}", describe(other))),
-    };
-    let shape = usize_tuple(&size, "size")?;
-    let stride = usize_tuple(&stride, "stride")?;
-    if shape.len() != stride.len() {
-        return Err(format!(
-            "size {shape:?} and stride {stride:?} differ in rank"
-        ));
-    }
-    Ok(PthTensorInfo {
-        name: name.to_string(),
-        storage_type: class_name.clone(),
-        storage_key,
-        storage_numel: to_usize(numel, "storage size")?,
-        offset: to_usize(&offset, "storage offset")?,
-        shape,
-        stride,
-    })
-}
-
-/// Record keys are what torch writes (decimal numbers); refusing anything else keeps a
-/// crafted key from naming another entry of the archive.
-fn is_record_key(key: &str) -> bool {
-    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-fn to_usize(object: &Object, what: &str) -> std::result::Result<usize, String> {
-    let value = match object {
-        Object::Int(v) => i64::from(*v),
-        Object::Long(v) => *v,
-        other => return Err(format!("{what} is {}, not an integer", describe(other))),
-    };
-    usize::try_from(value).map_err(|_| format!("{what} is {value}"))
-}
-
-fn usize_tuple(object: &Object, what: &str) -> std::result::Result<Vec<usize>, String> {
-    let Object::Tuple(items) = object else {
-        return Err(format!("{what} is {}, not a tuple", describe(object)));
-    };
-    items.iter().map(|item| to_usize(item, what)).collect()
 }
 
 fn checked_product(dims: &[usize]) -> Option<usize> {

@@ -587,3 +587,108 @@ fn write_torch_save_streams_storages_and_checks_their_length() {
         "{err}"
     );
 }
+
+/// Sets the sizes that the zip central directory gives record `name` (the local header
+/// is left as written), as a crafted archive would.
+fn patch_directory_sizes(zip: &mut [u8], name: &str, compressed: u32, size: u32) {
+    const CENTRAL_HEADER: &[u8] = b"PK\x01\x02";
+    let at = (0..zip.len().saturating_sub(46))
+        .find(|&i| {
+            zip[i..].starts_with(CENTRAL_HEADER) && {
+                let len = usize::from(u16::from_le_bytes([zip[i + 28], zip[i + 29]]));
+                zip.get(i + 46..i + 46 + len) == Some(name.as_bytes())
+            }
+        })
+        .expect("central directory entry of the record");
+    zip[at + 20..at + 24].copy_from_slice(&compressed.to_le_bytes());
+    zip[at + 24..at + 28].copy_from_slice(&size.to_le_bytes());
+}
+
+#[test]
+fn zip_directory_sizes_beyond_the_bytes_present_are_refused_before_reading() {
+    // The pickle declares 256 Mi elements (1 GiB); the record holds 16 bytes.
+    let mut storage = f32_storage("0", &values(4));
+    storage.numel = 1 << 28;
+    let archive = Archive::new(
+        Root::Dict(vec![view("w", "0", 0, &[4], &[1])]),
+        vec![storage],
+    );
+    let mut zip = archive.zip();
+    patch_directory_sizes(&mut zip, "archive/data/0", 1 << 30, 1 << 30);
+    let file = PthFile::from_bytes(Path::new("/test/model.ckpt"), zip).unwrap();
+    let msg = err_text(file.load("w"));
+    assert!(
+        msg.contains("'w'") && msg.contains("archive ends before them"),
+        "{msg}"
+    );
+
+    // Deflated: the directory claims 1 GiB unpacked from a few compressed bytes.
+    let mut storage = f32_storage("0", &values(4));
+    storage.numel = 1 << 28;
+    let mut archive = Archive::new(
+        Root::Dict(vec![view("w", "0", 0, &[4], &[1])]),
+        vec![storage],
+    );
+    archive.compression = CompressionMethod::Deflated;
+    let mut zip = archive.zip();
+    let packed = {
+        let mut z = zip::ZipArchive::new(Cursor::new(zip.clone())).unwrap();
+        z.by_name("archive/data/0").unwrap().compressed_size() as u32
+    };
+    patch_directory_sizes(&mut zip, "archive/data/0", packed, 1 << 30);
+    let file = PthFile::from_bytes(Path::new("/test/model.ckpt"), zip).unwrap();
+    let msg = err_text(file.load("w"));
+    assert!(
+        msg.contains("'w'") && msg.contains("more than compression can produce"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_view_with_more_elements_than_its_storage_is_refused() {
+    // A broadcast of 6 stored elements to 4 million: the storage is within bounds, the
+    // tensor would not be.
+    let archive = Archive::new(
+        Root::Dict(vec![view("w", "0", 0, &[1 << 22, 6], &[0, 1])]),
+        vec![f32_storage("0", &values(6))],
+    );
+    let msg = err_text(archive.open().unwrap().load("w"));
+    assert!(
+        msg.contains("'w'") && msg.contains("more than the 6 of storage '0'"),
+        "{msg}"
+    );
+}
+
+/// `torch._tensor._rebuild_from_type_v2(_rebuild_tensor_v2, Parameter, (args..), {})`,
+/// as torch saves a tensor subclass, with the tensor's arguments written by hand.
+#[test]
+fn tensor_subclass_rebuilt_from_type() {
+    let mut archive = Archive::new(
+        Root::Bare(view("", "0", 0, &[3], &[1])),
+        vec![f32_storage("0", &values(3))],
+    );
+    let mut p = Pickler::new();
+    p.global("torch._tensor", "_rebuild_from_type_v2").mark();
+    p.global("torch._utils", "_rebuild_tensor_v2")
+        .global("torch.nn.parameter", "Parameter")
+        .mark();
+    p.mark()
+        .constant_string("storage")
+        .global("torch", "FloatStorage")
+        .string("0")
+        .constant_string("cpu")
+        .int(3)
+        .tuple()
+        .op(b'Q');
+    p.int(0)
+        .int_tuple(&[3])
+        .int_tuple(&[1])
+        .op(NEWFALSE)
+        .ordered_dict()
+        .tuple();
+    p.empty_dict().tuple().reduce();
+    archive.pickle = p.finish();
+    let file = archive.open().unwrap();
+    assert!(file.is_bare_tensor());
+    assert_eq!(f32_values(&file.load(BARE_TENSOR_NAME).unwrap()), values(3));
+}
