@@ -48,7 +48,7 @@ fi
 # one-line format (sources.list, *.list). Entries that already name a component
 # are left as they are, so running this twice changes nothing the second time.
 enable_contrib_non_free() {
-  local changed=0 file tmp
+  local file tmp
   shopt -s nullglob
   for file in /etc/apt/sources.list.d/*.sources; do
     # Only stanzas whose URIs are a Debian archive; a stanza ends at a blank line.
@@ -72,7 +72,6 @@ enable_contrib_non_free() {
     if ! cmp -s "$file" "$tmp"; then
       echo "Enabling contrib and non-free in $file"
       $sudo cp "$tmp" "$file"
-      changed=1
     fi
     rm -f "$tmp"
   done
@@ -92,7 +91,6 @@ enable_contrib_non_free() {
     if ! cmp -s "$file" "$tmp"; then
       echo "Enabling contrib and non-free in $file"
       $sudo cp "$tmp" "$file"
-      changed=1
     fi
     rm -f "$tmp"
   done
