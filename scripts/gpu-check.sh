@@ -48,6 +48,14 @@ else
   echo "GPU 0: compute capability unknown to nvidia-smi; kernels built as compute_${CUDA_COMPUTE_CAP} PTX"
 fi
 
+# Debian's toolkit depends on Debian's driver library (libcuda1). Next to a driver
+# installed another way, a different libcuda.so.1 may be found first, and CUDA
+# then fails to initialise with a version mismatch: say so before it does.
+libcuda=$(dpkg-query -W -f='${Version}' libcuda1 2>/dev/null || true)
+if [ -n "$libcuda" ] && [ -n "$driver" ] && [[ "$libcuda" != "$driver"* ]]; then
+  echo "warning: Debian's libcuda1 $libcuda is installed beside driver $driver; if CUDA cannot be initialised, put the driver's own libcuda.so.1 first (LD_LIBRARY_PATH)" >&2
+fi
+
 target="${CARGO_TARGET_DIR:-target}"
 phase "building with --features cuda" cargo build --release --features cuda --examples
 bin="$target/release/examples"
