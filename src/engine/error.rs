@@ -34,6 +34,46 @@ impl EngineError {
             source,
         }
     }
+
+    /// A device that could not be opened, as one readable sentence. candle appends
+    /// a captured backtrace to the text of most of its errors (`Error::bt`, whenever
+    /// `RUST_BACKTRACE` or `RUST_LIB_BACKTRACE` is set), which in an element's error
+    /// message or a command's output buries the reason under dozens of frames;
+    /// only the first line of candle's message is kept, the backtrace is dropped.
+    pub(crate) fn device(device: impl fmt::Display, source: candle_core::Error) -> Self {
+        let reason = match without_backtrace(source) {
+            candle_core::Error::NotCompiledWithCudaSupport => {
+                "this build has no CUDA support (build with `--features cuda`)".to_owned()
+            }
+            other => {
+                let text = other.to_string();
+                let first = text.lines().next().unwrap_or_default().trim();
+                format!("CUDA could not be initialised: {first}")
+            }
+        };
+        Self::Model {
+            context: format!("device {device}"),
+            source: candle_core::Error::Msg(reason),
+        }
+    }
+}
+
+/// candle's error with the backtraces `Error::bt` wrapped around it removed, at
+/// the top and under the context and path wrappers.
+fn without_backtrace(err: candle_core::Error) -> candle_core::Error {
+    use candle_core::Error;
+    match err {
+        Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        Error::Context { inner, context } => Error::Context {
+            inner: Box::new(without_backtrace(*inner)),
+            context,
+        },
+        Error::WithPath { inner, path } => Error::WithPath {
+            inner: Box::new(without_backtrace(*inner)),
+            path,
+        },
+        other => other,
+    }
 }
 
 impl fmt::Display for EngineError {
@@ -76,5 +116,54 @@ mod tests {
         assert!(text.starts_with("loading /m: "), "{text}");
         assert!(text.contains("decoder.1.weight missing"), "{text}");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn device_errors_are_one_sentence_without_the_backtrace() {
+        // What candle returns for a CUDA device in a build without the feature, with
+        // a backtrace attached the way `Error::bt` attaches one.
+        let source = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::NotCompiledWithCudaSupport),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let text = EngineError::device("cuda:0", source).to_string();
+        assert_eq!(
+            text,
+            "device cuda:0: this build has no CUDA support (build with `--features cuda`)"
+        );
+
+        // A driver failure keeps the first line of candle's message only.
+        let source = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg(
+                "DriverError(CUDA_ERROR_NO_DEVICE, \"no CUDA-capable device is detected\")\nmore"
+                    .into(),
+            )),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let text = EngineError::device("cuda:1", source).to_string();
+        assert_eq!(
+            text,
+            "device cuda:1: CUDA could not be initialised: \
+             DriverError(CUDA_ERROR_NO_DEVICE, \"no CUDA-capable device is detected\")"
+        );
+    }
+
+    /// A `cuda:0` device in a build without the `cuda` feature: one line that says
+    /// what to do, even with backtraces enabled as a test run may have them.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_is_one_line() {
+        let err = crate::engine::DeviceSpec::Cuda(0).open().unwrap_err();
+        let text = err.to_string();
+        assert_eq!(
+            text,
+            "device cuda:0: this build has no CUDA support (build with `--features cuda`)"
+        );
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let lower = text.to_lowercase();
+        assert!(
+            !lower.contains("backtrace") && !lower.contains("stack"),
+            "{text}"
+        );
     }
 }

@@ -73,8 +73,7 @@ impl DeviceSpec {
     pub fn open(self) -> Result<Device, EngineError> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda(n) => Device::new_cuda(n)
-                .map_err(|e| EngineError::model(format!("opening CUDA device {n}"), e)),
+            Self::Cuda(n) => Device::new_cuda(n).map_err(|e| EngineError::device(self, e)),
         }
     }
 }
