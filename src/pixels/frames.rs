@@ -193,6 +193,20 @@ mod tests {
     }
 
     #[test]
+    fn buffers_too_large_for_memory_are_errors_not_aborts() {
+        let err = try_with_capacity::<u8>(usize::MAX, "a test buffer")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a test buffer: could not allocate"), "{err}");
+        // 3 * 2^60 bytes: the padding fails cleanly instead of aborting
+        let err = pad_frame_rgb(&[1, 2, 3], 1, 1, 1 << 40, 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pad_frame_rgb: could not allocate"), "{err}");
+        assert_eq!(try_filled(4, 7u8, "small").unwrap(), vec![7; 4]);
+    }
+
+    #[test]
     fn rgb_to_tensor_layout_and_scale() {
         // 2x1 frame: pixel 0 = (0, 255, 51), pixel 1 = (102, 153, 204).
         let frame = [0u8, 255, 51, 102, 153, 204];
