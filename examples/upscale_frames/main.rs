@@ -119,22 +119,44 @@ fn check_size<T>(args: &Args, engine: &Engine<T>, (w, h): (u32, u32)) -> Result<
     Ok(())
 }
 
-/// With `--memory-report`: the peak resident memory of the process so far.
+/// A `Key:` line of /proc/self/status in bytes (VmRSS, VmHWM).
+fn status_bytes(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    memory::parse_meminfo(&text, key)
+}
+
+/// With `--memory-report`, once the weights are loaded: prints the resident memory
+/// and resets the peak (VmHWM), so that the peak reported at the end is the
+/// streaming's, not the loader's.
+fn start_peak(args: &Args) {
+    if !args.memory_report {
+        return;
+    }
+    if let Some(bytes) = status_bytes("VmRSS:") {
+        eprintln!("resident after loading (VmRSS): {}", human_bytes(bytes));
+    }
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        eprintln!("could not reset the peak (/proc/self/clear_refs): {e}");
+    }
+}
+
+/// With `--memory-report`: the peak resident memory since `start_peak`.
 fn report_peak(args: &Args) {
     if !args.memory_report {
         return;
     }
-    let peak = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|text| memory::parse_meminfo(&text, "VmHWM:"));
-    match peak {
-        Some(bytes) => eprintln!("peak resident memory (VmHWM): {}", human_bytes(bytes)),
+    match status_bytes("VmHWM:") {
+        Some(bytes) => eprintln!(
+            "peak resident memory while streaming (VmHWM): {}",
+            human_bytes(bytes)
+        ),
         None => eprintln!("peak resident memory: /proc/self/status has no VmHWM"),
     }
 }
 
 fn upscale_raw(args: &Args, engine: &mut Engine<usize>, (w, h): (u32, u32)) -> Result<(), String> {
     check_size(args, engine, (w, h))?;
+    start_peak(args);
     let frame_len = (w as usize)
         .checked_mul(h as usize)
         .and_then(|n| n.checked_mul(3))
@@ -229,6 +251,7 @@ fn upscale_ppm_folder(args: &Args, engine: &mut Engine<PathBuf>) -> Result<(), S
         let frame = ppm::read_ppm(path)?;
         if received == 0 {
             check_size(args, engine, (frame.width, frame.height))?;
+            start_peak(args);
         }
         let ready = engine
             .push(frame, path.clone())
