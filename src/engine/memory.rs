@@ -2,10 +2,10 @@
 //! machine cannot hold is refused with the figures instead of aborting the process
 //! when an allocation fails (docs/element.md, section "Memory").
 //!
-//! The estimate is the weights (fixed, `FlashVsrModel::weight_bytes`) plus the stream's peak, which is what the
-//! stream holds between chunks plus the largest of the working sets of the
-//! stages of chunk 0, the largest chunk (25 input frames, 6 latent frames, 21
-//! output frames). Everything is counted per padded output pixel `P` (tokens per
+//! The estimate is the weights (fixed, `FlashVsrModel::weight_bytes`) plus the
+//! stream's peak: what the stream holds between chunks plus the largest of the
+//! working sets of the stages of chunk 0, the largest chunk (25 input frames, 6
+//! latent frames, 21 output frames). Everything is counted per padded output pixel `P` (tokens per
 //! latent frame `T = P / 256`), except the DiT's block mask, which grows with
 //! `T^2`. The widths come from the loaded model's configuration.
 
@@ -134,8 +134,8 @@ pub fn estimate(
         + 3.0 * d.heads as f64 * query_windows * key_windows * 4.0;
 
     // Decoder: the condition frames (padded to 24, then reordered), its input at
-    // latent size, per latent frame its 4 full-size frames in 4 live tensors of
-    // the last widths plus a padded copy, and 2 half-size frames through a
+    // latent size, per latent frame its 4 full-size frames in 5 live tensors of
+    // the last widths (4 and a padded copy), and 2 half-size frames through a
     // MemBlock; then the decoded frames (collected, concatenated, rescaled twice,
     // f32), the colour fix (up to 6 copies) and the RGB24 output (3 copies).
     let cfull = c2.max(c3);
