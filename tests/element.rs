@@ -141,6 +141,7 @@ fn properties_have_their_documented_defaults_and_ranges() {
     assert_eq!(element.property::<f64>("kv-ratio"), 3.0);
     assert_eq!(element.property::<u32>("local-range"), 11);
     assert_eq!(element.property::<u64>("seed"), 0);
+    assert_eq!(element.property::<u64>("max-memory"), 0);
     for (name, nick) in [
         ("model-version", "v1-1"),
         ("precision", "f32"),
@@ -176,6 +177,7 @@ fn properties_have_their_documented_defaults_and_ranges() {
         "kv-ratio",
         "local-range",
         "seed",
+        "max-memory",
     ] {
         let pspec = element.find_property(name).unwrap();
         assert!(
@@ -629,4 +631,120 @@ fn latency_adds_held_frames_and_chunk_budget_to_upstream() {
     // timed; no upstream maximum stays none.
     assert_eq!(min, gst::ClockTime::from_mseconds(10 + 33 * 40));
     assert_eq!(max, None);
+}
+
+/// A harness around a started `flashvsr` at `scale` with a memory budget, whose
+/// element posts on a bus; also returns, per error posted, its message and how
+/// many buffers had left the element when it was posted.
+type Errors = Arc<Mutex<Vec<(String, usize)>>>;
+
+fn start_on_bus(
+    model: &std::path::Path,
+    caps: &str,
+    scale: u32,
+    max_memory: u64,
+) -> (Harness, Log, Errors) {
+    let element = gst::ElementFactory::make("flashvsr")
+        .property("model-dir", model.to_str().unwrap())
+        .property_from_str("model-version", "v1")
+        .property("scale", scale)
+        .property("max-memory", max_memory)
+        .build()
+        .unwrap();
+    let log = record(&element.static_pad("src").unwrap());
+    let errors: Errors = Arc::default();
+    let bus = gst::Bus::new();
+    let (seen, sink) = (log.clone(), errors.clone());
+    bus.set_sync_handler(move |_, message| {
+        if let gst::MessageView::Error(e) = message.view() {
+            let buffers = buffers(&seen).len();
+            sink.lock().unwrap().push((e.error().to_string(), buffers));
+        }
+        gst::BusSyncReply::Drop
+    });
+    element.set_bus(Some(&bus));
+    let mut h = Harness::with_element(&element, Some("sink"), Some("src"));
+    h.set_src_caps_str(caps);
+    (h, log, errors)
+}
+
+#[test]
+fn caps_beyond_the_memory_budget_are_refused_after_the_held_frames() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    let caps = caps_str("I420", 32, 24);
+    let (mut h, log, errors) = start_on_bus(&model, &caps, 2, 1 << 30);
+    let info = info_of(&caps);
+    for i in 0..5 {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    assert!(buffers(&log).is_empty());
+    // 4096x4096 at x2 is inside the 8192 output limit but far beyond 1 GiB
+    let huge: gst::Caps = caps_str("I420", 4096, 4096).parse().unwrap();
+    let sinkpad = h.element().unwrap().static_pad("sink").unwrap();
+    assert!(!sinkpad.send_event(gst::event::Caps::new(&huge)));
+    let errors = errors.lock().unwrap().clone();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (message, buffers_before) = &errors[0];
+    assert!(
+        message.starts_with("FlashVSR needs about ")
+            && message.contains(" GiB for 8192x8192 output, 1.0 GiB available")
+            && message.ends_with("lower the scale or the input size"),
+        "{message}"
+    );
+    assert_eq!(
+        *buffers_before, 5,
+        "the held frames come out before the error"
+    );
+    let out = buffers(&log);
+    assert_eq!(out.len(), 5);
+    let out_size = info_of(&caps_str("I420", 64, 48)).size();
+    for (i, b) in out.iter().enumerate() {
+        assert_buf(b, i as u64, gst::ClockTime::ZERO, out_size);
+    }
+}
+
+#[test]
+fn a_bad_buffer_ends_the_stream_after_the_held_frames() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    let caps = caps_str("I420", 32, 24);
+    let (mut h, log, errors) = start_on_bus(&model, &caps, 4, 0);
+    let info = info_of(&caps);
+    for i in 0..30 {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    // the first chunk ran at frame 25: 21 out, 9 held
+    assert_eq!(buffers(&log).len(), 21);
+    let short = gst::Buffer::from_mut_slice(vec![0u8; info.size() / 2]);
+    assert_eq!(h.push(short), Err(gst::FlowError::Error));
+    let errors = errors.lock().unwrap().clone();
+    assert_eq!(
+        errors,
+        [("Could not read a I420 32x24 input frame".to_string(), 30)]
+    );
+    let out = buffers(&log);
+    assert_eq!(out.len(), 30);
+    let out_size = info_of(&caps_str("I420", 128, 96)).size();
+    for (i, b) in out.iter().enumerate() {
+        assert_buf(b, i as u64, gst::ClockTime::ZERO, out_size);
+    }
+}
+
+#[test]
+fn latency_at_absurd_framerates_saturates() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    for rate in ["1/2147483647", "1/858993459"] {
+        let caps = format!("video/x-raw,format=I420,width=32,height=24,framerate={rate}");
+        let (mut h, _) = start(&model, &caps);
+        h.set_upstream_latency(gst::ClockTime::from_mseconds(10));
+        let mut q = gst::query::Latency::new();
+        assert!(h.sinkpad().unwrap().peer_query(&mut q));
+        let (_live, min, max) = q.result();
+        // 25 frames of 68 or 27 years each do not fit a ClockTime: the answer is
+        // the largest one, not a wrapped or truncated sum
+        assert_eq!(min, gst::ClockTime::MAX, "{rate}");
+        assert_eq!(max, None, "{rate}");
+    }
 }

@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use gstflashvsr::engine::memory::human_bytes;
 use gstflashvsr::engine::{
     Engine, EngineError, EngineSettings, FixedNoise, LATENCY_FRAMES, ModelVersion, RgbFrame,
 };
@@ -546,6 +547,53 @@ fn invalid_frames_are_errors_and_the_engine_goes_on() {
     }
     let out = run_clip(&mut engine, &clip(1), &[1]);
     assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn a_stream_over_the_memory_budget_is_refused_with_the_figures() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let probe: Engine<usize> = Engine::new(tiny_settings(&shared)).unwrap();
+    // 8x8 -> 32x32 (padded 128x128); 40x40 -> 160x160 (padded 256x256)
+    let small = probe.memory_estimate(8, 8).unwrap();
+    let big = probe.memory_estimate(40, 40).unwrap();
+    assert_eq!((big.padded_width, big.padded_height), (256, 256));
+    assert!(big.stream() > small.stream(), "{small:?} {big:?}");
+    assert_eq!(small.weights, big.weights);
+    let budget = (small.stream() + big.stream()) / 2;
+    let mut engine = Engine::new(EngineSettings {
+        max_memory: Some(budget),
+        ..tiny_settings(&shared)
+    })
+    .unwrap();
+    assert!(engine.check_size(8, 8).is_ok());
+    for i in 0..5 {
+        assert!(engine.push(synthetic_frame(8, 8, i), i).unwrap().is_empty());
+    }
+    match engine.push(synthetic_frame(40, 40, 5), 5) {
+        Err(EngineError::TooLarge {
+            out_width,
+            out_height,
+            needed,
+            available,
+        }) => {
+            assert_eq!((out_width, out_height), (160, 160));
+            assert_eq!((needed, available), (big.stream(), budget));
+        }
+        other => panic!("expected TooLarge, got {:?}", other.map(|o| o.len())),
+    }
+    let text = engine.check_size(40, 40).unwrap_err().to_string();
+    assert!(
+        text.contains(&format!(
+            "needs about {} for 160x160 output",
+            human_bytes(big.stream())
+        )) && text.contains(&format!("{} available", human_bytes(budget))),
+        "{text}"
+    );
+    // the refused frame left the 8x8 stream intact: its frames still come out
+    let out = engine.finish().unwrap();
+    assert_tags_in_order(&out, 5, "frames before the refused size");
 }
 
 #[test]

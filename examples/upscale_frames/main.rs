@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+use gstflashvsr::engine::memory::{self, human_bytes};
 use gstflashvsr::engine::{Engine, EngineSettings, ModelVersion, RgbFrame};
 use gstflashvsr::model::color_fix::ColorFix;
+use gstflashvsr::pixels::frames::try_filled;
 
 /// Upscales a raw RGB24 file, or a folder of PPM (P6) frames, with the engine.
 #[derive(Parser, Debug)]
@@ -59,6 +61,11 @@ struct Cli {
     /// Seed of the per-stream noise
     #[arg(long, value_name = "S", default_value_t = EngineSettings::default().seed)]
     seed: u64,
+
+    /// Print the memory estimate of the first frame size and, at the end, the
+    /// process's peak resident memory (VmHWM) to compare with it
+    #[arg(long)]
+    memory_report: bool,
 }
 
 struct Args {
@@ -67,6 +74,7 @@ struct Args {
     output: PathBuf,
     size: Option<(u32, u32)>,
     max_frames: Option<usize>,
+    memory_report: bool,
 }
 
 impl From<Cli> for Args {
@@ -82,6 +90,7 @@ impl From<Cli> for Args {
             output: cli.output,
             size: cli.width.zip(cli.height),
             max_frames: cli.frames,
+            memory_report: cli.memory_report,
         }
     }
 }
@@ -91,8 +100,67 @@ fn progress(received: usize, written: usize) {
     eprintln!("frames in: {received}, out: {written}");
 }
 
+/// Refuses a frame size the engine could not hold (`Engine::check_size`) before
+/// anything of that size is allocated; prints the estimate with `--memory-report`.
+fn check_size<T>(args: &Args, engine: &Engine<T>, (w, h): (u32, u32)) -> Result<(), String> {
+    let estimate = engine.check_size(w, h).map_err(|e| e.to_string())?;
+    if args.memory_report {
+        eprintln!(
+            "memory estimate for {w}x{h} (padded output {}x{}): {} in all = weights {} + held {} + working {} ({})",
+            estimate.padded_width,
+            estimate.padded_height,
+            human_bytes(estimate.total()),
+            human_bytes(estimate.weights),
+            human_bytes(estimate.held),
+            human_bytes(estimate.working),
+            estimate.peak_stage
+        );
+    }
+    Ok(())
+}
+
+/// A `Key:` line of /proc/self/status in bytes (VmRSS, VmHWM).
+fn status_bytes(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    memory::parse_meminfo(&text, key)
+}
+
+/// With `--memory-report`, once the weights are loaded: prints the resident memory
+/// and resets the peak (VmHWM), so that the peak reported at the end is the
+/// streaming's, not the loader's.
+fn start_peak(args: &Args) {
+    if !args.memory_report {
+        return;
+    }
+    if let Some(bytes) = status_bytes("VmRSS:") {
+        eprintln!("resident after loading (VmRSS): {}", human_bytes(bytes));
+    }
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        eprintln!("could not reset the peak (/proc/self/clear_refs): {e}");
+    }
+}
+
+/// With `--memory-report`: the peak resident memory since `start_peak`.
+fn report_peak(args: &Args) {
+    if !args.memory_report {
+        return;
+    }
+    match status_bytes("VmHWM:") {
+        Some(bytes) => eprintln!(
+            "peak resident memory while streaming (VmHWM): {}",
+            human_bytes(bytes)
+        ),
+        None => eprintln!("peak resident memory: /proc/self/status has no VmHWM"),
+    }
+}
+
 fn upscale_raw(args: &Args, engine: &mut Engine<usize>, (w, h): (u32, u32)) -> Result<(), String> {
-    let frame_len = w as usize * h as usize * 3;
+    check_size(args, engine, (w, h))?;
+    start_peak(args);
+    let frame_len = (w as usize)
+        .checked_mul(h as usize)
+        .and_then(|n| n.checked_mul(3))
+        .ok_or_else(|| format!("{w}x{h} frames are too large"))?;
     let open = |p: &Path| File::open(p).map_err(|e| format!("{}: {e}", p.display()));
     let mut reader = BufReader::new(open(&args.input)?);
     let out_file =
@@ -109,7 +177,7 @@ fn upscale_raw(args: &Args, engine: &mut Engine<usize>, (w, h): (u32, u32)) -> R
     };
     let (mut received, mut written) = (0, 0);
     while args.max_frames.is_none_or(|n| received < n) {
-        let mut data = vec![0u8; frame_len];
+        let mut data = try_filled(frame_len, 0u8, "an input frame").map_err(|e| e.to_string())?;
         let got = read_full(&mut reader, &mut data)
             .map_err(|e| format!("{}: {e}", args.input.display()))?;
         if got == 0 {
@@ -139,6 +207,7 @@ fn upscale_raw(args: &Args, engine: &mut Engine<usize>, (w, h): (u32, u32)) -> R
     }
     write(engine.finish().map_err(|e| e.to_string())?, &mut written)?;
     progress(received, written);
+    report_peak(args);
     writer
         .flush()
         .map_err(|e| format!("{}: {e}", args.output.display()))
@@ -180,6 +249,10 @@ fn upscale_ppm_folder(args: &Args, engine: &mut Engine<PathBuf>) -> Result<(), S
     let mut written = 0;
     for (received, path) in names.iter().enumerate() {
         let frame = ppm::read_ppm(path)?;
+        if received == 0 {
+            check_size(args, engine, (frame.width, frame.height))?;
+            start_peak(args);
+        }
         let ready = engine
             .push(frame, path.clone())
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -190,6 +263,7 @@ fn upscale_ppm_folder(args: &Args, engine: &mut Engine<PathBuf>) -> Result<(), S
     }
     write(engine.finish().map_err(|e| e.to_string())?, &mut written)?;
     progress(names.len(), written);
+    report_peak(args);
     Ok(())
 }
 

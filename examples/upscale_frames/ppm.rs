@@ -57,9 +57,12 @@ fn parse_ppm(bytes: &[u8]) -> Result<RgbFrame, String> {
     }
     // exactly one whitespace byte separates the header from the pixels
     let data_start = pos + 1;
-    let len = width as usize * height as usize * 3;
+    let len = (width as usize)
+        .checked_mul(height as usize)
+        .and_then(|n| n.checked_mul(3))
+        .ok_or_else(|| format!("{width}x{height} is too large"))?;
     let data = bytes
-        .get(data_start..data_start + len)
+        .get(data_start..data_start.saturating_add(len))
         .ok_or_else(|| format!("{width}x{height} needs {len} pixel bytes, the file is shorter"))?;
     Ok(RgbFrame {
         width,

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::memory::human_bytes;
+
 #[derive(Debug)]
 pub enum EngineError {
     /// A setting is out of range or malformed; `field` is the `EngineSettings` field.
@@ -12,6 +14,14 @@ pub enum EngineError {
     },
     /// A pushed frame does not describe a valid packed RGB24 image.
     InvalidFrame(String),
+    /// Frames of this size would need more memory than there is (the estimate of
+    /// `engine::memory`); sizes are the output's.
+    TooLarge {
+        out_width: usize,
+        out_height: usize,
+        needed: u64,
+        available: u64,
+    },
     /// The model failed (loading weights, running a chunk); `context` says what the
     /// engine was doing, `source` is the model's error.
     Model {
@@ -83,6 +93,17 @@ impl fmt::Display for EngineError {
                 write!(f, "invalid setting `{field}`: {message}")
             }
             Self::InvalidFrame(message) => write!(f, "invalid frame: {message}"),
+            Self::TooLarge {
+                out_width,
+                out_height,
+                needed,
+                available,
+            } => write!(
+                f,
+                "FlashVSR needs about {} for {out_width}x{out_height} output, {} available: lower the scale or the input size",
+                human_bytes(*needed),
+                human_bytes(*available)
+            ),
             Self::Model { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -116,6 +137,16 @@ mod tests {
         assert!(text.starts_with("loading /m: "), "{text}");
         assert!(text.contains("decoder.1.weight missing"), "{text}");
         assert!(std::error::Error::source(&e).is_some());
+        let e = EngineError::TooLarge {
+            out_width: 8192,
+            out_height: 8192,
+            needed: 44_236_955_238,
+            available: 24_588_563_251,
+        };
+        assert_eq!(
+            e.to_string(),
+            "FlashVSR needs about 41.2 GiB for 8192x8192 output, 22.9 GiB available: lower the scale or the input size"
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //!   is bicubic-upscaled, edge-padded to multiples of 128 for the model and cropped
 //!   back afterwards.
 //! - Memory: only the pre-upscaled frames the next chunk still reads are held (at most
-//!   25), plus the tags of frames not yet output; streams can be unbounded.
+//!   25), plus the tags of frames not yet output; streams can be unbounded. A stream
+//!   whose estimated peak (`memory`) exceeds `EngineSettings::max_memory` (default:
+//!   `MemAvailable`) is refused with `EngineError::TooLarge` before it starts; the
+//!   stream before it is then left intact for `finish`.
 //! - `finish` (end of stream) extends the input with copies of the last frame as far
 //!   as the last chunk needs and returns exactly the real frames.
 //! - A frame whose size differs from the stream's finishes the current stream (its
@@ -18,6 +21,7 @@
 mod choices;
 mod chunk_model;
 mod error;
+pub mod memory;
 pub mod noise;
 mod settings;
 mod stream;
@@ -30,6 +34,7 @@ pub use crate::model::ModelVersion;
 pub use crate::model::color_fix::ColorFix;
 pub use choices::{Choice, ChoiceValue};
 pub use error::EngineError;
+pub use memory::MemoryEstimate;
 pub use noise::{FixedNoise, NoiseSource, SeededNoise};
 pub use settings::{
     DeviceSpec, EngineSettings, KV_RATIO_RANGE, LOCAL_RANGE_RANGE, Precision, SCALE_RANGE,
@@ -177,17 +182,61 @@ impl<T> Engine<T> {
         ))
     }
 
+    /// The memory estimate for a stream of `width x height` input frames
+    /// (`engine::memory`).
+    pub fn memory_estimate(&self, width: u32, height: u32) -> Result<MemoryEstimate, EngineError> {
+        let geometry = Geometry::new(width, height, self.settings.scale)?;
+        Ok(self.estimate(geometry))
+    }
+
+    /// Checks that a stream of `width x height` input frames fits in the memory
+    /// budget (`EngineSettings::max_memory`); `push` does the same when a stream
+    /// starts. Returns the estimate, or `EngineError::TooLarge` with the figures.
+    pub fn check_size(&self, width: u32, height: u32) -> Result<MemoryEstimate, EngineError> {
+        self.check_geometry(Geometry::new(width, height, self.settings.scale)?)
+    }
+
+    fn estimate(&self, geometry: Geometry) -> MemoryEstimate {
+        memory::estimate(
+            &memory::ModelShape::of(&self.model),
+            geometry.padded_width,
+            geometry.padded_height,
+            self.settings.kv_ratio as usize,
+        )
+    }
+
+    fn check_geometry(&self, geometry: Geometry) -> Result<MemoryEstimate, EngineError> {
+        let estimate = self.estimate(geometry);
+        let budget = match self.settings.max_memory {
+            Some(bytes) => Some(bytes),
+            None if self.model.device().is_cpu() => memory::available_memory(),
+            None => None,
+        };
+        match budget {
+            Some(available) if estimate.stream() > available => Err(EngineError::TooLarge {
+                out_width: geometry.out_width,
+                out_height: geometry.out_height,
+                needed: estimate.stream(),
+                available,
+            }),
+            _ => Ok(estimate),
+        }
+    }
+
     /// Takes one frame; returns the upscaled frames that became ready, in input order,
     /// each with its tag. A frame of a new size first finishes the current stream.
     pub fn push(&mut self, frame: RgbFrame, tag: T) -> Result<Vec<(RgbFrame, T)>, EngineError> {
         frame.validate()?;
         let geometry = Geometry::new(frame.width, frame.height, self.settings.scale)?;
-        let mut out = Vec::new();
-        if self
+        let same_stream = self
             .stream
             .as_ref()
-            .is_some_and(|s| s.geometry() != geometry)
-        {
+            .is_some_and(|s| s.geometry() == geometry);
+        let mut out = Vec::new();
+        if !same_stream {
+            // Refused before the current stream is finished: its frames stay held
+            // and `finish` still returns them.
+            self.check_geometry(geometry)?;
             out = self.finish()?;
         }
         let stream = match &mut self.stream {

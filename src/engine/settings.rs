@@ -118,6 +118,10 @@ pub struct EngineSettings {
     /// `Portable` runs the candle-op path that CUDA takes even on the CPU (to
     /// prove the device path here); `Fast` (default) uses the CPU fast paths.
     pub kernels: KernelPath,
+    /// Bytes a stream may take (`engine::memory`): a frame size whose estimate is
+    /// larger is refused. `None`: `MemAvailable` when the stream starts, on the CPU;
+    /// no check on CUDA, whose memory the estimate does not read.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for EngineSettings {
@@ -134,6 +138,7 @@ impl Default for EngineSettings {
             local_range: 11,
             seed: 0,
             kernels: KernelPath::Fast,
+            max_memory: None,
         }
     }
 }

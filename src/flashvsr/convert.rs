@@ -6,6 +6,7 @@ use gst_video::prelude::*;
 use gst_video::{VideoConverter, VideoFormat, VideoFrameRef, VideoInfo};
 
 use crate::engine::RgbFrame;
+use crate::pixels::frames::try_with_capacity;
 
 /// Converts input buffers to RGB frames and RGB frames to output buffers.
 pub struct FrameConverter {
@@ -45,7 +46,8 @@ impl FrameConverter {
         let row = width as usize * 3;
         let stride = rgb_frame.plane_stride()[0] as usize;
         let plane = rgb_frame.plane_data(0)?;
-        let mut data = Vec::with_capacity(row * height as usize);
+        let mut data = try_with_capacity(row * height as usize, "an RGB input frame")
+            .map_err(|e| glib::bool_error!("{}", e))?;
         for y in 0..height as usize {
             data.extend_from_slice(&plane[y * stride..y * stride + row]);
         }

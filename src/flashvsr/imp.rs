@@ -21,7 +21,7 @@ use super::caps::{self, Direction};
 use super::convert::FrameConverter;
 use crate::engine::{
     Engine, EngineError, EngineSettings, KV_RATIO_RANGE, LATENCY_FRAMES, LOCAL_RANGE_RANGE,
-    RgbFrame, SCALE_RANGE, SPARSE_RATIO_RANGE,
+    RgbFrame, SCALE_RANGE, SPARSE_RATIO_RANGE, memory,
 };
 use crate::model::schedule::CHUNK_STRIDE;
 
@@ -115,7 +115,25 @@ struct State {
 /// Why the stream cannot go on; posted as an element error by the caller.
 enum ProcessError {
     Convert(glib::BoolError),
-    Engine(String),
+    Engine(EngineError),
+}
+
+/// An engine error as an element error's one-sentence message and its details.
+fn engine_error_text(err: &EngineError) -> (String, String) {
+    match err {
+        EngineError::TooLarge { .. } => (err.to_string(), String::new()),
+        EngineError::Model { context, source } => {
+            (format!("FlashVSR failed ({context})"), source.to_string())
+        }
+        EngineError::InvalidFrame(details) => (
+            "FlashVSR could not take a frame".to_owned(),
+            details.clone(),
+        ),
+        EngineError::InvalidSetting { .. } => (
+            "FlashVSR has an invalid setting".to_owned(),
+            err.to_string(),
+        ),
+    }
 }
 
 impl State {
@@ -147,10 +165,7 @@ impl State {
     /// Outputs every frame the engine holds, then every held event, and starts a
     /// fresh engine stream.
     fn drain(&mut self) -> Result<Vec<Item>, ProcessError> {
-        let outputs = self
-            .engine
-            .finish()
-            .map_err(|e| ProcessError::Engine(e.to_string()))?;
+        let outputs = self.engine.finish().map_err(ProcessError::Engine)?;
         let mut items = self.items_for(outputs)?;
         items.extend(self.held_events.drain(..).map(|(_, e)| Item::Event(e)));
         self.engine.reset();
@@ -269,28 +284,46 @@ impl FlashVsr {
                 );
                 return Err(gst::FlowError::NotNegotiated);
             };
-            let frame = negotiated.converter.input_to_rgb(&buffer).map_err(|err| {
-                gst::element_imp_error!(
-                    self,
-                    gst::StreamError::Format,
-                    ("Could not read an input frame"),
-                    ["{:?} from {:?}: {}", negotiated.in_info, buffer, err]
-                );
-                gst::FlowError::Error
-            })?;
-
-            let started = Instant::now();
-            let outputs = state
-                .engine
-                .push(frame, FrameTag::of(&buffer))
-                .map_err(|err| {
+            let frame = match negotiated.converter.input_to_rgb(&buffer) {
+                Ok(frame) => frame,
+                Err(err) => {
+                    let info = &negotiated.in_info;
+                    let message = format!(
+                        "Could not read a {} {}x{} input frame",
+                        info.format().to_str(),
+                        info.width(),
+                        info.height()
+                    );
+                    let details = format!(
+                        "{err} (buffer of {} bytes, the caps need {})",
+                        buffer.size(),
+                        info.size()
+                    );
+                    let drained = state.drain();
+                    drop(guard);
+                    self.push_drained(drained);
                     gst::element_imp_error!(
                         self,
-                        gst::StreamError::Failed,
-                        ("FlashVSR failed: {}", err)
+                        gst::StreamError::Format,
+                        ("{}", message),
+                        ["{}", details]
                     );
-                    gst::FlowError::Error
-                })?;
+                    return Err(gst::FlowError::Error);
+                }
+            };
+
+            let started = Instant::now();
+            let outputs = match state.engine.push(frame, FrameTag::of(&buffer)) {
+                Ok(outputs) => outputs,
+                Err(err) => {
+                    // the engine keeps the frames of a stream it refused to replace
+                    let drained = state.drain();
+                    drop(guard);
+                    self.push_drained(drained);
+                    self.post_stream_error(ProcessError::Engine(err));
+                    return Err(gst::FlowError::Error);
+                }
+            };
             let took = (!outputs.is_empty()).then(|| started.elapsed());
             state.frames_in += 1;
             let items = state.items_for(outputs).map_err(|err| {
@@ -314,13 +347,61 @@ impl FlashVsr {
                 ["{}", err]
             ),
             ProcessError::Engine(err) => {
+                let (message, details) = engine_error_text(&err);
                 gst::element_imp_error!(
                     self,
                     gst::StreamError::Failed,
-                    ("FlashVSR failed: {}", err)
+                    ("{}", message),
+                    ["{}", details]
                 )
             }
         }
+    }
+
+    /// Before an error ends the stream: sends downstream what a drain gave back.
+    /// A drain that failed itself is only logged, the error at hand is posted.
+    fn push_drained(&self, drained: Result<Vec<Item>, ProcessError>) {
+        match drained {
+            Ok(items) => {
+                if let Err(err) = self.push_items(items) {
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "Pushing the held frames returned {:?}",
+                        err
+                    );
+                }
+            }
+            Err(ProcessError::Engine(err)) => {
+                gst::warning!(CAT, imp = self, "Could not drain the held frames: {}", err)
+            }
+            Err(ProcessError::Convert(err)) => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "Could not convert the held frames: {}",
+                    err
+                )
+            }
+        }
+    }
+
+    /// A refused caps event ends the stream: outputs the frames of the previous
+    /// caps first, then posts `error` (if any). Returns false, the event's answer.
+    fn refuse_caps(&self, error: Option<gst::ErrorMessage>) -> bool {
+        let drained = self.state.lock().as_mut().map(|state| {
+            state.negotiated.as_ref()?;
+            let drained = state.drain();
+            state.negotiated = None;
+            Some(drained)
+        });
+        if let Some(Some(drained)) = drained {
+            self.push_drained(drained);
+        }
+        if let Some(error) = error {
+            self.post_error_message(error);
+        }
+        false
     }
 
     fn push_items(&self, items: Vec<Item>) -> Result<gst::FlowSuccess, gst::FlowError> {
@@ -429,7 +510,7 @@ impl FlashVsr {
                 "Refusing caps that are not raw video: {}",
                 caps
             );
-            return false;
+            return self.refuse_caps(None);
         };
         if in_info.interlace_mode() != gst_video::VideoInterlaceMode::Progressive {
             gst::debug!(
@@ -438,7 +519,7 @@ impl FlashVsr {
                 "Refusing interlaced caps {}: deinterlace first",
                 caps
             );
-            return false;
+            return self.refuse_caps(None);
         }
         if !caps::FORMATS.contains(&in_info.format()) {
             gst::debug!(
@@ -447,7 +528,7 @@ impl FlashVsr {
                 "Refusing unsupported format {:?}",
                 in_info.format()
             );
-            return false;
+            return self.refuse_caps(None);
         }
         let scale = self.scale();
         let Some(out_caps) = caps::output_caps(caps, scale) else {
@@ -459,7 +540,7 @@ impl FlashVsr {
                 scale,
                 caps::MAX_OUTPUT_DIM
             );
-            return false;
+            return self.refuse_caps(None);
         };
         let out_info = match gst_video::VideoInfo::from_caps(&out_caps) {
             Ok(info) => info,
@@ -472,7 +553,7 @@ impl FlashVsr {
                     out_caps,
                     err
                 );
-                return false;
+                return self.refuse_caps(None);
             }
         };
         let converter = match FrameConverter::new(&in_info, &out_info) {
@@ -485,7 +566,7 @@ impl FlashVsr {
                     caps,
                     err
                 );
-                return false;
+                return self.refuse_caps(None);
             }
         };
 
@@ -502,6 +583,32 @@ impl FlashVsr {
             {
                 gst::debug!(CAT, imp = self, "Caps unchanged");
                 return true;
+            }
+            // Refused before the old caps' frames are drained: `refuse_caps` outputs
+            // them, then posts the error.
+            if let Err(err) = state.engine.check_size(in_info.width(), in_info.height()) {
+                let details = state
+                    .engine
+                    .memory_estimate(in_info.width(), in_info.height())
+                    .map(|e| {
+                        format!(
+                            "caps {caps}: padded to {}x{}, weights {}, held between chunks {}, peak working set {} ({})",
+                            e.padded_width,
+                            e.padded_height,
+                            memory::human_bytes(e.weights),
+                            memory::human_bytes(e.held),
+                            memory::human_bytes(e.working),
+                            e.peak_stage
+                        )
+                    })
+                    .unwrap_or_else(|e| e.to_string());
+                let (message, _) = engine_error_text(&err);
+                drop(guard);
+                return self.refuse_caps(Some(gst::error_msg!(
+                    gst::CoreError::Negotiation,
+                    ("{}", message),
+                    ["{}", details]
+                )));
             }
             let items = if state.negotiated.is_some() {
                 match state.drain() {
@@ -593,7 +700,11 @@ impl FlashVsr {
                     max.display(),
                     added
                 );
-                q.set(live, min + added, max.map(|m| m + added));
+                q.set(
+                    live,
+                    min.saturating_add(added),
+                    max.map(|m| m.saturating_add(added)),
+                );
                 true
             }
             _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
@@ -634,10 +745,15 @@ impl FlashVsr {
             .current_caps()
             .and_then(|caps| gst_video::VideoInfo::from_caps(&caps).ok())
             .map(|info| info.fps());
+        // Absurd framerates (1/2147483647) overflow: every step saturates at
+        // `ClockTime::MAX` rather than wrapping or dropping a term.
         let frames = |n: u64| match fps {
-            Some(fps) if fps.numer() > 0 && fps.denom() > 0 => gst::ClockTime::SECOND
-                .mul_div_ceil(n * fps.denom() as u64, fps.numer() as u64)
-                .unwrap_or(gst::ClockTime::ZERO),
+            Some(fps) if fps.numer() > 0 && fps.denom() > 0 => {
+                let (numer, denom) = (fps.numer() as u64, fps.denom() as u64);
+                n.checked_mul(denom)
+                    .and_then(|frames| gst::ClockTime::SECOND.mul_div_ceil(frames, numer))
+                    .unwrap_or(gst::ClockTime::MAX)
+            }
             _ => gst::ClockTime::ZERO,
         };
         match fps {
@@ -658,7 +774,7 @@ impl FlashVsr {
         let processing = measured.max(frames(CHUNK_STRIDE as u64));
         self.reported_processing_ns
             .store(processing.nseconds(), Ordering::Relaxed);
-        frames(LATENCY_FRAMES) + processing
+        frames(LATENCY_FRAMES).saturating_add(processing)
     }
 }
 
@@ -812,6 +928,12 @@ impl ObjectImpl for FlashVsr {
                     .default_value(defaults.local_range)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt64::builder("max-memory")
+                    .nick("Memory budget")
+                    .blurb("Bytes a stream may use; caps whose estimated need (weights excluded) is larger are refused with an error giving both figures. 0: the memory available when the caps arrive (MemAvailable) on the CPU, no check on CUDA. Read at READY->PAUSED")
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt64::builder("seed")
                     .nick("Seed")
                     .blurb("Seed of the noise the network starts from (same seed, same output). Read at READY->PAUSED")
@@ -850,6 +972,10 @@ impl ObjectImpl for FlashVsr {
             "kv-ratio" => engine.kv_ratio = value.get().expect("type checked upstream"),
             "local-range" => engine.local_range = value.get().expect("type checked upstream"),
             "seed" => engine.seed = value.get().expect("type checked upstream"),
+            "max-memory" => {
+                let bytes: u64 = value.get().expect("type checked upstream");
+                engine.max_memory = (bytes > 0).then_some(bytes);
+            }
             other => unreachable!("flashvsr has no property {other}"),
         }
         drop(settings);
@@ -882,6 +1008,7 @@ impl ObjectImpl for FlashVsr {
             "kv-ratio" => engine.kv_ratio.to_value(),
             "local-range" => engine.local_range.to_value(),
             "seed" => engine.seed.to_value(),
+            "max-memory" => engine.max_memory.unwrap_or(0).to_value(),
             other => unreachable!("flashvsr has no property {other}"),
         }
     }

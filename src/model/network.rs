@@ -171,6 +171,8 @@ pub struct FlashVsrModel {
     lq_proj: LqProj,
     dit: Dit,
     decoder: TcDecoder,
+    /// Bytes of the weights as loaded (see `weight_bytes`).
+    weight_bytes: u64,
 }
 
 impl FlashVsrModel {
@@ -225,6 +227,21 @@ impl FlashVsrModel {
             ));
         }
         let decoder = TcDecoder::new(tc_cfg, files.decoder.var_builder(conv_dtype, device))?;
+        // Values of each file times the size they are held in: the DiT and the
+        // prompt in the compute dtype, the LQ projection and the decoder in the
+        // convolutions' (the larger of the two, for the LQ projection's linears).
+        let values = |file: &crate::weights::WeightFile| -> Result<u64> {
+            file.names().iter().try_fold(0u64, |sum, name| {
+                let n: usize = file.shape(name)?.iter().product();
+                Ok(sum.saturating_add(n as u64))
+            })
+        };
+        let (size, conv_size) = (
+            dtype.size_in_bytes() as u64,
+            conv_dtype.size_in_bytes().max(dtype.size_in_bytes()) as u64,
+        );
+        let weight_bytes = (values(&files.dit)? + values(&files.prompt)?) * size
+            + (values(&files.lq_proj)? + values(&files.decoder)?) * conv_size;
         Ok(Self {
             device: device.clone(),
             dtype,
@@ -232,7 +249,14 @@ impl FlashVsrModel {
             lq_proj,
             dit,
             decoder,
+            weight_bytes,
         })
+    }
+
+    /// Bytes the loaded weights take: every tensor of the files at the dtype it is
+    /// held in.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
     }
 
     pub fn device(&self) -> &Device {

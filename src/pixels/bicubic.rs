@@ -8,6 +8,7 @@
 //! not change is skipped, which matters for exactness: running it would still
 //! be an identity only up to the filter's fixed-point rounding.
 
+use super::frames::{try_filled, try_with_capacity};
 use candle_core::{Result, bail};
 
 /// Fractional bits of Pillow's fixed-point coefficients for 8-bit images:
@@ -192,21 +193,34 @@ impl BicubicResizer {
         };
         let rows = &src[first_row * self.width * CHANNELS..row_end * self.width * CHANNELS];
         let widened = match &self.horizontal {
-            Some(taps) => resample_rows(rows, self.width, taps, self.dst_width),
-            None => rows.to_vec(),
+            Some(taps) => resample_rows(rows, self.width, taps, self.dst_width)?,
+            None => {
+                let mut copy = try_with_capacity(rows.len(), "bicubic resize")?;
+                copy.extend_from_slice(rows);
+                copy
+            }
         };
-        Ok(match &self.vertical {
+        match &self.vertical {
             Some(taps) => resample_columns(&widened, self.dst_width, first_row, taps),
-            None => widened,
-        })
+            None => Ok(widened),
+        }
     }
 }
 
 /// Horizontal pass: every row of `src` (width `in_width`) to `out_width`.
-fn resample_rows(src: &[u8], in_width: usize, taps: &AxisTaps, out_width: usize) -> Vec<u8> {
+fn resample_rows(
+    src: &[u8],
+    in_width: usize,
+    taps: &AxisTaps,
+    out_width: usize,
+) -> Result<Vec<u8>> {
     let in_stride = in_width * CHANNELS;
     let row_count = src.len() / in_stride;
-    let mut out = vec![0u8; row_count * out_width * CHANNELS];
+    let mut out = try_filled(
+        row_count * out_width * CHANNELS,
+        0u8,
+        "bicubic resize: the widened rows",
+    )?;
     for (src_row, out_row) in src
         .chunks_exact(in_stride)
         .zip(out.chunks_exact_mut(out_width * CHANNELS))
@@ -225,15 +239,20 @@ fn resample_rows(src: &[u8], in_width: usize, taps: &AxisTaps, out_width: usize)
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Vertical pass: `src` holds rows `first_row..` of the image (packed, width
 /// `width`); produces every output row.
-fn resample_columns(src: &[u8], width: usize, first_row: usize, taps: &AxisTaps) -> Vec<u8> {
+fn resample_columns(
+    src: &[u8],
+    width: usize,
+    first_row: usize,
+    taps: &AxisTaps,
+) -> Result<Vec<u8>> {
     let stride = width * CHANNELS;
     let out_rows = taps.starts.len();
-    let mut out = vec![0u8; out_rows * stride];
+    let mut out = try_filled(out_rows * stride, 0u8, "bicubic resize: the output frame")?;
     // Row-at-a-time accumulation keeps the inner loop contiguous (vectorisable).
     let mut sums = vec![0i32; stride];
     for (out_index, out_row) in out.chunks_exact_mut(stride).enumerate() {
@@ -250,7 +269,7 @@ fn resample_columns(src: &[u8], width: usize, first_row: usize, taps: &AxisTaps)
             *dst = fixed_to_u8(sum);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Resizes a packed RGB24 frame like Pillow's `Image.resize((dst_width,

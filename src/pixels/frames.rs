@@ -8,6 +8,27 @@ use candle_core::{DType, Device, Result, Tensor, bail};
 /// Bytes per packed RGB24 pixel.
 const CHANNELS: usize = 3;
 
+/// A buffer of `len` copies of `value`, or an error naming `what` when the memory
+/// cannot be had: a frame too large for the machine fails the stream instead of
+/// aborting the process.
+pub fn try_filled<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut out = try_with_capacity(len, what)?;
+    out.resize(len, value);
+    Ok(out)
+}
+
+/// An empty buffer with room for exactly `len` values, or an error naming `what`.
+pub fn try_with_capacity<T>(len: usize, what: &str) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|e| {
+        candle_core::Error::Msg(format!(
+            "{what}: could not allocate {} bytes ({e})",
+            len.saturating_mul(std::mem::size_of::<T>())
+        ))
+    })?;
+    Ok(out)
+}
+
 fn check_frame(what: &str, len: usize, width: usize, height: usize) -> Result<()> {
     let expected = width * height * CHANNELS;
     if len != expected {
@@ -31,7 +52,11 @@ pub fn rgb_to_tensor(
         bail!("rgb_to_tensor: empty frame size {width}x{height}");
     }
     let plane = width * height;
-    let mut data = vec![0f32; frames.len() * CHANNELS * plane];
+    let mut data = try_filled(
+        frames.len() * CHANNELS * plane,
+        0f32,
+        "rgb_to_tensor: the frames as floats",
+    )?;
     for (index, (frame, planes)) in frames
         .iter()
         .zip(data.chunks_exact_mut(CHANNELS * plane))
@@ -80,10 +105,14 @@ pub fn tensor_to_rgb(t: &Tensor) -> Result<Vec<Vec<u8>>> {
     if frame_len == 0 {
         return Ok(vec![Vec::new(); n]);
     }
-    Ok(values
+    values
         .chunks_exact(frame_len)
-        .map(|frame| frame.iter().map(|&x| to_byte(x)).collect())
-        .collect())
+        .map(|frame| {
+            let mut bytes = try_with_capacity(frame_len, "tensor_to_rgb: an output frame")?;
+            bytes.extend(frame.iter().map(|&x| to_byte(x)));
+            Ok(bytes)
+        })
+        .collect()
 }
 
 fn to_byte(x: f32) -> u8 {
@@ -111,7 +140,7 @@ pub fn pad_frame_rgb(
     }
     let row_len = width * CHANNELS;
     let padded_row_len = padded_width * CHANNELS;
-    let mut out = Vec::with_capacity(padded_row_len * padded_height);
+    let mut out = try_with_capacity(padded_row_len * padded_height, "pad_frame_rgb")?;
     for row in src.chunks_exact(row_len) {
         out.extend_from_slice(row);
         let last_pixel = &row[row_len - CHANNELS..];
@@ -142,7 +171,7 @@ pub fn crop_frame_rgb(
     }
     let row_len = width * CHANNELS;
     let crop_row_len = crop_width * CHANNELS;
-    let mut out = Vec::with_capacity(crop_row_len * crop_height);
+    let mut out = try_with_capacity(crop_row_len * crop_height, "crop_frame_rgb")?;
     for row in src.chunks_exact(row_len.max(1)).take(crop_height) {
         out.extend_from_slice(&row[..crop_row_len]);
     }
@@ -161,6 +190,20 @@ mod tests {
 
     fn flat(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn buffers_too_large_for_memory_are_errors_not_aborts() {
+        let err = try_with_capacity::<u8>(usize::MAX, "a test buffer")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a test buffer: could not allocate"), "{err}");
+        // 3 * 2^60 bytes: the padding fails cleanly instead of aborting
+        let err = pad_frame_rgb(&[1, 2, 3], 1, 1, 1 << 40, 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pad_frame_rgb: could not allocate"), "{err}");
+        assert_eq!(try_filled(4, 7u8, "small").unwrap(), vec![7; 4]);
     }
 
     #[test]

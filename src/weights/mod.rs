@@ -295,12 +295,30 @@ const PROMPT: FileChoice = FileChoice {
 };
 
 impl FileChoice {
-    fn resolve(&self, dir: &Path) -> Option<PathBuf> {
-        self.converted
+    /// The first of the converted and the released file that exists; one that
+    /// exists but is not a regular file (a folder, a FIFO) is an error, not skipped.
+    fn resolve(&self, dir: &Path) -> Result<Option<PathBuf>> {
+        for path in self
+            .converted
             .into_iter()
             .chain([self.released])
-            .map(|name| dir.join(name))
-            .find(|path| path.is_file())
+            .map(|n| dir.join(n))
+        {
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => return Ok(Some(path)),
+                Ok(_) => {
+                    return Err(message(format!(
+                        "weight file '{}' is not a regular file: remove it or replace it with the weight file",
+                        path.display()
+                    )));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(message(format!("weight file '{}': {e}", path.display())));
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn describe(&self) -> String {
@@ -327,11 +345,12 @@ impl ModelFiles {
                 dir.display()
             )));
         }
-        let missing: Vec<String> = [DIT, LQ_PROJ, DECODER, PROMPT]
-            .iter()
-            .filter(|choice| choice.resolve(dir).is_none())
-            .map(FileChoice::describe)
-            .collect();
+        let mut missing = Vec::new();
+        for choice in [DIT, LQ_PROJ, DECODER, PROMPT] {
+            if choice.resolve(dir)?.is_none() {
+                missing.push(choice.describe());
+            }
+        }
         let missing_error = |missing: &[String]| {
             message(format!(
                 "model folder '{}': missing {}; {HOW_TO_GET_WEIGHTS}",
@@ -343,7 +362,7 @@ impl ModelFiles {
             return Err(missing_error(&missing));
         }
         // Resolved again: a file removed since the check above is reported the same way.
-        let open = |choice: FileChoice| match choice.resolve(dir) {
+        let open = |choice: FileChoice| match choice.resolve(dir)? {
             Some(path) => WeightFile::open(&path).map(Arc::new),
             None => Err(missing_error(&[choice.describe()])),
         };
@@ -491,5 +510,31 @@ mod tests {
             .to_vec();
         assert_eq!(indexed_count(&names, "blocks."), 12);
         assert_eq!(indexed_count(&names, "linear_layers."), 0);
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_a_weight_file_is_named_not_skipped() {
+        let dir = std::env::temp_dir().join(format!("flashvsr-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join(LQ_PROJ_SAFETENSORS_FILE);
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        std::fs::write(dir.join(LQ_PROJ_FILE), b"not read").unwrap();
+        let err = LQ_PROJ.resolve(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains(&fifo.display().to_string()) && err.contains("not a regular file"),
+            "{err}"
+        );
+        // the folder check reports it too, before any file is opened
+        let err = ModelFiles::open(&dir).unwrap_err().to_string();
+        assert!(err.contains(LQ_PROJ_SAFETENSORS_FILE), "{err}");
+        // without the FIFO the released file is chosen
+        std::fs::remove_file(&fifo).unwrap();
+        assert_eq!(LQ_PROJ.resolve(&dir).unwrap(), Some(dir.join(LQ_PROJ_FILE)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,274 @@
+//! A conservative estimate of the memory one stream needs, so that a frame size the
+//! machine cannot hold is refused with the figures instead of aborting the process
+//! when an allocation fails (docs/element.md, section "Memory").
+//!
+//! The estimate is the weights (fixed, `FlashVsrModel::weight_bytes`) plus the
+//! stream's peak: what the stream holds between chunks plus the largest of the
+//! working sets of the stages of chunk 0, the largest chunk (25 input frames, 6
+//! latent frames, 21 output frames). Everything is counted per padded output pixel `P` (tokens per
+//! latent frame `T = P / 256`), except the DiT's block mask, which grows with
+//! `T^2`. The widths come from the loaded model's configuration.
+
+use crate::model::FlashVsrModel;
+use crate::model::dit::DitConfig;
+use crate::model::lq_proj::{LqProjConfig, UNSHUFFLE};
+use crate::model::schedule::{FIRST_CHUNK_INPUT, FIRST_CHUNK_OUTPUT, chunk_noise_frames};
+use crate::model::tcdecoder::{FRAMES_PER_LATENT, TcDecoderConfig};
+
+/// Output pixels per DiT token (one token per 2x2 latent patch of 8x8 pixels).
+const PIXELS_PER_TOKEN: f64 = 256.0;
+/// Tokens per sparse-attention window.
+const WINDOW_TOKENS: f64 = 128.0;
+
+/// The sizes of a model that the estimate reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelShape {
+    pub dit: DitConfig,
+    pub lq_proj: LqProjConfig,
+    pub decoder: TcDecoderConfig,
+    /// Bytes per value of the DiT weights and activations (the precision).
+    pub dtype_bytes: usize,
+    /// Bytes per value of the convolutions (f32 on the CPU, the precision elsewhere).
+    pub conv_bytes: usize,
+    /// The loaded weights (`FlashVsrModel::weight_bytes`).
+    pub weight_bytes: u64,
+}
+
+impl ModelShape {
+    pub fn of(model: &FlashVsrModel) -> Self {
+        let dtype_bytes = model.dtype().size_in_bytes();
+        Self {
+            dit: model.dit().config().clone(),
+            lq_proj: model.lq_proj().config().clone(),
+            decoder: model.decoder().config().clone(),
+            dtype_bytes,
+            conv_bytes: if model.device().is_cpu() {
+                4
+            } else {
+                dtype_bytes
+            },
+            weight_bytes: model.weight_bytes(),
+        }
+    }
+}
+
+/// The estimate for one output size, in bytes, with the parts it adds up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryEstimate {
+    pub padded_width: usize,
+    pub padded_height: usize,
+    /// The loaded weights (already resident when a stream starts).
+    pub weights: u64,
+    /// Held between chunks: the pre-upscaled frames, the DiT's KV cache, the
+    /// decoder's and the LQ projection's per-stream memories.
+    pub held: u64,
+    /// The largest working set of one chunk's stages.
+    pub working: u64,
+    /// Which stage `working` is.
+    pub peak_stage: &'static str,
+}
+
+impl MemoryEstimate {
+    /// What the stream adds to the process: `held + working`.
+    pub fn stream(&self) -> u64 {
+        self.held.saturating_add(self.working)
+    }
+
+    /// Peak of the whole process running one stream.
+    pub fn total(&self) -> u64 {
+        self.weights.saturating_add(self.stream())
+    }
+}
+
+/// The estimate for a stream whose frames are padded to `padded_width x
+/// padded_height`; `kv_time_windows` is the setting `kv_ratio` rounded down.
+pub fn estimate(
+    shape: &ModelShape,
+    padded_width: usize,
+    padded_height: usize,
+    kv_time_windows: usize,
+) -> MemoryEstimate {
+    let p = padded_width as f64 * padded_height as f64;
+    let t = p / PIXELS_PER_TOKEN;
+    let e = shape.dtype_bytes as f64;
+    let ec = shape.conv_bytes as f64;
+    let d = &shape.dit;
+    let dim = d.dim as f64;
+    let layers = d.num_layers as f64;
+    let [c0, c1, c2, c3] = shape.decoder.channels.map(|c| c as f64);
+    let first_latents = chunk_noise_frames(0).len() as f64;
+    let lq_frames = FIRST_CHUNK_INPUT as f64;
+    let out_frames = FIRST_CHUNK_OUTPUT as f64;
+    let decoded_frames = FRAMES_PER_LATENT as f64 * first_latents;
+
+    // Held: 25 padded RGB24 frames; K and V of every block for the time windows
+    // kept (chunk 0 leaves 3, each of 2 latent frames) plus the one being added;
+    // the decoder MemBlocks' last inputs (3 per stage, at 1/8, 1/4 and 1/2 size).
+    let windows = kv_time_windows.max(3) as f64;
+    let kv = 2.0 * (layers * 2.0 * windows + 2.0 * (windows + 1.0)) * t * dim * e;
+    let decoder_memory = 3.0 * (c0 / 64.0 + c1 / 16.0 + c2 / 4.0) * p * ec;
+    let lq_cache = 2.0 * (shape.lq_proj.hidden1 + shape.lq_proj.in_channels) as f64 * p
+        / (UNSHUFFLE * UNSHUFFLE) as f64
+        * ec;
+    let held = lq_frames * 3.0 * p + kv + decoder_memory + lq_cache;
+
+    // The LQ tensor of the chunk (f32) is alive through all its stages.
+    let lq_tensor = lq_frames * 3.0 * 4.0 * p;
+
+    // LQ projection: a 4-frame clip converted and unshuffled, both 3-D
+    // convolutions' outputs with their normalised copies.
+    let l = &shape.lq_proj;
+    let lq_proj = 2.0 * 4.0 * 3.0 * p * ec
+        + 4.0 * 3.0 * (l.hidden1 + l.hidden2) as f64 * p / (UNSHUFFLE * UNSHUFFLE) as f64 * ec
+        + l.layers as f64 * first_latents * t / 4.0 * l.out_dim as f64 * e;
+
+    // DiT, over chunk 0's tokens: about 10 rows of width D (input, norm, q, k, v,
+    // attention output, residuals) and 2 of the feed-forward width per token, the
+    // LQ features added to the leading blocks, and the block mask: pooled scores,
+    // bias and their softmax, 3 f32 values per pair of windows and head.
+    let tokens = first_latents * t;
+    let query_windows = tokens / WINDOW_TOKENS;
+    let key_windows = (first_latents.max(2.0 * (windows + 1.0))) * t / WINDOW_TOKENS;
+    let dit = tokens * (10.0 * dim + 2.0 * d.ffn_dim as f64) * e
+        + l.layers as f64 * tokens * dim * e
+        + 3.0 * d.heads as f64 * query_windows * key_windows * 4.0;
+
+    // Decoder: the condition frames (padded to 24, then reordered), its input at
+    // latent size, per latent frame its 4 full-size frames in 5 live tensors of
+    // the last widths (4 and a padded copy), and 2 half-size frames through a
+    // MemBlock; then the decoded frames (collected, concatenated, rescaled twice,
+    // f32), the colour fix (up to 6 copies) and the RGB24 output (3 copies).
+    let cfull = c2.max(c3);
+    let decoder = 2.0 * decoded_frames * 3.0 * p * ec
+        + first_latents * shape.decoder.in_channels as f64 * p / 64.0 * ec
+        + FRAMES_PER_LATENT as f64 * 5.0 * cfull * p * ec
+        + 2.0 * 8.0 * c2 * p / 4.0 * ec
+        + 4.0 * decoded_frames * 3.0 * p * 4.0;
+    let output = 6.0 * out_frames * 3.0 * p * 4.0 + 3.0 * out_frames * 4.0 * p;
+
+    let stages = [
+        ("LQ projection", lq_proj),
+        ("DiT", dit),
+        ("decoder", decoder),
+        ("colour fix and output", output),
+    ];
+    let (peak_stage, largest) =
+        stages.into_iter().fold(
+            ("LQ projection", 0.0),
+            |best, s| if s.1 > best.1 { s } else { best },
+        );
+    MemoryEstimate {
+        padded_width,
+        padded_height,
+        weights: shape.weight_bytes,
+        held: to_bytes(held),
+        working: to_bytes(lq_tensor + largest),
+        peak_stage,
+    }
+}
+
+fn to_bytes(x: f64) -> u64 {
+    // `as` saturates: an absurd size gives u64::MAX, never a wrapped small value.
+    x.ceil() as u64
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes: what the kernel can give without
+/// swapping. `None` where it cannot be read (not Linux).
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo(&text, "MemAvailable:")
+}
+
+/// Reads a `Key:   123 kB` line of /proc/meminfo or /proc/self/status, in bytes.
+pub fn parse_meminfo(text: &str, key: &str) -> Option<u64> {
+    let value = text.lines().find_map(|line| line.strip_prefix(key))?;
+    let kib: u64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// `bytes` with one decimal in GiB, or MiB below 1 GiB: "41.2 GiB", "12.5 MiB".
+pub fn human_bytes(bytes: u64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    let b = bytes as f64;
+    if b >= 1024.0 * MIB {
+        format!("{:.1} GiB", b / (1024.0 * MIB))
+    } else {
+        format!("{:.1} MiB", b / MIB)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The released FlashVSR v1.1 widths (`RandomModelSpec::released`) with `layers`
+    /// DiT blocks.
+    fn released(layers: usize) -> ModelShape {
+        ModelShape {
+            dit: DitConfig {
+                dim: 1536,
+                ffn_dim: 8960,
+                heads: 12,
+                num_layers: layers,
+                text_dim: 4096,
+                freq_dim: 256,
+                in_channels: 16,
+                out_channels: 16,
+            },
+            lq_proj: LqProjConfig {
+                in_channels: 768,
+                hidden1: 2048,
+                hidden2: 3072,
+                out_dim: 1536,
+                layers: 1,
+            },
+            decoder: TcDecoderConfig {
+                in_channels: 784,
+                channels: [512, 256, 128, 128],
+            },
+            dtype_bytes: 4,
+            conv_bytes: 4,
+            weight_bytes: 6_400_000_000,
+        }
+    }
+
+    #[test]
+    fn grows_with_the_pixels_and_saturates() {
+        let shape = released(30);
+        let small = estimate(&shape, 128, 128, 3);
+        let big = estimate(&shape, 1280, 768, 3);
+        // 60x the pixels: at least 60x the per-stream memory (the block mask grows
+        // faster)
+        assert!(big.stream() >= 60 * small.stream(), "{small:?} {big:?}");
+        assert_eq!(small.weights, big.weights);
+        assert_eq!(big.total(), big.weights + big.held + big.working);
+        let absurd = estimate(&shape, usize::MAX, usize::MAX, 3);
+        assert_eq!(absurd.total(), u64::MAX);
+        // 8192x8192 is far beyond any machine's memory
+        assert!(estimate(&shape, 8192, 8192, 3).stream() > 1 << 40);
+    }
+
+    #[test]
+    fn more_kv_windows_need_more() {
+        let shape = released(2);
+        assert!(estimate(&shape, 512, 512, 8).held > estimate(&shape, 512, 512, 3).held);
+        // kv_ratio below 3 still holds chunk 0's 3 windows
+        assert_eq!(estimate(&shape, 512, 512, 1), estimate(&shape, 512, 512, 3));
+    }
+
+    #[test]
+    fn meminfo_lines_parse() {
+        let text = "MemTotal:       32768000 kB\nMemAvailable:   24000000 kB\n";
+        assert_eq!(
+            parse_meminfo(text, "MemAvailable:"),
+            Some(24_000_000 * 1024)
+        );
+        assert_eq!(parse_meminfo(text, "VmHWM:"), None);
+        assert_eq!(parse_meminfo("MemAvailable: lots", "MemAvailable:"), None);
+        assert_eq!(human_bytes(44_236_955_238), "41.2 GiB");
+        assert_eq!(human_bytes(13_107_200), "12.5 MiB");
+        if cfg!(target_os = "linux") {
+            assert!(available_memory().is_some_and(|b| b > 0));
+        }
+    }
+}
