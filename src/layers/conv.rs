@@ -1,16 +1,20 @@
-//! 2-D convolution: the CPU fast path runs one matrix product per kernel tap,
-//! every other device one candle `conv2d` per layer.
+//! 2-D convolution: the CPU fast paths run Winograd F(2x2, 3x3) products or one
+//! matrix product per kernel tap, every other device one candle `conv2d` per
+//! layer.
 //!
 //! candle's CPU convolution runs far below its matrix-multiply rate (and has no
 //! half-precision kernel), while the TCDecoder and the LQ projection are nearly
-//! all convolution. On the CPU the weight is therefore split at load into its
-//! `k * k` taps, `[k * k, c_out, c_in]`, which accumulate in one buffer through
-//! `gemm` ([`conv_taps`]). On other devices the weight stays `[c_out, c_in, k, k]`
-//! and each layer is one `Tensor::conv2d` over all its frames (on CUDA: im2col
-//! and one cuBLAS product, or cuDNN with the `cudnn` feature; a few row strips
-//! when the im2col matrix would pass 2 GiB) plus a broadcast bias add; see
-//! docs/device-path.md, section "Convolutions". Only one of the two layouts is
-//! kept, so device memory holds each weight once.
+//! all convolution. On the CPU the weight is therefore transformed at load:
+//! 3x3 layers with enough input channels ([`prefers_winograd`]) keep the
+//! Winograd weights `[16, c_out, c_in]` ([`winograd`]: 16 products per strip of
+//! 2x2-output tiles, 16 multiplications where direct convolution needs 36);
+//! the others are split into their `k * k` taps, `[k * k, c_out, c_in]`, which
+//! accumulate in one buffer through `gemm` ([`conv_taps`]). On other devices the
+//! weight stays `[c_out, c_in, k, k]` and each layer is one `Tensor::conv2d` over
+//! all its frames (on CUDA: im2col and one cuBLAS product, or cuDNN with the
+//! `cudnn` feature; a few row strips when the im2col matrix would pass 2 GiB)
+//! plus a broadcast bias add; see docs/device-path.md, section "Convolutions".
+//! Only one layout is kept, so memory holds each weight once.
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -53,7 +57,7 @@ impl Weight {
                 let (_, c_out, c_in) = u.dims3()?;
                 let u = u.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 let kernel = winograd_transforms::kernels_from_weights(&u, c_out, c_in);
-                Tensor::from_vec(kernel, (c_out, c_in, 3, 3), u_device(self))?
+                Tensor::from_vec(kernel, (c_out, c_in, 3, 3), weight_device(self))?
                     .to_dtype(self.dtype())
             }
         }
@@ -61,7 +65,7 @@ impl Weight {
 }
 
 /// The device a weight lives on.
-fn u_device(w: &Weight) -> &Device {
+fn weight_device(w: &Weight) -> &Device {
     match w {
         Weight::Taps(t) | Weight::Winograd(t) | Weight::Kernel(t) => t.device(),
     }

@@ -71,8 +71,10 @@ impl CustomOp2 for WinogradConv<'_> {
             c_out,
             th: h.div_ceil(2),
             tw: w.div_ceil(2),
+            xh,
+            xw,
+            pad: self.pad,
         };
-        let input = tiles.aligned_input(x, xh, xw, self.pad);
         let mut out = vec![0f32; n * c_out * h * w];
         let bias = self.bias;
         let threads = candle_core::utils::get_num_threads();
@@ -83,9 +85,7 @@ impl CustomOp2 for WinogradConv<'_> {
                 batch
                     .par_iter()
                     .zip(scratch.par_iter_mut())
-                    .try_for_each(|(&(g0, rows), s)| {
-                        tiles.strip(&input, u, bias, g0, rows, 1, s)
-                    })?;
+                    .try_for_each(|(&(g0, rows), s)| tiles.strip(x, u, bias, g0, rows, 1, s))?;
                 for (&(g0, rows), s) in batch.iter().zip(&scratch) {
                     tiles.scatter(&s.local, g0, rows, h, w, &mut out);
                 }
@@ -93,7 +93,7 @@ impl CustomOp2 for WinogradConv<'_> {
         } else {
             let mut s = Scratch::default();
             for &(g0, rows) in &strips {
-                tiles.strip(&input, u, bias, g0, rows, threads, &mut s)?;
+                tiles.strip(x, u, bias, g0, rows, threads, &mut s)?;
                 tiles.scatter(&s.local, g0, rows, h, w, &mut out);
             }
         }
@@ -102,10 +102,12 @@ impl CustomOp2 for WinogradConv<'_> {
 }
 
 /// Buffers of one strip, kept from strip to strip so that each strip does not
-/// fault in fresh pages: transformed inputs `[16, c_in, tiles]`, products
-/// `[16, c_out, tiles]` and outputs `[rows, c_out, 2, 2 tw]`.
+/// fault in fresh pages: 4 padded input rows, transformed inputs
+/// `[16, c_in, tiles]`, products `[16, c_out, tiles]` and outputs
+/// `[rows, c_out, 2, 2 tw]`.
 #[derive(Default)]
 struct Scratch {
+    rows: Vec<f32>,
     v: Vec<f32>,
     m: Vec<f32>,
     local: Vec<f32>,
@@ -118,36 +120,52 @@ fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-/// The tiling of one call: `n` frames of `th x tw` tiles.
+/// The tiling of one call: `n` frames of `th x tw` tiles over `[n, c_in, xh,
+/// xw]` inputs zero-padded by `pad`.
 struct Tiles {
     n: usize,
     c_in: usize,
     c_out: usize,
     th: usize,
     tw: usize,
+    xh: usize,
+    xw: usize,
+    pad: usize,
 }
 
 impl Tiles {
-    /// Rows and columns of the tile-aligned padded frame: every tile's 4x4
-    /// input lies inside it, the partial last tile reading zeros.
-    fn aligned(&self) -> (usize, usize) {
-        (2 * self.th + 2, 2 * self.tw + 2)
+    /// Length of the tile-aligned padded rows that the input transform reads:
+    /// every tile's 4 columns lie inside them, the partial last tile's reading
+    /// zeros.
+    fn aligned_width(&self) -> usize {
+        2 * self.tw + 2
     }
 
-    /// `x` `[n, c_in, xh, xw]` copied into zeroed `[n, c_in, ah, aw]` frames at
-    /// `(pad, pad)`.
-    fn aligned_input(&self, x: &[f32], xh: usize, xw: usize, pad: usize) -> Vec<f32> {
-        let (ah, aw) = self.aligned();
-        let mut buf = vec![0f32; self.n * self.c_in * ah * aw];
-        for (plane, dst) in x.chunks_exact(xh * xw).zip(buf.chunks_exact_mut(ah * aw)) {
-            for (row, out) in plane
-                .chunks_exact(xw)
-                .zip(dst[pad * aw..].chunks_exact_mut(aw))
-            {
-                out[pad..pad + xw].copy_from_slice(row);
+    /// The 4 input rows of tile row `ty` of channel `c` of frame `f`, padded
+    /// with zeros (by `pad`, then up to the aligned width) into `rows`
+    /// `[4, aligned_width]`, each row split into its even columns then its odd
+    /// ones, so that the input transform reads every tile column contiguously.
+    /// Padding row by row here, rather than the whole input up front, keeps the
+    /// copy in the cache and the work in the threads.
+    fn load_rows(&self, x: &[f32], f: usize, c: usize, ty: usize, rows: &mut [f32]) {
+        let Tiles { xh, xw, pad, .. } = *self;
+        let plane = &x[(f * self.c_in + c) * xh * xw..][..xh * xw];
+        let half = self.tw + 1;
+        rows.fill(0.0);
+        for (i, dst) in rows.chunks_exact_mut(2 * half).enumerate() {
+            let Some(sy) = (2 * ty + i).checked_sub(pad).filter(|&sy| sy < xh) else {
+                continue;
+            };
+            let (even, odd) = dst.split_at_mut(half);
+            for (sx, &v) in plane[sy * xw..(sy + 1) * xw].iter().enumerate() {
+                let px = sx + pad;
+                if px % 2 == 0 {
+                    even[px / 2] = v;
+                } else {
+                    odd[px / 2] = v;
+                }
             }
         }
-        buf
     }
 
     /// `(first global tile row, tile rows)` of each strip; global tile row
@@ -183,14 +201,15 @@ impl Tiles {
             tw,
             ..
         } = *self;
-        let (ah, aw) = self.aligned();
+        let aw = self.aligned_width();
         let t = rows * tw;
+        let padded_rows = resize(&mut scratch.rows, 4 * aw);
         let v = resize(&mut scratch.v, 16 * c_in * t);
         for c in 0..c_in {
             for r in 0..rows {
                 let (f, ty) = ((g0 + r) / th, (g0 + r) % th);
-                let base = (f * c_in + c) * ah * aw + 2 * ty * aw;
-                let row = |i: usize| &input[base + i * aw..base + (i + 1) * aw];
+                self.load_rows(input, f, c, ty, padded_rows);
+                let row = |i: usize| &padded_rows[i * aw..(i + 1) * aw];
                 winograd_transforms::input_tile_row(
                     [row(0), row(1), row(2), row(3)],
                     tw,

@@ -73,23 +73,27 @@ pub(crate) fn kernels_from_weights(u: &[f32], c_out: usize, c_in: usize) -> Vec<
 }
 
 simd_kernel! {
-    /// One tile row of one channel: `rows` are the 4 input rows of the tiles
-    /// (each at least `2 * tiles + 2` long), and tile `t` starts at column `2 t`.
-    /// Writes `V` of tile `t` to `out[xi * stride + t]` for the 16 `xi`.
+    /// One tile row of one channel: `rows` are the 4 input rows of the tiles,
+    /// each as its `tiles + 1` even columns then its `tiles + 1` odd ones; tile
+    /// `t` reads columns `2 t..2 t + 4`, i.e. even `t`, odd `t`, even `t + 1`,
+    /// odd `t + 1`. Writes `V` of tile `t` to `out[xi * stride + t]` for the 16 `xi`.
     pub(crate) fn input_tile_row(rows: [&[f32]; 4], tiles: usize, out: &mut [f32], stride: usize) {
-        let [d0, d1, d2, d3] = rows;
-        let cols = 2 * tiles + 2;
-        let (d0, d1, d2, d3) = (&d0[..cols], &d1[..cols], &d2[..cols], &d3[..cols]);
+        let half = tiles + 1;
+        let (e0, o0) = rows[0][..2 * half].split_at(half);
+        let (e1, o1) = rows[1][..2 * half].split_at(half);
+        let (e2, o2) = rows[2][..2 * half].split_at(half);
+        let (e3, o3) = rows[3][..2 * half].split_at(half);
+        let out = &mut out[..15 * stride + tiles];
         for t in 0..tiles {
-            let c = 2 * t;
-            // B^T d: down the columns, for the tile's 4 columns.
+            let column = |e: &[f32], o: &[f32]| [e[t], o[t], e[t + 1], o[t + 1]];
+            let (d0, d1, d2, d3) = (column(e0, o0), column(e1, o1), column(e2, o2), column(e3, o3));
+            // B^T d: down the tile's 4 columns.
             let mut r = [[0f32; 4]; 4];
             for j in 0..4 {
-                let (a, b, e, f) = (d0[c + j], d1[c + j], d2[c + j], d3[c + j]);
-                r[0][j] = a - e;
-                r[1][j] = b + e;
-                r[2][j] = e - b;
-                r[3][j] = b - f;
+                r[0][j] = d0[j] - d2[j];
+                r[1][j] = d1[j] + d2[j];
+                r[2][j] = d2[j] - d1[j];
+                r[3][j] = d1[j] - d3[j];
             }
             // (B^T d) B: along each row.
             for (i, r) in r.iter().enumerate() {
@@ -147,12 +151,12 @@ mod tests {
         let d: Vec<f32> = (0..16).map(|i| (i as f32 * 0.71).cos()).collect();
         let g: Vec<f32> = (0..9).map(|i| (i as f32 * 1.3).sin()).collect();
         let u = weights(&g, 1, 1);
-        // Two tiles in a row of 6 columns; only the first is checked.
+        // Two tiles in a row of 6 columns, as 3 even then 3 odd ones; only the
+        // first tile is checked.
         let rows: Vec<Vec<f32>> = (0..4)
             .map(|r| {
-                let mut row = d[4 * r..4 * r + 4].to_vec();
-                row.extend([0.0, 0.0]);
-                row
+                let p = &d[4 * r..4 * r + 4];
+                vec![p[0], p[2], 0.0, p[1], p[3], 0.0]
             })
             .collect();
         let mut v = vec![0f32; 16 * 2];
