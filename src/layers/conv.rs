@@ -483,6 +483,17 @@ mod tests {
         Ok(())
     }
 
+    /// An empty batch gives an empty result rather than a panic.
+    #[test]
+    fn winograd_takes_an_empty_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        let wt = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev)?;
+        let conv = Conv2d::with_cpu_kernel(&wt, None, CpuConvKernel::Winograd)?;
+        let y = conv.forward(&Tensor::zeros((0, 3, 5, 6), DType::F32, &dev)?)?;
+        assert_eq!(y.dims(), &[0, 4, 5, 6]);
+        Ok(())
+    }
+
     /// Only 3x3 kernels take the Winograd path, and by default only layers
     /// with enough input channels.
     #[test]

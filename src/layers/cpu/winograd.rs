@@ -174,7 +174,7 @@ impl Tiles {
         let per_tile = 16 * (self.c_in + self.c_out) * std::mem::size_of::<f32>();
         let want_tiles = (STRIP_BYTES / per_tile).max(MIN_STRIP_TILES);
         let total = self.n * self.th;
-        let rows = want_tiles.div_ceil(self.tw).clamp(1, total);
+        let rows = want_tiles.div_ceil(self.tw).clamp(1, total.max(1));
         (0..total)
             .step_by(rows)
             .map(|g0| (g0, rows.min(total - g0)))
