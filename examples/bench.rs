@@ -2,13 +2,15 @@
 //!
 //! `cargo run --release --example bench -- --model-dir DIR --width W --height H [--frames N] [--scale S]
 //!  [--precision f32|bf16|f16] [--sparse-ratio R] [--local-range L] [--kv-ratio K] [--device cpu|cuda:N]
-//!  [--portable]`
+//!  [--portable] [--no-replays]`
 //!
 //! Streams N synthetic frames through the engine and prints, per steady-state
 //! chunk, the time of each stage, then `fps=<value>` (frames out per second of
-//! wall time, first chunk included) and `dit_efficiency=<value>`: the time the
+//! wall time, first chunk included), `steady_fps=<value>` (frames of the chunks
+//! after the first over their time) and `dit_efficiency=<value>`: the time the
 //! DiT's matrix products take alone (the same shapes and dtype, replayed in this
-//! run) divided by the DiT's time. Make a model folder with the released widths
+//! run) divided by the DiT's time; `--no-replays` skips those replays, which take
+//! longer than the run itself. Make a model folder with the released widths
 //! with `cargo run --release --example make_model`.
 
 #[path = "common/cli.rs"]
@@ -43,6 +45,11 @@ struct Cli {
     /// Number of frames to stream (at least 33 for a steady-state chunk)
     #[arg(long, value_name = "N", default_value_t = 41)]
     frames: usize,
+
+    /// Skip replaying the DiT's matrix products and the decoder's convolutions
+    /// (no efficiency figures)
+    #[arg(long)]
+    no_replays: bool,
 }
 
 /// A moving colour pattern, so that every frame differs.
@@ -128,6 +135,7 @@ fn main() -> ExitCode {
     let mut matmul_time = Duration::ZERO;
     let mut matmul_flops = 0.0;
     let (mut conv_time, mut conv_matmul_time) = (Duration::ZERO, Duration::ZERO);
+    let (mut steady_frames, mut steady_time) = (0usize, Duration::ZERO);
     for p in &profiles {
         print!("{:>5} {:>6}", p.chunk, p.frames);
         for s in Stage::ALL {
@@ -136,6 +144,11 @@ fn main() -> ExitCode {
         println!(" {:>9.1}", ms(p.total));
         // Steady state: chunks after the first.
         if p.chunk > 0 {
+            steady_frames += p.frames;
+            steady_time += p.total;
+            if args.no_replays {
+                continue;
+            }
             dit_time += p.times.get(Stage::Dit);
             match replay::replay_matmuls(&p.dit_matmuls, engine.device()) {
                 Ok(t) => matmul_time += t,
@@ -158,7 +171,17 @@ fn main() -> ExitCode {
         }
     }
     println!("fps={:.4}", produced as f64 / wall.as_secs_f64());
-    if dit_time > Duration::ZERO {
+    if steady_time > Duration::ZERO {
+        println!(
+            "steady_fps={:.4}",
+            steady_frames as f64 / steady_time.as_secs_f64()
+        );
+    } else {
+        println!("steady_fps=n/a (fewer than two chunks: give at least 33 frames)");
+    }
+    if args.no_replays {
+        println!("efficiency replays skipped (--no-replays)");
+    } else if dit_time > Duration::ZERO {
         println!(
             "dit_matmul_gflops={:.1}",
             matmul_flops / matmul_time.as_secs_f64() / 1e9

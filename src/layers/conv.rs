@@ -1,20 +1,24 @@
-//! 2-D convolution: the CPU fast path runs one matrix product per kernel tap,
-//! every other device one candle `conv2d` per layer.
+//! 2-D convolution: the CPU fast paths run Winograd F(2x2, 3x3) products or one
+//! matrix product per kernel tap, every other device one candle `conv2d` per
+//! layer.
 //!
 //! candle's CPU convolution runs far below its matrix-multiply rate (and has no
 //! half-precision kernel), while the TCDecoder and the LQ projection are nearly
-//! all convolution. On the CPU the weight is therefore split at load into its
-//! `k * k` taps, `[k * k, c_out, c_in]`, which accumulate in one buffer through
-//! `gemm` ([`conv_taps`]). On other devices the weight stays `[c_out, c_in, k, k]`
-//! and each layer is one `Tensor::conv2d` over all its frames (on CUDA: im2col
-//! and one cuBLAS product, or cuDNN with the `cudnn` feature; a few row strips
-//! when the im2col matrix would pass 2 GiB) plus a broadcast bias add; see
-//! docs/device-path.md, section "Convolutions". Only one of the two layouts is
-//! kept, so device memory holds each weight once.
+//! all convolution. On the CPU the weight is therefore transformed at load:
+//! 3x3 layers with enough input channels ([`prefers_winograd`]) keep the
+//! Winograd weights `[16, c_out, c_in]` ([`winograd`]: 16 products per strip of
+//! 2x2-output tiles, 16 multiplications where direct convolution needs 36);
+//! the others are split into their `k * k` taps, `[k * k, c_out, c_in]`, which
+//! accumulate in one buffer through `gemm` ([`conv_taps`]). On other devices the
+//! weight stays `[c_out, c_in, k, k]` and each layer is one `Tensor::conv2d` over
+//! all its frames (on CUDA: im2col and one cuBLAS product, or cuDNN with the
+//! `cudnn` feature; a few row strips when the im2col matrix would pass 2 GiB)
+//! plus a broadcast bias add; see docs/device-path.md, section "Convolutions".
+//! Only one layout is kept, so memory holds each weight once.
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::cpu::conv_taps;
+use super::cpu::{conv_taps, winograd, winograd_transforms};
 use super::kernels;
 use super::shape_log::{self, ConvShape};
 
@@ -23,6 +27,9 @@ use super::shape_log::{self, ConvShape};
 enum Weight {
     /// CPU: `[k * k, c_out, c_in]`, tap `(dy, dx)` at index `dy * k + dx`.
     Taps(Tensor),
+    /// CPU, 3x3 kernels: the Winograd F(2x2, 3x3) weights `G g G^T`,
+    /// `[16, c_out, c_in]` (see [`winograd`]).
+    Winograd(Tensor),
     /// Other devices: `[c_out, c_in, k, k]`, as `conv2d` takes it.
     Kernel(Tensor),
 }
@@ -30,13 +37,13 @@ enum Weight {
 impl Weight {
     fn dtype(&self) -> DType {
         match self {
-            Self::Taps(t) | Self::Kernel(t) => t.dtype(),
+            Self::Taps(t) | Self::Winograd(t) | Self::Kernel(t) => t.dtype(),
         }
     }
 
-    /// The `[c_out, c_in, k, k]` kernel. From CPU taps (the portable path forced
-    /// on the CPU, i.e. tests) it is rebuilt per call: a weight-sized copy that
-    /// a device never makes.
+    /// The `[c_out, c_in, k, k]` kernel. From a CPU layout (the portable path
+    /// forced on the CPU, i.e. tests) it is rebuilt per call: a weight-sized copy
+    /// that a device never makes.
     fn kernel(&self, k: usize) -> Result<Tensor> {
         match self {
             Self::Kernel(w) => Ok(w.clone()),
@@ -46,9 +53,48 @@ impl Weight {
                     .permute((2, 3, 0, 1))?
                     .contiguous()
             }
+            Self::Winograd(u) => {
+                let (_, c_out, c_in) = u.dims3()?;
+                let u = u.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let kernel = winograd_transforms::kernels_from_weights(&u, c_out, c_in);
+                Tensor::from_vec(kernel, (c_out, c_in, 3, 3), weight_device(self))?
+                    .to_dtype(self.dtype())
+            }
         }
     }
 }
+
+/// The device a weight lives on.
+fn weight_device(w: &Weight) -> &Device {
+    match w {
+        Weight::Taps(t) | Weight::Winograd(t) | Weight::Kernel(t) => t.device(),
+    }
+}
+
+/// Which CPU fast path a layer runs (other devices ignore it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuConvKernel {
+    /// Winograd where [`prefers_winograd`] says so, taps otherwise.
+    #[default]
+    Auto,
+    /// One matrix product per kernel tap ([`conv_taps`]).
+    Taps,
+    /// Winograd F(2x2, 3x3) ([`winograd`]); 3x3 kernels only.
+    Winograd,
+}
+
+/// Whether a 3x3 layer runs faster as Winograd than as taps on the CPU. With
+/// the `conv_bench` example every decoder and LQ-projection layer was faster as
+/// Winograd, the 128 -> 3 output layer included (its tap products, 3 rows
+/// each, use the processor worst); the input transform costs per input channel
+/// what a product costs per channel pair, so layers with few input channels,
+/// which the model does not have, keep the taps.
+pub fn prefers_winograd(k: usize, c_in: usize, _c_out: usize) -> bool {
+    k == 3 && c_in >= WINOGRAD_MIN_IN_CHANNELS
+}
+
+/// Fewest input channels of a layer taking the Winograd path by default.
+const WINOGRAD_MIN_IN_CHANNELS: usize = 64;
 
 /// A stride-1, "same"-padded 2-D convolution with an odd square kernel.
 #[derive(Debug, Clone)]
@@ -73,12 +119,39 @@ fn compute_dtype(device: &Device, dtype: DType) -> DType {
 impl Conv2d {
     /// `weight`: `[c_out, c_in, k, k]` (k odd); `bias`: `[c_out]`.
     pub fn new(weight: &Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Self::with_cpu_kernel(weight, bias, CpuConvKernel::Auto)
+    }
+
+    /// As [`Conv2d::new`], with the CPU fast path chosen by the caller
+    /// (benchmarks and tests compare them).
+    pub fn with_cpu_kernel(
+        weight: &Tensor,
+        bias: Option<Tensor>,
+        cpu_kernel: CpuConvKernel,
+    ) -> Result<Self> {
         let (c_out, c_in, k, k2) = weight.dims4()?;
         if k != k2 || k % 2 == 0 {
             candle_core::bail!("convolution kernel must be square and odd, found {k}x{k2}")
         }
+        let winograd = match cpu_kernel {
+            CpuConvKernel::Auto => prefers_winograd(k, c_in, c_out),
+            CpuConvKernel::Taps => false,
+            CpuConvKernel::Winograd if k == 3 => true,
+            CpuConvKernel::Winograd => {
+                candle_core::bail!("the Winograd convolution takes 3x3 kernels, found {k}x{k}")
+            }
+        };
         let dtype = compute_dtype(weight.device(), weight.dtype());
-        let weight = if weight.device().is_cpu() {
+        let weight = if weight.device().is_cpu() && winograd {
+            let kernel = weight
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let u = winograd_transforms::weights(&kernel, c_out, c_in);
+            Weight::Winograd(
+                Tensor::from_vec(u, (16, c_out, c_in), weight.device())?.to_dtype(dtype)?,
+            )
+        } else if weight.device().is_cpu() {
             Weight::Taps(
                 weight
                     .permute((2, 3, 0, 1))?
@@ -158,6 +231,13 @@ impl Conv2d {
         let x = x.to_dtype(self.weight.dtype())?;
         let y = match &self.weight {
             Weight::Taps(taps) if kernels::cpu_fast_path(&x) => self.forward_cpu(&x, taps, pad)?,
+            Weight::Winograd(u) if kernels::cpu_fast_path(&x) => {
+                let op = winograd::WinogradConv {
+                    pad,
+                    bias: self.cpu_bias.as_deref(),
+                };
+                x.contiguous()?.apply_op2_no_bwd(u, &op)?
+            }
             _ => self.forward_portable(&x, pad)?,
         };
         y.to_dtype(dtype)
@@ -352,6 +432,82 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The Winograd path equals the tap path and candle's portable convolution:
+    /// odd and even sizes (partial last tiles), frames smaller than a tile,
+    /// batches (strips spanning frames), zero and caller padding, with and
+    /// without bias, and frames wide enough for several strips.
+    #[test]
+    fn winograd_equals_taps_and_portable() -> Result<()> {
+        let dev = Device::Cpu;
+        for (c_in, c_out, n, h, w) in [
+            (5, 7, 3, 9, 13),
+            (4, 3, 2, 8, 6),
+            (3, 2, 2, 1, 1),
+            (2, 3, 1, 17, 2),
+            (3, 4, 1, 70, 300),
+            (20, 24, 2, 33, 31),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (n, c_in, h, w), &dev)?;
+            let wt = Tensor::randn(0f32, 1.0, (c_out, c_in, 3, 3), &dev)?;
+            let padded = pad_replicate_hw(&x, 1)?;
+            for bias in [None, Some(Tensor::randn(0f32, 1.0, c_out, &dev)?)] {
+                let with_bias = bias.is_some();
+                let wino = Conv2d::with_cpu_kernel(&wt, bias.clone(), CpuConvKernel::Winograd)?;
+                let taps = Conv2d::with_cpu_kernel(&wt, bias, CpuConvKernel::Taps)?;
+                assert!(matches!(wino.weight, Weight::Winograd(_)));
+                for (input, zero_pad) in [(&x, true), (&padded, false)] {
+                    let run = |c: &Conv2d| -> Result<Tensor> {
+                        if zero_pad {
+                            c.forward(input)
+                        } else {
+                            c.forward_padded(input)
+                        }
+                    };
+                    let fast = run(&wino)?;
+                    assert_eq!(fast.dims(), &[n, c_out, h, w]);
+                    let by_taps = run(&taps)?;
+                    let portable = kernels::run_with(KernelPath::Portable, || run(&wino))?;
+                    for (name, y) in [("taps", &by_taps), ("portable", &portable)] {
+                        let err = max_err(y, &fast)?;
+                        assert!(
+                            err < 1e-4,
+                            "{name}: {c_in}->{c_out} n={n} {h}x{w} bias={with_bias} zero_pad={zero_pad}: {err}"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An empty batch gives an empty result rather than a panic.
+    #[test]
+    fn winograd_takes_an_empty_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        let wt = Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &dev)?;
+        let conv = Conv2d::with_cpu_kernel(&wt, None, CpuConvKernel::Winograd)?;
+        let y = conv.forward(&Tensor::zeros((0, 3, 5, 6), DType::F32, &dev)?)?;
+        assert_eq!(y.dims(), &[0, 4, 5, 6]);
+        Ok(())
+    }
+
+    /// Only 3x3 kernels take the Winograd path, and by default only layers
+    /// with enough input channels.
+    #[test]
+    fn winograd_is_chosen_for_wide_3x3_layers() -> Result<()> {
+        let dev = Device::Cpu;
+        let wide = Conv2d::new(&Tensor::zeros((64, 64, 3, 3), DType::F32, &dev)?, None)?;
+        assert!(matches!(wide.weight, Weight::Winograd(_)));
+        let to_rgb = Conv2d::new(&Tensor::zeros((3, 64, 3, 3), DType::F32, &dev)?, None)?;
+        assert!(matches!(to_rgb.weight, Weight::Winograd(_)));
+        let narrow = Conv2d::new(&Tensor::zeros((64, 8, 3, 3), DType::F32, &dev)?, None)?;
+        assert!(matches!(narrow.weight, Weight::Taps(_)));
+        let point = Tensor::zeros((64, 64, 1, 1), DType::F32, &dev)?;
+        assert!(matches!(Conv2d::new(&point, None)?.weight, Weight::Taps(_)));
+        assert!(Conv2d::with_cpu_kernel(&point, None, CpuConvKernel::Winograd).is_err());
         Ok(())
     }
 

@@ -10,3 +10,5 @@ pub(crate) mod gemm;
 pub(crate) mod norm;
 pub(crate) mod softmax;
 pub(crate) mod sparse_blocks;
+pub(crate) mod winograd;
+pub(crate) mod winograd_transforms;
