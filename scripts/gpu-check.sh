@@ -124,14 +124,14 @@ used_mib() {
 # every 0.2 s; prints bench's fps lines and the peak above the idle baseline.
 # 41 frames are the first chunk (25 frames, the warm-up: kernel loading, PTX
 # compilation, allocations) and two steady chunks of 8, plus the end-of-stream
-# drain; `fps` counts the warm-up, `steady_fps` (where bench prints it) does not.
+# drain; `fps` counts the warm-up, `steady_fps` does not; the efficiency replays are skipped (--no-replays).
 bench() {
   local width="$1" height="$2" log="$work/bench.log" mem="$work/memory.log" idle peak
   idle=$(used_mib)
   (while :; do used_mib; sleep 0.2; done) >"$mem" 2>/dev/null &
   sampler=$!
   timeout 240 "$bin/bench" --model-dir "$model" --width "$width" --height "$height" \
-    --frames 41 --scale 4 --precision bf16 --device cuda:0 | tee "$log"
+    --frames 41 --scale 4 --precision bf16 --device cuda:0 --no-replays | tee "$log"
   kill "$sampler" 2>/dev/null || true
   wait "$sampler" 2>/dev/null || true
   sampler=""
