@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex, Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use gst::prelude::*;
 
@@ -17,6 +17,19 @@ fn init() {
         gst::init().unwrap();
         gstflashvsr::plugin_register_static().expect("registering the flashvsr plugin");
     });
+}
+
+/// The live tests measure lateness against the real clock, so they must not share
+/// the two cores with the CPU-heavy file tests of this binary (cargo runs a
+/// binary's tests in parallel): they take the CPU alone, the others share it.
+static CPU: RwLock<()> = RwLock::new(());
+
+fn cpu_alone() -> RwLockWriteGuard<'static, ()> {
+    CPU.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn cpu_shared() -> RwLockReadGuard<'static, ()> {
+    CPU.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn tiny_model(shared: &Path) -> PathBuf {
@@ -146,6 +159,7 @@ fn upscale_file_keeps_every_frame(shared: &Path, input: &Path) {
 #[test]
 fn carphone_upscales_to_704x576_with_every_frame_and_timestamp() {
     init();
+    let _cpu = cpu_shared();
     let Some(shared) = common::shared_dir() else {
         return;
     };
@@ -158,6 +172,7 @@ fn carphone_upscales_to_704x576_with_every_frame_and_timestamp() {
 #[test]
 fn other_size_rate_and_aspect_keep_every_frame() {
     init();
+    let _cpu = cpu_shared();
     let Some(shared) = common::shared_dir() else {
         return;
     };
@@ -180,6 +195,7 @@ fn other_size_rate_and_aspect_keep_every_frame() {
 #[test]
 fn live_source_runs_with_the_reported_latency() {
     init();
+    let _cpu = cpu_alone();
     let Some(shared) = common::shared_dir() else {
         return;
     };
@@ -205,6 +221,7 @@ fn live_source_runs_with_the_reported_latency() {
 #[test]
 fn live_latency_query_counts_the_frames_held() {
     init();
+    let _cpu = cpu_alone();
     let Some(shared) = common::shared_dir() else {
         return;
     };
@@ -294,6 +311,7 @@ fn stream_types(file: &Path) -> Vec<String> {
 #[test]
 fn upscale_script_keeps_the_audio_track() {
     init();
+    let _cpu = cpu_shared();
     let Some(shared) = common::shared_dir() else {
         return;
     };
