@@ -100,6 +100,8 @@ fn small_model_loads_with_released_dtypes_and_runs_a_chunk() {
         kv_ratio: 3.0,
         local_range: 11,
         color_fix: ColorFix::Adain,
+        decoder_tiling: None,
+        cancel: Default::default(),
     };
     let mut state = model.new_sequence(&cfg).unwrap();
     // A smooth moving pattern in [-1, 1], and unit noise.

@@ -72,6 +72,8 @@ impl GoldenCase {
             kv_ratio: s.kv_ratio,
             local_range: s.local_range,
             color_fix: ColorFix::Adain,
+            decoder_tiling: None,
+            cancel: Default::default(),
         }
     }
 

@@ -112,6 +112,8 @@ impl<T, M: ChunkModel> Stream<T, M> {
             kv_ratio: settings.kv_ratio,
             local_range: settings.local_range as usize,
             color_fix: settings.color_fix,
+            decoder_tiling: None,
+            cancel: Default::default(),
         };
         let context = format!(
             "starting a stream of {}x{} frames",

@@ -2,6 +2,7 @@
 //! causal DiT with its KV cache, the TCDecoder, the colour fix, and the chunk
 //! schedule that ties them together (docs/model.md). No GStreamer here.
 
+pub mod cancel;
 pub mod color_fix;
 pub mod dit;
 pub mod kv_cache;
@@ -12,6 +13,7 @@ pub mod rope;
 pub mod schedule;
 pub mod tcdecoder;
 
+pub use cancel::CancelToken;
 pub use network::{
     ChunkTrace, FlashVsrModel, ModelOptions, ModelVersion, SequenceConfig, SequenceState,
 };

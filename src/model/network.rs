@@ -8,12 +8,13 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::cancel::CancelToken;
 use super::color_fix::ColorFix;
 use super::dit::{Dit, DitConfig, DitState, DitTrace};
 use super::lq_proj::{LqProj, LqProjConfig, LqProjState};
 use super::profile::{self, Stage, StageTimes};
 use super::schedule;
-use super::tcdecoder::{TcDecoder, TcDecoderConfig, TcDecoderState};
+use super::tcdecoder::{DecoderTiling, TcDecoder, TcDecoderConfig, TcDecoderState};
 use crate::layers::kernels::{self, KernelPath};
 use crate::layers::shape_log;
 use crate::layers::sparse_attention::SparseConfig;
@@ -52,6 +53,11 @@ pub struct SequenceConfig {
     pub kv_ratio: f64,
     pub local_range: usize,
     pub color_fix: ColorFix,
+    /// Spatial tiles for the decoder (`None`: whole frames).
+    pub decoder_tiling: Option<DecoderTiling>,
+    /// Polled between stages; a cancelled chunk returns an error and leaves the
+    /// sequence unusable (start a new one).
+    pub cancel: CancelToken,
 }
 
 /// Output frames must tile into 2x8x8 token windows of 16x16-pixel tokens.

@@ -15,6 +15,14 @@ pub const COND_UNSHUFFLE: usize = 8;
 /// Frames the very first decoded chunk drops (2^2 - 1, the time upsampling's warm-up).
 pub const FIRST_CHUNK_TRIM: usize = 3;
 
+/// Spatial tiling of the decoder, in output pixels: tiles of `tile x tile`,
+/// neighbours overlapping by `overlap`, blended over the overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderTiling {
+    pub tile: usize,
+    pub overlap: usize,
+}
+
 /// Channel widths, read from the conv shapes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcDecoderConfig {
