@@ -12,6 +12,7 @@ pub mod profile;
 pub mod rope;
 pub mod schedule;
 pub mod tcdecoder;
+pub mod tiling;
 
 pub use cancel::CancelToken;
 pub use network::{
