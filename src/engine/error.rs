@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::memory::human_bytes;
+use crate::model::cancel::CANCELLED;
 
 #[derive(Debug)]
 pub enum EngineError {
@@ -22,6 +23,9 @@ pub enum EngineError {
         needed: u64,
         available: u64,
     },
+    /// The chunk in progress was stopped through `Engine::cancel_token` (a flush, a
+    /// seek, a state change); the stream was dropped, nothing of it is returned.
+    Cancelled,
     /// The model failed (loading weights, running a chunk); `context` says what the
     /// engine was doing, `source` is the model's error.
     Model {
@@ -38,7 +42,11 @@ impl EngineError {
         }
     }
 
+    /// A model error, or `Cancelled` when the model stopped at a cancellation check.
     pub(crate) fn model(context: impl Into<String>, source: candle_core::Error) -> Self {
+        if is_cancellation(&source) {
+            return Self::Cancelled;
+        }
         Self::Model {
             context: context.into(),
             source,
@@ -65,6 +73,17 @@ impl EngineError {
             context: format!("device {device}"),
             source: candle_core::Error::Msg(reason),
         }
+    }
+}
+
+/// Whether `err` is `CancelToken::check`'s error, under any wrappers.
+fn is_cancellation(err: &candle_core::Error) -> bool {
+    use candle_core::Error;
+    match err {
+        Error::Msg(text) => text == CANCELLED,
+        Error::WithBacktrace { inner, .. } | Error::Context { inner, .. } => is_cancellation(inner),
+        Error::WithPath { inner, .. } => is_cancellation(inner),
+        _ => false,
     }
 }
 
@@ -104,6 +123,7 @@ impl fmt::Display for EngineError {
                 human_bytes(*needed),
                 human_bytes(*available)
             ),
+            Self::Cancelled => write!(f, "cancelled (flush, seek or state change)"),
             Self::Model { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -121,6 +141,22 @@ impl std::error::Error for EngineError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cancelled_model_is_cancelled_under_wrappers() {
+        let token = crate::model::CancelToken::new();
+        token.cancel();
+        let err = token.check().unwrap_err().context("DiT block 3").bt();
+        assert!(matches!(
+            EngineError::model("chunk 1", err),
+            EngineError::Cancelled
+        ));
+        let other = candle_core::Error::Msg("out of memory".into());
+        assert!(matches!(
+            EngineError::model("chunk 1", other),
+            EngineError::Model { .. }
+        ));
+    }
 
     #[test]
     fn display_names_the_field_and_keeps_the_model_message() {

@@ -43,7 +43,7 @@ pub use settings::{
 pub use stream::{ChunkProfile, PAD_MULTIPLE};
 
 use crate::model::schedule::FIRST_CHUNK_INPUT;
-use crate::model::{FlashVsrModel, ModelOptions};
+use crate::model::{CancelToken, FlashVsrModel, ModelOptions};
 use stream::{Geometry, Stream};
 
 /// Input frames a stream holds before its first output.
@@ -130,6 +130,8 @@ pub struct Engine<T> {
     noise_injected: bool,
     stream: Option<Stream<T, FlashVsrModel>>,
     profiling: bool,
+    /// Shared with every stream's model sequence (`cancel_token`).
+    cancel: CancelToken,
     /// Profiles of streams that ended since the last `take_profiles`.
     profiles: Vec<ChunkProfile>,
 }
@@ -166,6 +168,7 @@ impl<T> Engine<T> {
             noise_injected,
             stream: None,
             profiling: false,
+            cancel: CancelToken::new(),
             profiles: Vec::new(),
         })
     }
@@ -242,7 +245,8 @@ impl<T> Engine<T> {
         let stream = match &mut self.stream {
             Some(stream) => stream,
             None => {
-                let mut stream = Stream::new(self.model.as_ref(), &self.settings, geometry)?;
+                let mut stream =
+                    Stream::new(self.model.as_ref(), &self.settings, geometry, &self.cancel)?;
                 stream.set_profiling(self.profiling);
                 self.stream.insert(stream)
             }
@@ -288,6 +292,14 @@ impl<T> Engine<T> {
             out.extend(stream.take_profiles());
         }
         out
+    }
+
+    /// A handle that stops the chunk in progress from another thread: the model
+    /// checks it between DiT blocks and decoder stages, and `push` or `finish`
+    /// then returns `EngineError::Cancelled` and drops the stream. The token
+    /// stays cancelled (every later chunk stops at once) until it is cleared.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
     }
 
     /// The device the model runs on.

@@ -9,7 +9,7 @@ use crate::model::profile::{Stage, StageTimes};
 use crate::model::schedule::{
     LATENT_CHANNELS, chunk_lq_span, chunk_noise_frames, chunk_output_span, chunks_for,
 };
-use crate::model::{ChunkTrace, SequenceConfig};
+use crate::model::{CancelToken, ChunkTrace, SequenceConfig};
 use crate::pixels::bicubic::BicubicResizer;
 use crate::pixels::frames::{crop_frame_rgb, pad_frame_rgb, rgb_to_tensor, tensor_to_rgb};
 
@@ -103,6 +103,7 @@ impl<T, M: ChunkModel> Stream<T, M> {
         model: &M,
         settings: &EngineSettings,
         geometry: Geometry,
+        cancel: &CancelToken,
     ) -> Result<Self, EngineError> {
         let config = SequenceConfig {
             height: geometry.padded_height,
@@ -113,7 +114,7 @@ impl<T, M: ChunkModel> Stream<T, M> {
             local_range: settings.local_range as usize,
             color_fix: settings.color_fix,
             decoder_tiling: None,
-            cancel: Default::default(),
+            cancel: cancel.clone(),
         };
         let context = format!(
             "starting a stream of {}x{} frames",
@@ -428,7 +429,13 @@ mod tests {
             scale,
             ..EngineSettings::default()
         };
-        Stream::new(model, &settings, Geometry::new(w, h, scale).unwrap()).unwrap()
+        Stream::new(
+            model,
+            &settings,
+            Geometry::new(w, h, scale).unwrap(),
+            &CancelToken::new(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -556,8 +563,13 @@ mod tests {
             }
         }
         let settings = EngineSettings::default();
-        let mut s: Stream<(), Failing> =
-            Stream::new(&Failing, &settings, Geometry::new(4, 4, 2).unwrap()).unwrap();
+        let mut s: Stream<(), Failing> = Stream::new(
+            &Failing,
+            &settings,
+            Geometry::new(4, 4, 2).unwrap(),
+            &CancelToken::new(),
+        )
+        .unwrap();
         s.push(&frame(4, 4, 0), (), &Failing, &mut SeededNoise::new(0))
             .unwrap();
         let err = s
