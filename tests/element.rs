@@ -75,6 +75,36 @@ fn buffers(log: &Log) -> Vec<gst::Buffer> {
         .collect()
 }
 
+/// Waits (up to a minute) until `n` buffers have left the element, then checks
+/// that no more did: the worker task outputs frames after `push` returns.
+fn wait_for_buffers(log: &Log, n: usize) -> Vec<gst::Buffer> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while buffers(log).len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = buffers(log);
+    assert_eq!(out.len(), n, "buffers out");
+    out
+}
+
+/// Waits (up to a minute) until EOS has left the element.
+fn wait_for_eos(log: &Log) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let seen_eos = || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|s| matches!(s, Seen::Event(gst::EventType::Eos)))
+    };
+    while !seen_eos() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no EOS out within a minute"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// A harness around a started `flashvsr` (fixture model, scale 4) with `caps` set.
 fn start(model: &std::path::Path, caps: &str) -> (Harness, Log) {
     // The harness starts a filter as soon as it wraps it: configure it first.
@@ -400,6 +430,7 @@ fn negotiates_every_format_with_scaled_size_and_carried_fields() {
 
         h.push(frame(&in_info, 0, gst::ClockTime::ZERO)).unwrap();
         assert!(h.push_event(gst::event::Eos::new()));
+        wait_for_eos(&log);
         let out = buffers(&log);
         assert_eq!(out.len(), 1, "{format}: one frame in, one out");
         assert_buf(&out[0], 0, gst::ClockTime::ZERO, out_info.size());
@@ -450,9 +481,10 @@ fn every_output_carries_its_input_timestamps() {
         } else {
             21 + 8 * ((received - 25) / 8) as usize
         };
-        assert_eq!(buffers(&log).len(), expected, "outputs after input {i}");
+        wait_for_buffers(&log, expected);
     }
     assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
     let out = buffers(&log);
     assert_eq!(out.len(), 40);
     for (i, b) in out.iter().enumerate() {
@@ -476,6 +508,7 @@ fn eos_drains_fewer_than_25_frames() {
     }
     assert!(buffers(&log).is_empty(), "frames held before EOS");
     assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
     let out_size = info_of(&caps_str("RGB", 128, 96)).size();
     for i in 0..5 {
         let b = h.pull().unwrap();
@@ -516,6 +549,7 @@ fn flush_drops_held_frames_and_restarts() {
         h.push(frame(&info, i, after)).unwrap();
     }
     assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
     let out = buffers(&log);
     assert_eq!(out.len(), 3, "only the frames after the flush");
     let out_size = info_of(&caps_str("I420", 128, 96)).size();
@@ -553,6 +587,7 @@ fn caps_change_drains_old_frames_at_the_old_size_first() {
             .unwrap();
     }
     assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
 
     let big = info_of(&caps_str("I420", 128, 96)).size();
     let small = info_of(&caps_str("I420", 64, 64)).size();
@@ -604,6 +639,7 @@ fn gap_is_forwarded_behind_the_frames_before_it() {
         h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
     }
     assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
     let order: Vec<String> = log
         .lock()
         .unwrap()
@@ -715,7 +751,7 @@ fn a_bad_buffer_ends_the_stream_after_the_held_frames() {
         h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
     }
     // the first chunk ran at frame 25: 21 out, 9 held
-    assert_eq!(buffers(&log).len(), 21);
+    wait_for_buffers(&log, 21);
     let short = gst::Buffer::from_mut_slice(vec![0u8; info.size() / 2]);
     assert_eq!(h.push(short), Err(gst::FlowError::Error));
     let errors = errors.lock().unwrap().clone();

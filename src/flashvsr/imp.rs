@@ -1,12 +1,15 @@
-//! The `flashvsr` element: a plain `gst::Element` with one sink and one src pad. The
-//! chain function converts each frame to RGB and feeds the engine, which holds frames
-//! until it can run a chunk; the frames it returns are converted back and pushed with
-//! their input's timestamps after the state lock is dropped. EOS, segment and stream
-//! changes drain the engine first; FLUSH_STOP resets it; the LATENCY query adds the
-//! frames held plus the time a chunk takes. Chunks run synchronously in the chain
-//! function, on the upstream streaming thread.
+//! The `flashvsr` element: a plain `gst::Element` with one sink and one src pad.
+//! The sink pad converts each frame to RGB and queues it, with the serialized
+//! events, in arrival order (`queue`); a task on the src pad (the worker) feeds
+//! the engine, which holds frames until it can run a chunk, and pushes the frames
+//! it returns, with their input's timestamps, and the events in order. Upstream
+//! waits only when a chunk's worth of frames is queued. A flush or PAUSED->READY
+//! cancels the chunk in progress (the model checks between DiT blocks and decoder
+//! stages); FLUSH_STOP resets the engine and restarts the task. With
+//! `late-policy=bicubic` a frame the model would finish after its deadline goes out
+//! as its bicubic upscale (`late`). The LATENCY query adds the frames held plus the
+//! time a chunk takes. See docs/element.md.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -19,10 +22,16 @@ use parking_lot::Mutex;
 
 use super::caps::{self, Direction};
 use super::convert::FrameConverter;
+use super::late::{self, ChunkForecast, LatePolicy};
+use super::queue::{Answer, WorkQueue};
+use super::state::{
+    FrameTag, Item, Negotiated, ProcessError, State, Work, engine_error_text, survives_flush,
+};
 use crate::engine::{
     Engine, EngineError, EngineSettings, KV_RATIO_RANGE, LATENCY_FRAMES, LOCAL_RANGE_RANGE,
     RgbFrame, SCALE_RANGE, SPARSE_RATIO_RANGE, memory,
 };
+use crate::model::CancelToken;
 use crate::model::schedule::CHUNK_STRIDE;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -36,12 +45,8 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 /// Environment variable read for the weights folder when `model-dir` is unset.
 pub const MODEL_DIR_ENV: &str = "FLASHVSR_MODEL_DIR";
 
-/// Buffer flags that describe the frame itself and so travel with it to the output.
-const CARRIED_FLAGS: gst::BufferFlags = gst::BufferFlags::DISCONT
-    .union(gst::BufferFlags::RESYNC)
-    .union(gst::BufferFlags::CORRUPTED)
-    .union(gst::BufferFlags::MARKER)
-    .union(gst::BufferFlags::DROPPABLE);
+/// Frames the sink pad may queue for the worker before upstream waits: one chunk.
+const QUEUE_FRAMES: usize = CHUNK_STRIDE;
 
 /// Property values as set by the application; copied out of the mutex before use and
 /// applied at the next READY->PAUSED change. Defaults, ranges and the enums'
@@ -53,145 +58,44 @@ struct Settings {
     model_dir: Option<PathBuf>,
     /// Everything else; its `model_dir` is filled in at start.
     engine: EngineSettings,
+    late_policy: LatePolicy,
 }
 
-/// What an output buffer takes over from the input frame it was made from.
-#[derive(Debug, Clone, Copy)]
-struct FrameTag {
-    pts: Option<gst::ClockTime>,
-    dts: Option<gst::ClockTime>,
-    duration: Option<gst::ClockTime>,
-    offset: u64,
-    offset_end: u64,
-    flags: gst::BufferFlags,
-}
-
-impl FrameTag {
-    fn of(buffer: &gst::BufferRef) -> Self {
-        Self {
-            pts: buffer.pts(),
-            dts: buffer.dts(),
-            duration: buffer.duration(),
-            offset: buffer.offset(),
-            offset_end: buffer.offset_end(),
-            flags: buffer.flags() & CARRIED_FLAGS,
-        }
-    }
-
-    fn apply(&self, buffer: &mut gst::BufferRef) {
-        buffer.set_pts(self.pts);
-        buffer.set_dts(self.dts);
-        buffer.set_duration(self.duration);
-        buffer.set_offset(self.offset);
-        buffer.set_offset_end(self.offset_end);
-        buffer.set_flags(self.flags);
-    }
-}
-
-/// What caps negotiation settled: the input format and the pixel converters.
-struct Negotiated {
+/// The sink pad's side of the negotiated caps: how to read input frames.
+struct SinkSide {
     in_info: gst_video::VideoInfo,
     converter: FrameConverter,
 }
 
-/// Something to send downstream, in order, once the state lock is dropped.
-enum Item {
-    Buffer(gst::Buffer),
-    Event(gst::Event),
-}
-
-/// Streaming state, from READY->PAUSED to PAUSED->READY.
-struct State {
-    engine: Engine<FrameTag>,
-    negotiated: Option<Negotiated>,
-    /// Frames given to the engine and frames it returned since the last drain or flush.
-    frames_in: u64,
-    frames_out: u64,
-    /// Serialized events that arrived behind frames the engine still holds, each with
-    /// the number of frames that must be output before it.
-    held_events: VecDeque<(u64, gst::Event)>,
-}
-
-/// Why the stream cannot go on; posted as an element error by the caller.
-enum ProcessError {
-    Convert(glib::BoolError),
-    Engine(EngineError),
-}
-
-/// An engine error as an element error's one-sentence message and its details.
-fn engine_error_text(err: &EngineError) -> (String, String) {
-    match err {
-        EngineError::TooLarge { .. } | EngineError::Cancelled => (err.to_string(), String::new()),
-        EngineError::Model { context, source } => {
-            (format!("FlashVSR failed ({context})"), source.to_string())
-        }
-        EngineError::InvalidFrame(details) => (
-            "FlashVSR could not take a frame".to_owned(),
-            details.clone(),
-        ),
-        EngineError::InvalidSetting { .. } => (
-            "FlashVSR has an invalid setting".to_owned(),
-            err.to_string(),
-        ),
-    }
-}
-
-impl State {
-    /// Converts the engine's outputs to buffers and interleaves the held events.
-    fn items_for(&mut self, outputs: Vec<(RgbFrame, FrameTag)>) -> Result<Vec<Item>, ProcessError> {
-        let mut items = Vec::with_capacity(outputs.len());
-        let Some(negotiated) = self.negotiated.as_ref() else {
-            return Ok(items);
-        };
-        for (frame, tag) in outputs {
-            let mut buffer = negotiated
-                .converter
-                .rgb_to_output(&frame)
-                .map_err(ProcessError::Convert)?;
-            tag.apply(buffer.make_mut());
-            items.push(Item::Buffer(buffer));
-            self.frames_out += 1;
-            while let Some((after, _)) = self.held_events.front()
-                && *after <= self.frames_out
-            {
-                if let Some((_, event)) = self.held_events.pop_front() {
-                    items.push(Item::Event(event));
-                }
-            }
-        }
-        Ok(items)
-    }
-
-    /// Outputs every frame the engine holds, then every held event, and starts a
-    /// fresh engine stream.
-    fn drain(&mut self) -> Result<Vec<Item>, ProcessError> {
-        let outputs = self.engine.finish().map_err(ProcessError::Engine)?;
-        let mut items = self.items_for(outputs)?;
-        items.extend(self.held_events.drain(..).map(|(_, e)| Item::Event(e)));
-        self.engine.reset();
-        self.frames_in = 0;
-        self.frames_out = 0;
-        Ok(items)
-    }
-
-    /// Drops every held frame (flush); sticky events are kept for the next data.
-    fn reset(&mut self) -> Vec<gst::Event> {
-        self.engine.reset();
-        self.frames_in = 0;
-        self.frames_out = 0;
-        self.held_events
-            .drain(..)
-            .map(|(_, e)| e)
-            .filter(|e| e.is_sticky())
-            .collect()
-    }
+/// What the pipeline tells the element about time: the latency it configured,
+/// upstream's, and downstream's QoS.
+#[derive(Debug, Default, Clone, Copy)]
+struct Timing {
+    /// From the LATENCY event the sinks send upstream.
+    pipeline_latency: Option<gst::ClockTime>,
+    /// From the last LATENCY query answered.
+    upstream_latency: gst::ClockTime,
+    live: bool,
+    /// Running time before which downstream wants no frame (QoS), in ns.
+    qos_earliest: Option<u64>,
+    qos_proportion: f64,
 }
 
 pub struct FlashVsr {
     sinkpad: gst::Pad,
     srcpad: gst::Pad,
     settings: Mutex<Settings>,
+    /// The worker's; see `state::State`.
     state: Mutex<Option<State>>,
+    /// Frames and serialized events on their way to the worker.
+    queue: WorkQueue<Work>,
+    /// Queued work kept over a flush (caps, sticky events), from FLUSH_START to
+    /// FLUSH_STOP.
+    kept: Mutex<Vec<Work>>,
+    sink_side: Mutex<Option<SinkSide>>,
+    /// The running engine's cancel token: stops a chunk from another thread.
+    cancel: Mutex<Option<CancelToken>>,
+    timing: Mutex<Timing>,
     /// The scale of the running engine, 0 when stopped: caps queries must use the
     /// scale the stream runs at, not a property value set since. Read without the
     /// state lock, which a running chunk holds.
@@ -256,27 +160,50 @@ impl FlashVsr {
             .store(settings.engine.scale, Ordering::Release);
         self.processing_ns.store(0, Ordering::Relaxed);
         self.reported_processing_ns.store(0, Ordering::Relaxed);
-        *self.state.lock() = Some(State {
-            engine,
-            negotiated: None,
-            frames_in: 0,
-            frames_out: 0,
-            held_events: VecDeque::new(),
-        });
+        *self.cancel.lock() = Some(engine.cancel_token());
+        *self.timing.lock() = Timing::default();
+        *self.sink_side.lock() = None;
+        self.kept.lock().clear();
+        *self.state.lock() = Some(State::new(engine, settings.late_policy));
+        self.queue.start(Vec::new());
         Ok(())
     }
 
+    /// Before PAUSED->READY deactivates the pads: stops the chunk in progress and
+    /// wakes the sink pad and the worker, so that neither holds its pad's lock.
+    fn interrupt(&self) {
+        self.queue.flush();
+        if let Some(token) = self.cancel.lock().as_ref() {
+            token.cancel();
+        }
+    }
+
     fn stop(&self) {
+        if let Err(err) = self.srcpad.stop_task() {
+            gst::warning!(CAT, imp = self, "Could not stop the worker: {}", err);
+        }
         *self.state.lock() = None;
+        *self.cancel.lock() = None;
+        *self.sink_side.lock() = None;
+        self.kept.lock().clear();
         self.active_scale.store(0, Ordering::Release);
+    }
+
+    fn start_worker(&self) -> Result<(), glib::BoolError> {
+        let element = self.obj().downgrade();
+        self.srcpad.start_task(move || {
+            if let Some(element) = element.upgrade() {
+                element.imp().worker_iteration();
+            }
+        })
     }
 
     fn sink_chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         gst::trace!(CAT, imp = self, "Received {:?}", buffer);
-        let (items, took) = {
-            let mut guard = self.state.lock();
-            let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
-            let Some(negotiated) = state.negotiated.as_ref() else {
+        self.queue.flow()?;
+        let read = {
+            let side = self.sink_side.lock();
+            let Some(side) = side.as_ref() else {
                 gst::element_imp_error!(
                     self,
                     gst::CoreError::Negotiation,
@@ -284,58 +211,247 @@ impl FlashVsr {
                 );
                 return Err(gst::FlowError::NotNegotiated);
             };
-            let frame = match negotiated.converter.input_to_rgb(&buffer) {
-                Ok(frame) => frame,
-                Err(err) => {
-                    let info = &negotiated.in_info;
-                    let message = format!(
+            side.converter.input_to_rgb(&buffer).map_err(|err| {
+                let info = &side.in_info;
+                Work::Unreadable {
+                    message: format!(
                         "Could not read a {} {}x{} input frame",
                         info.format().to_str(),
                         info.width(),
                         info.height()
-                    );
-                    let details = format!(
+                    ),
+                    details: format!(
                         "{err} (buffer of {} bytes, the caps need {})",
                         buffer.size(),
                         info.size()
-                    );
-                    let drained = state.drain();
-                    drop(guard);
-                    self.push_drained(drained);
-                    gst::element_imp_error!(
-                        self,
-                        gst::StreamError::Format,
-                        ("{}", message),
-                        ["{}", details]
-                    );
-                    return Err(gst::FlowError::Error);
+                    ),
                 }
-            };
-
-            let started = Instant::now();
-            let outputs = match state.engine.push(frame, FrameTag::of(&buffer)) {
-                Ok(outputs) => outputs,
-                Err(err) => {
-                    // the engine keeps the frames of a stream it refused to replace
-                    let drained = state.drain();
-                    drop(guard);
-                    self.push_drained(drained);
-                    self.post_stream_error(ProcessError::Engine(err));
-                    return Err(gst::FlowError::Error);
-                }
-            };
-            let took = (!outputs.is_empty()).then(|| started.elapsed());
-            state.frames_in += 1;
-            let items = state.items_for(outputs).map_err(|err| {
-                self.post_stream_error(err);
-                gst::FlowError::Error
-            })?;
-            (items, took)
+            })
         };
+        match read {
+            Ok(frame) => {
+                let tag = FrameTag::of(&buffer);
+                self.queue.push(Work::Frame { frame, tag }, true)?;
+                self.queue.flow()
+            }
+            Err(unreadable) => {
+                // The held frames go out before the error, as for any error.
+                let seq = self.queue.push(unreadable, false)?;
+                self.queue.wait_for(seq);
+                Err(gst::FlowError::Error)
+            }
+        }
+    }
+
+    /// One turn of the src pad task: handles the next queued item.
+    fn worker_iteration(&self) {
+        let Some((seq, work)) = self.queue.pop(Work::is_frame) else {
+            gst::debug!(CAT, imp = self, "Flushing: pausing the worker");
+            let _ = self.srcpad.pause_task();
+            return;
+        };
+        let (answer, flow) = self.handle(work);
+        if let Err(err) = flow {
+            gst::debug!(CAT, imp = self, "Pausing the worker: {:?}", err);
+            let _ = self.srcpad.pause_task();
+        }
+        self.queue.finish(seq, answer, flow);
+    }
+
+    /// Handles one item; returns the answer for a sink pad waiting on it (caps)
+    /// and the downstream flow.
+    fn handle(&self, work: Work) -> (bool, Result<gst::FlowSuccess, gst::FlowError>) {
+        match work {
+            Work::Frame { frame, tag } => (true, self.handle_frame(frame, tag)),
+            Work::Caps {
+                caps,
+                out_caps,
+                in_info,
+                converter,
+            } => self.handle_caps(&caps, out_caps, in_info, converter),
+            Work::Refuse(error) => {
+                self.refuse_caps(error);
+                (false, Ok(gst::FlowSuccess::Ok))
+            }
+            Work::Unreadable { message, details } => {
+                let drained = self.drain_state();
+                self.push_drained(drained);
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Format,
+                    ("{}", message),
+                    ["{}", details]
+                );
+                (false, Ok(gst::FlowSuccess::Ok))
+            }
+            Work::Event(event) => self.handle_event(event),
+        }
+    }
+
+    fn handle_frame(
+        &self,
+        frame: RgbFrame,
+        tag: FrameTag,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let mut guard = self.state.lock();
+        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+        if state.negotiated.is_none() {
+            return Err(gst::FlowError::NotNegotiated);
+        }
+        let mut took = None;
+        let mut degraded = Vec::new();
+        let outputs = if state.late_policy == LatePolicy::Bicubic && self.is_late(state, &tag) {
+            let result = state.degrade(Some((frame, tag)));
+            if let Ok(outputs) = &result {
+                degraded = outputs.iter().map(|(_, tag)| *tag).collect();
+            }
+            result
+        } else {
+            let started = Instant::now();
+            match state.push(frame, tag) {
+                Ok(outputs) => {
+                    took = (!outputs.is_empty()).then(|| started.elapsed());
+                    Ok(outputs)
+                }
+                Err(EngineError::Cancelled) => return Err(gst::FlowError::Flushing),
+                Err(err) => Err(ProcessError::Engine(err)),
+            }
+        };
+        let items = outputs.and_then(|outputs| state.items_for(outputs));
+        let items = match items {
+            Ok(items) => items,
+            Err(err) => {
+                // the engine keeps the frames of a stream it refused to replace
+                let drained = state.drain(false);
+                drop(guard);
+                self.push_drained(Some(drained));
+                self.post_stream_error(err);
+                return Err(gst::FlowError::Error);
+            }
+        };
+        let qos = self.qos_messages(state, &degraded);
+        drop(guard);
         if let Some(took) = took {
             self.note_processing_time(took);
         }
+        for message in qos {
+            let _ = self.obj().post_message(message);
+        }
         self.push_items(items)
+    }
+
+    /// Whether the model would output the frames it holds, or `tag`'s frame if
+    /// none, after they are due downstream (or downstream's QoS already skips
+    /// this frame): then they go out as their bicubic upscale.
+    fn is_late(&self, state: &State, tag: &FrameTag) -> bool {
+        let obj = self.obj();
+        let (Some(clock), Some(base_time)) = (obj.clock(), obj.base_time()) else {
+            return false;
+        };
+        let running_time = |pts: Option<gst::ClockTime>| {
+            pts.and_then(|pts| state.segment.to_running_time(pts))
+                .map(gst::ClockTime::nseconds)
+        };
+        let Some(this) = running_time(tag.pts) else {
+            return false;
+        };
+        let frame_ns = self.frame_duration(state, tag);
+        let timing = *self.timing.lock();
+        if let Some(earliest) = timing.qos_earliest
+            && this.saturating_add(frame_ns) <= earliest
+        {
+            gst::debug!(CAT, imp = self, "QoS: downstream skips frame at {}", this);
+            return true;
+        }
+        let latency = timing.pipeline_latency.unwrap_or_else(|| {
+            timing
+                .upstream_latency
+                .saturating_add(self.reported_latency())
+        });
+        let oldest = state
+            .held_inputs
+            .front()
+            .and_then(|(_, t)| running_time(t.pts))
+            .unwrap_or(this);
+        let now = clock.time().nseconds();
+        let base = base_time.nseconds();
+        let taken = state.stream_frames + 1;
+        let ahead = late::frames_for_chunk(taken) - taken;
+        let inputs_ready = if ahead as usize <= self.queue.waiting() {
+            now
+        } else {
+            base.saturating_add(this)
+                .saturating_add(ahead.saturating_mul(frame_ns))
+                .saturating_add(timing.upstream_latency.nseconds())
+        };
+        let forecast = ChunkForecast {
+            now,
+            inputs_ready,
+            chunk_time: self.chunk_time(state, tag),
+            oldest_due: base
+                .saturating_add(oldest)
+                .saturating_add(latency.nseconds()),
+        };
+        let late = forecast.misses_deadline();
+        if late {
+            gst::debug!(CAT, imp = self, "The model would be late: {:?}", forecast);
+        }
+        late
+    }
+
+    fn frame_duration(&self, state: &State, tag: &FrameTag) -> u64 {
+        let from_rate = state.negotiated.as_ref().and_then(|n| {
+            let fps = n.in_info.fps();
+            (fps.numer() > 0 && fps.denom() > 0).then(|| {
+                gst::ClockTime::SECOND
+                    .mul_div_ceil(fps.denom() as u64, fps.numer() as u64)
+                    .map_or(0, gst::ClockTime::nseconds)
+            })
+        });
+        from_rate
+            .or(tag.duration.map(gst::ClockTime::nseconds))
+            .unwrap_or(0)
+    }
+
+    /// How long the next chunk will take: the longest measured, or until one is
+    /// measured the `CHUNK_STRIDE` frame durations the latency counts.
+    fn chunk_time(&self, state: &State, tag: &FrameTag) -> u64 {
+        match self.processing_ns.load(Ordering::Relaxed) {
+            0 => self
+                .frame_duration(state, tag)
+                .saturating_mul(CHUNK_STRIDE as u64),
+            ns => ns,
+        }
+    }
+
+    /// A QoS message per degraded frame, as `GstVideoDecoder` posts per dropped
+    /// frame ("dropped" counts the degraded ones).
+    fn qos_messages(&self, state: &State, degraded: &[FrameTag]) -> Vec<gst::Message> {
+        let obj = self.obj();
+        let timing = *self.timing.lock();
+        let now_running = obj.current_running_time();
+        degraded
+            .iter()
+            .map(|tag| {
+                let running_time = tag.pts.and_then(|p| state.segment.to_running_time(p));
+                let jitter = match (now_running, running_time) {
+                    (Some(now), Some(rt)) => now.nseconds() as i64 - rt.nseconds() as i64,
+                    _ => 0,
+                };
+                gst::message::Qos::builder(timing.live)
+                    .running_time(running_time)
+                    .stream_time(tag.pts.and_then(|p| state.segment.to_stream_time(p)))
+                    .timestamp(tag.pts)
+                    .duration(tag.duration)
+                    .values(jitter, timing.qos_proportion, 0)
+                    .stats(
+                        gst::format::Buffers::from_u64(state.processed),
+                        gst::format::Buffers::from_u64(state.degraded),
+                    )
+                    .src(&*obj)
+                    .build()
+            })
+            .collect()
     }
 
     fn post_stream_error(&self, err: ProcessError) {
@@ -346,6 +462,9 @@ impl FlashVsr {
                 ("Could not convert an output frame"),
                 ["{}", err]
             ),
+            ProcessError::Engine(EngineError::Cancelled) => {
+                gst::debug!(CAT, imp = self, "Chunk cancelled by a flush")
+            }
             ProcessError::Engine(err) => {
                 let (message, details) = engine_error_text(&err);
                 gst::element_imp_error!(
@@ -358,11 +477,77 @@ impl FlashVsr {
         }
     }
 
+    /// Outputs everything held (the model's frames, or their bicubic upscale when
+    /// `late-policy=bicubic` and the model would be late), then the held events.
+    fn drain_state(&self) -> Option<Result<Vec<Item>, ProcessError>> {
+        let mut guard = self.state.lock();
+        let state = guard.as_mut()?;
+        let bicubic = state.late_policy == LatePolicy::Bicubic
+            && !state.held_inputs.is_empty()
+            && self.drain_is_late(state);
+        let degraded: Vec<FrameTag> = if bicubic {
+            state.held_inputs.iter().map(|(_, t)| *t).collect()
+        } else {
+            Vec::new()
+        };
+        let started = Instant::now();
+        let drained = state.drain(bicubic);
+        let qos = if drained.is_ok() {
+            self.qos_messages(state, &degraded)
+        } else {
+            Vec::new()
+        };
+        drop(guard);
+        if !bicubic && drained.as_ref().is_ok_and(|items| !items.is_empty()) {
+            self.note_processing_time(started.elapsed());
+        }
+        for message in qos {
+            let _ = self.obj().post_message(message);
+        }
+        Some(drained)
+    }
+
+    /// Whether finishing the model stream now would output its oldest frame late.
+    fn drain_is_late(&self, state: &State) -> bool {
+        let Some((_, tag)) = state.held_inputs.front() else {
+            return false;
+        };
+        let obj = self.obj();
+        let (Some(clock), Some(base_time)) = (obj.clock(), obj.base_time()) else {
+            return false;
+        };
+        let Some(oldest) = tag.pts.and_then(|p| state.segment.to_running_time(p)) else {
+            return false;
+        };
+        let timing = *self.timing.lock();
+        let latency = timing.pipeline_latency.unwrap_or_else(|| {
+            timing
+                .upstream_latency
+                .saturating_add(self.reported_latency())
+        });
+        let now = clock.time().nseconds();
+        // the held frames plus the padding `finish` adds take this many chunks
+        let chunks = (state.held_inputs.len() as u64)
+            .div_ceil(CHUNK_STRIDE as u64)
+            .max(1);
+        ChunkForecast {
+            now,
+            inputs_ready: now,
+            chunk_time: self.chunk_time(state, tag).saturating_mul(chunks),
+            oldest_due: base_time
+                .nseconds()
+                .saturating_add(oldest.nseconds())
+                .saturating_add(latency.nseconds()),
+        }
+        .misses_deadline()
+    }
+
     /// Before an error ends the stream: sends downstream what a drain gave back.
     /// A drain that failed itself is only logged, the error at hand is posted.
-    fn push_drained(&self, drained: Result<Vec<Item>, ProcessError>) {
+    fn push_drained(&self, drained: Option<Result<Vec<Item>, ProcessError>>) {
         match drained {
-            Ok(items) => {
+            None => {}
+            Some(Ok(items)) => {
                 if let Err(err) = self.push_items(items) {
                     gst::debug!(
                         CAT,
@@ -372,10 +557,10 @@ impl FlashVsr {
                     );
                 }
             }
-            Err(ProcessError::Engine(err)) => {
+            Some(Err(ProcessError::Engine(err))) => {
                 gst::warning!(CAT, imp = self, "Could not drain the held frames: {}", err)
             }
-            Err(ProcessError::Convert(err)) => {
+            Some(Err(ProcessError::Convert(err))) => {
                 gst::warning!(
                     CAT,
                     imp = self,
@@ -386,22 +571,24 @@ impl FlashVsr {
         }
     }
 
-    /// A refused caps event ends the stream: outputs the frames of the previous
-    /// caps first, then posts `error` (if any). Returns false, the event's answer.
-    fn refuse_caps(&self, error: Option<gst::ErrorMessage>) -> bool {
-        let drained = self.state.lock().as_mut().map(|state| {
-            state.negotiated.as_ref()?;
-            let drained = state.drain();
-            state.negotiated = None;
-            Some(drained)
-        });
-        if let Some(Some(drained)) = drained {
+    /// Refused caps end the stream: outputs the frames of the previous caps
+    /// first, then posts `error` (if any).
+    fn refuse_caps(&self, error: Option<gst::ErrorMessage>) {
+        let negotiated = self
+            .state
+            .lock()
+            .as_ref()
+            .is_some_and(|s| s.negotiated.is_some());
+        if negotiated {
+            let drained = self.drain_state();
             self.push_drained(drained);
+            if let Some(state) = self.state.lock().as_mut() {
+                state.negotiate(None);
+            }
         }
         if let Some(error) = error {
             self.post_error_message(error);
         }
-        false
     }
 
     fn push_items(&self, items: Vec<Item>) -> Result<gst::FlowSuccess, gst::FlowError> {
@@ -445,22 +632,43 @@ impl FlashVsr {
         let _ = obj.post_message(gst::message::Latency::builder().src(&*obj).build());
     }
 
-    /// Outputs everything held, then forwards `event` (EOS, segment or stream change).
-    fn drain_then_forward(&self, event: gst::Event) -> bool {
-        let drained = self.state.lock().as_mut().map(State::drain);
-        match drained {
-            Some(Ok(items)) => {
-                if let Err(err) = self.push_items(items) {
-                    gst::debug!(CAT, imp = self, "Pushing drained frames returned {:?}", err);
+    /// A serialized event the worker reached: EOS, segment and stream changes
+    /// drain the model first; the others wait behind the frames before them.
+    fn handle_event(&self, event: gst::Event) -> (bool, Result<gst::FlowSuccess, gst::FlowError>) {
+        use gst::EventView;
+        match event.view() {
+            EventView::Eos(_)
+            | EventView::SegmentDone(_)
+            | EventView::StreamStart(_)
+            | EventView::Segment(_) => {
+                let segment = match event.view() {
+                    EventView::Segment(s) => s.segment().downcast_ref::<gst::ClockTime>().cloned(),
+                    _ => None,
+                };
+                let drained = self.drain_state();
+                let flow = match drained {
+                    Some(Ok(items)) => self.push_items(items),
+                    Some(Err(ProcessError::Engine(EngineError::Cancelled))) => {
+                        Err(gst::FlowError::Flushing)
+                    }
+                    Some(Err(err)) => {
+                        self.post_stream_error(err);
+                        return (false, Err(gst::FlowError::Error));
+                    }
+                    None => Ok(gst::FlowSuccess::Ok),
+                };
+                if let Some(segment) = segment
+                    && let Some(state) = self.state.lock().as_mut()
+                {
+                    state.segment = segment;
                 }
+                if flow == Err(gst::FlowError::Flushing) {
+                    return (false, flow);
+                }
+                (self.srcpad.push_event(event), Ok(gst::FlowSuccess::Ok))
             }
-            Some(Err(err)) => {
-                self.post_stream_error(err);
-                return false;
-            }
-            None => {}
+            _ => (self.forward_in_order(event), Ok(gst::FlowSuccess::Ok)),
         }
-        self.srcpad.push_event(event)
     }
 
     /// Forwards a serialized event behind the frames that arrived before it.
@@ -485,24 +693,113 @@ impl FlashVsr {
         self.srcpad.push_event(event)
     }
 
+    /// FLUSH_START: stops the chunk in progress and the worker; nothing is
+    /// pushed after the flush.
+    fn flush_start(&self, event: gst::Event) -> bool {
+        let kept: Vec<Work> = self
+            .queue
+            .flush()
+            .into_iter()
+            .filter(Work::survives_flush)
+            .collect();
+        self.kept.lock().extend(kept);
+        if let Some(token) = self.cancel.lock().as_ref() {
+            token.cancel();
+        }
+        let forwarded = self.srcpad.push_event(event);
+        // Waits for the worker's turn in progress, which the token cuts short.
+        if let Err(err) = self.srcpad.pause_task() {
+            gst::debug!(CAT, imp = self, "Could not pause the worker: {}", err);
+        }
+        gst::debug!(CAT, imp = self, "Flush started: worker paused");
+        forwarded
+    }
+
+    /// FLUSH_STOP: drops every held frame, restarts the worker with the caps and
+    /// sticky events that must survive.
     fn flush_stop(&self, event: gst::Event) -> bool {
-        let sticky = self
+        let _ = self.srcpad.pause_task();
+        let mut kept: Vec<Work> = self
+            .queue
+            .flush()
+            .into_iter()
+            .filter(Work::survives_flush)
+            .collect();
+        let held = self
             .state
             .lock()
             .as_mut()
             .map(State::reset)
             .unwrap_or_default();
+        let mut requeue: Vec<Work> = held.into_iter().map(Work::Event).collect();
+        requeue.append(&mut self.kept.lock());
+        requeue.append(&mut kept);
+        if let Some(token) = self.cancel.lock().as_ref() {
+            token.clear();
+        }
+        {
+            let mut timing = self.timing.lock();
+            timing.qos_earliest = None;
+            timing.qos_proportion = 1.0;
+        }
         gst::debug!(CAT, imp = self, "Flushed the frames held");
         let forwarded = self.srcpad.push_event(event);
-        for e in sticky {
-            self.srcpad.push_event(e);
+        let active = self.state.lock().is_some();
+        if active {
+            self.queue.start(requeue);
+            if let Err(err) = self.start_worker() {
+                gst::error!(CAT, imp = self, "Could not restart the worker: {}", err);
+                return false;
+            }
         }
         forwarded
     }
 
-    /// New caps on the sink pad: drains the frames of the old caps, configures the
-    /// converters for the new ones, and sends the upscaled caps downstream.
+    /// New caps on the sink pad: refuses what cannot be converted here, and hands
+    /// the rest to the worker, which drains the old caps' frames, checks the memory
+    /// budget and sends the upscaled caps downstream. Waits for its answer.
     fn set_caps(&self, caps: &gst::Caps) -> bool {
+        let checked = self.check_caps(caps);
+        let work = match checked {
+            Ok((in_info, out_caps, converter)) => Work::Caps {
+                caps: caps.clone(),
+                out_caps,
+                in_info,
+                converter,
+            },
+            Err(()) => Work::Refuse(None),
+        };
+        let sink_side = match &work {
+            Work::Caps { in_info, .. } => self.sink_converter(in_info, caps),
+            _ => None,
+        };
+        let answer = match self.queue.push(work, false) {
+            Ok(seq) => self.queue.wait_for(seq),
+            Err(_) => Answer::Dropped,
+        };
+        let accepted = answer == Answer::Done(true);
+        *self.sink_side.lock() = if accepted { sink_side } else { None };
+        accepted
+    }
+
+    /// The converter the sink pad reads frames of `in_info` with.
+    fn sink_converter(&self, in_info: &gst_video::VideoInfo, caps: &gst::Caps) -> Option<SinkSide> {
+        let out_caps = caps::output_caps(caps, self.scale())?;
+        let out_info = gst_video::VideoInfo::from_caps(&out_caps).ok()?;
+        let converter = FrameConverter::new(in_info, &out_info).ok()?;
+        Some(SinkSide {
+            in_info: in_info.clone(),
+            converter,
+        })
+    }
+
+    /// Checks that `caps` are progressive raw video in a supported format whose
+    /// upscale fits; returns the input info, the output caps and the converter.
+    #[allow(clippy::result_unit_err)]
+    fn check_caps(
+        &self,
+        caps: &gst::Caps,
+    ) -> Result<(gst_video::VideoInfo, gst::Caps, FrameConverter), ()> {
         let Ok(in_info) = gst_video::VideoInfo::from_caps(caps) else {
             gst::debug!(
                 CAT,
@@ -510,7 +807,7 @@ impl FlashVsr {
                 "Refusing caps that are not raw video: {}",
                 caps
             );
-            return self.refuse_caps(None);
+            return Err(());
         };
         if in_info.interlace_mode() != gst_video::VideoInterlaceMode::Progressive {
             gst::debug!(
@@ -519,7 +816,7 @@ impl FlashVsr {
                 "Refusing interlaced caps {}: deinterlace first",
                 caps
             );
-            return self.refuse_caps(None);
+            return Err(());
         }
         if !caps::FORMATS.contains(&in_info.format()) {
             gst::debug!(
@@ -528,7 +825,7 @@ impl FlashVsr {
                 "Refusing unsupported format {:?}",
                 in_info.format()
             );
-            return self.refuse_caps(None);
+            return Err(());
         }
         let scale = self.scale();
         let Some(out_caps) = caps::output_caps(caps, scale) else {
@@ -540,7 +837,7 @@ impl FlashVsr {
                 scale,
                 caps::MAX_OUTPUT_DIM
             );
-            return self.refuse_caps(None);
+            return Err(());
         };
         let out_info = match gst_video::VideoInfo::from_caps(&out_caps) {
             Ok(info) => info,
@@ -553,11 +850,11 @@ impl FlashVsr {
                     out_caps,
                     err
                 );
-                return self.refuse_caps(None);
+                return Err(());
             }
         };
-        let converter = match FrameConverter::new(&in_info, &out_info) {
-            Ok(c) => c,
+        match FrameConverter::new(&in_info, &out_info) {
+            Ok(converter) => Ok((in_info, out_caps, converter)),
             Err(err) => {
                 gst::debug!(
                     CAT,
@@ -566,15 +863,24 @@ impl FlashVsr {
                     caps,
                     err
                 );
-                return self.refuse_caps(None);
+                Err(())
             }
-        };
+        }
+    }
 
-        let items = {
-            let mut guard = self.state.lock();
-            let Some(state) = guard.as_mut() else {
+    /// The worker's side of new caps (see `set_caps`).
+    fn handle_caps(
+        &self,
+        caps: &gst::Caps,
+        out_caps: gst::Caps,
+        in_info: gst_video::VideoInfo,
+        converter: FrameConverter,
+    ) -> (bool, Result<gst::FlowSuccess, gst::FlowError>) {
+        {
+            let guard = self.state.lock();
+            let Some(state) = guard.as_ref() else {
                 gst::debug!(CAT, imp = self, "Caps before READY->PAUSED");
-                return false;
+                return (false, Ok(gst::FlowSuccess::Ok));
             };
             if state
                 .negotiated
@@ -582,7 +888,7 @@ impl FlashVsr {
                 .is_some_and(|s| s.in_info == in_info)
             {
                 gst::debug!(CAT, imp = self, "Caps unchanged");
-                return true;
+                return (true, Ok(gst::FlowSuccess::Ok));
             }
             // Refused before the old caps' frames are drained: `refuse_caps` outputs
             // them, then posts the error.
@@ -604,41 +910,50 @@ impl FlashVsr {
                     .unwrap_or_else(|e| e.to_string());
                 let (message, _) = engine_error_text(&err);
                 drop(guard);
-                return self.refuse_caps(Some(gst::error_msg!(
+                self.refuse_caps(Some(gst::error_msg!(
                     gst::CoreError::Negotiation,
                     ("{}", message),
                     ["{}", details]
                 )));
+                return (false, Ok(gst::FlowSuccess::Ok));
             }
-            let items = if state.negotiated.is_some() {
-                match state.drain() {
-                    Ok(items) => items,
-                    Err(err) => {
-                        drop(guard);
-                        self.post_stream_error(err);
-                        return false;
+        }
+        let negotiated = self
+            .state
+            .lock()
+            .as_ref()
+            .is_some_and(|s| s.negotiated.is_some());
+        if negotiated {
+            match self.drain_state() {
+                Some(Ok(items)) => {
+                    if let Err(err) = self.push_items(items) {
+                        gst::debug!(
+                            CAT,
+                            imp = self,
+                            "Pushing frames of the old caps returned {:?}",
+                            err
+                        );
                     }
                 }
-            } else {
-                Vec::new()
-            };
-            state.negotiated = Some(Negotiated { in_info, converter });
-            items
-        };
-        gst::info!(CAT, imp = self, "Configured {} -> {}", caps, out_caps);
-        if let Err(err) = self.push_items(items) {
-            gst::debug!(
-                CAT,
-                imp = self,
-                "Pushing frames of the old caps returned {:?}",
-                err
-            );
+                Some(Err(ProcessError::Engine(EngineError::Cancelled))) => {
+                    return (false, Err(gst::FlowError::Flushing));
+                }
+                Some(Err(err)) => {
+                    self.post_stream_error(err);
+                    return (false, Err(gst::FlowError::Error));
+                }
+                None => {}
+            }
         }
+        if let Some(state) = self.state.lock().as_mut() {
+            state.negotiate(Some(Negotiated { in_info, converter }));
+        }
+        gst::info!(CAT, imp = self, "Configured {} -> {}", caps, out_caps);
         let pushed = self.srcpad.push_event(gst::event::Caps::new(&out_caps));
         // Live pipelines query the latency before any caps: the frames held are only
         // known now.
         self.post_latency_message();
-        pushed
+        (pushed, Ok(gst::FlowSuccess::Ok))
     }
 
     fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
@@ -649,14 +964,57 @@ impl FlashVsr {
                 let caps = c.caps_owned();
                 self.set_caps(&caps)
             }
-            EventView::Eos(_)
-            | EventView::SegmentDone(_)
-            | EventView::StreamStart(_)
-            | EventView::Segment(_) => self.drain_then_forward(event),
+            EventView::FlushStart(_) => self.flush_start(event),
             EventView::FlushStop(_) => self.flush_stop(event),
-            _ if event.is_serialized() => self.forward_in_order(event),
+            _ if event.is_serialized() => {
+                // A sticky event refused while flushing is stored on the pad and
+                // sent again with the next data; the others are dropped.
+                let sticky = survives_flush(&event);
+                match self.queue.push(Work::Event(event), false) {
+                    Ok(_) => true,
+                    Err(err) => {
+                        gst::debug!(CAT, imp = self, "Serialized event refused: {:?}", err);
+                        sticky && err == gst::FlowError::Flushing
+                    }
+                }
+            }
             _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
         }
+    }
+
+    fn src_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        use gst::EventView;
+        gst::log!(CAT, obj = pad, "Handling {:?}", event);
+        match event.view() {
+            EventView::Qos(qos) => {
+                let (_, proportion, diff, timestamp) = qos.get();
+                if let Some(timestamp) = timestamp {
+                    let frame_ns = self
+                        .sinkpad
+                        .current_caps()
+                        .and_then(|c| gst_video::VideoInfo::from_caps(&c).ok())
+                        .and_then(|info| {
+                            let fps = info.fps();
+                            (fps.numer() > 0 && fps.denom() > 0).then(|| {
+                                gst::ClockTime::SECOND
+                                    .mul_div_floor(fps.denom() as u64, fps.numer() as u64)
+                                    .map_or(0, gst::ClockTime::nseconds)
+                            })
+                        })
+                        .unwrap_or(0);
+                    let mut timing = self.timing.lock();
+                    timing.qos_earliest =
+                        Some(late::qos_earliest(timestamp.nseconds(), diff, frame_ns));
+                    timing.qos_proportion = proportion;
+                }
+            }
+            EventView::Latency(l) => {
+                gst::debug!(CAT, imp = self, "Pipeline latency {}", l.latency());
+                self.timing.lock().pipeline_latency = Some(l.latency());
+            }
+            _ => {}
+        }
+        gst::Pad::event_default(pad, Some(&*self.obj()), event)
     }
 
     fn sink_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
@@ -691,6 +1049,11 @@ impl FlashVsr {
                     return false;
                 }
                 let (live, min, max) = upstream.result();
+                {
+                    let mut timing = self.timing.lock();
+                    timing.live = live;
+                    timing.upstream_latency = min;
+                }
                 let added = self.added_latency();
                 gst::debug!(
                     CAT,
@@ -710,7 +1073,6 @@ impl FlashVsr {
             _ => gst::Pad::query_default(pad, Some(&*self.obj()), query),
         }
     }
-
     /// Caps for one pad: what the other pad's peer can take, mapped through the scale
     /// (`Downscale` answers for the sink pad, `Upscale` for the src pad).
     fn peer_caps(&self, filter: Option<&gst::CapsRef>, direction: Direction) -> gst::Caps {
@@ -740,6 +1102,24 @@ impl FlashVsr {
     /// `CHUNK_STRIDE` frame durations (a slower chunk could not keep up with a live
     /// source anyway); a chunk that took longer raises it.
     fn added_latency(&self) -> gst::ClockTime {
+        let (held, processing) = self.latency_terms();
+        self.reported_processing_ns
+            .store(processing.nseconds(), Ordering::Relaxed);
+        held.saturating_add(processing)
+    }
+
+    /// What the last LATENCY answer added (the deadlines of `late-policy`
+    /// count on it until the pipeline's LATENCY event arrives).
+    fn reported_latency(&self) -> gst::ClockTime {
+        let (held, _) = self.latency_terms();
+        let processing =
+            gst::ClockTime::from_nseconds(self.reported_processing_ns.load(Ordering::Relaxed));
+        held.saturating_add(processing)
+    }
+
+    /// The two terms of the added latency: the frames held, and the time a chunk
+    /// takes (measured, or its budget).
+    fn latency_terms(&self) -> (gst::ClockTime, gst::ClockTime) {
         let fps = self
             .sinkpad
             .current_caps()
@@ -772,9 +1152,7 @@ impl FlashVsr {
         }
         let measured = gst::ClockTime::from_nseconds(self.processing_ns.load(Ordering::Relaxed));
         let processing = measured.max(frames(CHUNK_STRIDE as u64));
-        self.reported_processing_ns
-            .store(processing.nseconds(), Ordering::Relaxed);
-        frames(LATENCY_FRAMES).saturating_add(processing)
+        (frames(LATENCY_FRAMES), processing)
     }
 }
 
@@ -844,6 +1222,13 @@ impl ObjectSubclass for FlashVsr {
 
         let templ = klass.pad_template("src");
         let srcpad = gst::Pad::builder_from_template(&templ.expect("src pad template"))
+            .event_function(|pad, parent, event| {
+                FlashVsr::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |this| this.src_event(pad, event),
+                )
+            })
             .query_function(|pad, parent, query| {
                 FlashVsr::catch_panic_pad_function(
                     parent,
@@ -858,6 +1243,11 @@ impl ObjectSubclass for FlashVsr {
             srcpad,
             settings: Mutex::new(Settings::default()),
             state: Mutex::new(None),
+            queue: WorkQueue::new(QUEUE_FRAMES),
+            kept: Mutex::new(Vec::new()),
+            sink_side: Mutex::new(None),
+            cancel: Mutex::new(None),
+            timing: Mutex::new(Timing::default()),
             active_scale: AtomicU32::new(0),
             processing_ns: AtomicU64::new(0),
             reported_processing_ns: AtomicU64::new(0),
@@ -940,6 +1330,11 @@ impl ObjectImpl for FlashVsr {
                     .default_value(defaults.seed)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("late-policy", LatePolicy::default())
+                    .nick("Late policy")
+                    .blurb("What a frame the model cannot finish before its deadline becomes: \"wait\" (every frame through the model, however late; files) or \"bicubic\" (its bicubic upscale, and the model restarts; live). Read at READY->PAUSED")
+                    .mutable_ready()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -972,6 +1367,7 @@ impl ObjectImpl for FlashVsr {
             "kv-ratio" => engine.kv_ratio = value.get().expect("type checked upstream"),
             "local-range" => engine.local_range = value.get().expect("type checked upstream"),
             "seed" => engine.seed = value.get().expect("type checked upstream"),
+            "late-policy" => settings.late_policy = value.get().expect("type checked upstream"),
             "max-memory" => {
                 let bytes: u64 = value.get().expect("type checked upstream");
                 engine.max_memory = (bytes > 0).then_some(bytes);
@@ -1008,6 +1404,7 @@ impl ObjectImpl for FlashVsr {
             "kv-ratio" => engine.kv_ratio.to_value(),
             "local-range" => engine.local_range.to_value(),
             "seed" => engine.seed.to_value(),
+            "late-policy" => settings.late_policy.to_value(),
             "max-memory" => engine.max_memory.unwrap_or(0).to_value(),
             other => unreachable!("flashvsr has no property {other}"),
         }
@@ -1071,10 +1468,24 @@ impl ElementImpl for FlashVsr {
             self.post_error_message(err);
             return Err(gst::StateChangeError);
         }
+        if transition == gst::StateChange::PausedToReady {
+            self.interrupt();
+        }
         let result = self.parent_change_state(transition);
         match transition {
             gst::StateChange::PausedToReady => self.stop(),
             gst::StateChange::ReadyToPaused if result.is_err() => self.stop(),
+            gst::StateChange::ReadyToPaused => {
+                if let Err(err) = self.start_worker() {
+                    gst::element_imp_error!(
+                        self,
+                        gst::CoreError::Thread,
+                        ("Could not start the FlashVSR worker task: {}", err)
+                    );
+                    self.stop();
+                    return Err(gst::StateChangeError);
+                }
+            }
             _ => {}
         }
         result

@@ -1,0 +1,216 @@
+//! The bounded queue between the sink pad (the upstream streaming thread) and the
+//! worker task on the src pad (docs/element.md, "Threading"). Frames and
+//! serialized events go through it in arrival order; the sink side blocks only
+//! while `bound` frames wait, and a flush or a worker flow error wakes it.
+
+use std::collections::VecDeque;
+
+use parking_lot::{Condvar, Mutex};
+
+/// Where an item stands for a sink-side caller waiting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The worker handled it and answered this.
+    Done(bool),
+    /// A flush or a state change dropped it, or the worker stopped on an error.
+    Dropped,
+}
+
+struct Inner<I> {
+    items: VecDeque<(u64, I)>,
+    /// How many of `items` count against the bound (frames).
+    bounded: usize,
+    next_seq: u64,
+    /// The last item the worker finished, and its answer.
+    done: Option<(u64, bool)>,
+    flushing: bool,
+    /// The worker's last downstream flow result; an error refuses new items.
+    flow: Result<gst::FlowSuccess, gst::FlowError>,
+}
+
+pub struct WorkQueue<I> {
+    inner: Mutex<Inner<I>>,
+    changed: Condvar,
+    bound: usize,
+}
+
+impl<I> WorkQueue<I> {
+    /// A queue that blocks the sink side while `bound` bounded items wait. It
+    /// starts flushing: `start` opens it.
+    pub fn new(bound: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                items: VecDeque::new(),
+                bounded: 0,
+                next_seq: 0,
+                done: None,
+                flushing: true,
+                flow: Err(gst::FlowError::Flushing),
+            }),
+            changed: Condvar::new(),
+            bound,
+        }
+    }
+
+    /// Opens the queue with `items` (kept over a flush) in it.
+    pub fn start(&self, items: Vec<I>) {
+        let mut inner = self.inner.lock();
+        inner.flushing = false;
+        inner.flow = Ok(gst::FlowSuccess::Ok);
+        inner.done = None;
+        inner.bounded = 0;
+        inner.items.clear();
+        for item in items {
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            inner.items.push_back((seq, item));
+        }
+        self.changed.notify_all();
+    }
+
+    /// Flush or stop: wakes every waiter, refuses new items and returns those
+    /// left, for the caller to keep what must survive the flush.
+    pub fn flush(&self) -> Vec<I> {
+        let mut inner = self.inner.lock();
+        inner.flushing = true;
+        inner.flow = Err(gst::FlowError::Flushing);
+        inner.bounded = 0;
+        let left = inner.items.drain(..).map(|(_, item)| item).collect();
+        self.changed.notify_all();
+        left
+    }
+
+    /// Adds `item` behind the others; a `bounded` one first waits while the
+    /// bound is reached. Returns its sequence number, or the flow that refuses
+    /// it (flushing, or the worker's downstream error).
+    pub fn push(&self, item: I, bounded: bool) -> Result<u64, gst::FlowError> {
+        let mut inner = self.inner.lock();
+        loop {
+            inner.flow?;
+            if !bounded || inner.bounded < self.bound {
+                break;
+            }
+            self.changed.wait(&mut inner);
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.items.push_back((seq, item));
+        inner.bounded += usize::from(bounded);
+        self.changed.notify_all();
+        Ok(seq)
+    }
+
+    /// Waits until the worker has handled item `seq`.
+    pub fn wait_for(&self, seq: u64) -> Answer {
+        let mut inner = self.inner.lock();
+        loop {
+            if let Some((done, answer)) = inner.done
+                && done >= seq
+            {
+                return if done == seq {
+                    Answer::Done(answer)
+                } else {
+                    Answer::Dropped
+                };
+            }
+            if inner.flow.is_err() {
+                return Answer::Dropped;
+            }
+            self.changed.wait(&mut inner);
+        }
+    }
+
+    /// The worker's next item, waiting for one; `None` once flushing.
+    /// `is_bounded` tells whether it counted against the bound.
+    pub fn pop(&self, is_bounded: impl Fn(&I) -> bool) -> Option<(u64, I)> {
+        let mut inner = self.inner.lock();
+        loop {
+            if inner.flushing {
+                return None;
+            }
+            if let Some((seq, item)) = inner.items.pop_front() {
+                if is_bounded(&item) {
+                    inner.bounded = inner.bounded.saturating_sub(1);
+                }
+                self.changed.notify_all();
+                return Some((seq, item));
+            }
+            self.changed.wait(&mut inner);
+        }
+    }
+
+    /// Bounded items waiting (frames the worker has not taken yet).
+    pub fn waiting(&self) -> usize {
+        self.inner.lock().bounded
+    }
+
+    /// The worker finished item `seq` with `answer`, and `flow` downstream.
+    pub fn finish(&self, seq: u64, answer: bool, flow: Result<gst::FlowSuccess, gst::FlowError>) {
+        let mut inner = self.inner.lock();
+        inner.done = Some((seq, answer));
+        if !inner.flushing && inner.flow.is_ok() {
+            inner.flow = flow;
+        }
+        self.changed.notify_all();
+    }
+
+    /// The worker's last flow result (what the chain function returns).
+    pub fn flow(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.inner.lock().flow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_sink_side_blocks_at_the_bound_until_the_worker_takes_an_item() {
+        let queue = Arc::new(WorkQueue::new(2));
+        queue.start(Vec::new());
+        queue.push(1, true).unwrap();
+        queue.push(2, true).unwrap();
+        queue.push(100, false).unwrap(); // events do not count
+        let pusher = {
+            let queue = queue.clone();
+            std::thread::spawn(move || queue.push(3, true))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!pusher.is_finished(), "a third frame waits at the bound");
+        assert_eq!(queue.pop(|i| *i < 100), Some((0, 1)));
+        assert_eq!(pusher.join().unwrap(), Ok(3));
+        assert_eq!(queue.waiting(), 2);
+    }
+
+    #[test]
+    fn a_flush_wakes_the_blocked_sink_side_and_the_worker() {
+        let queue = Arc::new(WorkQueue::<u32>::new(1));
+        queue.start(Vec::new());
+        queue.push(1, true).unwrap();
+        let pusher = {
+            let queue = queue.clone();
+            std::thread::spawn(move || queue.push(2, true))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(queue.flush(), vec![1]);
+        assert_eq!(pusher.join().unwrap(), Err(gst::FlowError::Flushing));
+        assert_eq!(queue.pop(|_| true), None);
+        queue.start(vec![7]);
+        assert_eq!(queue.pop(|_| true), Some((1, 7)));
+    }
+
+    #[test]
+    fn a_worker_flow_error_refuses_new_items_and_answers_waiters() {
+        let queue = WorkQueue::<u32>::new(4);
+        queue.start(Vec::new());
+        let seq = queue.push(1, false).unwrap();
+        assert_eq!(queue.pop(|_| false), Some((seq, 1)));
+        queue.finish(seq, true, Err(gst::FlowError::NotLinked));
+        assert_eq!(queue.wait_for(seq), Answer::Done(true));
+        assert_eq!(queue.push(2, true), Err(gst::FlowError::NotLinked));
+        assert_eq!(queue.wait_for(seq + 1), Answer::Dropped);
+    }
+}
