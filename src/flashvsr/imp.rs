@@ -1,18 +1,22 @@
-//! The `flashvsr` element: a plain `gst::Element` with one sink and one src pad.
-//! The sink pad converts each frame to RGB and queues it, with the serialized
-//! events, in arrival order (`queue`); a task on the src pad (the worker) feeds
-//! the engine, which holds frames until it can run a chunk, and pushes the frames
-//! it returns, with their input's timestamps, and the events in order. Upstream
-//! waits only when a chunk's worth of frames is queued. A flush or PAUSED->READY
-//! cancels the chunk in progress (the model checks between DiT blocks and decoder
-//! stages); FLUSH_STOP resets the engine and restarts the task. With
-//! `late-policy=bicubic` a frame the model would finish after its deadline goes out
-//! as its bicubic upscale (`late`). The LATENCY query adds the frames held plus the
-//! time a chunk takes. See docs/element.md.
+//! The `flashvsr` element: a plain `gst::Element` with one sink and one src pad,
+//! and three threads (docs/element.md, "Threading"):
+//! - the sink pad's (upstream's) converts each frame to RGB and queues it, with
+//!   the serialized events, in arrival order; it waits only while a chunk's worth
+//!   of frames is queued;
+//! - the model thread feeds the engine, which holds frames until it can run a
+//!   chunk, and queues the frames it returns (with their input's timestamps) and
+//!   the events, in order; with `late-policy=bicubic` a frame the model would
+//!   finish after its deadline is queued as its bicubic upscale instead (`late`);
+//! - the src pad task pushes them downstream; its flow errors reach the chain
+//!   function.
+//! A flush or PAUSED->READY cancels the chunk in progress (the model checks
+//! between DiT blocks and decoder stages); FLUSH_STOP resets the engine and
+//! restarts the queues. The LATENCY query adds the frames held plus the time a
+//! chunk takes.
 
 use std::path::PathBuf;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gst::glib;
@@ -45,8 +49,14 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 /// Environment variable read for the weights folder when `model-dir` is unset.
 pub const MODEL_DIR_ENV: &str = "FLASHVSR_MODEL_DIR";
 
-/// Frames the sink pad may queue for the worker before upstream waits: one chunk.
+/// Frames the sink pad may queue for the model thread before upstream waits: one
+/// chunk.
 const QUEUE_FRAMES: usize = CHUNK_STRIDE;
+
+/// Output frames the model thread may queue ahead of downstream before it waits:
+/// what a first chunk and a drain return. A synchronising sink takes each frame
+/// only when it is due; the model meanwhile works on the next chunk.
+const OUTPUT_FRAMES: usize = LATENCY_FRAMES as usize + CHUNK_STRIDE;
 
 /// Property values as set by the application; copied out of the mutex before use and
 /// applied at the next READY->PAUSED change. Defaults, ranges and the enums'
@@ -87,8 +97,13 @@ pub struct FlashVsr {
     settings: Mutex<Settings>,
     /// The worker's; see `state::State`.
     state: Mutex<Option<State>>,
-    /// Frames and serialized events on their way to the worker.
-    queue: WorkQueue<Work>,
+    /// Frames and serialized events on their way to the model thread.
+    input: WorkQueue<Work>,
+    /// Buffers, events and errors on their way downstream (the src pad task).
+    output: WorkQueue<Item>,
+    model_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Whether downstream took the last event the src pad task pushed.
+    last_event_taken: AtomicBool,
     /// Queued work kept over a flush (caps, sticky events), from FLUSH_START to
     /// FLUSH_STOP.
     kept: Mutex<Vec<Work>>,
@@ -165,14 +180,24 @@ impl FlashVsr {
         *self.sink_side.lock() = None;
         self.kept.lock().clear();
         *self.state.lock() = Some(State::new(engine, settings.late_policy));
-        self.queue.start(Vec::new());
+        self.output.start(Vec::new());
+        self.input.start(Vec::new());
+        if let Err(err) = self.start_model_thread() {
+            *self.state.lock() = None;
+            return Err(gst::error_msg!(
+                gst::CoreError::Thread,
+                ("Could not start the FlashVSR model thread: {}", err)
+            ));
+        }
         Ok(())
     }
 
     /// Before PAUSED->READY deactivates the pads: stops the chunk in progress and
-    /// wakes the sink pad and the worker, so that neither holds its pad's lock.
+    /// wakes the sink pad, the model thread and the output task, so that none
+    /// holds a pad's lock.
     fn interrupt(&self) {
-        self.queue.flush();
+        self.input.close();
+        self.output.flush();
         if let Some(token) = self.cancel.lock().as_ref() {
             token.cancel();
         }
@@ -180,7 +205,13 @@ impl FlashVsr {
 
     fn stop(&self) {
         if let Err(err) = self.srcpad.stop_task() {
-            gst::warning!(CAT, imp = self, "Could not stop the worker: {}", err);
+            gst::warning!(CAT, imp = self, "Could not stop the output task: {}", err);
+        }
+        self.input.close();
+        if let Some(thread) = self.model_thread.lock().take()
+            && thread.join().is_err()
+        {
+            gst::error!(CAT, imp = self, "The model thread panicked");
         }
         *self.state.lock() = None;
         *self.cancel.lock() = None;
@@ -189,18 +220,29 @@ impl FlashVsr {
         self.active_scale.store(0, Ordering::Release);
     }
 
-    fn start_worker(&self) -> Result<(), glib::BoolError> {
+    /// Starts the thread that runs the model (READY->PAUSED).
+    fn start_model_thread(&self) -> std::io::Result<()> {
+        let element = self.obj().clone();
+        let thread = std::thread::Builder::new()
+            .name("flashvsr-model".into())
+            .spawn(move || element.imp().model_loop())?;
+        *self.model_thread.lock() = Some(thread);
+        Ok(())
+    }
+
+    /// Starts the src pad task that pushes the model thread's output downstream.
+    fn start_output_task(&self) -> Result<(), glib::BoolError> {
         let element = self.obj().downgrade();
         self.srcpad.start_task(move || {
             if let Some(element) = element.upgrade() {
-                element.imp().worker_iteration();
+                element.imp().output_iteration();
             }
         })
     }
 
     fn sink_chain(&self, buffer: gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         gst::trace!(CAT, imp = self, "Received {:?}", buffer);
-        self.queue.flow()?;
+        self.input.flow()?;
         let read = {
             let side = self.sink_side.lock();
             let Some(side) = side.as_ref() else {
@@ -231,72 +273,115 @@ impl FlashVsr {
         match read {
             Ok(frame) => {
                 let tag = FrameTag::of(&buffer);
-                self.queue.push(Work::Frame { frame, tag }, true)?;
-                self.queue.flow()
+                self.input.push(Work::Frame { frame, tag }, true)?;
+                self.input.flow()
             }
             Err(unreadable) => {
                 // The held frames go out before the error, as for any error.
-                let seq = self.queue.push(unreadable, false)?;
-                self.queue.wait_for(seq);
+                let seq = self.input.push(unreadable, false)?;
+                self.input.wait_for(seq);
                 Err(gst::FlowError::Error)
             }
         }
     }
 
-    /// One turn of the src pad task: handles the next queued item.
-    fn worker_iteration(&self) {
-        let Some((seq, work)) = self.queue.pop(Work::is_frame) else {
-            gst::debug!(CAT, imp = self, "Flushing: pausing the worker");
+    /// The model thread: handles queued work until PAUSED->READY.
+    fn model_loop(&self) {
+        gst::debug!(CAT, imp = self, "Model thread started");
+        while let Some((epoch, seq, work)) = self.input.pop_through_flush(Work::is_frame) {
+            let mut guard = self.state.lock();
+            // Popped before a flush that has been handled since: stale.
+            if self.input.epoch() != epoch {
+                continue;
+            }
+            let Some(state) = guard.as_mut() else {
+                continue;
+            };
+            let items = self.handle(state, seq, work);
+            // Queued under the state lock, so that a flush-stop (which takes it)
+            // never sees output of the frames it dropped arrive after it.
+            for item in items {
+                let bounded = item.is_buffer();
+                if self.output.push(item, bounded).is_err() {
+                    break;
+                }
+            }
+        }
+        gst::debug!(CAT, imp = self, "Model thread stopped");
+    }
+
+    /// One turn of the src pad task: pushes the next output item downstream.
+    fn output_iteration(&self) {
+        let Some((_, item)) = self.output.pop(Item::is_buffer) else {
+            gst::debug!(CAT, imp = self, "Flushing: pausing the output task");
             let _ = self.srcpad.pause_task();
             return;
         };
-        let (answer, flow) = self.handle(work);
-        if let Err(err) = flow {
-            gst::debug!(CAT, imp = self, "Pausing the worker: {:?}", err);
-            let _ = self.srcpad.pause_task();
+        match item {
+            Item::Buffer(buffer) => {
+                gst::trace!(CAT, imp = self, "Pushing {:?}", buffer);
+                if let Err(err) = self.srcpad.push(buffer) {
+                    gst::debug!(CAT, imp = self, "Pausing the output task: {:?}", err);
+                    self.input.fail(err);
+                    self.output.fail(err);
+                    let _ = self.srcpad.pause_task();
+                }
+            }
+            Item::Event(event) => {
+                gst::debug!(CAT, imp = self, "Forwarding {:?}", event.type_());
+                let taken = self.srcpad.push_event(event);
+                if !taken {
+                    gst::debug!(CAT, imp = self, "Downstream refused an event");
+                }
+                self.last_event_taken.store(taken, Ordering::Relaxed);
+            }
+            Item::Error(message) => self.post_error_message(message),
+            Item::Answer(seq, answer) => {
+                let answer =
+                    answer.unwrap_or_else(|| self.last_event_taken.load(Ordering::Relaxed));
+                self.input.finish(seq, answer);
+            }
         }
-        self.queue.finish(seq, answer, flow);
     }
 
-    /// Handles one item; returns the answer for a sink pad waiting on it (caps)
-    /// and the downstream flow.
-    fn handle(&self, work: Work) -> (bool, Result<gst::FlowSuccess, gst::FlowError>) {
+    /// Handles one item of work; returns what goes downstream, in order.
+    fn handle(&self, state: &mut State, seq: u64, work: Work) -> Vec<Item> {
         match work {
-            Work::Frame { frame, tag } => (true, self.handle_frame(frame, tag)),
+            Work::Frame { frame, tag } => self.handle_frame(state, frame, tag),
             Work::Caps {
                 caps,
                 out_caps,
                 in_info,
                 converter,
-            } => self.handle_caps(&caps, out_caps, in_info, converter),
+            } => {
+                let (mut items, answer) =
+                    self.handle_caps(state, &caps, out_caps, in_info, converter);
+                items.push(Item::Answer(seq, answer));
+                items
+            }
             Work::Refuse(error) => {
-                self.refuse_caps(error);
-                (false, Ok(gst::FlowSuccess::Ok))
+                let mut items = self.refuse_caps(state, error);
+                items.push(Item::Answer(seq, Some(false)));
+                items
             }
             Work::Unreadable { message, details } => {
-                let drained = self.drain_state();
-                self.push_drained(drained);
-                gst::element_imp_error!(
-                    self,
+                let mut items = self.drained_or_logged(state);
+                items.push(Item::Error(gst::error_msg!(
                     gst::StreamError::Format,
                     ("{}", message),
                     ["{}", details]
-                );
-                (false, Ok(gst::FlowSuccess::Ok))
+                )));
+                items.push(Item::Answer(seq, Some(false)));
+                items
             }
-            Work::Event(event) => self.handle_event(event),
+            Work::Event(event) => self.handle_event(state, event),
         }
     }
 
-    fn handle_frame(
-        &self,
-        frame: RgbFrame,
-        tag: FrameTag,
-    ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let mut guard = self.state.lock();
-        let state = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+    fn handle_frame(&self, state: &mut State, frame: RgbFrame, tag: FrameTag) -> Vec<Item> {
         if state.negotiated.is_none() {
-            return Err(gst::FlowError::NotNegotiated);
+            self.input.fail(gst::FlowError::NotNegotiated);
+            return Vec::new();
         }
         let mut took = None;
         let mut degraded = Vec::new();
@@ -313,31 +398,26 @@ impl FlashVsr {
                     took = (!outputs.is_empty()).then(|| started.elapsed());
                     Ok(outputs)
                 }
-                Err(EngineError::Cancelled) => return Err(gst::FlowError::Flushing),
+                Err(EngineError::Cancelled) => return Vec::new(),
                 Err(err) => Err(ProcessError::Engine(err)),
             }
         };
-        let items = outputs.and_then(|outputs| state.items_for(outputs));
-        let items = match items {
-            Ok(items) => items,
+        match outputs.and_then(|outputs| state.items_for(outputs)) {
+            Ok(items) => {
+                if let Some(took) = took {
+                    self.note_processing_time(took);
+                }
+                self.post_qos(state, &degraded);
+                items
+            }
             Err(err) => {
                 // the engine keeps the frames of a stream it refused to replace
-                let drained = state.drain(false);
-                drop(guard);
-                self.push_drained(Some(drained));
-                self.post_stream_error(err);
-                return Err(gst::FlowError::Error);
+                let mut items = self.drained_or_logged(state);
+                items.extend(self.stream_error(err).map(Item::Error));
+                self.input.fail(gst::FlowError::Error);
+                items
             }
-        };
-        let qos = self.qos_messages(state, &degraded);
-        drop(guard);
-        if let Some(took) = took {
-            self.note_processing_time(took);
         }
-        for message in qos {
-            let _ = self.obj().post_message(message);
-        }
-        self.push_items(items)
     }
 
     /// Whether the model would output the frames it holds, or `tag`'s frame if
@@ -363,11 +443,6 @@ impl FlashVsr {
             gst::debug!(CAT, imp = self, "QoS: downstream skips frame at {}", this);
             return true;
         }
-        let latency = timing.pipeline_latency.unwrap_or_else(|| {
-            timing
-                .upstream_latency
-                .saturating_add(self.reported_latency())
-        });
         let oldest = state
             .held_inputs
             .front()
@@ -377,7 +452,7 @@ impl FlashVsr {
         let base = base_time.nseconds();
         let taken = state.stream_frames + 1;
         let ahead = late::frames_for_chunk(taken) - taken;
-        let inputs_ready = if ahead as usize <= self.queue.waiting() {
+        let inputs_ready = if ahead as usize <= self.input.waiting() {
             now
         } else {
             base.saturating_add(this)
@@ -390,13 +465,23 @@ impl FlashVsr {
             chunk_time: self.chunk_time(state, tag),
             oldest_due: base
                 .saturating_add(oldest)
-                .saturating_add(latency.nseconds()),
+                .saturating_add(self.pipeline_latency(&timing).nseconds()),
         };
         let late = forecast.misses_deadline();
         if late {
             gst::debug!(CAT, imp = self, "The model would be late: {:?}", forecast);
         }
         late
+    }
+
+    /// The latency the sinks render with: the pipeline's, once its LATENCY event
+    /// has arrived, else what this element and upstream report.
+    fn pipeline_latency(&self, timing: &Timing) -> gst::ClockTime {
+        timing.pipeline_latency.unwrap_or_else(|| {
+            timing
+                .upstream_latency
+                .saturating_add(self.reported_latency())
+        })
     }
 
     fn frame_duration(&self, state: &State, tag: &FrameTag) -> u64 {
@@ -424,64 +509,60 @@ impl FlashVsr {
         }
     }
 
-    /// A QoS message per degraded frame, as `GstVideoDecoder` posts per dropped
-    /// frame ("dropped" counts the degraded ones).
-    fn qos_messages(&self, state: &State, degraded: &[FrameTag]) -> Vec<gst::Message> {
+    /// Posts a QoS message per degraded frame, as `GstVideoDecoder` does per
+    /// dropped frame ("dropped" counts the degraded ones).
+    fn post_qos(&self, state: &State, degraded: &[FrameTag]) {
         let obj = self.obj();
         let timing = *self.timing.lock();
         let now_running = obj.current_running_time();
-        degraded
-            .iter()
-            .map(|tag| {
-                let running_time = tag.pts.and_then(|p| state.segment.to_running_time(p));
-                let jitter = match (now_running, running_time) {
-                    (Some(now), Some(rt)) => now.nseconds() as i64 - rt.nseconds() as i64,
-                    _ => 0,
-                };
-                gst::message::Qos::builder(timing.live)
-                    .running_time(running_time)
-                    .stream_time(tag.pts.and_then(|p| state.segment.to_stream_time(p)))
-                    .timestamp(tag.pts)
-                    .duration(tag.duration)
-                    .values(jitter, timing.qos_proportion, 0)
-                    .stats(
-                        gst::format::Buffers::from_u64(state.processed),
-                        gst::format::Buffers::from_u64(state.degraded),
-                    )
-                    .src(&*obj)
-                    .build()
-            })
-            .collect()
+        for tag in degraded {
+            let running_time = tag.pts.and_then(|p| state.segment.to_running_time(p));
+            let jitter = match (now_running, running_time) {
+                (Some(now), Some(rt)) => now.nseconds() as i64 - rt.nseconds() as i64,
+                _ => 0,
+            };
+            let message = gst::message::Qos::builder(timing.live)
+                .running_time(running_time)
+                .stream_time(tag.pts.and_then(|p| state.segment.to_stream_time(p)))
+                .timestamp(tag.pts)
+                .duration(tag.duration)
+                .values(jitter, timing.qos_proportion, 0)
+                .stats(
+                    gst::format::Buffers::from_u64(state.processed),
+                    gst::format::Buffers::from_u64(state.degraded),
+                )
+                .src(&*obj)
+                .build();
+            let _ = obj.post_message(message);
+        }
     }
 
-    fn post_stream_error(&self, err: ProcessError) {
+    /// The element error for `err`; none for a cancelled chunk (a flush).
+    fn stream_error(&self, err: ProcessError) -> Option<gst::ErrorMessage> {
         match err {
-            ProcessError::Convert(err) => gst::element_imp_error!(
-                self,
+            ProcessError::Convert(err) => Some(gst::error_msg!(
                 gst::StreamError::Format,
                 ("Could not convert an output frame"),
                 ["{}", err]
-            ),
+            )),
             ProcessError::Engine(EngineError::Cancelled) => {
-                gst::debug!(CAT, imp = self, "Chunk cancelled by a flush")
+                gst::debug!(CAT, imp = self, "Chunk cancelled by a flush");
+                None
             }
             ProcessError::Engine(err) => {
                 let (message, details) = engine_error_text(&err);
-                gst::element_imp_error!(
-                    self,
+                Some(gst::error_msg!(
                     gst::StreamError::Failed,
                     ("{}", message),
                     ["{}", details]
-                )
+                ))
             }
         }
     }
 
     /// Outputs everything held (the model's frames, or their bicubic upscale when
     /// `late-policy=bicubic` and the model would be late), then the held events.
-    fn drain_state(&self) -> Option<Result<Vec<Item>, ProcessError>> {
-        let mut guard = self.state.lock();
-        let state = guard.as_mut()?;
+    fn drain(&self, state: &mut State) -> Result<Vec<Item>, ProcessError> {
         let bicubic = state.late_policy == LatePolicy::Bicubic
             && !state.held_inputs.is_empty()
             && self.drain_is_late(state);
@@ -491,20 +572,13 @@ impl FlashVsr {
             Vec::new()
         };
         let started = Instant::now();
-        let drained = state.drain(bicubic);
-        let qos = if drained.is_ok() {
-            self.qos_messages(state, &degraded)
-        } else {
-            Vec::new()
-        };
-        drop(guard);
-        if !bicubic && drained.as_ref().is_ok_and(|items| !items.is_empty()) {
+        let items = state.drain(bicubic)?;
+        if bicubic {
+            self.post_qos(state, &degraded);
+        } else if !items.is_empty() {
             self.note_processing_time(started.elapsed());
         }
-        for message in qos {
-            let _ = self.obj().post_message(message);
-        }
-        Some(drained)
+        Ok(items)
     }
 
     /// Whether finishing the model stream now would output its oldest frame late.
@@ -520,11 +594,6 @@ impl FlashVsr {
             return false;
         };
         let timing = *self.timing.lock();
-        let latency = timing.pipeline_latency.unwrap_or_else(|| {
-            timing
-                .upstream_latency
-                .saturating_add(self.reported_latency())
-        });
         let now = clock.time().nseconds();
         // the held frames plus the padding `finish` adds take this many chunks
         let chunks = (state.held_inputs.len() as u64)
@@ -537,76 +606,42 @@ impl FlashVsr {
             oldest_due: base_time
                 .nseconds()
                 .saturating_add(oldest.nseconds())
-                .saturating_add(latency.nseconds()),
+                .saturating_add(self.pipeline_latency(&timing).nseconds()),
         }
         .misses_deadline()
     }
 
-    /// Before an error ends the stream: sends downstream what a drain gave back.
-    /// A drain that failed itself is only logged, the error at hand is posted.
-    fn push_drained(&self, drained: Option<Result<Vec<Item>, ProcessError>>) {
-        match drained {
-            None => {}
-            Some(Ok(items)) => {
-                if let Err(err) = self.push_items(items) {
-                    gst::debug!(
-                        CAT,
-                        imp = self,
-                        "Pushing the held frames returned {:?}",
-                        err
-                    );
-                }
+    /// Before an error ends the stream: what a drain gives back. A drain that
+    /// failed itself is only logged, the error at hand is posted.
+    fn drained_or_logged(&self, state: &mut State) -> Vec<Item> {
+        match self.drain(state) {
+            Ok(items) => items,
+            Err(ProcessError::Engine(err)) => {
+                gst::warning!(CAT, imp = self, "Could not drain the held frames: {}", err);
+                Vec::new()
             }
-            Some(Err(ProcessError::Engine(err))) => {
-                gst::warning!(CAT, imp = self, "Could not drain the held frames: {}", err)
-            }
-            Some(Err(ProcessError::Convert(err))) => {
+            Err(ProcessError::Convert(err)) => {
                 gst::warning!(
                     CAT,
                     imp = self,
                     "Could not convert the held frames: {}",
                     err
-                )
+                );
+                Vec::new()
             }
         }
     }
 
     /// Refused caps end the stream: outputs the frames of the previous caps
-    /// first, then posts `error` (if any).
-    fn refuse_caps(&self, error: Option<gst::ErrorMessage>) {
-        let negotiated = self
-            .state
-            .lock()
-            .as_ref()
-            .is_some_and(|s| s.negotiated.is_some());
-        if negotiated {
-            let drained = self.drain_state();
-            self.push_drained(drained);
-            if let Some(state) = self.state.lock().as_mut() {
-                state.negotiate(None);
-            }
+    /// first, then `error` (if any).
+    fn refuse_caps(&self, state: &mut State, error: Option<gst::ErrorMessage>) -> Vec<Item> {
+        let mut items = Vec::new();
+        if state.negotiated.is_some() {
+            items = self.drained_or_logged(state);
+            state.negotiate(None);
         }
-        if let Some(error) = error {
-            self.post_error_message(error);
-        }
-    }
-
-    fn push_items(&self, items: Vec<Item>) -> Result<gst::FlowSuccess, gst::FlowError> {
-        for item in items {
-            match item {
-                Item::Buffer(buffer) => {
-                    gst::trace!(CAT, imp = self, "Pushing {:?}", buffer);
-                    self.srcpad.push(buffer)?;
-                }
-                Item::Event(event) => {
-                    gst::debug!(CAT, imp = self, "Forwarding held {:?}", event.type_());
-                    if !self.srcpad.push_event(event) {
-                        gst::debug!(CAT, imp = self, "Downstream refused a held event");
-                    }
-                }
-            }
-        }
-        Ok(gst::FlowSuccess::Ok)
+        items.extend(error.map(Item::Error));
+        items
     }
 
     /// Records how long a chunk took; when it exceeds what the last LATENCY answer
@@ -632,105 +667,91 @@ impl FlashVsr {
         let _ = obj.post_message(gst::message::Latency::builder().src(&*obj).build());
     }
 
-    /// A serialized event the worker reached: EOS, segment and stream changes
-    /// drain the model first; the others wait behind the frames before them.
-    fn handle_event(&self, event: gst::Event) -> (bool, Result<gst::FlowSuccess, gst::FlowError>) {
+    /// A serialized event the model thread reached: EOS, segment and stream
+    /// changes drain the model first; the others wait behind the frames before
+    /// them.
+    fn handle_event(&self, state: &mut State, event: gst::Event) -> Vec<Item> {
         use gst::EventView;
         match event.view() {
             EventView::Eos(_)
             | EventView::SegmentDone(_)
             | EventView::StreamStart(_)
             | EventView::Segment(_) => {
-                let segment = match event.view() {
-                    EventView::Segment(s) => s.segment().downcast_ref::<gst::ClockTime>().cloned(),
-                    _ => None,
-                };
-                let drained = self.drain_state();
-                let flow = match drained {
-                    Some(Ok(items)) => self.push_items(items),
-                    Some(Err(ProcessError::Engine(EngineError::Cancelled))) => {
-                        Err(gst::FlowError::Flushing)
+                let mut items = match self.drain(state) {
+                    Ok(items) => items,
+                    Err(err) => {
+                        let error = self.stream_error(err);
+                        if error.is_some() {
+                            self.input.fail(gst::FlowError::Error);
+                        }
+                        return error.map(Item::Error).into_iter().collect();
                     }
-                    Some(Err(err)) => {
-                        self.post_stream_error(err);
-                        return (false, Err(gst::FlowError::Error));
-                    }
-                    None => Ok(gst::FlowSuccess::Ok),
                 };
-                if let Some(segment) = segment
-                    && let Some(state) = self.state.lock().as_mut()
+                if let EventView::Segment(s) = event.view()
+                    && let Some(segment) = s.segment().downcast_ref::<gst::ClockTime>()
                 {
-                    state.segment = segment;
+                    state.segment = segment.clone();
                 }
-                if flow == Err(gst::FlowError::Flushing) {
-                    return (false, flow);
-                }
-                (self.srcpad.push_event(event), Ok(gst::FlowSuccess::Ok))
+                items.push(Item::Event(event));
+                items
             }
-            _ => (self.forward_in_order(event), Ok(gst::FlowSuccess::Ok)),
+            _ => self.forward_in_order(state, event),
         }
     }
 
-    /// Forwards a serialized event behind the frames that arrived before it.
-    fn forward_in_order(&self, event: gst::Event) -> bool {
-        {
-            let mut guard = self.state.lock();
-            if let Some(state) = guard.as_mut()
-                && (state.frames_out < state.frames_in || !state.held_events.is_empty())
-            {
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "Holding {:?} behind {} frames",
-                    event.type_(),
-                    state.frames_in - state.frames_out
-                );
-                let after = state.frames_in;
-                state.held_events.push_back((after, event));
-                return true;
-            }
+    /// Sends a serialized event behind the frames that arrived before it.
+    fn forward_in_order(&self, state: &mut State, event: gst::Event) -> Vec<Item> {
+        if state.frames_out < state.frames_in || !state.held_events.is_empty() {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "Holding {:?} behind {} frames",
+                event.type_(),
+                state.frames_in - state.frames_out
+            );
+            let after = state.frames_in;
+            state.held_events.push_back((after, event));
+            return Vec::new();
         }
-        self.srcpad.push_event(event)
+        vec![Item::Event(event)]
     }
 
-    /// FLUSH_START: stops the chunk in progress and the worker; nothing is
+    /// FLUSH_START: stops the chunk in progress and the output task; nothing is
     /// pushed after the flush.
     fn flush_start(&self, event: gst::Event) -> bool {
         let kept: Vec<Work> = self
-            .queue
+            .input
             .flush()
             .into_iter()
             .filter(Work::survives_flush)
             .collect();
         self.kept.lock().extend(kept);
+        self.output.flush();
         if let Some(token) = self.cancel.lock().as_ref() {
             token.cancel();
         }
         let forwarded = self.srcpad.push_event(event);
-        // Waits for the worker's turn in progress, which the token cuts short.
         if let Err(err) = self.srcpad.pause_task() {
-            gst::debug!(CAT, imp = self, "Could not pause the worker: {}", err);
+            gst::debug!(CAT, imp = self, "Could not pause the output task: {}", err);
         }
-        gst::debug!(CAT, imp = self, "Flush started: worker paused");
+        gst::debug!(CAT, imp = self, "Flush started");
         forwarded
     }
 
-    /// FLUSH_STOP: drops every held frame, restarts the worker with the caps and
-    /// sticky events that must survive.
+    /// FLUSH_STOP: drops every held frame (waiting for the model thread's item in
+    /// progress, which the cancel token cuts short) and restarts the queues with
+    /// the caps and sticky events that must survive.
     fn flush_stop(&self, event: gst::Event) -> bool {
         let _ = self.srcpad.pause_task();
         let mut kept: Vec<Work> = self
-            .queue
+            .input
             .flush()
             .into_iter()
             .filter(Work::survives_flush)
             .collect();
-        let held = self
-            .state
-            .lock()
-            .as_mut()
-            .map(State::reset)
-            .unwrap_or_default();
+        self.output.flush();
+        let mut guard = self.state.lock();
+        let held = guard.as_mut().map(State::reset).unwrap_or_default();
         let mut requeue: Vec<Work> = held.into_iter().map(Work::Event).collect();
         requeue.append(&mut self.kept.lock());
         requeue.append(&mut kept);
@@ -744,37 +765,43 @@ impl FlashVsr {
         }
         gst::debug!(CAT, imp = self, "Flushed the frames held");
         let forwarded = self.srcpad.push_event(event);
-        let active = self.state.lock().is_some();
+        let active = guard.is_some();
         if active {
-            self.queue.start(requeue);
-            if let Err(err) = self.start_worker() {
-                gst::error!(CAT, imp = self, "Could not restart the worker: {}", err);
-                return false;
-            }
+            self.output.start(Vec::new());
+            self.input.start(requeue);
+        }
+        drop(guard);
+        if active && let Err(err) = self.start_output_task() {
+            gst::error!(
+                CAT,
+                imp = self,
+                "Could not restart the output task: {}",
+                err
+            );
+            return false;
         }
         forwarded
     }
 
     /// New caps on the sink pad: refuses what cannot be converted here, and hands
-    /// the rest to the worker, which drains the old caps' frames, checks the memory
-    /// budget and sends the upscaled caps downstream. Waits for its answer.
+    /// the rest to the model thread, which drains the old caps' frames, checks the
+    /// memory budget and sends the upscaled caps downstream. Waits for the answer.
     fn set_caps(&self, caps: &gst::Caps) -> bool {
-        let checked = self.check_caps(caps);
-        let work = match checked {
-            Ok((in_info, out_caps, converter)) => Work::Caps {
+        let work = match self.check_caps(caps) {
+            Some((in_info, out_caps, converter)) => Work::Caps {
                 caps: caps.clone(),
                 out_caps,
                 in_info,
                 converter,
             },
-            Err(()) => Work::Refuse(None),
+            None => Work::Refuse(None),
         };
         let sink_side = match &work {
             Work::Caps { in_info, .. } => self.sink_converter(in_info, caps),
             _ => None,
         };
-        let answer = match self.queue.push(work, false) {
-            Ok(seq) => self.queue.wait_for(seq),
+        let answer = match self.input.push(work, false) {
+            Ok(seq) => self.input.wait_for(seq),
             Err(_) => Answer::Dropped,
         };
         let accepted = answer == Answer::Done(true);
@@ -795,11 +822,10 @@ impl FlashVsr {
 
     /// Checks that `caps` are progressive raw video in a supported format whose
     /// upscale fits; returns the input info, the output caps and the converter.
-    #[allow(clippy::result_unit_err)]
     fn check_caps(
         &self,
         caps: &gst::Caps,
-    ) -> Result<(gst_video::VideoInfo, gst::Caps, FrameConverter), ()> {
+    ) -> Option<(gst_video::VideoInfo, gst::Caps, FrameConverter)> {
         let Ok(in_info) = gst_video::VideoInfo::from_caps(caps) else {
             gst::debug!(
                 CAT,
@@ -807,7 +833,7 @@ impl FlashVsr {
                 "Refusing caps that are not raw video: {}",
                 caps
             );
-            return Err(());
+            return None;
         };
         if in_info.interlace_mode() != gst_video::VideoInterlaceMode::Progressive {
             gst::debug!(
@@ -816,7 +842,7 @@ impl FlashVsr {
                 "Refusing interlaced caps {}: deinterlace first",
                 caps
             );
-            return Err(());
+            return None;
         }
         if !caps::FORMATS.contains(&in_info.format()) {
             gst::debug!(
@@ -825,7 +851,7 @@ impl FlashVsr {
                 "Refusing unsupported format {:?}",
                 in_info.format()
             );
-            return Err(());
+            return None;
         }
         let scale = self.scale();
         let Some(out_caps) = caps::output_caps(caps, scale) else {
@@ -837,7 +863,7 @@ impl FlashVsr {
                 scale,
                 caps::MAX_OUTPUT_DIM
             );
-            return Err(());
+            return None;
         };
         let out_info = match gst_video::VideoInfo::from_caps(&out_caps) {
             Ok(info) => info,
@@ -850,11 +876,11 @@ impl FlashVsr {
                     out_caps,
                     err
                 );
-                return Err(());
+                return None;
             }
         };
         match FrameConverter::new(&in_info, &out_info) {
-            Ok(converter) => Ok((in_info, out_caps, converter)),
+            Ok(converter) => Some((in_info, out_caps, converter)),
             Err(err) => {
                 gst::debug!(
                     CAT,
@@ -863,97 +889,76 @@ impl FlashVsr {
                     caps,
                     err
                 );
-                Err(())
+                None
             }
         }
     }
 
-    /// The worker's side of new caps (see `set_caps`).
+    /// The model thread's side of new caps (see `set_caps`).
     fn handle_caps(
         &self,
+        state: &mut State,
         caps: &gst::Caps,
         out_caps: gst::Caps,
         in_info: gst_video::VideoInfo,
         converter: FrameConverter,
-    ) -> (bool, Result<gst::FlowSuccess, gst::FlowError>) {
+    ) -> (Vec<Item>, Option<bool>) {
+        if state
+            .negotiated
+            .as_ref()
+            .is_some_and(|s| s.in_info == in_info)
         {
-            let guard = self.state.lock();
-            let Some(state) = guard.as_ref() else {
-                gst::debug!(CAT, imp = self, "Caps before READY->PAUSED");
-                return (false, Ok(gst::FlowSuccess::Ok));
-            };
-            if state
-                .negotiated
-                .as_ref()
-                .is_some_and(|s| s.in_info == in_info)
-            {
-                gst::debug!(CAT, imp = self, "Caps unchanged");
-                return (true, Ok(gst::FlowSuccess::Ok));
-            }
-            // Refused before the old caps' frames are drained: `refuse_caps` outputs
-            // them, then posts the error.
-            if let Err(err) = state.engine.check_size(in_info.width(), in_info.height()) {
-                let details = state
-                    .engine
-                    .memory_estimate(in_info.width(), in_info.height())
-                    .map(|e| {
-                        format!(
-                            "caps {caps}: padded to {}x{}, weights {}, held between chunks {}, peak working set {} ({})",
-                            e.padded_width,
-                            e.padded_height,
-                            memory::human_bytes(e.weights),
-                            memory::human_bytes(e.held),
-                            memory::human_bytes(e.working),
-                            e.peak_stage
-                        )
-                    })
-                    .unwrap_or_else(|e| e.to_string());
-                let (message, _) = engine_error_text(&err);
-                drop(guard);
-                self.refuse_caps(Some(gst::error_msg!(
+            gst::debug!(CAT, imp = self, "Caps unchanged");
+            return (Vec::new(), Some(true));
+        }
+        // Refused before the old caps' frames are drained: `refuse_caps` outputs
+        // them, then the error.
+        if let Err(err) = state.engine.check_size(in_info.width(), in_info.height()) {
+            let details = state
+                .engine
+                .memory_estimate(in_info.width(), in_info.height())
+                .map(|e| {
+                    format!(
+                        "caps {caps}: padded to {}x{}, weights {}, held between chunks {}, peak working set {} ({})",
+                        e.padded_width,
+                        e.padded_height,
+                        memory::human_bytes(e.weights),
+                        memory::human_bytes(e.held),
+                        memory::human_bytes(e.working),
+                        e.peak_stage
+                    )
+                })
+                .unwrap_or_else(|e| e.to_string());
+            let (message, _) = engine_error_text(&err);
+            let items = self.refuse_caps(
+                state,
+                Some(gst::error_msg!(
                     gst::CoreError::Negotiation,
                     ("{}", message),
                     ["{}", details]
-                )));
-                return (false, Ok(gst::FlowSuccess::Ok));
+                )),
+            );
+            return (items, Some(false));
+        }
+        let mut items = Vec::new();
+        if state.negotiated.is_some() {
+            match self.drain(state) {
+                Ok(drained) => items = drained,
+                Err(err) => {
+                    items.extend(self.stream_error(err).map(Item::Error));
+                    self.input.fail(gst::FlowError::Error);
+                    return (items, Some(false));
+                }
             }
         }
-        let negotiated = self
-            .state
-            .lock()
-            .as_ref()
-            .is_some_and(|s| s.negotiated.is_some());
-        if negotiated {
-            match self.drain_state() {
-                Some(Ok(items)) => {
-                    if let Err(err) = self.push_items(items) {
-                        gst::debug!(
-                            CAT,
-                            imp = self,
-                            "Pushing frames of the old caps returned {:?}",
-                            err
-                        );
-                    }
-                }
-                Some(Err(ProcessError::Engine(EngineError::Cancelled))) => {
-                    return (false, Err(gst::FlowError::Flushing));
-                }
-                Some(Err(err)) => {
-                    self.post_stream_error(err);
-                    return (false, Err(gst::FlowError::Error));
-                }
-                None => {}
-            }
-        }
-        if let Some(state) = self.state.lock().as_mut() {
-            state.negotiate(Some(Negotiated { in_info, converter }));
-        }
+        state.negotiate(Some(Negotiated { in_info, converter }));
         gst::info!(CAT, imp = self, "Configured {} -> {}", caps, out_caps);
-        let pushed = self.srcpad.push_event(gst::event::Caps::new(&out_caps));
+        items.push(Item::Event(gst::event::Caps::new(&out_caps)));
         // Live pipelines query the latency before any caps: the frames held are only
         // known now.
         self.post_latency_message();
-        (pushed, Ok(gst::FlowSuccess::Ok))
+        // answered by whether downstream takes the caps
+        (items, None)
     }
 
     fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
@@ -970,7 +975,7 @@ impl FlashVsr {
                 // A sticky event refused while flushing is stored on the pad and
                 // sent again with the next data; the others are dropped.
                 let sticky = survives_flush(&event);
-                match self.queue.push(Work::Event(event), false) {
+                match self.input.push(Work::Event(event), false) {
                     Ok(_) => true,
                     Err(err) => {
                         gst::debug!(CAT, imp = self, "Serialized event refused: {:?}", err);
@@ -1243,7 +1248,10 @@ impl ObjectSubclass for FlashVsr {
             srcpad,
             settings: Mutex::new(Settings::default()),
             state: Mutex::new(None),
-            queue: WorkQueue::new(QUEUE_FRAMES),
+            input: WorkQueue::new(QUEUE_FRAMES),
+            output: WorkQueue::new(OUTPUT_FRAMES),
+            model_thread: Mutex::new(None),
+            last_event_taken: AtomicBool::new(true),
             kept: Mutex::new(Vec::new()),
             sink_side: Mutex::new(None),
             cancel: Mutex::new(None),
@@ -1476,11 +1484,11 @@ impl ElementImpl for FlashVsr {
             gst::StateChange::PausedToReady => self.stop(),
             gst::StateChange::ReadyToPaused if result.is_err() => self.stop(),
             gst::StateChange::ReadyToPaused => {
-                if let Err(err) = self.start_worker() {
+                if let Err(err) = self.start_output_task() {
                     gst::element_imp_error!(
                         self,
                         gst::CoreError::Thread,
-                        ("Could not start the FlashVSR worker task: {}", err)
+                        ("Could not start the FlashVSR output task: {}", err)
                     );
                     self.stop();
                     return Err(gst::StateChangeError);

@@ -1,5 +1,5 @@
-//! The bounded queue between the sink pad (the upstream streaming thread) and the
-//! worker task on the src pad (docs/element.md, "Threading"). Frames and
+//! The bounded queues of the element: from the sink pad (the upstream streaming
+//! thread) to the model thread, and from it to the task on the src pad (docs/element.md, "Threading"). Frames and
 //! serialized events go through it in arrival order; the sink side blocks only
 //! while `bound` frames wait, and a flush or a worker flow error wakes it.
 
@@ -24,6 +24,10 @@ struct Inner<I> {
     /// The last item the worker finished, and its answer.
     done: Option<(u64, bool)>,
     flushing: bool,
+    /// Shut down (PAUSED->READY): `pop_through_flush` returns `None`.
+    closed: bool,
+    /// Counts flushes: an item popped in an earlier epoch is stale.
+    epoch: u64,
     /// The worker's last downstream flow result; an error refuses new items.
     flow: Result<gst::FlowSuccess, gst::FlowError>,
 }
@@ -45,6 +49,8 @@ impl<I> WorkQueue<I> {
                 next_seq: 0,
                 done: None,
                 flushing: true,
+                closed: false,
+                epoch: 0,
                 flow: Err(gst::FlowError::Flushing),
             }),
             changed: Condvar::new(),
@@ -56,6 +62,7 @@ impl<I> WorkQueue<I> {
     pub fn start(&self, items: Vec<I>) {
         let mut inner = self.inner.lock();
         inner.flushing = false;
+        inner.closed = false;
         inner.flow = Ok(gst::FlowSuccess::Ok);
         inner.done = None;
         inner.bounded = 0;
@@ -73,6 +80,7 @@ impl<I> WorkQueue<I> {
     pub fn flush(&self) -> Vec<I> {
         let mut inner = self.inner.lock();
         inner.flushing = true;
+        inner.epoch += 1;
         inner.flow = Err(gst::FlowError::Flushing);
         inner.bounded = 0;
         let left = inner.items.drain(..).map(|(_, item)| item).collect();
@@ -139,18 +147,57 @@ impl<I> WorkQueue<I> {
         }
     }
 
+    /// Flush for good: `pop_through_flush` returns `None` until `start`.
+    pub fn close(&self) -> Vec<I> {
+        self.inner.lock().closed = true;
+        self.flush()
+    }
+
+    /// The next item and the epoch it was popped in, waiting for one through
+    /// flushes and flow errors; `None` once closed.
+    pub fn pop_through_flush(&self, is_bounded: impl Fn(&I) -> bool) -> Option<(u64, u64, I)> {
+        let mut inner = self.inner.lock();
+        loop {
+            if inner.closed {
+                return None;
+            }
+            if !inner.flushing
+                && inner.flow.is_ok()
+                && let Some((seq, item)) = inner.items.pop_front()
+            {
+                if is_bounded(&item) {
+                    inner.bounded = inner.bounded.saturating_sub(1);
+                }
+                self.changed.notify_all();
+                return Some((inner.epoch, seq, item));
+            }
+            self.changed.wait(&mut inner);
+        }
+    }
+
+    /// The number of flushes so far (see `pop_through_flush`).
+    pub fn epoch(&self) -> u64 {
+        self.inner.lock().epoch
+    }
+
+    /// A downstream flow error: refuses new items and wakes every waiter.
+    pub fn fail(&self, flow: gst::FlowError) {
+        let mut inner = self.inner.lock();
+        if !inner.flushing && inner.flow.is_ok() {
+            inner.flow = Err(flow);
+        }
+        self.changed.notify_all();
+    }
+
     /// Bounded items waiting (frames the worker has not taken yet).
     pub fn waiting(&self) -> usize {
         self.inner.lock().bounded
     }
 
-    /// The worker finished item `seq` with `answer`, and `flow` downstream.
-    pub fn finish(&self, seq: u64, answer: bool, flow: Result<gst::FlowSuccess, gst::FlowError>) {
+    /// The worker finished item `seq` with `answer` (for a caller in `wait_for`).
+    pub fn finish(&self, seq: u64, answer: bool) {
         let mut inner = self.inner.lock();
         inner.done = Some((seq, answer));
-        if !inner.flushing && inner.flow.is_ok() {
-            inner.flow = flow;
-        }
         self.changed.notify_all();
     }
 
@@ -203,13 +250,36 @@ mod tests {
     }
 
     #[test]
+    fn popping_through_a_flush_waits_for_the_restart_and_stops_when_closed() {
+        let queue = Arc::new(WorkQueue::<u32>::new(4));
+        queue.start(Vec::new());
+        queue.flush();
+        let popper = {
+            let queue = queue.clone();
+            std::thread::spawn(move || queue.pop_through_flush(|_| true))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!popper.is_finished(), "waits while flushing");
+        queue.start(vec![5]);
+        assert_eq!(popper.join().unwrap(), Some((1, 0, 5)));
+        let popper = {
+            let queue = queue.clone();
+            std::thread::spawn(move || queue.pop_through_flush(|_| true))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        queue.close();
+        assert_eq!(popper.join().unwrap(), None);
+    }
+
+    #[test]
     fn a_worker_flow_error_refuses_new_items_and_answers_waiters() {
         let queue = WorkQueue::<u32>::new(4);
         queue.start(Vec::new());
         let seq = queue.push(1, false).unwrap();
         assert_eq!(queue.pop(|_| false), Some((seq, 1)));
-        queue.finish(seq, true, Err(gst::FlowError::NotLinked));
+        queue.finish(seq, true);
         assert_eq!(queue.wait_for(seq), Answer::Done(true));
+        queue.fail(gst::FlowError::NotLinked);
         assert_eq!(queue.push(2, true), Err(gst::FlowError::NotLinked));
         assert_eq!(queue.wait_for(seq + 1), Answer::Dropped);
     }

@@ -104,10 +104,22 @@ pub struct Negotiated {
     pub converter: FrameConverter,
 }
 
-/// Something to send downstream, in order, once the state lock is dropped.
+/// What the model thread hands the src pad task, in output order.
 pub enum Item {
     Buffer(gst::Buffer),
     Event(gst::Event),
+    /// Posted once the items before it are downstream.
+    Error(gst::ErrorMessage),
+    /// Answers the sink pad waiting on queued work `seq` (`None`: whether
+    /// downstream took the last event).
+    Answer(u64, Option<bool>),
+}
+
+impl Item {
+    /// Buffers count against the output queue's bound; nothing else does.
+    pub fn is_buffer(&self) -> bool {
+        matches!(self, Item::Buffer(_))
+    }
 }
 
 /// Why the stream cannot go on; posted as an element error by the caller.
