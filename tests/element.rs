@@ -176,6 +176,7 @@ fn properties_have_their_documented_defaults_and_ranges() {
         ("model-version", "v1-1"),
         ("precision", "f32"),
         ("color-fix", "adain"),
+        ("late-policy", "wait"),
     ] {
         assert_eq!(
             enum_nick(&element.property_value(name)),
@@ -191,6 +192,8 @@ fn properties_have_their_documented_defaults_and_ranges() {
     assert_eq!(enum_nick(&element.property_value("model-version")), "v1");
     element.set_property_from_str("color-fix", "wavelet");
     assert_eq!(enum_nick(&element.property_value("color-fix")), "wavelet");
+    element.set_property_from_str("late-policy", "bicubic");
+    assert_eq!(enum_nick(&element.property_value("late-policy")), "bicubic");
     element.set_property("model-dir", "/models/flashvsr");
     assert_eq!(
         element.property::<Option<String>>("model-dir").as_deref(),
@@ -783,4 +786,89 @@ fn latency_at_absurd_framerates_saturates() {
         assert_eq!(min, gst::ClockTime::MAX, "{rate}");
         assert_eq!(max, None, "{rate}");
     }
+}
+
+/// Input frames until the engine runs chunk `k` (0: the first, 25 frames).
+fn frames_through_chunk(k: u64) -> u64 {
+    25 + 8 * k
+}
+
+#[test]
+fn a_flush_during_a_chunk_cancels_it_between_dit_blocks() {
+    init();
+    // Not the shared fixture: a model written here with 32 DiT blocks (the tiny
+    // fixture's widths), so that a chunk is many blocks long and a flush that
+    // waited for it would show. 32x32 input at x4 is 128x128 output.
+    let scratch = common::Scratch::created("flush-model");
+    let spec = gstflashvsr::devtools::random_model::RandomModelSpec {
+        dit_blocks: 32,
+        ..gstflashvsr::devtools::random_model::RandomModelSpec::tiny(3)
+    };
+    gstflashvsr::devtools::random_model::write_model_dir(&spec, &scratch.0).unwrap();
+    let caps = caps_str("RGB", 32, 32);
+    let (mut h, log) = start(&scratch.0, &caps);
+    let info = info_of(&caps);
+
+    // Chunks 0 and 1 run to the end: how long a chunk takes here and now.
+    for i in 0..frames_through_chunk(0) {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    wait_for_buffers(&log, 21);
+    for i in frames_through_chunk(0)..frames_through_chunk(1) - 1 {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    let started = std::time::Instant::now();
+    h.push(frame(
+        &info,
+        frames_through_chunk(1) - 1,
+        gst::ClockTime::ZERO,
+    ))
+    .unwrap();
+    wait_for_buffers(&log, 29);
+    let whole_chunk = started.elapsed();
+
+    // Chunk 2 starts with its last frame; flush a quarter of a chunk into it.
+    for i in frames_through_chunk(1)..frames_through_chunk(2) {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    std::thread::sleep(whole_chunk / 4);
+    // FLUSH_STOP waits for the model thread to leave the cancelled chunk.
+    let flushing = std::time::Instant::now();
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    let seen_at_flush = log.lock().unwrap().len();
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    let flush_took = flushing.elapsed();
+    assert!(
+        flush_took < whole_chunk / 2,
+        "the flush took {flush_took:?}: it waited for the chunk ({whole_chunk:?})"
+    );
+    // Nothing of the cancelled chunk comes out, before or after the flush.
+    let after_flush: Vec<String> = log.lock().unwrap()[seen_at_flush..]
+        .iter()
+        .map(|s| match s {
+            Seen::Buffer(b) => format!("buffer {:?}", b.pts()),
+            Seen::Caps(_) => "caps".into(),
+            Seen::Event(t) => format!("{t:?}"),
+        })
+        .collect();
+    assert_eq!(after_flush, ["FlushStop"]);
+    assert_eq!(buffers(&log).len(), 29, "only chunks 0 and 1's frames");
+
+    // The model restarts cleanly after the flush.
+    let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    segment.set_start(gst::ClockTime::from_seconds(10));
+    assert!(h.push_event(gst::event::Segment::new(&segment)));
+    let after = gst::ClockTime::from_seconds(10);
+    for i in 0..2 {
+        h.push(frame(&info, i, after)).unwrap();
+    }
+    assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
+    let out = buffers(&log);
+    assert_eq!(out.len(), 31);
+    let out_size = info_of(&caps_str("RGB", 128, 128)).size();
+    for (i, b) in out[29..].iter().enumerate() {
+        assert_buf(b, i as u64, after, out_size);
+    }
+    eprintln!("whole chunk {whole_chunk:?}, flush {flush_took:?}");
 }

@@ -45,7 +45,12 @@ struct LiveRun {
     latency: gst::ClockTime,
 }
 
+/// The runs measure lateness against the real clock: one at a time (cargo runs a
+/// binary's tests in parallel).
+static CPU: Mutex<()> = Mutex::new(());
+
 fn run_live(model: &std::path::Path, policy: &str, frames: u32) -> LiveRun {
+    let _cpu = CPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc is-live=true num-buffers={frames} pattern=ball \
          ! video/x-raw,format=RGB,width={WIDTH},height={HEIGHT},framerate=25/1 \
