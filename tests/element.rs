@@ -872,3 +872,36 @@ fn a_flush_during_a_chunk_cancels_it_between_dit_blocks() {
     }
     eprintln!("whole chunk {whole_chunk:?}, flush {flush_took:?}");
 }
+
+#[test]
+fn discont_drains_the_frames_before_the_gap() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    let caps = caps_str("I420", 32, 24);
+    let (mut h, log) = start(&model, &caps);
+    let info = info_of(&caps);
+    for i in 0..30 {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    // chunk 0 ran at frame 25: 21 out, 9 held
+    wait_for_buffers(&log, 21);
+    // frames 30..34 were lost upstream: 35 comes with DISCONT, and the 9 held
+    // frames come out before it, without waiting for 3 more frames
+    let mut after_gap = frame(&info, 35, gst::ClockTime::ZERO);
+    after_gap
+        .get_mut()
+        .unwrap()
+        .set_flags(gst::BufferFlags::DISCONT);
+    h.push(after_gap).unwrap();
+    wait_for_buffers(&log, 30);
+    assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
+    let out = buffers(&log);
+    let pts: Vec<u64> = out
+        .iter()
+        .map(|b| b.pts().unwrap().mseconds() / 40)
+        .collect();
+    let expected: Vec<u64> = (0..30).chain([35]).collect();
+    assert_eq!(pts, expected);
+    assert!(out[30].flags().contains(gst::BufferFlags::DISCONT));
+}

@@ -34,12 +34,16 @@ fn tiny_model() -> Option<PathBuf> {
     Some(dir)
 }
 
+/// Frame data by PTS, and in output order.
+type Frames = HashMap<gst::ClockTime, Vec<u8>>;
+type Outputs = Vec<(gst::ClockTime, Vec<u8>)>;
+
 /// What a live run produced: inputs and outputs by PTS, the PTS of every frame
 /// flashvsr posted a QoS message for, the wall time to EOS and the latency the
 /// pipeline reports at EOS.
 struct LiveRun {
-    inputs: HashMap<gst::ClockTime, Vec<u8>>,
-    outputs: Vec<(gst::ClockTime, Vec<u8>)>,
+    inputs: Frames,
+    outputs: Outputs,
     degraded: Vec<gst::ClockTime>,
     wall: Duration,
     latency: gst::ClockTime,
@@ -61,8 +65,8 @@ fn run_live(model: &std::path::Path, policy: &str, frames: u32) -> LiveRun {
     .unwrap();
     let bin = pipeline.downcast_ref::<gst::Bin>().unwrap();
     let vsr = bin.by_name("vsr").unwrap();
-    let inputs: Arc<Mutex<HashMap<gst::ClockTime, Vec<u8>>>> = Arc::default();
-    let outputs: Arc<Mutex<Vec<(gst::ClockTime, Vec<u8>)>>> = Arc::default();
+    let inputs: Arc<Mutex<Frames>> = Arc::default();
+    let outputs: Arc<Mutex<Outputs>> = Arc::default();
     let probe = |pad: &str, store: Box<dyn Fn(gst::ClockTime, Vec<u8>) + Send + Sync>| {
         vsr.static_pad(pad)
             .unwrap()

@@ -9,6 +9,7 @@
 //!   finish after its deadline is queued as its bicubic upscale instead (`late`);
 //! - the src pad task pushes them downstream; its flow errors reach the chain
 //!   function.
+//!
 //! A flush or PAUSED->READY cancels the chunk in progress (the model checks
 //! between DiT blocks and decoder stages); FLUSH_STOP resets the engine and
 //! restarts the queues. The LATENCY query adds the frames held plus the time a
@@ -29,7 +30,8 @@ use super::convert::FrameConverter;
 use super::late::{self, ChunkForecast, LatePolicy};
 use super::queue::{Answer, WorkQueue};
 use super::state::{
-    FrameTag, Item, Negotiated, ProcessError, State, Work, engine_error_text, survives_flush,
+    FrameTag, Item, Negotiated, NewCaps, ProcessError, State, Work, engine_error_text,
+    survives_flush,
 };
 use crate::engine::{
     Engine, EngineError, EngineSettings, KV_RATIO_RANGE, LATENCY_FRAMES, LOCAL_RANGE_RANGE,
@@ -95,7 +97,7 @@ pub struct FlashVsr {
     sinkpad: gst::Pad,
     srcpad: gst::Pad,
     settings: Mutex<Settings>,
-    /// The worker's; see `state::State`.
+    /// The model thread's; see `state::State`.
     state: Mutex<Option<State>>,
     /// Frames and serialized events on their way to the model thread.
     input: WorkQueue<Work>,
@@ -348,12 +350,13 @@ impl FlashVsr {
     fn handle(&self, state: &mut State, seq: u64, work: Work) -> Vec<Item> {
         match work {
             Work::Frame { frame, tag } => self.handle_frame(state, frame, tag),
-            Work::Caps {
-                caps,
-                out_caps,
-                in_info,
-                converter,
-            } => {
+            Work::Caps(new) => {
+                let NewCaps {
+                    caps,
+                    out_caps,
+                    in_info,
+                    converter,
+                } = *new;
                 let (mut items, answer) =
                     self.handle_caps(state, &caps, out_caps, in_info, converter);
                 items.push(Item::Answer(seq, answer));
@@ -383,6 +386,30 @@ impl FlashVsr {
             self.input.fail(gst::FlowError::NotNegotiated);
             return Vec::new();
         }
+        // DISCONT: frames are missing before this one. The model's caches hold the
+        // motion of the frames before the gap, so the stream is drained (every
+        // held frame still gets the model) and a new one starts here.
+        let mut drained = Vec::new();
+        if tag.flags.contains(gst::BufferFlags::DISCONT) && state.stream_frames > 0 {
+            gst::debug!(CAT, imp = self, "DISCONT at {:?}: draining", tag.pts);
+            match self.drain(state) {
+                Ok(items) => drained = items,
+                Err(err) => {
+                    let error = self.stream_error(err);
+                    if error.is_some() {
+                        self.input.fail(gst::FlowError::Error);
+                    }
+                    return error.map(Item::Error).into_iter().collect();
+                }
+            }
+        }
+        drained.extend(self.process_frame(state, frame, tag));
+        drained
+    }
+
+    /// Gives one frame to the model, or its bicubic upscale when the model would
+    /// be late; returns what goes downstream.
+    fn process_frame(&self, state: &mut State, frame: RgbFrame, tag: FrameTag) -> Vec<Item> {
         let mut took = None;
         let mut degraded = Vec::new();
         let outputs = if state.late_policy == LatePolicy::Bicubic && self.is_late(state, &tag) {
@@ -788,25 +815,27 @@ impl FlashVsr {
     /// memory budget and sends the upscaled caps downstream. Waits for the answer.
     fn set_caps(&self, caps: &gst::Caps) -> bool {
         let work = match self.check_caps(caps) {
-            Some((in_info, out_caps, converter)) => Work::Caps {
+            Some((in_info, out_caps, converter)) => Work::Caps(Box::new(NewCaps {
                 caps: caps.clone(),
                 out_caps,
                 in_info,
                 converter,
-            },
+            })),
             None => Work::Refuse(None),
         };
         let sink_side = match &work {
-            Work::Caps { in_info, .. } => self.sink_converter(in_info, caps),
+            Work::Caps(new) => self.sink_converter(&new.in_info, caps),
             _ => None,
         };
         let answer = match self.input.push(work, false) {
             Ok(seq) => self.input.wait_for(seq),
             Err(_) => Answer::Dropped,
         };
-        let accepted = answer == Answer::Done(true);
-        *self.sink_side.lock() = if accepted { sink_side } else { None };
-        accepted
+        // Dropped by a flush, the caps stay queued for after it (`Work::survives_flush`):
+        // the frames that follow them are read with them.
+        let keep = matches!(answer, Answer::Done(true) | Answer::Dropped);
+        *self.sink_side.lock() = if keep { sink_side } else { None };
+        answer == Answer::Done(true)
     }
 
     /// The converter the sink pad reads frames of `in_info` with.

@@ -1,6 +1,6 @@
 //! What the element does with a frame the model cannot finish before its
 //! deadline (`late-policy`), and the deadline arithmetic (docs/element.md, "Late
-//! frames"). No locking here: the worker owns the figures it passes in.
+//! frames"). No locking here: the model thread passes the figures in.
 
 use crate::engine::{Choice, ChoiceValue, LATENCY_FRAMES};
 use crate::model::schedule::CHUNK_STRIDE;

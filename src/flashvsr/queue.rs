@@ -1,7 +1,8 @@
-//! The bounded queues of the element: from the sink pad (the upstream streaming
-//! thread) to the model thread, and from it to the task on the src pad (docs/element.md, "Threading"). Frames and
-//! serialized events go through it in arrival order; the sink side blocks only
-//! while `bound` frames wait, and a flush or a worker flow error wakes it.
+//! The bounded queues of the element (docs/element.md, "Threading"): from the sink
+//! pad (upstream's streaming thread) to the model thread, and from it to the src
+//! pad task. Items go through in order; the producer blocks only while `bound`
+//! bounded items wait, and a flush or a flow error wakes it. "Worker" below is
+//! the consumer.
 
 use std::collections::VecDeque;
 

@@ -1,7 +1,7 @@
-//! The worker's streaming state (READY->PAUSED to PAUSED->READY) and what travels
-//! through the queue to it: frames with the fields their output takes over, and
-//! events. Only the worker task touches `State` while streaming; a flush-stop
-//! resets it with the task paused.
+//! The model thread's streaming state (READY->PAUSED to PAUSED->READY) and what travels
+//! through the queues: frames with the fields their output takes over, and
+//! events. Only the model thread touches `State` while streaming; a flush-stop
+//! takes its lock to reset it between two items.
 
 use std::collections::VecDeque;
 
@@ -52,20 +52,23 @@ impl FrameTag {
     }
 }
 
-/// What the sink pad hands the worker, in arrival order.
+/// Caps the sink pad checked; the model thread drains the old caps' frames,
+/// checks the memory budget and sends `out_caps` downstream.
+pub struct NewCaps {
+    pub caps: gst::Caps,
+    pub out_caps: gst::Caps,
+    pub in_info: gst_video::VideoInfo,
+    pub converter: FrameConverter,
+}
+
+/// What the sink pad hands the model thread, in arrival order.
 pub enum Work {
     Frame {
         frame: RgbFrame,
         tag: FrameTag,
     },
-    /// Caps the sink pad checked; the worker drains the old caps' frames, checks
-    /// the memory budget and sends `out_caps` downstream.
-    Caps {
-        caps: gst::Caps,
-        out_caps: gst::Caps,
-        in_info: gst_video::VideoInfo,
-        converter: FrameConverter,
-    },
+    /// Caps the sink pad checked (boxed: far larger than a frame, and rare).
+    Caps(Box<NewCaps>),
     /// Caps the sink pad refused: the old caps' frames go out, then `error`.
     Refuse(Option<gst::ErrorMessage>),
     /// An input frame the sink pad could not read: the held frames go out, then
