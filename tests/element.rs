@@ -89,17 +89,22 @@ fn wait_for_buffers(log: &Log, n: usize) -> Vec<gst::Buffer> {
 
 /// Waits (up to a minute) until EOS has left the element.
 fn wait_for_eos(log: &Log) {
+    wait_for_event(log, gst::EventType::Eos);
+}
+
+/// Waits (up to a minute) until an event of type `wanted` has left the element.
+fn wait_for_event(log: &Log, wanted: gst::EventType) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let seen_eos = || {
+    let seen = || {
         log.lock()
             .unwrap()
             .iter()
-            .any(|s| matches!(s, Seen::Event(gst::EventType::Eos)))
+            .any(|s| matches!(s, Seen::Event(t) if *t == wanted))
     };
-    while !seen_eos() {
+    while !seen() {
         assert!(
             std::time::Instant::now() < deadline,
-            "no EOS out within a minute"
+            "no {wanted:?} out within a minute"
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -116,6 +121,9 @@ fn start(model: &std::path::Path, caps: &str) -> (Harness, Log) {
     let log = record(&element.static_pad("src").unwrap());
     let mut h = Harness::with_element(&element, Some("sink"), Some("src"));
     h.set_src_caps_str(caps);
+    // The segment goes out on the model thread: wait for it, so that what the
+    // tests send next (a flush) finds it downstream already.
+    wait_for_event(&log, gst::EventType::Segment);
     (h, log)
 }
 
