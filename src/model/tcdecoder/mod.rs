@@ -162,8 +162,8 @@ impl Default for Memory {
 #[derive(Debug, Clone)]
 pub struct TcDecoderState {
     tiling: Option<DecoderTiling>,
-    /// Context decoded around each tile, in output pixels (a multiple of 8).
-    halo: usize,
+    /// Context kept around each tile at each resolution, in output pixels.
+    halo: [usize; 4],
     cancel: CancelToken,
     started: bool,
     /// Latent (height, width) the memories belong to.
@@ -192,12 +192,11 @@ impl TcDecoderState {
         }
     }
 
-    /// The same with another halo (output pixels, a multiple of 8): for measuring
-    /// what the halo buys (examples/decoder_tiles.rs).
-    pub fn with_halo(mut self, halo: usize) -> Result<Self> {
-        if !halo.is_multiple_of(COND_UNSHUFFLE) {
-            candle_core::bail!("decoder tile halo {halo} is not a multiple of {COND_UNSHUFFLE}")
-        }
+    /// The same with another halo (output pixels at the latent, 2x, 4x and 8x
+    /// resolutions: multiples of 8, none larger than the one before): for
+    /// measuring what the halo buys (examples/decoder_tiles.rs).
+    pub fn with_halo(mut self, halo: [usize; 4]) -> Result<Self> {
+        tiled::check_halo(&halo)?;
         self.halo = halo;
         Ok(self)
     }
@@ -207,6 +206,30 @@ impl TcDecoderState {
         self.started = false;
         self.frame = None;
         self.memories.clear();
+    }
+}
+
+/// Pixels cut off each side of an activation `[n, c, h, w]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Crop {
+    top: usize,
+    bottom: usize,
+    left: usize,
+    right: usize,
+}
+
+impl Crop {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if *self == Self::default() {
+            return Ok(x.clone());
+        }
+        let (_, _, h, w) = x.dims4()?;
+        if self.top + self.bottom >= h || self.left + self.right >= w {
+            candle_core::bail!("decoder: crop {self:?} leaves nothing of a {w}x{h} activation")
+        }
+        x.narrow(2, self.top, h - self.top - self.bottom)?
+            .narrow(3, self.left, w - self.left - self.right)?
+            .contiguous()
     }
 }
 
@@ -326,7 +349,8 @@ impl TcDecoder {
         let out = match state.tiling {
             None => {
                 state.memories.resize_with(1, Memory::default);
-                self.decode_region(&x, &mut state.memories[0], &state.cancel)?
+                let no_crop = [Crop::default(); 3];
+                self.decode_region(&x, &mut state.memories[0], &no_crop, &state.cancel)?
             }
             Some(tiling) => self.decode_tiled(&x, &tiling, state)?,
         };
@@ -339,18 +363,20 @@ impl TcDecoder {
     }
 
     /// Decodes `x` `[f, in_channels, h, w]` (the whole frame or one tile's region)
-    /// with that region's memory: `[4f, 3, 8h, 8w]` in [-1, 1], f32.
+    /// with that region's memory, cutting `crops[s]` off after stage `s`:
+    /// `[4f, 3, 8h', 8w']` in [-1, 1], f32 (`h'`, `w'` what the crops leave).
     fn decode_region(
         &self,
         x: &Tensor,
         memory: &mut Memory,
+        crops: &[Crop; 3],
         cancel: &CancelToken,
     ) -> Result<Tensor> {
         // One latent frame at a time keeps at most 4 full-size frames alive.
         let f = x.dim(0)?;
         let mut frames = Vec::with_capacity(FRAMES_PER_LATENT * f);
         for t in 0..f {
-            frames.push(self.decode_frame(&x.narrow(0, t, 1)?, memory, cancel)?);
+            frames.push(self.decode_frame(&x.narrow(0, t, 1)?, memory, crops, cancel)?);
         }
         let out = Tensor::cat(&frames, 0)?;
         // [0, 1] -> [-1, 1]
@@ -361,6 +387,7 @@ impl TcDecoder {
         &self,
         x: &Tensor,
         memory: &mut Memory,
+        crops: &[Crop; 3],
         cancel: &CancelToken,
     ) -> Result<Tensor> {
         cancel.check()?;
@@ -379,6 +406,7 @@ impl TcDecoder {
                     .grow
                     .forward(&x.upsample_nearest2d(x.dim(2)? * 2, x.dim(3)? * 2)?)?,
             )?;
+            x = crops[s].apply(&x)?;
         }
         cancel.check()?;
         self.conv_out2

@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use candle_core::{Result, Tensor};
 
-use super::{COND_UNSHUFFLE, FRAMES_PER_LATENT, Memory, TcDecoder, TcDecoderState};
+use super::{COND_UNSHUFFLE, Crop, FRAMES_PER_LATENT, Memory, TcDecoder, TcDecoderState};
 use crate::model::tiling::{self, Blender, Tile};
 
 /// Spatial tiling of the decoder, in output pixels: tiles of `tile x tile`,
@@ -19,17 +19,23 @@ pub struct DecoderTiling {
 }
 
 impl DecoderTiling {
-    /// Context decoded around each tile on every side (clamped to the frame), in
-    /// output pixels. One frame's receptive field is 19 latent pixels (152 output
-    /// pixels): 11 3x3 convs at latent resolution (conv_in, conv_in2, 3 MemBlocks
-    /// of 3), 1 + 9 at 2x, 1 + 9 at 4x, 3 at 8x; the MemBlocks' memory carries
-    /// context further inward from one frame to the next. See docs/model.md,
-    /// section "Tiles", for the measured error of each halo.
-    pub const HALO: usize = 64;
+    /// Context kept around each tile on every side (clamped to the frame), in
+    /// output pixels, at the decoder's four resolutions: its input (latent
+    /// pixels), and after stage 0 (2x), 1 (4x) and 2 (8x). Each stage needs less
+    /// context than the one before, so the region narrows as it goes up in
+    /// resolution, where activations are largest. One frame's receptive field
+    /// counted in 3x3 convs, in latent pixels: 11 at latent resolution
+    /// (conv_in, conv_in2, 3 MemBlocks of 3), then 1 + 9 at 2x (4.5 + 0.5), 1 + 9
+    /// at 4x (2.5), 3 at 8x (0.4): 19 latent pixels (152 output pixels) in all,
+    /// 63 output pixels left after stage 0, 23 after stage 1, 3 after stage 2; the
+    /// MemBlocks' memory also carries an edge's error inward from frame to frame.
+    /// The values are chosen from the measured error (docs/model.md, "Tiles").
+    pub const HALO: [usize; 4] = [64, 64, 64, 64];
 
-    /// The halo in output pixels ([`Self::HALO`]).
+    /// The context decoded around each tile at the decoder's input, in output
+    /// pixels (the widest of [`Self::HALO`]).
     pub fn halo(&self) -> usize {
-        Self::HALO
+        Self::HALO[0]
     }
 
     /// Checks that tile and overlap are whole latent pixels and the overlap is
@@ -65,37 +71,57 @@ impl DecoderTiling {
     }
 
     /// (width, height) in output pixels of the region each tile decodes, halo
-    /// included, for a `width x height` (padded) frame; one entry per tile.
+    /// included, for a `width x height` (padded) frame; one entry per tile. This
+    /// is the region at full resolution, where the decoder's largest activations
+    /// are (its input region is wider by `halo() - HALO[3]` on each inner side).
     pub fn decoded_sizes(&self, width: usize, height: usize) -> Result<Vec<(usize, usize)>> {
-        let s = COND_UNSHUFFLE;
-        let halo = self.halo() / s;
         Ok(self
             .tiles(width, height)?
             .iter()
             .map(|t| {
-                let region = Region::around(t, halo, height / s, width / s);
-                (s * region.cols.len(), s * region.rows.len())
+                let full = Region::around(t, Self::HALO[3], height, width);
+                (full.cols.len(), full.rows.len())
             })
             .collect())
     }
 }
 
-/// The latent rectangle a tile decodes: the tile widened by the halo, clamped.
+/// Checks a halo schedule: multiples of 8 output pixels (whole latent pixels at
+/// every resolution), none larger than the one before (regions only narrow).
+pub(super) fn check_halo(halo: &[usize; 4]) -> Result<()> {
+    let whole = halo.iter().all(|h| h.is_multiple_of(COND_UNSHUFFLE));
+    if !whole || halo.windows(2).any(|p| p[1] > p[0]) {
+        candle_core::bail!(
+            "decoder tile halo {halo:?}: want multiples of {COND_UNSHUFFLE}, none larger than the one before"
+        )
+    }
+    Ok(())
+}
+
+/// A tile widened by a halo and clamped to the frame, in output pixels.
 struct Region {
     rows: Range<usize>,
     cols: Range<usize>,
 }
 
 impl Region {
-    /// `halo` and the frame size `h x w` in latent pixels.
-    fn around(tile: &Tile, halo: usize, h: usize, w: usize) -> Self {
-        let s = COND_UNSHUFFLE;
-        let widen = |r: &Range<usize>, len: usize| {
-            (r.start / s).saturating_sub(halo)..(r.end / s + halo).min(len)
-        };
+    fn around(tile: &Tile, halo: usize, height: usize, width: usize) -> Self {
+        let widen =
+            |r: &Range<usize>, len: usize| r.start.saturating_sub(halo)..(r.end + halo).min(len);
         Self {
-            rows: widen(&tile.rows, h),
-            cols: widen(&tile.cols, w),
+            rows: widen(&tile.rows, height),
+            cols: widen(&tile.cols, width),
+        }
+    }
+
+    /// What to cut off this region, at `scale` output pixels per activation
+    /// pixel, to leave `inner`.
+    fn crop_to(&self, inner: &Region, scale: usize) -> Crop {
+        Crop {
+            top: (inner.rows.start - self.rows.start) / scale,
+            bottom: (self.rows.end - inner.rows.end) / scale,
+            left: (inner.cols.start - self.cols.start) / scale,
+            right: (self.cols.end - inner.cols.end) / scale,
         }
     }
 }
@@ -111,23 +137,27 @@ impl TcDecoder {
     ) -> Result<Tensor> {
         let s = COND_UNSHUFFLE;
         let (f, _, h, w) = x.dims4()?;
-        let tiles = tiling.tiles(s * w, s * h)?;
+        let (height, width) = (s * h, s * w);
+        let tiles = tiling.tiles(width, height)?;
         // The frame size is fixed for the stream (checked by `decode`), so is the grid.
         state.memories.resize_with(tiles.len(), Memory::default);
-        let halo = state.halo / s;
-        let mut blender = Blender::new(FRAMES_PER_LATENT * f, 3, s * h, s * w, x.device())?;
+        let mut blender = Blender::new(FRAMES_PER_LATENT * f, 3, height, width, x.device())?;
         for (tile, memory) in tiles.iter().zip(state.memories.iter_mut()) {
             state.cancel.check()?;
-            let region = Region::around(tile, halo, h, w);
-            let input = x.narrow(2, region.rows.start, region.rows.len())?.narrow(
-                3,
-                region.cols.start,
-                region.cols.len(),
-            )?;
-            let decoded = self.decode_region(&input, memory, &state.cancel)?;
+            let regions = state
+                .halo
+                .map(|halo| Region::around(tile, halo, height, width));
+            let input = x
+                .narrow(2, regions[0].rows.start / s, regions[0].rows.len() / s)?
+                .narrow(3, regions[0].cols.start / s, regions[0].cols.len() / s)?;
+            // After stage k the activations have 2^(k+1) pixels per latent pixel.
+            let crops: [Crop; 3] =
+                std::array::from_fn(|k| regions[k].crop_to(&regions[k + 1], s >> (k + 1)));
+            let decoded = self.decode_region(&input, memory, &crops, &state.cancel)?;
+            let full = &regions[3];
             let cropped = decoded
-                .narrow(2, tile.rows.start - s * region.rows.start, tile.height())?
-                .narrow(3, tile.cols.start - s * region.cols.start, tile.width())?;
+                .narrow(2, tile.rows.start - full.rows.start, tile.height())?
+                .narrow(3, tile.cols.start - full.cols.start, tile.width())?;
             blender.add(&cropped, tile)?;
         }
         Ok(blender.finish())
