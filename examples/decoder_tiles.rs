@@ -6,7 +6,8 @@
 //!   A decoder with the released widths [512, 256, 128, 128] and seeded random
 //!   weights decodes one chunk of F latent frames (a stream's second chunk: its
 //!   memory is warmed by one chunk first, not timed) at W x H output. Prints
-//!   `decode_s=` and `peak_rss_mib=` (the process's VmHWM); `--save` writes the
+//!   `decode_s=` and `peak_rss_mib=` (the process's VmHWM; `rss_with_weights_mib=`
+//!   is the resident memory before decoding); `--save` writes the
 //!   frames, `--compare` prints `max_diff=` and `mean_diff=` against saved ones.
 //!   Run whole frames and tiles as separate processes, so each peak is its own.
 //!
@@ -182,6 +183,7 @@ fn speed(
         candle_core::bail!("{width}x{height} is not a multiple of {s}")
     }
     let decoder = released_decoder()?;
+    let weights_rss = status_mib("VmRSS:").unwrap_or(f64::NAN);
     let tiling = (tile > 0).then_some(DecoderTiling { tile, overlap });
     let halo = halo.unwrap_or(DecoderTiling::HALO);
     let mut state = TcDecoderState::new(tiling, CancelToken::new()).with_halo(halo)?;
@@ -211,7 +213,8 @@ fn speed(
     };
     println!(
         "size={width}x{height} tile={tile} overlap={overlap} halo={} tiles={tiles} \
-         latent_frames={f} decode_s={decode_s:.2} peak_rss_mib={peak:.0}",
+         latent_frames={f} decode_s={decode_s:.2} peak_rss_mib={peak:.0} \
+         rss_with_weights_mib={weights_rss:.0}",
         show(&halo)
     );
     if let Some(path) = save {

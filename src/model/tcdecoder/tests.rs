@@ -209,8 +209,8 @@ fn tiles_with_their_own_memory_match_whole_frames_given_enough_halo() -> Result<
         assert!(max_abs(g, e)? < 1e-5, "{}", max_abs(g, e)?);
     }
     // The region may narrow after each stage by what the later layers no
-    // longer need (their receptive field: 63 output pixels after stage 0, 23
-    // after stage 1, 3 after stage 2; docs/model.md, "Tiles").
+    // longer need (their receptive field: 59 output pixels after stage 0, 21
+    // after stage 1, 2 after stage 2; docs/model.md, "Tiles").
     let mut narrowing = tiled(32, 16, [64, 64, 24, 8])?;
     let got = decode_chunks(&dec, &latents, &cond, 4, &mut narrowing)?;
     for (g, e) in got.iter().zip(&expected) {

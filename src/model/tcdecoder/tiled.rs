@@ -23,14 +23,20 @@ impl DecoderTiling {
     /// output pixels, at the decoder's four resolutions: its input (latent
     /// pixels), and after stage 0 (2x), 1 (4x) and 2 (8x). Each stage needs less
     /// context than the one before, so the region narrows as it goes up in
-    /// resolution, where activations are largest. One frame's receptive field
-    /// counted in 3x3 convs, in latent pixels: 11 at latent resolution
-    /// (conv_in, conv_in2, 3 MemBlocks of 3), then 1 + 9 at 2x (4.5 + 0.5), 1 + 9
-    /// at 4x (2.5), 3 at 8x (0.4): 19 latent pixels (152 output pixels) in all,
-    /// 63 output pixels left after stage 0, 23 after stage 1, 3 after stage 2; the
-    /// MemBlocks' memory also carries an edge's error inward from frame to frame.
-    /// The values are chosen from the measured error (docs/model.md, "Tiles").
-    pub const HALO: [usize; 4] = [64, 64, 64, 64];
+    /// resolution, where activations are largest.
+    ///
+    /// The receptive field, counted in 3x3 convs (docs/model.md, "The decoder"):
+    /// 11 at latent resolution (decoder.1, .3 and 3 MemBlocks of 3), 10 at 2x,
+    /// 10 at 4x, 3 at 8x: 151 output pixels in all; 59 left after stage 0's last
+    /// conv, 21 after stage 1's, 2 after stage 2's. The MemBlocks' memory does not
+    /// widen it: a block sees its own input one frame earlier, no further out. So
+    /// 152/64/24/8 is exact (to float rounding); the input halo, where each
+    /// pixel costs least, can be cut to 96 with no measurable change: on the
+    /// sparse-v1.1 golden case (384x256, tiles of 128 overlapping by 32, 4
+    /// chunks) the largest difference from whole frames is 3.6e-6 with 96 or
+    /// 152, 7.3e-4 with 64, 2.7e-2 with 32 and 0.56 with none (docs/model.md,
+    /// "Tiles").
+    pub const HALO: [usize; 4] = [96, 64, 24, 8];
 
     /// The context decoded around each tile at the decoder's input, in output
     /// pixels (the widest of [`Self::HALO`]).
