@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use clap::{Parser, Subcommand};
+use clap::{Args as ClapArgs, Parser, Subcommand};
 use gstflashvsr::devtools::random_model::{NormalSource, RandomModelSpec, ValueEncoding};
 use gstflashvsr::layers::kernels::KernelPath;
 use gstflashvsr::model::tcdecoder::{
@@ -44,33 +44,7 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Time and peak memory of one chunk at the released widths
-    Speed {
-        /// Output width, a multiple of 8
-        #[arg(long, default_value_t = 512)]
-        width: usize,
-        /// Output height, a multiple of 8
-        #[arg(long, default_value_t = 512)]
-        height: usize,
-        /// Tile size in output pixels (0: whole frames)
-        #[arg(long, default_value_t = 0)]
-        tile: usize,
-        /// Tile overlap in output pixels
-        #[arg(long, default_value_t = 32)]
-        overlap: usize,
-        /// Context around each tile in output pixels at the decoder's input and
-        /// after stages 0, 1 and 2, as A/B/C/D (default: DecoderTiling::HALO)
-        #[arg(long, value_parser = parse_halo)]
-        halo: Option<[usize; 4]>,
-        /// Latent frames in the chunk (4 output frames each)
-        #[arg(long, default_value_t = 2)]
-        latent_frames: usize,
-        /// Write the decoded frames to this safetensors file
-        #[arg(long, value_name = "FILE")]
-        save: Option<PathBuf>,
-        /// Compare the decoded frames with those of this file
-        #[arg(long, value_name = "FILE")]
-        compare: Option<PathBuf>,
-    },
+    Speed(SpeedArgs),
     /// Tiled against whole frames on a golden case, for several halos
     Halo {
         /// Golden case folder (model/ and io.safetensors)
@@ -79,8 +53,10 @@ enum Command {
             "/../shared/golden/sparse-v1.1"
         ))]
         case: PathBuf,
+        /// Tile size in output pixels
         #[arg(long, default_value_t = 128)]
         tile: usize,
+        /// Tile overlap in output pixels
         #[arg(long, default_value_t = 32)]
         overlap: usize,
         /// Halo schedules to measure, each A/B/C/D (see `speed --halo`)
@@ -92,6 +68,35 @@ enum Command {
         )]
         halos: Vec<[usize; 4]>,
     },
+}
+
+#[derive(ClapArgs, Debug)]
+struct SpeedArgs {
+    /// Output width, a multiple of 8
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    /// Output height, a multiple of 8
+    #[arg(long, default_value_t = 512)]
+    height: usize,
+    /// Tile size in output pixels (0: whole frames)
+    #[arg(long, default_value_t = 0)]
+    tile: usize,
+    /// Tile overlap in output pixels
+    #[arg(long, default_value_t = 32)]
+    overlap: usize,
+    /// Context around each tile in output pixels at the decoder's input and
+    /// after stages 0, 1 and 2, as A/B/C/D (default: DecoderTiling::HALO)
+    #[arg(long, value_parser = parse_halo)]
+    halo: Option<[usize; 4]>,
+    /// Latent frames in the chunk (4 output frames each)
+    #[arg(long, default_value_t = 2)]
+    latent_frames: usize,
+    /// Write the decoded frames to this safetensors file
+    #[arg(long, value_name = "FILE")]
+    save: Option<PathBuf>,
+    /// Compare the decoded frames with those of this file
+    #[arg(long, value_name = "FILE")]
+    compare: Option<PathBuf>,
 }
 
 /// `A/B/C/D` output pixels.
@@ -167,19 +172,19 @@ fn released_decoder() -> Result<TcDecoder> {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn speed(
-    width: usize,
-    height: usize,
-    tile: usize,
-    overlap: usize,
-    halo: Option<[usize; 4]>,
-    latent_frames: usize,
-    save: Option<PathBuf>,
-    compare: Option<PathBuf>,
-) -> Result<()> {
+fn speed(args: SpeedArgs) -> Result<()> {
+    let SpeedArgs {
+        width,
+        height,
+        tile,
+        overlap,
+        halo,
+        latent_frames,
+        save,
+        compare,
+    } = args;
     let s = COND_UNSHUFFLE;
-    if width % s != 0 || height % s != 0 {
+    if !width.is_multiple_of(s) || !height.is_multiple_of(s) {
         candle_core::bail!("{width}x{height} is not a multiple of {s}")
     }
     let decoder = released_decoder()?;
@@ -212,10 +217,13 @@ fn speed(
         None => 1,
     };
     println!(
-        "size={width}x{height} tile={tile} overlap={overlap} halo={} tiles={tiles} \
+        "size={width}x{height} tiling={} tiles={tiles} \
          latent_frames={f} decode_s={decode_s:.2} peak_rss_mib={peak:.0} \
          rss_with_weights_mib={weights_rss:.0}",
-        show(&halo)
+        match tiling {
+            Some(t) => format!("{}/{}/halo={}", t.tile, t.overlap, show(&halo)),
+            None => "none".to_owned(),
+        }
     );
     if let Some(path) = save {
         candle_core::safetensors::save(&HashMap::from([("frames", out.clone())]), &path)?;
@@ -286,25 +294,7 @@ fn halo(case: PathBuf, tile: usize, overlap: usize, halos: Vec<[usize; 4]>) -> R
 
 fn main() -> ExitCode {
     let result = match Args::parse().command {
-        Command::Speed {
-            width,
-            height,
-            tile,
-            overlap,
-            halo,
-            latent_frames,
-            save,
-            compare,
-        } => speed(
-            width,
-            height,
-            tile,
-            overlap,
-            halo,
-            latent_frames,
-            save,
-            compare,
-        ),
+        Command::Speed(args) => speed(args),
         Command::Halo {
             case,
             tile,

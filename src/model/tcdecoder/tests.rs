@@ -334,3 +334,39 @@ fn decoded_sizes_are_the_tiles_widened_by_the_halo_within_the_frame() -> Result<
     );
     Ok(())
 }
+
+#[test]
+fn a_sequence_with_a_bad_decoder_tiling_is_refused() {
+    use crate::model::SequenceConfig;
+    let config = |decoder_tiling| SequenceConfig {
+        height: 256,
+        width: 384,
+        version: Default::default(),
+        sparse_ratio: 2.0,
+        kv_ratio: 3.0,
+        local_range: 11,
+        color_fix: Default::default(),
+        decoder_tiling,
+        cancel: CancelToken::new(),
+    };
+    assert!(config(None).validate().is_ok());
+    assert!(
+        config(Some(DecoderTiling {
+            tile: 128,
+            overlap: 32
+        }))
+        .validate()
+        .is_ok()
+    );
+    let err = config(Some(DecoderTiling {
+        tile: 64,
+        overlap: 64,
+    }))
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("overlap 64") && err.contains("tile size 64"),
+        "{err}"
+    );
+}
