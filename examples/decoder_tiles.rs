@@ -2,7 +2,7 @@
 //! "Tiles").
 //!
 //! decoder_tiles speed --width W --height H [--tile N --overlap M --halo P]
-//!     [--latent-frames F] [--save FILE | --compare FILE]
+//!     [--latent-frames F] [--save FILE | --compare FILE | --interleave N]
 //!   A decoder with the released widths [512, 256, 128, 128] and seeded random
 //!   weights decodes one chunk of F latent frames (a stream's second chunk: its
 //!   memory is warmed by one chunk first, not timed) at W x H output. Prints
@@ -10,6 +10,7 @@
 //!   is the resident memory before decoding); `--save` writes the
 //!   frames, `--compare` prints `max_diff=` and `mean_diff=` against saved ones.
 //!   Run whole frames and tiles as separate processes, so each peak is its own.
+//!   `--interleave N` times both in one process instead, alternating chunks.
 //!
 //! decoder_tiles halo [--case DIR] [--tile N --overlap M] [--halos 0,16,...]
 //!   The golden fixture's decoder on that case's latents and LQ frames, every
@@ -97,6 +98,11 @@ struct SpeedArgs {
     /// Compare the decoded frames with those of this file
     #[arg(long, value_name = "FILE")]
     compare: Option<PathBuf>,
+    /// Time whole frames and tiles in this one process instead, alternating,
+    /// for this many chunks each (so that both see the same machine load);
+    /// prints `whole_s=` and `tiled_s=` per chunk (peaks are not separate)
+    #[arg(long, value_name = "CHUNKS")]
+    interleave: Option<u64>,
 }
 
 /// `A/B/C/D` output pixels.
@@ -182,6 +188,7 @@ fn speed(args: SpeedArgs) -> Result<()> {
         latent_frames,
         save,
         compare,
+        interleave,
     } = args;
     let s = COND_UNSHUFFLE;
     if !width.is_multiple_of(s) || !height.is_multiple_of(s) {
@@ -204,6 +211,12 @@ fn speed(args: SpeedArgs) -> Result<()> {
             )?,
         ))
     };
+    if let Some(chunks) = interleave {
+        let Some(tiling) = tiling else {
+            candle_core::bail!("--interleave compares with tiles: give --tile")
+        };
+        return interleaved(&decoder, tiling, halo, chunks, chunk);
+    }
     // The first chunk warms the memory (and is trimmed); the second is measured.
     let (latents, cond) = chunk(0)?;
     decoder.decode(&latents, &cond, &mut state)?;
@@ -236,6 +249,48 @@ fn speed(args: SpeedArgs) -> Result<()> {
         let (max, mean) = differences(&out, reference)?;
         println!("max_diff={max:.3e} mean_diff={mean:.3e}");
     }
+    Ok(())
+}
+
+/// Alternates whole-frame and tiled decodes of the same chunks, each with its
+/// own stream state, after one warm-up chunk each.
+fn interleaved(
+    decoder: &TcDecoder,
+    tiling: DecoderTiling,
+    halo: [usize; 4],
+    chunks: u64,
+    chunk: impl Fn(u64) -> Result<(Tensor, Tensor)>,
+) -> Result<()> {
+    let mut whole = TcDecoderState::default();
+    let mut tiled = TcDecoderState::new(Some(tiling), CancelToken::new()).with_halo(halo)?;
+    let (mut whole_total, mut tiled_total) = (0.0, 0.0);
+    for k in 0..=chunks {
+        let (latents, cond) = chunk(k)?;
+        let start = Instant::now();
+        let a = decoder.decode(&latents, &cond, &mut whole)?;
+        let whole_s = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let b = decoder.decode(&latents, &cond, &mut tiled)?;
+        let tiled_s = start.elapsed().as_secs_f64();
+        let (max, mean) = differences(&a, &b)?;
+        let warm_up = if k == 0 { " (warm-up)" } else { "" };
+        println!(
+            "chunk={k}{warm_up} whole_s={whole_s:.2} tiled_s={tiled_s:.2} \
+             max_diff={max:.3e} mean_diff={mean:.3e}"
+        );
+        if k > 0 {
+            whole_total += whole_s;
+            tiled_total += tiled_s;
+        }
+    }
+    println!(
+        "tiling={}/{}/halo={} whole_s={whole_total:.2} tiled_s={tiled_total:.2} \
+         tiled_over_whole={:.2}",
+        tiling.tile,
+        tiling.overlap,
+        show(&halo),
+        tiled_total / whole_total
+    );
     Ok(())
 }
 
