@@ -88,6 +88,9 @@ impl SequenceConfig {
         if self.local_range == 0 {
             candle_core::bail!("local_range must be at least 1")
         }
+        if let Some(tiling) = &self.decoder_tiling {
+            tiling.validate()?;
+        }
         Ok(())
     }
 }
@@ -295,7 +298,7 @@ impl FlashVsrModel {
             chunk: 0,
             lq: LqProjState::default(),
             dit: self.dit.new_state(),
-            decoder: TcDecoderState::default(),
+            decoder: TcDecoderState::new(cfg.decoder_tiling, cfg.cancel.clone()),
         })
     }
 
