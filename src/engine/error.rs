@@ -123,17 +123,14 @@ impl fmt::Display for EngineError {
             } => {
                 write!(
                     f,
-                    "FlashVSR needs about {} for {out_width}x{out_height} output",
-                    human_bytes(*needed)
+                    "FlashVSR needs about {} for {out_width}x{out_height} output, {} available",
+                    human_bytes(*needed),
+                    human_bytes(*available)
                 )?;
                 if let Some(tile) = tile {
-                    write!(f, " in tiles of {tile}x{tile}")?;
+                    write!(f, " (in tiles of {tile}x{tile})")?;
                 }
-                write!(
-                    f,
-                    ", {} available: lower the scale or the input size",
-                    human_bytes(*available)
-                )
+                f.write_str(": lower the scale or the input size")
             }
             Self::Cancelled => write!(f, "cancelled (flush, seek or state change)"),
             Self::Model { context, source } => write!(f, "{context}: {source}"),
@@ -205,7 +202,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "FlashVSR needs about 41.2 GiB for 8192x8192 output in tiles of 128x128, 22.9 GiB available: lower the scale or the input size"
+            "FlashVSR needs about 41.2 GiB for 8192x8192 output, 22.9 GiB available (in tiles of 128x128): lower the scale or the input size"
         );
     }
 

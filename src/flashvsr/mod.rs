@@ -7,6 +7,7 @@ mod caps;
 mod convert;
 mod enums;
 mod imp;
+mod tiles;
 
 pub use imp::MODEL_DIR_ENV;
 
