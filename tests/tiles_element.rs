@@ -24,7 +24,10 @@ fn tile_properties_round_trip_with_their_defaults_and_ranges() {
     let element = gst::ElementFactory::make("flashvsr").build().unwrap();
     let defaults = EngineSettings::default();
     assert_eq!(element.property::<u32>("tile-size"), defaults.tile_size);
-    assert_eq!(element.property::<u32>("tile-overlap"), defaults.tile_overlap);
+    assert_eq!(
+        element.property::<u32>("tile-overlap"),
+        defaults.tile_overlap
+    );
     assert_eq!((defaults.tile_size, defaults.tile_overlap), (0, 64));
     for (name, max) in [("tile-size", 8192), ("tile-overlap", 8184)] {
         let pspec = element.find_property(name).unwrap();

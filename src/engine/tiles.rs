@@ -12,12 +12,14 @@ use crate::model::tcdecoder::DecoderTiling;
 use crate::model::tiling::{self, Tile};
 
 use super::memory::{self, MemoryEstimate, ModelShape, human_bytes};
-use super::settings::{TILE_MULTIPLE, TILE_OVERLAP_MULTIPLE};
+use super::settings::TILE_MULTIPLE;
 use super::stream::Geometry;
 use super::{EngineError, EngineSettings};
 
-/// Tile starts are multiples of this, so that the noise (1/8 size) crops with them.
-const TILE_ALIGN: usize = TILE_OVERLAP_MULTIPLE as usize;
+/// Tile starts are multiples of this: a DiT token (16 output pixels), so that
+/// every tile's tokens and latent pixels lie on the frame's grid (and the noise,
+/// at 1/8 size, crops with them).
+pub const TILE_ALIGN: usize = 16;
 
 /// How one stream splits its padded frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
