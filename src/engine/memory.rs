@@ -15,7 +15,9 @@
 use crate::model::FlashVsrModel;
 use crate::model::dit::DitConfig;
 use crate::model::lq_proj::{LqProjConfig, UNSHUFFLE};
-use crate::model::schedule::{FIRST_CHUNK_INPUT, FIRST_CHUNK_OUTPUT, chunk_noise_frames};
+use crate::model::schedule::{
+    FIRST_CHUNK_INPUT, FIRST_CHUNK_OUTPUT, LATENT_CHANNELS, chunk_noise_frames,
+};
 use crate::model::tcdecoder::{FRAMES_PER_LATENT, TcDecoderConfig};
 
 /// Output pixels per DiT token (one token per 2x2 latent patch of 8x8 pixels).
@@ -110,10 +112,12 @@ pub fn estimate(
 /// The estimate for a stream of `padded_width x padded_height` frames run as one
 /// model sequence per tile of `tiles` (each `(width, height)`), blended into the
 /// whole frame. Held: the whole-frame window plus every tile's sequence state.
-/// Working: the whole-frame LQ tensor, plus the largest of a tile's chunk (its
-/// stages with its LQ crop, while the blend accumulator is alive), the blend step
-/// (the accumulator, the placed tile and their sum, whole-frame) and the
-/// whole-frame output conversion. One tile is the untiled estimate.
+/// Working: the chunk's whole-frame noise, plus the largest of a tile's chunk
+/// (its LQ tensor, built from its crop of the frames, and its stages, while the
+/// blend accumulator is alive), the blend step (the accumulator, the placed tile
+/// and their sum, whole-frame, with the weighted tile) and the output
+/// conversion (the accumulator and one frame's copies). One tile is the
+/// untiled estimate.
 pub fn estimate_tiled(
     shape: &ModelShape,
     padded_width: usize,
@@ -124,6 +128,7 @@ pub fn estimate_tiled(
     if tiles.len() <= 1 {
         return estimate(shape, padded_width, padded_height, kv_time_windows);
     }
+    let p = padded_width as f64 * padded_height as f64;
     let whole = SequenceParts::new(shape, padded_width, padded_height, kv_time_windows);
     let tile_parts: Vec<SequenceParts> = tiles
         .iter()
@@ -136,24 +141,28 @@ pub fn estimate_tiled(
         .iter()
         .map(|t| {
             let (stage, largest) = t.largest_stage(&TILE_STAGES);
-            (stage, t.lq_tensor + largest)
+            // the crops of the frames (RGB24) and the tile's LQ tensor
+            (stage, t.window + t.lq_tensor + largest)
         })
         .fold(("", 0.0), |best, s| if s.1 > best.1 { s } else { best });
     let largest_tile = tiles.iter().map(|&(w, h)| w * h).max().unwrap_or(0);
     let blend = 3.0 * accumulator + 2.0 * blend_accumulator(largest_tile, 1);
+    // one frame through the conversion: f32 in RGB order, on the host, RGB24
+    let output = accumulator + (4.0 + 4.0 + 2.0 * 1.0) * 3.0 * p;
     let stages = [
         (tile_stage, accumulator + tile_run),
         ("tile blend", blend),
-        ("colour fix and output", whole.output),
+        ("output conversion", output),
     ];
     let (peak_stage, largest) = largest_of(stages);
+    let noise = LATENT_CHANNELS as f64 * chunk_noise_frames(0).len() as f64 * p / 64.0 * 4.0;
     MemoryEstimate {
         padded_width,
         padded_height,
         tiles: tiles.len(),
         weights: shape.weight_bytes,
         held: to_bytes(held),
-        working: to_bytes(whole.lq_tensor + largest),
+        working: to_bytes(noise + largest),
         peak_stage,
     }
 }

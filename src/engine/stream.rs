@@ -257,9 +257,16 @@ impl<T, M: ChunkModel> Stream<T, M> {
 
         let chunk_start = Instant::now();
         let mut trace = self.profiling.then(ChunkTrace::profiling);
-        let lq_frames = self.lq_frames(k)?;
-        let lq = rgb_to_tensor(&lq_frames, g.padded_width, g.padded_height, model.device())
-            .map_err(|e| model_error("building the LQ tensor", e))?;
+        let lq_frames = lq_frames(&self.window, self.window_start, self.received, k)?;
+        // Whole frames: one LQ tensor. Tiles: each builds its own from its crop of
+        // the frames, so no whole-frame LQ tensor is alive while they run.
+        let lq = match self.tiles.as_slice() {
+            [_] => Some(
+                rgb_to_tensor(&lq_frames, g.padded_width, g.padded_height, model.device())
+                    .map_err(|e| model_error("building the LQ tensor", e))?,
+            ),
+            _ => None,
+        };
         let converting = chunk_start.elapsed();
         let noise_shape = [
             1,
@@ -274,11 +281,11 @@ impl<T, M: ChunkModel> Stream<T, M> {
             .map_err(|e| model_error("drawing the noise", e))?;
         let model_start = Instant::now();
         let span = chunk_output_span(k);
-        let decoded = if let [whole] = self.tiles.as_mut_slice() {
+        let decoded = if let ([whole], Some(lq)) = (self.tiles.as_mut_slice(), &lq) {
             run_tile(
                 model,
                 whole,
-                &lq,
+                lq,
                 &noise,
                 span.len(),
                 trace.as_mut(),
@@ -286,7 +293,7 @@ impl<T, M: ChunkModel> Stream<T, M> {
             )?
         } else {
             // Each tile sees its crop of the LQ frames and of the noise (at 1/8
-            // size: tile starts are multiples of 8), as an untiled stream of that
+            // size: tile starts are multiples of 16), as an untiled stream of that
             // size would; the outputs are blended over the overlaps.
             let mut blender = Blender::new(
                 span.len(),
@@ -298,7 +305,8 @@ impl<T, M: ChunkModel> Stream<T, M> {
             .map_err(|e| model_error("preparing the tile blend", e))?;
             for sequence in &mut self.tiles {
                 let t = &sequence.tile;
-                let lq_tile = crop(&lq, 2, t, 1).map_err(|e| model_error("cropping a tile", e))?;
+                let lq_tile = tile_lq(&lq_frames, g.padded_width, t, model.device())
+                    .map_err(|e| model_error("building a tile's LQ tensor", e))?;
                 let noise_tile =
                     crop(&noise, 3, t, 8).map_err(|e| model_error("cropping a tile", e))?;
                 let out = run_tile(
@@ -318,11 +326,10 @@ impl<T, M: ChunkModel> Stream<T, M> {
         };
         let output_start = Instant::now();
         let noise_time = model_start - chunk_start - converting;
-        let frames =
-            tensor_to_rgb(&decoded).map_err(|e| model_error("converting the output", e))?;
+        drop(lq_frames);
 
         let mut out = Vec::new();
-        for (index, padded) in span.zip(frames) {
+        for (slot, index) in span.enumerate() {
             // frames past the real input are drain copies: never output
             if index >= self.received {
                 break;
@@ -331,6 +338,13 @@ impl<T, M: ChunkModel> Stream<T, M> {
             let Some(tag) = self.tags.pop_front() else {
                 break;
             };
+            // One frame at a time: the conversion's copies are one frame's.
+            let padded = decoded
+                .narrow(0, slot, 1)
+                .and_then(|frame| tensor_to_rgb(&frame))
+                .map_err(|e| model_error("converting the output", e))?
+                .pop()
+                .unwrap_or_default();
             let data = crop_frame_rgb(
                 &padded,
                 g.padded_width,
@@ -368,28 +382,6 @@ impl<T, M: ChunkModel> Stream<T, M> {
         Ok(out)
     }
 
-    /// The padded frames of chunk `k`'s LQ span; indices past the input read the last
-    /// frame (the end-of-stream extension).
-    fn lq_frames(&self, k: usize) -> Result<Vec<&[u8]>, EngineError> {
-        let last = self.received.checked_sub(1).ok_or_else(|| {
-            EngineError::InvalidFrame(format!("chunk {k} asked for before any frame arrived"))
-        })?;
-        chunk_lq_span(k)
-            .map(|i| {
-                i.min(last)
-                    .checked_sub(self.window_start)
-                    .and_then(|slot| self.window.get(slot))
-                    .map(Vec::as_slice)
-                    .ok_or_else(|| {
-                        EngineError::InvalidFrame(format!(
-                            "chunk {k} needs frame {i}, no longer held (window starts at {})",
-                            self.window_start
-                        ))
-                    })
-            })
-            .collect()
-    }
-
     /// Forgets frames no later chunk reads; the last received frame is always kept
     /// because the end-of-stream extension copies it.
     fn drop_frames_before(&mut self, index: usize) {
@@ -399,6 +391,33 @@ impl<T, M: ChunkModel> Stream<T, M> {
             self.window_start += 1;
         }
     }
+}
+
+/// The padded frames of chunk `k`'s LQ span from the `window` of frames
+/// `window_start..received`; indices past the input read the last frame (the
+/// end-of-stream extension).
+fn lq_frames(
+    window: &VecDeque<Vec<u8>>,
+    window_start: usize,
+    received: usize,
+    k: usize,
+) -> Result<Vec<&[u8]>, EngineError> {
+    let last = received.checked_sub(1).ok_or_else(|| {
+        EngineError::InvalidFrame(format!("chunk {k} asked for before any frame arrived"))
+    })?;
+    chunk_lq_span(k)
+        .map(|i| {
+            i.min(last)
+                .checked_sub(window_start)
+                .and_then(|slot| window.get(slot))
+                .map(Vec::as_slice)
+                .ok_or_else(|| {
+                    EngineError::InvalidFrame(format!(
+                        "chunk {k} needs frame {i}, no longer held (window starts at {window_start})"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Runs the next chunk of one tile's sequence and checks the output's shape.
@@ -428,6 +447,31 @@ fn run_tile<M: ChunkModel>(
         ));
     }
     Ok(decoded)
+}
+
+/// The LQ tensor of one tile: its crop of each padded frame (packed RGB, `width`
+/// pixels a row), converted as the whole frames are.
+fn tile_lq(
+    frames: &[&[u8]],
+    width: usize,
+    tile: &Tile,
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    let (row, tile_row) = (width * 3, tile.width() * 3);
+    let crops: Vec<Vec<u8>> = frames
+        .iter()
+        .map(|frame| {
+            tile.rows
+                .clone()
+                .flat_map(|y| {
+                    let start = y * row + tile.cols.start * 3;
+                    frame[start..start + tile_row].iter().copied()
+                })
+                .collect()
+        })
+        .collect();
+    let crops: Vec<&[u8]> = crops.iter().map(Vec::as_slice).collect();
+    rgb_to_tensor(&crops, tile.width(), tile.height(), device)
 }
 
 /// `tensor`'s part under `tile`, whose pixel rows are on dimension `row_dim` and
