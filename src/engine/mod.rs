@@ -26,7 +26,7 @@ pub mod memory;
 pub mod noise;
 mod settings;
 mod stream;
-mod tiles;
+pub mod tiles;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -207,6 +207,11 @@ impl<T> Engine<T> {
     /// stream starts.
     pub fn plan(&self, width: u32, height: u32) -> Result<TilePlan, EngineError> {
         self.plan_geometry(&Geometry::new(width, height, self.settings.scale)?)
+    }
+
+    /// The sizes of the loaded model the memory model reads.
+    pub fn model_shape(&self) -> memory::ModelShape {
+        memory::ModelShape::of(&self.model)
     }
 
     /// Checks that a stream of `width x height` input frames fits in the memory

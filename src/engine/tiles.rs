@@ -208,6 +208,24 @@ pub fn plan(
     Err(too_large(smallest, available))
 }
 
+/// `plan` for `in_width x in_height` input frames at the settings' scale, for
+/// any model shape (the memory model's predictions for other precisions or
+/// devices, `examples/memory_plan.rs`).
+pub fn plan_for_input(
+    shape: &ModelShape,
+    in_width: u32,
+    in_height: u32,
+    settings: &EngineSettings,
+    budget: Option<u64>,
+) -> Result<TilePlan, EngineError> {
+    plan(
+        shape,
+        &Geometry::new(in_width, in_height, settings.scale)?,
+        settings,
+        budget,
+    )
+}
+
 /// Tile sides to try, largest first: multiples of 128 below the frame's longer
 /// padded side, down to the smallest one larger than the overlap.
 fn candidate_tiles(geometry: &Geometry, overlap: usize) -> impl Iterator<Item = usize> {
