@@ -75,6 +75,41 @@ fn buffers(log: &Log) -> Vec<gst::Buffer> {
         .collect()
 }
 
+/// Waits (up to a minute) until `n` buffers have left the element, then checks
+/// that no more did: the worker task outputs frames after `push` returns.
+fn wait_for_buffers(log: &Log, n: usize) -> Vec<gst::Buffer> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while buffers(log).len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = buffers(log);
+    assert_eq!(out.len(), n, "buffers out");
+    out
+}
+
+/// Waits (up to a minute) until EOS has left the element.
+fn wait_for_eos(log: &Log) {
+    wait_for_event(log, gst::EventType::Eos);
+}
+
+/// Waits (up to a minute) until an event of type `wanted` has left the element.
+fn wait_for_event(log: &Log, wanted: gst::EventType) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let seen = || {
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|s| matches!(s, Seen::Event(t) if *t == wanted))
+    };
+    while !seen() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {wanted:?} out within a minute"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// A harness around a started `flashvsr` (fixture model, scale 4) with `caps` set.
 fn start(model: &std::path::Path, caps: &str) -> (Harness, Log) {
     // The harness starts a filter as soon as it wraps it: configure it first.
@@ -86,6 +121,9 @@ fn start(model: &std::path::Path, caps: &str) -> (Harness, Log) {
     let log = record(&element.static_pad("src").unwrap());
     let mut h = Harness::with_element(&element, Some("sink"), Some("src"));
     h.set_src_caps_str(caps);
+    // The segment goes out on the model thread: wait for it, so that what the
+    // tests send next (a flush) finds it downstream already.
+    wait_for_event(&log, gst::EventType::Segment);
     (h, log)
 }
 
@@ -146,6 +184,7 @@ fn properties_have_their_documented_defaults_and_ranges() {
         ("model-version", "v1-1"),
         ("precision", "f32"),
         ("color-fix", "adain"),
+        ("late-policy", "wait"),
     ] {
         assert_eq!(
             enum_nick(&element.property_value(name)),
@@ -161,6 +200,8 @@ fn properties_have_their_documented_defaults_and_ranges() {
     assert_eq!(enum_nick(&element.property_value("model-version")), "v1");
     element.set_property_from_str("color-fix", "wavelet");
     assert_eq!(enum_nick(&element.property_value("color-fix")), "wavelet");
+    element.set_property_from_str("late-policy", "bicubic");
+    assert_eq!(enum_nick(&element.property_value("late-policy")), "bicubic");
     element.set_property("model-dir", "/models/flashvsr");
     assert_eq!(
         element.property::<Option<String>>("model-dir").as_deref(),
@@ -400,6 +441,7 @@ fn negotiates_every_format_with_scaled_size_and_carried_fields() {
 
         h.push(frame(&in_info, 0, gst::ClockTime::ZERO)).unwrap();
         assert!(h.push_event(gst::event::Eos::new()));
+        wait_for_eos(&log);
         let out = buffers(&log);
         assert_eq!(out.len(), 1, "{format}: one frame in, one out");
         assert_buf(&out[0], 0, gst::ClockTime::ZERO, out_info.size());
@@ -450,9 +492,10 @@ fn every_output_carries_its_input_timestamps() {
         } else {
             21 + 8 * ((received - 25) / 8) as usize
         };
-        assert_eq!(buffers(&log).len(), expected, "outputs after input {i}");
+        wait_for_buffers(&log, expected);
     }
     assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
     let out = buffers(&log);
     assert_eq!(out.len(), 40);
     for (i, b) in out.iter().enumerate() {
@@ -476,6 +519,7 @@ fn eos_drains_fewer_than_25_frames() {
     }
     assert!(buffers(&log).is_empty(), "frames held before EOS");
     assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
     let out_size = info_of(&caps_str("RGB", 128, 96)).size();
     for i in 0..5 {
         let b = h.pull().unwrap();
@@ -516,6 +560,7 @@ fn flush_drops_held_frames_and_restarts() {
         h.push(frame(&info, i, after)).unwrap();
     }
     assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
     let out = buffers(&log);
     assert_eq!(out.len(), 3, "only the frames after the flush");
     let out_size = info_of(&caps_str("I420", 128, 96)).size();
@@ -553,6 +598,7 @@ fn caps_change_drains_old_frames_at_the_old_size_first() {
             .unwrap();
     }
     assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
 
     let big = info_of(&caps_str("I420", 128, 96)).size();
     let small = info_of(&caps_str("I420", 64, 64)).size();
@@ -604,6 +650,7 @@ fn gap_is_forwarded_behind_the_frames_before_it() {
         h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
     }
     assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
     let order: Vec<String> = log
         .lock()
         .unwrap()
@@ -715,7 +762,7 @@ fn a_bad_buffer_ends_the_stream_after_the_held_frames() {
         h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
     }
     // the first chunk ran at frame 25: 21 out, 9 held
-    assert_eq!(buffers(&log).len(), 21);
+    wait_for_buffers(&log, 21);
     let short = gst::Buffer::from_mut_slice(vec![0u8; info.size() / 2]);
     assert_eq!(h.push(short), Err(gst::FlowError::Error));
     let errors = errors.lock().unwrap().clone();
@@ -747,4 +794,122 @@ fn latency_at_absurd_framerates_saturates() {
         assert_eq!(min, gst::ClockTime::MAX, "{rate}");
         assert_eq!(max, None, "{rate}");
     }
+}
+
+/// Input frames until the engine runs chunk `k` (0: the first, 25 frames).
+fn frames_through_chunk(k: u64) -> u64 {
+    25 + 8 * k
+}
+
+#[test]
+fn a_flush_during_a_chunk_cancels_it_between_dit_blocks() {
+    init();
+    // Not the shared fixture: a model written here with 32 DiT blocks (the tiny
+    // fixture's widths), so that a chunk is many blocks long and a flush that
+    // waited for it would show. 32x32 input at x4 is 128x128 output.
+    let scratch = common::Scratch::created("flush-model");
+    let spec = gstflashvsr::devtools::random_model::RandomModelSpec {
+        dit_blocks: 32,
+        ..gstflashvsr::devtools::random_model::RandomModelSpec::tiny(3)
+    };
+    gstflashvsr::devtools::random_model::write_model_dir(&spec, &scratch.0).unwrap();
+    let caps = caps_str("RGB", 32, 32);
+    let (mut h, log) = start(&scratch.0, &caps);
+    let info = info_of(&caps);
+
+    // Chunks 0 and 1 run to the end: how long a chunk takes here and now.
+    for i in 0..frames_through_chunk(0) {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    wait_for_buffers(&log, 21);
+    for i in frames_through_chunk(0)..frames_through_chunk(1) - 1 {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    let started = std::time::Instant::now();
+    h.push(frame(
+        &info,
+        frames_through_chunk(1) - 1,
+        gst::ClockTime::ZERO,
+    ))
+    .unwrap();
+    wait_for_buffers(&log, 29);
+    let whole_chunk = started.elapsed();
+
+    // Chunk 2 starts with its last frame; flush a quarter of a chunk into it.
+    for i in frames_through_chunk(1)..frames_through_chunk(2) {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    std::thread::sleep(whole_chunk / 4);
+    // FLUSH_STOP waits for the model thread to leave the cancelled chunk.
+    let flushing = std::time::Instant::now();
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    let seen_at_flush = log.lock().unwrap().len();
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    let flush_took = flushing.elapsed();
+    assert!(
+        flush_took < whole_chunk / 2,
+        "the flush took {flush_took:?}: it waited for the chunk ({whole_chunk:?})"
+    );
+    // Nothing of the cancelled chunk comes out, before or after the flush.
+    let after_flush: Vec<String> = log.lock().unwrap()[seen_at_flush..]
+        .iter()
+        .map(|s| match s {
+            Seen::Buffer(b) => format!("buffer {:?}", b.pts()),
+            Seen::Caps(_) => "caps".into(),
+            Seen::Event(t) => format!("{t:?}"),
+        })
+        .collect();
+    assert_eq!(after_flush, ["FlushStop"]);
+    assert_eq!(buffers(&log).len(), 29, "only chunks 0 and 1's frames");
+
+    // The model restarts cleanly after the flush.
+    let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    segment.set_start(gst::ClockTime::from_seconds(10));
+    assert!(h.push_event(gst::event::Segment::new(&segment)));
+    let after = gst::ClockTime::from_seconds(10);
+    for i in 0..2 {
+        h.push(frame(&info, i, after)).unwrap();
+    }
+    assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
+    let out = buffers(&log);
+    assert_eq!(out.len(), 31);
+    let out_size = info_of(&caps_str("RGB", 128, 128)).size();
+    for (i, b) in out[29..].iter().enumerate() {
+        assert_buf(b, i as u64, after, out_size);
+    }
+    eprintln!("whole chunk {whole_chunk:?}, flush {flush_took:?}");
+}
+
+#[test]
+fn discont_drains_the_frames_before_the_gap() {
+    init();
+    let Some(model) = tiny_model() else { return };
+    let caps = caps_str("I420", 32, 24);
+    let (mut h, log) = start(&model, &caps);
+    let info = info_of(&caps);
+    for i in 0..30 {
+        h.push(frame(&info, i, gst::ClockTime::ZERO)).unwrap();
+    }
+    // chunk 0 ran at frame 25: 21 out, 9 held
+    wait_for_buffers(&log, 21);
+    // frames 30..34 were lost upstream: 35 comes with DISCONT, and the 9 held
+    // frames come out before it, without waiting for 3 more frames
+    let mut after_gap = frame(&info, 35, gst::ClockTime::ZERO);
+    after_gap
+        .get_mut()
+        .unwrap()
+        .set_flags(gst::BufferFlags::DISCONT);
+    h.push(after_gap).unwrap();
+    wait_for_buffers(&log, 30);
+    assert!(h.push_event(gst::event::Eos::new()));
+    wait_for_eos(&log);
+    let out = buffers(&log);
+    let pts: Vec<u64> = out
+        .iter()
+        .map(|b| b.pts().unwrap().mseconds() / 40)
+        .collect();
+    let expected: Vec<u64> = (0..30).chain([35]).collect();
+    assert_eq!(pts, expected);
+    assert!(out[30].flags().contains(gst::BufferFlags::DISCONT));
 }

@@ -18,7 +18,7 @@ use crate::model::lq_proj::{LqProjConfig, UNSHUFFLE};
 use crate::model::schedule::{
     FIRST_CHUNK_INPUT, FIRST_CHUNK_OUTPUT, LATENT_CHANNELS, chunk_noise_frames,
 };
-use crate::model::tcdecoder::{FRAMES_PER_LATENT, TcDecoderConfig};
+use crate::model::tcdecoder::{DecoderTiling, FRAMES_PER_LATENT, TcDecoderConfig};
 
 /// Output pixels per DiT token (one token per 2x2 latent patch of 8x8 pixels).
 const PIXELS_PER_TOKEN: f64 = 256.0;
@@ -172,6 +172,37 @@ pub fn estimate_tiled(
     }
 }
 
+/// The estimate for a stream of whole `padded_width x padded_height` frames
+/// whose decoder works in tiles decoding `regions` (each `(width, height)`,
+/// `DecoderTiling::decoded_sizes`).
+pub fn estimate_decoder_tiled(
+    shape: &ModelShape,
+    padded_width: usize,
+    padded_height: usize,
+    regions: &[(usize, usize)],
+    kv_time_windows: usize,
+) -> MemoryEstimate {
+    let parts = SequenceParts::new(shape, padded_width, padded_height, kv_time_windows)
+        .with_decoder_regions(shape, padded_width, padded_height, regions);
+    let (peak_stage, largest) = parts.largest_stage(&DECODER_TILED_STAGES);
+    MemoryEstimate {
+        padded_width,
+        padded_height,
+        tiles: 1,
+        weights: shape.weight_bytes,
+        held: to_bytes(parts.window + parts.sequence_held),
+        working: to_bytes(parts.lq_tensor + largest),
+        peak_stage,
+    }
+}
+
+const DECODER_TILED_STAGES: [&str; 4] = [
+    "LQ projection",
+    "DiT",
+    "decoder (in tiles)",
+    "colour fix and output",
+];
+
 /// The blended output of one chunk: its output frames, f32 RGB.
 fn blend_accumulator(width: usize, height: usize) -> f64 {
     FIRST_CHUNK_OUTPUT as f64 * 3.0 * 4.0 * width as f64 * height as f64
@@ -198,6 +229,8 @@ struct SequenceParts {
     window: f64,
     /// Held between chunks by the sequence: KV cache, decoder and LQ memories.
     sequence_held: f64,
+    /// The decoder's part of `sequence_held`.
+    decoder_memory: f64,
     /// The chunk's LQ tensor, alive through its stages.
     lq_tensor: f64,
     lq_proj: f64,
@@ -272,12 +305,54 @@ impl SequenceParts {
         Self {
             window: lq_frames * 3.0 * p,
             sequence_held: kv + decoder_memory + lq_cache,
+            decoder_memory,
             lq_tensor,
             lq_proj,
             dit,
             decoder,
             output,
         }
+    }
+
+    /// The same sequence with its decoder in tiles that decode `regions`
+    /// (`DecoderTiling::decoded_sizes`, output pixels, halo included): the
+    /// decoder holds one memory per tile (at the tile's region widened by the
+    /// input halo) and works on one region at a time, beside the whole frame's
+    /// condition frames and latents, the blend of the decoded frames
+    /// (accumulator, placed tile and sum) and the decoded frames after it.
+    fn with_decoder_regions(
+        mut self,
+        shape: &ModelShape,
+        padded_width: usize,
+        padded_height: usize,
+        regions: &[(usize, usize)],
+    ) -> Self {
+        let p = padded_width as f64 * padded_height as f64;
+        let ec = shape.conv_bytes as f64;
+        let halo = 2 * (DecoderTiling::HALO[0] - DecoderTiling::HALO[3]);
+        let memory: f64 = regions
+            .iter()
+            .map(|&(w, h)| {
+                let widened = (w + halo).min(padded_width) * (h + halo).min(padded_height);
+                let one = SequenceParts::new(shape, w, h, 3);
+                one.decoder_memory / (w * h) as f64 * widened as f64
+            })
+            .sum();
+        let largest = regions
+            .iter()
+            .map(|&(w, h)| SequenceParts::new(shape, w, h, 3).decoder)
+            .fold(0.0, f64::max);
+        let first_latents = chunk_noise_frames(0).len() as f64;
+        let decoded_frames = FRAMES_PER_LATENT as f64 * first_latents;
+        let decoded = decoded_frames * 3.0 * 4.0 * p;
+        let whole_frame = 2.0 * decoded_frames * 3.0 * p * ec
+            + first_latents * shape.decoder.in_channels as f64 * p / 64.0 * ec
+            + 3.0 * decoded
+            + 4.0 * decoded;
+        self.sequence_held += memory - self.decoder_memory;
+        self.decoder_memory = memory;
+        self.decoder = largest + whole_frame;
+        self
     }
 
     /// The largest stage working set, named from `names` (LQ projection, DiT,

@@ -134,17 +134,24 @@ pub fn estimate(
     let columns = grid.iter().filter(|t| t.rows.start == 0).count();
     let rows = grid.len() / columns.max(1);
     let sizes: Vec<(usize, usize)> = grid.iter().map(|t| (t.width(), t.height())).collect();
-    Ok((
-        memory::estimate_tiled(shape, w, h, &sizes, kv_time_windows),
-        columns,
-        rows,
-    ))
+    let estimate = match (layout.tile, layout.decoder) {
+        (None, Some(decoder)) => {
+            let regions = decoder
+                .decoded_sizes(w, h)
+                .map_err(|e| EngineError::model(format!("decoder tiles of {w}x{h} frames"), e))?;
+            memory::estimate_decoder_tiled(shape, w, h, &regions, kv_time_windows)
+        }
+        _ => memory::estimate_tiled(shape, w, h, &sizes, kv_time_windows),
+    };
+    Ok((estimate, columns, rows))
 }
 
 /// Chooses how a stream of `geometry` runs within `budget` bytes (what the stream
 /// may add to the process; `None`: no limit):
 /// - `tile_size` set: those tiles, refused with the figures if they do not fit;
 /// - else whole frames if they fit;
+/// - else whole frames with the decoder in the largest tiles that fit (the
+///   decoder's full-resolution activations are the largest stage);
 /// - else the largest tiles (multiples of 128 output pixels, larger than the
 ///   overlap) that fit;
 /// - else `EngineError::TooLarge` with the figure for the smallest tiles.
@@ -192,6 +199,17 @@ pub fn plan(
     let Some(available) = budget.filter(|_| !fits(&whole)) else {
         return Ok(whole);
     };
+    for tile in candidate_tiles(geometry, overlap) {
+        let layout = TileLayout {
+            tile: None,
+            overlap: 0,
+            decoder: Some(DecoderTiling { tile, overlap }),
+        };
+        let plan = make(layout, true)?;
+        if fits(&plan) {
+            return Ok(plan);
+        }
+    }
     let mut smallest = whole;
     for tile in candidate_tiles(geometry, overlap) {
         let layout = TileLayout {
@@ -414,5 +432,35 @@ mod tests {
             tiled.stream() * 5 < whole.stream() * 2,
             "{tiled:?} {whole:?}"
         );
+    }
+
+    #[test]
+    fn decoder_tiles_alone_come_before_whole_model_tiles() {
+        let g = Geometry::new(256, 144, 4).unwrap();
+        let shape = released();
+        let whole = memory::estimate(&shape, 1024, 640, 3);
+        let layout = TileLayout {
+            tile: None,
+            overlap: 0,
+            decoder: Some(DecoderTiling {
+                tile: 512,
+                overlap: 64,
+            }),
+        };
+        let (decoder_tiled, _, _) = estimate(&shape, &g, layout, 3).unwrap();
+        // the decoder is the peak stage whole; in tiles it holds a memory per
+        // tile but works on one region
+        assert_eq!(whole.peak_stage, "decoder");
+        assert!(decoder_tiled.working < whole.working, "{decoder_tiled:?}");
+        assert!(decoder_tiled.held >= whole.held, "{decoder_tiled:?}");
+        let chosen = plan(&shape, &g, &settings(0, 64), Some(decoder_tiled.stream())).unwrap();
+        let decoder = chosen.layout.decoder.expect("decoder tiles");
+        assert_eq!(
+            (chosen.layout.tile, chosen.sequences()),
+            (None, 1),
+            "{chosen}"
+        );
+        assert!(decoder.tile >= 512, "{chosen}");
+        assert!(chosen.to_string().contains("decoder tiles of"), "{chosen}");
     }
 }

@@ -7,6 +7,7 @@ use std::ffi::{CString, c_char};
 use gst::glib;
 use gst::glib::translate::{FromGlib, IntoGlib, ToGlibPtr, ToGlibPtrMut, TryFromGlib, from_glib};
 
+use super::late::LatePolicy;
 use crate::engine::{Choice, ColorFix, ModelVersion, Precision};
 
 /// Registers a GEnum named `type_name` whose values are `T::VALUES` (value =
@@ -121,6 +122,7 @@ macro_rules! choice_genum {
 choice_genum!(ModelVersion, "GstFlashVsrModelVersion");
 choice_genum!(Precision, "GstFlashVsrPrecision");
 choice_genum!(ColorFix, "GstFlashVsrColorFix");
+choice_genum!(LatePolicy, "GstFlashVsrLatePolicy");
 
 #[cfg(test)]
 mod tests {
@@ -148,6 +150,7 @@ mod tests {
         check::<ModelVersion>();
         check::<Precision>();
         check::<ColorFix>();
+        check::<LatePolicy>();
         assert_eq!(
             ModelVersion::static_type().name(),
             "GstFlashVsrModelVersion"

@@ -7,6 +7,9 @@ mod caps;
 mod convert;
 mod enums;
 mod imp;
+mod late;
+mod queue;
+mod state;
 mod tiles;
 
 pub use imp::MODEL_DIR_ENV;

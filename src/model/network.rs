@@ -88,6 +88,9 @@ impl SequenceConfig {
         if self.local_range == 0 {
             candle_core::bail!("local_range must be at least 1")
         }
+        if let Some(tiling) = &self.decoder_tiling {
+            tiling.validate()?;
+        }
         Ok(())
     }
 }
@@ -295,7 +298,7 @@ impl FlashVsrModel {
             chunk: 0,
             lq: LqProjState::default(),
             dit: self.dit.new_state(),
-            decoder: TcDecoderState::default(),
+            decoder: TcDecoderState::new(cfg.decoder_tiling, cfg.cancel.clone()),
         })
     }
 
@@ -358,6 +361,7 @@ impl FlashVsrModel {
                 noise.dims()
             )
         }
+        cfg.cancel.check()?;
         let lq = lq.to_device(&self.device)?.to_dtype(DType::F32)?;
         let noise = noise.to_device(&self.device)?.to_dtype(DType::F32)?;
 
@@ -398,13 +402,15 @@ impl FlashVsrModel {
 
         // One denoising step.
         let dit_start = std::time::Instant::now();
-        let noise_pred = self.dit.forward(
+        cfg.cancel.check()?;
+        let noise_pred = self.dit.forward_cancellable(
             &noise,
             &lq_features,
             latent_frames.start,
             &state.sparse,
             &mut state.dit,
             trace.as_deref_mut().map(|t| &mut t.dit),
+            &cfg.cancel,
         )?;
         if let Some(t) = trace.as_deref_mut() {
             device.synchronize()?;
@@ -414,6 +420,8 @@ impl FlashVsrModel {
         }
         let latents = (&noise - &noise_pred)?;
 
+        // The DiT's last block may have run past a flush: stop before the decoder.
+        cfg.cancel.check()?;
         // Decode with the LQ frames of the output span as condition.
         let out_span = schedule::chunk_output_span(k);
         let cond = lq.narrow(0, out_span.start - span.start, out_span.len())?;
@@ -437,6 +445,7 @@ impl FlashVsrModel {
                 out_span.len()
             )
         }
+        cfg.cancel.check()?;
         let out = profile::timed(
             trace.as_deref_mut().map(|t| &mut t.times),
             Stage::ColorFix,

@@ -10,6 +10,7 @@ mod block;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::cancel::CancelToken;
 use super::kv_cache::KvCache;
 use super::profile::StageTimes;
 use crate::layers::linear::Linear;
@@ -229,7 +230,33 @@ impl Dit {
         time_offset: usize,
         sparse: &SparseConfig,
         state: &mut DitState,
+        trace: Option<&mut DitTrace>,
+    ) -> Result<Tensor> {
+        let never = CancelToken::new();
+        self.forward_cancellable(
+            noise,
+            lq_features,
+            time_offset,
+            sparse,
+            state,
+            trace,
+            &never,
+        )
+    }
+
+    /// `forward` that polls `cancel` before every block, so that a flush waits
+    /// for one block at most (docs/element.md). A cancelled pass returns the
+    /// token's error and leaves `state` half-updated: the sequence must restart.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_cancellable(
+        &self,
+        noise: &Tensor,
+        lq_features: &[Tensor],
+        time_offset: usize,
+        sparse: &SparseConfig,
+        state: &mut DitState,
         mut trace: Option<&mut DitTrace>,
+        cancel: &CancelToken,
     ) -> Result<Tensor> {
         let (_, c, f, lh, lw) = noise.dims5()?;
         if c != self.cfg.in_channels || lh % 2 != 0 || lw % 2 != 0 {
@@ -263,6 +290,7 @@ impl Dit {
         }
         let mut ctx = ChunkContext::new(grid, time_offset, sparse, noise.device())?;
         for (i, (block, cache)) in self.blocks.iter().zip(&mut state.caches).enumerate() {
+            cancel.check()?;
             if let Some(features) = lq_features.get(i) {
                 x = x.broadcast_add(&features.to_dtype(self.dtype)?)?;
             }

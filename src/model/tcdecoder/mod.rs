@@ -1,12 +1,21 @@
 //! TCDecoder: a tiny causal video decoder (TAEHV-style) that turns latents plus
 //! pixel-unshuffled LQ frames into RGB frames (docs/model.md, section
 //! "The decoder"). Time runs forward frame by frame; MemBlocks see what they saw one
-//! frame earlier, across chunk boundaries.
+//! frame earlier, across chunk boundaries. Large frames can be decoded in
+//! overlapping spatial tiles, each with its own memory (`tiled`, docs/model.md,
+//! section "Tiles").
+
+#[cfg(test)]
+mod tests;
+mod tiled;
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::cancel::CancelToken;
 use crate::layers::conv::Conv2d;
+
+pub use tiled::DecoderTiling;
 
 /// LQ frames per latent frame (the decoder's 4x time upsampling).
 pub const FRAMES_PER_LATENT: usize = 4;
@@ -14,14 +23,6 @@ pub const FRAMES_PER_LATENT: usize = 4;
 pub const COND_UNSHUFFLE: usize = 8;
 /// Frames the very first decoded chunk drops (2^2 - 1, the time upsampling's warm-up).
 pub const FIRST_CHUNK_TRIM: usize = 3;
-
-/// Spatial tiling of the decoder, in output pixels: tiles of `tile x tile`,
-/// neighbours overlapping by `overlap`, blended over the overlap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecoderTiling {
-    pub tile: usize,
-    pub overlap: usize,
-}
 
 /// Channel widths, read from the conv shapes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,17 +144,92 @@ impl TGrow {
     }
 }
 
-/// Per-stream decoder state: the last input of each MemBlock, and whether the
-/// first chunk (which drops its first frames) has been decoded.
-#[derive(Debug, Default, Clone)]
+/// The temporal memory of one decoded region (the whole frame, or one tile): the
+/// last input of each of the 9 MemBlocks.
+#[derive(Debug, Clone)]
+struct Memory([Option<Tensor>; 9]);
+
+impl Default for Memory {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| None))
+    }
+}
+
+/// Per-stream decoder state: the tiling and the cancellation token the stream
+/// decodes with, one memory per decoded region, and whether the first chunk
+/// (which drops its first frames) has been decoded. The region layout is fixed
+/// by the first chunk's frame size until `reset`.
+#[derive(Debug, Clone)]
 pub struct TcDecoderState {
-    memory: Vec<Option<Tensor>>,
+    tiling: Option<DecoderTiling>,
+    /// Context kept around each tile at each resolution, in output pixels.
+    halo: [usize; 4],
+    cancel: CancelToken,
     started: bool,
+    /// Latent (height, width) the memories belong to.
+    frame: Option<(usize, usize)>,
+    memories: Vec<Memory>,
+}
+
+impl Default for TcDecoderState {
+    /// Whole frames, never cancelled.
+    fn default() -> Self {
+        Self::new(None, CancelToken::new())
+    }
 }
 
 impl TcDecoderState {
+    /// A fresh stream decoded in `tiling`'s tiles (`None`: whole frames) with the
+    /// default halo, polling `cancel` before every tile and stage.
+    pub fn new(tiling: Option<DecoderTiling>, cancel: CancelToken) -> Self {
+        Self {
+            tiling,
+            halo: DecoderTiling::HALO,
+            cancel,
+            started: false,
+            frame: None,
+            memories: Vec::new(),
+        }
+    }
+
+    /// The same with another halo (output pixels at the latent, 2x, 4x and 8x
+    /// resolutions: multiples of 8, none larger than the one before): for
+    /// measuring what the halo buys (examples/decoder_tiles.rs).
+    pub fn with_halo(mut self, halo: [usize; 4]) -> Result<Self> {
+        tiled::check_halo(&halo)?;
+        self.halo = halo;
+        Ok(self)
+    }
+
+    /// Forgets the memories: the next chunk starts a new stream (same tiling).
     pub fn reset(&mut self) {
-        *self = Self::default();
+        self.started = false;
+        self.frame = None;
+        self.memories.clear();
+    }
+}
+
+/// Pixels cut off each side of an activation `[n, c, h, w]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Crop {
+    top: usize,
+    bottom: usize,
+    left: usize,
+    right: usize,
+}
+
+impl Crop {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if *self == Self::default() {
+            return Ok(x.clone());
+        }
+        let (_, _, h, w) = x.dims4()?;
+        if self.top + self.bottom >= h || self.left + self.right >= w {
+            candle_core::bail!("decoder: crop {self:?} leaves nothing of a {w}x{h} activation")
+        }
+        x.narrow(2, self.top, h - self.top - self.bottom)?
+            .narrow(3, self.left, w - self.left - self.right)?
+            .contiguous()
     }
 }
 
@@ -212,7 +288,9 @@ impl TcDecoder {
     /// Decodes `latents` `[1, C, f, h, w]` with the LQ condition frames `cond`
     /// `[n, 3, 8h, 8w]` in [-1, 1] (n <= 4f; when n is not 4f, copies of its
     /// first frame are put in front). Returns frames `[m, 3, 8h, 8w]` in [-1, 1],
-    /// m = 4f, or 4f - 3 for the stream's first chunk.
+    /// f32, m = 4f, or 4f - 3 for the stream's first chunk. With a tiling in the
+    /// state, decodes tile by tile; cancelled (the state's token), returns the
+    /// cancellation error within one stage.
     pub fn decode(
         &self,
         latents: &Tensor,
@@ -225,6 +303,25 @@ impl TcDecoder {
         if n > want || n == 0 {
             candle_core::bail!("decoder condition: {n} frames for {f} latent frames")
         }
+        let s = COND_UNSHUFFLE;
+        if cond.dims()[1..] != [3, s * h, s * w] {
+            candle_core::bail!(
+                "decoder condition: frames {:?}, expected [3, {}, {}] for {h}x{w} latents",
+                &cond.dims()[1..],
+                s * h,
+                s * w
+            )
+        }
+        match state.frame {
+            Some(frame) if frame != (h, w) => candle_core::bail!(
+                "decoder: a {}x{} chunk in a stream of {}x{} frames (reset the stream first)",
+                s * w,
+                s * h,
+                s * frame.1,
+                s * frame.0
+            ),
+            _ => state.frame = Some((h, w)),
+        }
         let dtype = self.dtype;
         let cond = cond.to_dtype(dtype)?;
         let cond = if n < want {
@@ -235,7 +332,6 @@ impl TcDecoder {
             cond
         };
         // [4f, 3, 8h, 8w] -> [f, 3 * 4 * 64, h, w], channel = c*256 + ft*64 + dy*8 + dx
-        let s = COND_UNSHUFFLE;
         let cond = cond
             .reshape(&[f, FRAMES_PER_LATENT, 3, h, s, w, s][..])?
             .permute(vec![0, 2, 1, 4, 6, 3, 5])?
@@ -250,186 +346,70 @@ impl TcDecoder {
                 self.cfg.in_channels
             )
         }
-        if state.memory.len() != 9 {
-            state.memory = vec![None; 9];
-        }
-        // One latent frame at a time keeps at most 4 full-size frames alive.
-        let mut frames = Vec::with_capacity(want);
-        for t in 0..f {
-            frames.push(self.decode_frame(&x.narrow(0, t, 1)?, state)?);
-        }
-        let out = Tensor::cat(&frames, 0)?;
-        let out = if state.started {
-            out
+        let out = match state.tiling {
+            None => {
+                state.memories.resize_with(1, Memory::default);
+                let no_crop = [Crop::default(); 3];
+                self.decode_region(&x, &mut state.memories[0], &no_crop, &state.cancel)?
+            }
+            Some(tiling) => self.decode_tiled(&x, &tiling, state)?,
+        };
+        if state.started {
+            Ok(out)
         } else {
             state.started = true;
-            out.narrow(0, FIRST_CHUNK_TRIM, out.dim(0)? - FIRST_CHUNK_TRIM)?
-        };
+            out.narrow(0, FIRST_CHUNK_TRIM, out.dim(0)? - FIRST_CHUNK_TRIM)
+        }
+    }
+
+    /// Decodes `x` `[f, in_channels, h, w]` (the whole frame or one tile's region)
+    /// with that region's memory, cutting `crops[s]` off after stage `s`:
+    /// `[4f, 3, 8h', 8w']` in [-1, 1], f32 (`h'`, `w'` what the crops leave).
+    fn decode_region(
+        &self,
+        x: &Tensor,
+        memory: &mut Memory,
+        crops: &[Crop; 3],
+        cancel: &CancelToken,
+    ) -> Result<Tensor> {
+        // One latent frame at a time keeps at most 4 full-size frames alive.
+        let f = x.dim(0)?;
+        let mut frames = Vec::with_capacity(FRAMES_PER_LATENT * f);
+        for t in 0..f {
+            frames.push(self.decode_frame(&x.narrow(0, t, 1)?, memory, crops, cancel)?);
+        }
+        let out = Tensor::cat(&frames, 0)?;
         // [0, 1] -> [-1, 1]
         ((out * 2.0)? - 1.0)?.to_dtype(DType::F32)
     }
 
-    fn decode_frame(&self, x: &Tensor, state: &mut TcDecoderState) -> Result<Tensor> {
+    fn decode_frame(
+        &self,
+        x: &Tensor,
+        memory: &mut Memory,
+        crops: &[Crop; 3],
+        cancel: &CancelToken,
+    ) -> Result<Tensor> {
+        cancel.check()?;
         let x = ((x / 3.0)?.tanh()? * 3.0)?;
         let mut x = self
             .conv_in2
             .forward(&self.conv_in.forward(&x)?.relu()?)?
             .relu()?;
         for (s, stage) in self.stages.iter().enumerate() {
+            cancel.check()?;
             for (m, block) in stage.mem.iter().enumerate() {
-                x = block.forward(&x, &mut state.memory[3 * s + m])?;
+                x = block.forward(&x, &mut memory.0[3 * s + m])?;
             }
             x = stage.conv.forward(
                 &stage
                     .grow
                     .forward(&x.upsample_nearest2d(x.dim(2)? * 2, x.dim(3)? * 2)?)?,
             )?;
+            x = crops[s].apply(&x)?;
         }
+        cancel.check()?;
         self.conv_out2
             .forward(&self.conv_out1.forward(&x.relu()?)?.relu()?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{Device, Tensor};
-    use std::collections::HashMap;
-
-    /// A decoder with small random weights of the released layout.
-    /// Deterministic pseudo-random values, uniform in [-scale, scale]: candle's
-    /// CPU `randn` cannot be seeded, and some draws of a 4-channel network are
-    /// dead (all-zero after its ReLUs), which made these tests flaky.
-    fn values(shape: &[usize], seed: u64, scale: f32) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let data: Vec<f32> = (0..n)
-            .map(|_| {
-                // xorshift64*
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                let bits = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-                (bits as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect();
-        Tensor::from_vec(data, shape, &Device::Cpu)
-    }
-
-    fn random_decoder(c: usize) -> Result<TcDecoder> {
-        let dev = Device::Cpu;
-        let mut t = HashMap::new();
-        let mut seed = 0u64;
-        let mut add = |name: String, shape: &[usize]| -> Result<()> {
-            let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
-            // uniform in [-a, a] has deviation a / sqrt(3)
-            let scale = (3.0 / fan_in as f64).sqrt() as f32;
-            seed += 1;
-            t.insert(name, values(shape, seed, scale)?);
-            Ok(())
-        };
-        add("decoder.1.weight".into(), &[c, 784, 3, 3])?;
-        add("decoder.1.bias".into(), &[c])?;
-        add("decoder.3.weight".into(), &[c, c, 3, 3])?;
-        for (first, grow, stride) in [(5, 9, 1), (11, 15, 2), (17, 21, 2)] {
-            for m in first..first + 3 {
-                for (j, cin) in [(0, 2 * c), (2, c), (4, c)] {
-                    add(format!("decoder.{m}.conv.{j}.weight"), &[c, cin, 3, 3])?;
-                    add(format!("decoder.{m}.conv.{j}.bias"), &[c])?;
-                }
-            }
-            // stage 1's TGrow holds extra rows, as released checkpoints may
-            add(
-                format!("decoder.{grow}.conv.weight"),
-                &[c * stride.max(2), c, 1, 1],
-            )?;
-            add(format!("decoder.{}.weight", grow + 1), &[c, c, 3, 3])?;
-        }
-        add("decoder.24.weight".into(), &[c, c, 3, 3])?;
-        add("decoder.26.weight".into(), &[3, c, 3, 3])?;
-        add("decoder.26.bias".into(), &[3])?;
-        let vb = VarBuilder::from_tensors(t, DType::F32, &dev);
-        TcDecoder::new(
-            TcDecoderConfig {
-                in_channels: 784,
-                channels: [c; 4],
-            },
-            vb,
-        )
-    }
-
-    #[test]
-    fn memory_carries_across_chunks() -> Result<()> {
-        let dec = random_decoder(4)?;
-        let latents = values(&[1, 16, 4, 2, 2], 101, 1.7)?;
-        let cond = values(&[16, 3, 16, 16], 102, 0.85)?;
-        // all at once
-        let mut whole = TcDecoderState::default();
-        let all = dec.decode(&latents, &cond, &mut whole)?;
-        assert_eq!(all.dims(), &[16 - FIRST_CHUNK_TRIM, 3, 16, 16]);
-        // in two chunks with the same state: identical frames
-        let mut split = TcDecoderState::default();
-        let a = dec.decode(
-            &latents.narrow(2, 0, 2)?,
-            &cond.narrow(0, 0, 8)?,
-            &mut split,
-        )?;
-        let b = dec.decode(
-            &latents.narrow(2, 2, 2)?,
-            &cond.narrow(0, 8, 8)?,
-            &mut split,
-        )?;
-        assert_eq!(a.dim(0)?, 8 - FIRST_CHUNK_TRIM);
-        assert_eq!(b.dim(0)?, 8);
-        let joined = Tensor::cat(&[a, b], 0)?;
-        let err = (joined - &all)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        assert!(err < 1e-5, "{err}");
-        // without the memory, the second chunk comes out different
-        let mut fresh = TcDecoderState {
-            started: true,
-            ..Default::default()
-        };
-        let cold = dec.decode(
-            &latents.narrow(2, 2, 2)?,
-            &cond.narrow(0, 8, 8)?,
-            &mut fresh,
-        )?;
-        let diff = (cold - all.narrow(0, 5, 8)?)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()?;
-        assert!(diff > 1e-4, "memory had no effect");
-        // reset starts over: the first chunk is trimmed again
-        split.reset();
-        let again = dec.decode(
-            &latents.narrow(2, 0, 2)?,
-            &cond.narrow(0, 0, 8)?,
-            &mut split,
-        )?;
-        assert_eq!(again.dim(0)?, 8 - FIRST_CHUNK_TRIM);
-        Ok(())
-    }
-
-    #[test]
-    fn short_condition_is_padded_with_its_first_frame() -> Result<()> {
-        let dec = random_decoder(4)?;
-        let latents = values(&[1, 16, 2, 2, 2], 103, 1.7)?;
-        let cond = values(&[6, 3, 16, 16], 104, 0.85)?;
-        let padded = Tensor::cat(
-            &[cond.narrow(0, 0, 1)?, cond.narrow(0, 0, 1)?, cond.clone()],
-            0,
-        )?;
-        let a = dec.decode(&latents, &cond, &mut TcDecoderState::default())?;
-        let b = dec.decode(&latents, &padded, &mut TcDecoderState::default())?;
-        assert_eq!((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
-        assert!(
-            dec.decode(
-                &latents,
-                &Tensor::cat(&[&padded, &padded], 0)?,
-                &mut TcDecoderState::default()
-            )
-            .is_err()
-        );
-        Ok(())
     }
 }
