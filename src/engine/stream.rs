@@ -515,6 +515,8 @@ mod tests {
         last_lq: RefCell<Option<Tensor>>,
         /// Sequences started.
         sequences: RefCell<usize>,
+        /// The decoder tiling of the last sequence started.
+        decoder_tiling: RefCell<Option<crate::model::tcdecoder::DecoderTiling>>,
         /// Output the first noise channel of the first latent frame, upsampled to
         /// pixels, instead of the LQ frames.
         show_noise: bool,
@@ -534,6 +536,7 @@ mod tests {
 
         fn new_sequence(&self, config: &SequenceConfig) -> Result<EchoState> {
             *self.sequences.borrow_mut() += 1;
+            *self.decoder_tiling.borrow_mut() = config.decoder_tiling;
             Ok(EchoState {
                 config: config.clone(),
                 chunk: 0,
@@ -573,6 +576,7 @@ mod tests {
             device: Device::Cpu,
             last_lq: RefCell::new(None),
             sequences: RefCell::new(0),
+            decoder_tiling: RefCell::new(None),
             show_noise: false,
         }
     }
@@ -852,6 +856,36 @@ mod tests {
         for (i, (a, b)) in whole.iter().zip(&tiled).enumerate() {
             let worst = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
             assert!(worst <= 1, "frame {i}: tiled noise off by {worst}");
+        }
+    }
+
+    #[test]
+    fn decoder_tiles_reach_every_sequence() {
+        use crate::model::tcdecoder::DecoderTiling;
+        let model = echo();
+        let decoder = DecoderTiling {
+            tile: 128,
+            overlap: 32,
+        };
+        let settings = EngineSettings::default();
+        for (tile, sequences) in [(None, 1), (Some(128), 4)] {
+            model.sequences.replace(0);
+            let layout = TileLayout {
+                tile,
+                overlap: 0,
+                decoder: Some(decoder),
+            };
+            let s: Stream<usize, EchoModel> = Stream::new(
+                &model,
+                &settings,
+                Geometry::new(64, 64, 4).unwrap(),
+                layout,
+                &CancelToken::new(),
+            )
+            .unwrap();
+            assert_eq!(s.tile_count(), sequences);
+            assert_eq!(*model.sequences.borrow(), sequences);
+            assert_eq!(*model.decoder_tiling.borrow(), Some(decoder));
         }
     }
 }
