@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn a_step_at_a_border_shows_and_a_smooth_image_does_not() {
-        let (w, h) = (32, 4);
+        let (w, h) = (64, 4);
         // a ramp of 2 levels per pixel, with a step of 40 at column 16
         let frame = |step: u8| -> Vec<u8> {
             (0..h)
