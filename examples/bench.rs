@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release --example bench -- --model-dir DIR --width W --height H [--frames N] [--scale S]
 //!  [--precision f32|bf16|f16] [--sparse-ratio R] [--local-range L] [--kv-ratio K] [--device cpu|cuda:N]
-//!  [--portable] [--no-replays]`
+//!  [--portable] [--no-replays] [--tile-size T] [--tile-overlap O] [--max-memory BYTES]`
 //!
 //! Streams N synthetic frames through the engine and prints, per steady-state
 //! chunk, the time of each stage, then `fps=<value>` (frames out per second of
@@ -10,8 +10,12 @@
 //! after the first over their time) and `dit_efficiency=<value>`: the time the
 //! DiT's matrix products take alone (the same shapes and dtype, replayed in this
 //! run) divided by the DiT's time; `--no-replays` skips those replays, which take
-//! longer than the run itself. Make a model folder with the released widths
-//! with `cargo run --release --example make_model`.
+//! longer than the run itself. It prints the tile plan the engine chose before
+//! streaming and, at the end, `peak_rss_mib=<value>`: the process's peak resident
+//! memory (VmHWM, loading the weights included) and `stream_peak_rss_mib=<value>`,
+//! the peak while streaming (the peak is reset once the weights are loaded).
+//! Make a model folder with the released widths with
+//! `cargo run --release --example make_model`.
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use gstflashvsr::devtools::replay;
-use gstflashvsr::engine::{ChunkProfile, Engine, EngineSettings, RgbFrame};
+use gstflashvsr::engine::{ChunkProfile, Engine, EngineSettings, RgbFrame, memory};
 use gstflashvsr::model::profile::Stage;
 
 /// Streams synthetic frames through the engine and prints per-chunk stage
@@ -50,6 +54,25 @@ struct Cli {
     /// (no efficiency figures)
     #[arg(long)]
     no_replays: bool,
+
+    /// Side of the tiles, in output pixels (a multiple of 128); 0: whole frames
+    /// unless the memory budget needs tiles
+    #[arg(long, value_name = "T", default_value_t = EngineSettings::default().tile_size)]
+    tile_size: u32,
+
+    /// Output pixels neighbouring tiles overlap by (a multiple of 8)
+    #[arg(long, value_name = "O", default_value_t = EngineSettings::default().tile_overlap)]
+    tile_overlap: u32,
+
+    /// Memory budget of the stream in bytes; 0: the available memory
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    max_memory: u64,
+}
+
+/// A `Key:` line of /proc/self/status in MiB (VmHWM, VmRSS).
+fn status_mib(key: &str) -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    memory::parse_meminfo(&text, key).map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
 /// A moving colour pattern, so that every frame differs.
@@ -77,6 +100,9 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     let settings = EngineSettings {
         kernels: args.kernels.path(),
+        tile_size: args.tile_size,
+        tile_overlap: args.tile_overlap,
+        max_memory: (args.max_memory > 0).then_some(args.max_memory),
         ..args.engine.settings()
     };
     let mut engine = match Engine::<usize>::new(settings.clone()) {
@@ -98,6 +124,16 @@ fn main() -> ExitCode {
         settings.local_range,
         settings.kv_ratio
     );
+    match engine.plan(args.width, args.height) {
+        Ok(plan) => println!("tile plan: {plan}"),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let peak_after_loading = status_mib("VmHWM:");
+    // The streaming's own peak: reset the high-water mark once the weights are in.
+    let peak_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let start = Instant::now();
     let mut produced = 0usize;
     let mut profiles: Vec<ChunkProfile> = Vec::new();
@@ -197,6 +233,16 @@ fn main() -> ExitCode {
         );
     } else {
         println!("dit_efficiency=n/a (fewer than two chunks: give at least 33 frames)");
+    }
+    match status_mib("VmHWM:") {
+        Some(peak) => {
+            let overall = peak_after_loading.map_or(peak, |p| p.max(peak));
+            println!("peak_rss_mib={overall:.0}");
+            if peak_reset {
+                println!("stream_peak_rss_mib={peak:.0}");
+            }
+        }
+        None => println!("peak_rss_mib=n/a (no VmHWM in /proc/self/status)"),
     }
     ExitCode::SUCCESS
 }

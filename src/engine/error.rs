@@ -16,12 +16,14 @@ pub enum EngineError {
     /// A pushed frame does not describe a valid packed RGB24 image.
     InvalidFrame(String),
     /// Frames of this size would need more memory than there is (the estimate of
-    /// `engine::memory`); sizes are the output's.
+    /// `engine::memory`); sizes are the output's. `tile`: the side of the tiles
+    /// the figure is for (the smallest tried, or the `tile_size` setting).
     TooLarge {
         out_width: usize,
         out_height: usize,
         needed: u64,
         available: u64,
+        tile: Option<usize>,
     },
     /// The chunk in progress was stopped through `Engine::cancel_token` (a flush, a
     /// seek, a state change); the stream was dropped, nothing of it is returned.
@@ -117,12 +119,19 @@ impl fmt::Display for EngineError {
                 out_height,
                 needed,
                 available,
-            } => write!(
-                f,
-                "FlashVSR needs about {} for {out_width}x{out_height} output, {} available: lower the scale or the input size",
-                human_bytes(*needed),
-                human_bytes(*available)
-            ),
+                tile,
+            } => {
+                write!(
+                    f,
+                    "FlashVSR needs about {} for {out_width}x{out_height} output, {} available",
+                    human_bytes(*needed),
+                    human_bytes(*available)
+                )?;
+                if let Some(tile) = tile {
+                    write!(f, " (in tiles of {tile}x{tile})")?;
+                }
+                f.write_str(": lower the scale or the input size")
+            }
             Self::Cancelled => write!(f, "cancelled (flush, seek or state change)"),
             Self::Model { context, source } => write!(f, "{context}: {source}"),
         }
@@ -178,10 +187,22 @@ mod tests {
             out_height: 8192,
             needed: 44_236_955_238,
             available: 24_588_563_251,
+            tile: None,
         };
         assert_eq!(
             e.to_string(),
             "FlashVSR needs about 41.2 GiB for 8192x8192 output, 22.9 GiB available: lower the scale or the input size"
+        );
+        let e = EngineError::TooLarge {
+            out_width: 8192,
+            out_height: 8192,
+            needed: 44_236_955_238,
+            available: 24_588_563_251,
+            tile: Some(128),
+        };
+        assert_eq!(
+            e.to_string(),
+            "FlashVSR needs about 41.2 GiB for 8192x8192 output, 22.9 GiB available (in tiles of 128x128): lower the scale or the input size"
         );
     }
 

@@ -7,13 +7,18 @@
 //! working sets of the stages of chunk 0, the largest chunk (25 input frames, 6
 //! latent frames, 21 output frames). Everything is counted per padded output pixel `P` (tokens per
 //! latent frame `T = P / 256`), except the DiT's block mask, which grows with
-//! `T^2`. The widths come from the loaded model's configuration.
+//! `T^2`. The widths come from the loaded model's configuration. A tiled stream
+//! (`engine::tiles`) holds one sequence's state per tile and works on one tile at
+//! a time, next to the whole-frame window, LQ tensor and blend
+//! (`estimate_tiled`).
 
 use crate::model::FlashVsrModel;
 use crate::model::dit::DitConfig;
 use crate::model::lq_proj::{LqProjConfig, UNSHUFFLE};
-use crate::model::schedule::{FIRST_CHUNK_INPUT, FIRST_CHUNK_OUTPUT, chunk_noise_frames};
-use crate::model::tcdecoder::{FRAMES_PER_LATENT, TcDecoderConfig};
+use crate::model::schedule::{
+    FIRST_CHUNK_INPUT, FIRST_CHUNK_OUTPUT, LATENT_CHANNELS, chunk_noise_frames,
+};
+use crate::model::tcdecoder::{DecoderTiling, FRAMES_PER_LATENT, TcDecoderConfig};
 
 /// Output pixels per DiT token (one token per 2x2 latent patch of 8x8 pixels).
 const PIXELS_PER_TOKEN: f64 = 256.0;
@@ -57,6 +62,8 @@ impl ModelShape {
 pub struct MemoryEstimate {
     pub padded_width: usize,
     pub padded_height: usize,
+    /// Model sequences the stream runs: 1 for whole frames, else one per tile.
+    pub tiles: usize,
     /// The loaded weights (already resident when a stream starts).
     pub weights: u64,
     /// Held between chunks: the pre-upscaled frames, the DiT's KV cache, the
@@ -81,89 +88,282 @@ impl MemoryEstimate {
 }
 
 /// The estimate for a stream whose frames are padded to `padded_width x
-/// padded_height`; `kv_time_windows` is the setting `kv_ratio` rounded down.
+/// padded_height`, run whole (one model sequence); `kv_time_windows` is the
+/// setting `kv_ratio` rounded down.
 pub fn estimate(
     shape: &ModelShape,
     padded_width: usize,
     padded_height: usize,
     kv_time_windows: usize,
 ) -> MemoryEstimate {
-    let p = padded_width as f64 * padded_height as f64;
-    let t = p / PIXELS_PER_TOKEN;
-    let e = shape.dtype_bytes as f64;
-    let ec = shape.conv_bytes as f64;
-    let d = &shape.dit;
-    let dim = d.dim as f64;
-    let layers = d.num_layers as f64;
-    let [c0, c1, c2, c3] = shape.decoder.channels.map(|c| c as f64);
-    let first_latents = chunk_noise_frames(0).len() as f64;
-    let lq_frames = FIRST_CHUNK_INPUT as f64;
-    let out_frames = FIRST_CHUNK_OUTPUT as f64;
-    let decoded_frames = FRAMES_PER_LATENT as f64 * first_latents;
-
-    // Held: 25 padded RGB24 frames; K and V of every block for the time windows
-    // kept (chunk 0 leaves 3, each of 2 latent frames) plus the one being added;
-    // the decoder MemBlocks' last inputs (3 per stage, at 1/8, 1/4 and 1/2 size).
-    let windows = kv_time_windows.max(3) as f64;
-    let kv = 2.0 * (layers * 2.0 * windows + 2.0 * (windows + 1.0)) * t * dim * e;
-    let decoder_memory = 3.0 * (c0 / 64.0 + c1 / 16.0 + c2 / 4.0) * p * ec;
-    let lq_cache = 2.0 * (shape.lq_proj.hidden1 + shape.lq_proj.in_channels) as f64 * p
-        / (UNSHUFFLE * UNSHUFFLE) as f64
-        * ec;
-    let held = lq_frames * 3.0 * p + kv + decoder_memory + lq_cache;
-
-    // The LQ tensor of the chunk (f32) is alive through all its stages.
-    let lq_tensor = lq_frames * 3.0 * 4.0 * p;
-
-    // LQ projection: a 4-frame clip converted and unshuffled, both 3-D
-    // convolutions' outputs with their normalised copies.
-    let l = &shape.lq_proj;
-    let lq_proj = 2.0 * 4.0 * 3.0 * p * ec
-        + 4.0 * 3.0 * (l.hidden1 + l.hidden2) as f64 * p / (UNSHUFFLE * UNSHUFFLE) as f64 * ec
-        + l.layers as f64 * first_latents * t / 4.0 * l.out_dim as f64 * e;
-
-    // DiT, over chunk 0's tokens: about 10 rows of width D (input, norm, q, k, v,
-    // attention output, residuals) and 2 of the feed-forward width per token, the
-    // LQ features added to the leading blocks, and the block mask: pooled scores,
-    // bias and their softmax, 3 f32 values per pair of windows and head.
-    let tokens = first_latents * t;
-    let query_windows = tokens / WINDOW_TOKENS;
-    let key_windows = (first_latents.max(2.0 * (windows + 1.0))) * t / WINDOW_TOKENS;
-    let dit = tokens * (10.0 * dim + 2.0 * d.ffn_dim as f64) * e
-        + l.layers as f64 * tokens * dim * e
-        + 3.0 * d.heads as f64 * query_windows * key_windows * 4.0;
-
-    // Decoder: the condition frames (padded to 24, then reordered), its input at
-    // latent size, per latent frame its 4 full-size frames in 5 live tensors of
-    // the last widths (4 and a padded copy), and 2 half-size frames through a
-    // MemBlock; then the decoded frames (collected, concatenated, rescaled twice,
-    // f32), the colour fix (up to 6 copies) and the RGB24 output (3 copies).
-    let cfull = c2.max(c3);
-    let decoder = 2.0 * decoded_frames * 3.0 * p * ec
-        + first_latents * shape.decoder.in_channels as f64 * p / 64.0 * ec
-        + FRAMES_PER_LATENT as f64 * 5.0 * cfull * p * ec
-        + 2.0 * 8.0 * c2 * p / 4.0 * ec
-        + 4.0 * decoded_frames * 3.0 * p * 4.0;
-    let output = 6.0 * out_frames * 3.0 * p * 4.0 + 3.0 * out_frames * 4.0 * p;
-
-    let stages = [
-        ("LQ projection", lq_proj),
-        ("DiT", dit),
-        ("decoder", decoder),
-        ("colour fix and output", output),
-    ];
-    let (peak_stage, largest) =
-        stages.into_iter().fold(
-            ("LQ projection", 0.0),
-            |best, s| if s.1 > best.1 { s } else { best },
-        );
+    let parts = SequenceParts::new(shape, padded_width, padded_height, kv_time_windows);
+    let (peak_stage, largest) = parts.largest_stage(&STAGES);
     MemoryEstimate {
         padded_width,
         padded_height,
+        tiles: 1,
+        weights: shape.weight_bytes,
+        held: to_bytes(parts.window + parts.sequence_held),
+        working: to_bytes(parts.lq_tensor + largest),
+        peak_stage,
+    }
+}
+
+/// The estimate for a stream of `padded_width x padded_height` frames run as one
+/// model sequence per tile of `tiles` (each `(width, height)`), blended into the
+/// whole frame. Held: the whole-frame window plus every tile's sequence state.
+/// Working: the chunk's whole-frame noise, plus the largest of a tile's chunk
+/// (its LQ tensor, built from its crop of the frames, and its stages, while the
+/// blend accumulator is alive), the blend step (the accumulator, the placed tile
+/// and their sum, whole-frame, with the weighted tile) and the output
+/// conversion (the accumulator and one frame's copies). One tile is the
+/// untiled estimate.
+pub fn estimate_tiled(
+    shape: &ModelShape,
+    padded_width: usize,
+    padded_height: usize,
+    tiles: &[(usize, usize)],
+    kv_time_windows: usize,
+) -> MemoryEstimate {
+    if tiles.len() <= 1 {
+        return estimate(shape, padded_width, padded_height, kv_time_windows);
+    }
+    let p = padded_width as f64 * padded_height as f64;
+    let whole = SequenceParts::new(shape, padded_width, padded_height, kv_time_windows);
+    let tile_parts: Vec<SequenceParts> = tiles
+        .iter()
+        .map(|&(w, h)| SequenceParts::new(shape, w, h, kv_time_windows))
+        .collect();
+    let held = whole.window + tile_parts.iter().map(|t| t.sequence_held).sum::<f64>();
+
+    let accumulator = blend_accumulator(padded_width, padded_height);
+    let (tile_stage, tile_run) = tile_parts
+        .iter()
+        .map(|t| {
+            let (stage, largest) = t.largest_stage(&TILE_STAGES);
+            // the crops of the frames (RGB24) and the tile's LQ tensor
+            (stage, t.window + t.lq_tensor + largest)
+        })
+        .fold(("", 0.0), |best, s| if s.1 > best.1 { s } else { best });
+    let largest_tile = tiles.iter().map(|&(w, h)| w * h).max().unwrap_or(0);
+    let blend = 3.0 * accumulator + 2.0 * blend_accumulator(largest_tile, 1);
+    // one frame through the conversion: f32 in RGB order, on the host, RGB24
+    let output = accumulator + (4.0 + 4.0 + 2.0 * 1.0) * 3.0 * p;
+    let stages = [
+        (tile_stage, accumulator + tile_run),
+        ("tile blend", blend),
+        ("output conversion", output),
+    ];
+    let (peak_stage, largest) = largest_of(stages);
+    // What the allocator keeps of the tiles run before the peak: at 4 tiles of
+    // 384 (released widths) the itemised estimate was 8% under the measured
+    // peak. A tenth of a tile's chunk per tile, at most 4 tenths (more tiles
+    // were not measured; docs/element.md, "Memory and tiles").
+    let allocator = 0.1 * tiles.len().min(4) as f64 * tile_run;
+    let noise = LATENT_CHANNELS as f64 * chunk_noise_frames(0).len() as f64 * p / 64.0 * 4.0;
+    MemoryEstimate {
+        padded_width,
+        padded_height,
+        tiles: tiles.len(),
         weights: shape.weight_bytes,
         held: to_bytes(held),
-        working: to_bytes(lq_tensor + largest),
+        working: to_bytes(noise + largest + allocator),
         peak_stage,
+    }
+}
+
+/// The estimate for a stream of whole `padded_width x padded_height` frames
+/// whose decoder works in tiles decoding `regions` (each `(width, height)`,
+/// `DecoderTiling::decoded_sizes`).
+pub fn estimate_decoder_tiled(
+    shape: &ModelShape,
+    padded_width: usize,
+    padded_height: usize,
+    regions: &[(usize, usize)],
+    kv_time_windows: usize,
+) -> MemoryEstimate {
+    let parts = SequenceParts::new(shape, padded_width, padded_height, kv_time_windows)
+        .with_decoder_regions(shape, padded_width, padded_height, regions);
+    let (peak_stage, largest) = parts.largest_stage(&DECODER_TILED_STAGES);
+    MemoryEstimate {
+        padded_width,
+        padded_height,
+        tiles: 1,
+        weights: shape.weight_bytes,
+        held: to_bytes(parts.window + parts.sequence_held),
+        working: to_bytes(parts.lq_tensor + largest),
+        peak_stage,
+    }
+}
+
+const DECODER_TILED_STAGES: [&str; 4] = [
+    "LQ projection",
+    "DiT",
+    "decoder (in tiles)",
+    "colour fix and output",
+];
+
+/// The blended output of one chunk: its output frames, f32 RGB.
+fn blend_accumulator(width: usize, height: usize) -> f64 {
+    FIRST_CHUNK_OUTPUT as f64 * 3.0 * 4.0 * width as f64 * height as f64
+}
+
+const STAGES: [&str; 4] = ["LQ projection", "DiT", "decoder", "colour fix and output"];
+const TILE_STAGES: [&str; 4] = [
+    "LQ projection (largest tile)",
+    "DiT (largest tile)",
+    "decoder (largest tile)",
+    "colour fix (largest tile)",
+];
+
+fn largest_of<const N: usize>(stages: [(&'static str, f64); N]) -> (&'static str, f64) {
+    stages.into_iter().fold(
+        (stages[0].0, 0.0),
+        |best, s| if s.1 > best.1 { s } else { best },
+    )
+}
+
+/// The memory model of one model sequence at one padded frame size, in bytes.
+struct SequenceParts {
+    /// The pre-upscaled frames the stream holds (whole frames only).
+    window: f64,
+    /// Held between chunks by the sequence: KV cache, decoder and LQ memories.
+    sequence_held: f64,
+    /// The decoder's part of `sequence_held`.
+    decoder_memory: f64,
+    /// The chunk's LQ tensor, alive through its stages.
+    lq_tensor: f64,
+    lq_proj: f64,
+    dit: f64,
+    decoder: f64,
+    output: f64,
+}
+
+impl SequenceParts {
+    fn new(
+        shape: &ModelShape,
+        padded_width: usize,
+        padded_height: usize,
+        kv_time_windows: usize,
+    ) -> Self {
+        let p = padded_width as f64 * padded_height as f64;
+        let t = p / PIXELS_PER_TOKEN;
+        let e = shape.dtype_bytes as f64;
+        let ec = shape.conv_bytes as f64;
+        let d = &shape.dit;
+        let dim = d.dim as f64;
+        let layers = d.num_layers as f64;
+        let [c0, c1, c2, c3] = shape.decoder.channels.map(|c| c as f64);
+        let first_latents = chunk_noise_frames(0).len() as f64;
+        let lq_frames = FIRST_CHUNK_INPUT as f64;
+        let out_frames = FIRST_CHUNK_OUTPUT as f64;
+        let decoded_frames = FRAMES_PER_LATENT as f64 * first_latents;
+
+        // Held: 25 padded RGB24 frames (by the stream); K and V of every block for the time windows
+        // kept (chunk 0 leaves 3, each of 2 latent frames) plus the one being added;
+        // the decoder MemBlocks' last inputs (3 per stage, at 1/8, 1/4 and 1/2 size).
+        let windows = kv_time_windows.max(3) as f64;
+        let kv = 2.0 * (layers * 2.0 * windows + 2.0 * (windows + 1.0)) * t * dim * e;
+        let decoder_memory = 3.0 * (c0 / 64.0 + c1 / 16.0 + c2 / 4.0) * p * ec;
+        let lq_cache = 2.0 * (shape.lq_proj.hidden1 + shape.lq_proj.in_channels) as f64 * p
+            / (UNSHUFFLE * UNSHUFFLE) as f64
+            * ec;
+
+        // The LQ tensor of the chunk (f32) is alive through all its stages.
+        let lq_tensor = lq_frames * 3.0 * 4.0 * p;
+
+        // LQ projection: a 4-frame clip converted and unshuffled, both 3-D
+        // convolutions' outputs with their normalised copies.
+        let l = &shape.lq_proj;
+        let lq_proj = 2.0 * 4.0 * 3.0 * p * ec
+            + 4.0 * 3.0 * (l.hidden1 + l.hidden2) as f64 * p / (UNSHUFFLE * UNSHUFFLE) as f64 * ec
+            + l.layers as f64 * first_latents * t / 4.0 * l.out_dim as f64 * e;
+
+        // DiT, over chunk 0's tokens: about 10 rows of width D (input, norm, q, k, v,
+        // attention output, residuals) and 2 of the feed-forward width per token, the
+        // LQ features added to the leading blocks, and the block mask: pooled scores,
+        // bias and their softmax, 3 f32 values per pair of windows and head.
+        let tokens = first_latents * t;
+        let query_windows = tokens / WINDOW_TOKENS;
+        let key_windows = (first_latents.max(2.0 * (windows + 1.0))) * t / WINDOW_TOKENS;
+        let dit = tokens * (10.0 * dim + 2.0 * d.ffn_dim as f64) * e
+            + l.layers as f64 * tokens * dim * e
+            + 3.0 * d.heads as f64 * query_windows * key_windows * 4.0;
+
+        // Decoder: the condition frames (padded to 24, then reordered), its input at
+        // latent size, per latent frame its 4 full-size frames in 5 live tensors of
+        // the last widths (4 and a padded copy), and 2 half-size frames through a
+        // MemBlock; then the decoded frames (collected, concatenated, rescaled twice,
+        // f32), the colour fix (up to 6 copies) and the RGB24 output (3 copies).
+        let cfull = c2.max(c3);
+        let decoder = 2.0 * decoded_frames * 3.0 * p * ec
+            + first_latents * shape.decoder.in_channels as f64 * p / 64.0 * ec
+            + FRAMES_PER_LATENT as f64 * 5.0 * cfull * p * ec
+            + 2.0 * 8.0 * c2 * p / 4.0 * ec
+            + 4.0 * decoded_frames * 3.0 * p * 4.0;
+        let output = 6.0 * out_frames * 3.0 * p * 4.0 + 3.0 * out_frames * 4.0 * p;
+        Self {
+            window: lq_frames * 3.0 * p,
+            sequence_held: kv + decoder_memory + lq_cache,
+            decoder_memory,
+            lq_tensor,
+            lq_proj,
+            dit,
+            decoder,
+            output,
+        }
+    }
+
+    /// The same sequence with its decoder in tiles that decode `regions`
+    /// (`DecoderTiling::decoded_sizes`, output pixels, halo included): the
+    /// decoder holds one memory per tile (at the tile's region widened by the
+    /// input halo) and works on one region at a time, beside the whole frame's
+    /// condition frames and latents, the blend of the decoded frames
+    /// (accumulator, placed tile and sum) and the decoded frames after it.
+    fn with_decoder_regions(
+        mut self,
+        shape: &ModelShape,
+        padded_width: usize,
+        padded_height: usize,
+        regions: &[(usize, usize)],
+    ) -> Self {
+        let p = padded_width as f64 * padded_height as f64;
+        let ec = shape.conv_bytes as f64;
+        let halo = 2 * (DecoderTiling::HALO[0] - DecoderTiling::HALO[3]);
+        let memory: f64 = regions
+            .iter()
+            .map(|&(w, h)| {
+                let widened = (w + halo).min(padded_width) * (h + halo).min(padded_height);
+                let one = SequenceParts::new(shape, w, h, 3);
+                one.decoder_memory / (w * h) as f64 * widened as f64
+            })
+            .sum();
+        let largest = regions
+            .iter()
+            .map(|&(w, h)| SequenceParts::new(shape, w, h, 3).decoder)
+            .fold(0.0, f64::max);
+        let first_latents = chunk_noise_frames(0).len() as f64;
+        let decoded_frames = FRAMES_PER_LATENT as f64 * first_latents;
+        let decoded = decoded_frames * 3.0 * 4.0 * p;
+        let whole_frame = 2.0 * decoded_frames * 3.0 * p * ec
+            + first_latents * shape.decoder.in_channels as f64 * p / 64.0 * ec
+            + 3.0 * decoded
+            + 4.0 * decoded;
+        self.sequence_held += memory - self.decoder_memory;
+        self.decoder_memory = memory;
+        self.decoder = largest + whole_frame;
+        self
+    }
+
+    /// The largest stage working set, named from `names` (LQ projection, DiT,
+    /// decoder, output).
+    fn largest_stage(&self, names: &[&'static str; 4]) -> (&'static str, f64) {
+        largest_of([
+            (names[0], self.lq_proj),
+            (names[1], self.dit),
+            (names[2], self.decoder),
+            (names[3], self.output),
+        ])
     }
 }
 

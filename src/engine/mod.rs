@@ -10,7 +10,8 @@
 //!   25), plus the tags of frames not yet output; streams can be unbounded. A stream
 //!   whose estimated peak (`memory`) exceeds `EngineSettings::max_memory` (default:
 //!   `MemAvailable`) is refused with `EngineError::TooLarge` before it starts; the
-//!   stream before it is then left intact for `finish`.
+//!   stream before it is then left intact for `finish`. Streams too large for the
+//!   budget whole run in tiles (`tiles`, `EngineSettings::tile_size`).
 //! - `finish` (end of stream) extends the input with copies of the last frame as far
 //!   as the last chunk needs and returns exactly the real frames.
 //! - A frame whose size differs from the stream's finishes the current stream (its
@@ -25,6 +26,7 @@ pub mod memory;
 pub mod noise;
 mod settings;
 mod stream;
+pub mod tiles;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,9 +40,10 @@ pub use memory::MemoryEstimate;
 pub use noise::{FixedNoise, NoiseSource, SeededNoise};
 pub use settings::{
     DeviceSpec, EngineSettings, KV_RATIO_RANGE, LOCAL_RANGE_RANGE, Precision, SCALE_RANGE,
-    SPARSE_RATIO_RANGE,
+    SPARSE_RATIO_RANGE, TILE_MULTIPLE, TILE_OVERLAP_MULTIPLE, TILE_OVERLAP_RANGE, TILE_SIZE_RANGE,
 };
 pub use stream::{ChunkProfile, PAD_MULTIPLE};
+pub use tiles::{TILE_ALIGN, TileLayout, TilePlan};
 
 use crate::model::schedule::FIRST_CHUNK_INPUT;
 use crate::model::{CancelToken, FlashVsrModel, ModelOptions};
@@ -185,45 +188,50 @@ impl<T> Engine<T> {
         ))
     }
 
-    /// The memory estimate for a stream of `width x height` input frames
-    /// (`engine::memory`).
+    /// The memory estimate for a stream of `width x height` input frames run
+    /// whole (`engine::memory`); `plan` gives the one of the tiles it would run in.
     pub fn memory_estimate(&self, width: u32, height: u32) -> Result<MemoryEstimate, EngineError> {
         let geometry = Geometry::new(width, height, self.settings.scale)?;
-        Ok(self.estimate(geometry))
-    }
-
-    /// Checks that a stream of `width x height` input frames fits in the memory
-    /// budget (`EngineSettings::max_memory`); `push` does the same when a stream
-    /// starts. Returns the estimate, or `EngineError::TooLarge` with the figures.
-    pub fn check_size(&self, width: u32, height: u32) -> Result<MemoryEstimate, EngineError> {
-        self.check_geometry(Geometry::new(width, height, self.settings.scale)?)
-    }
-
-    fn estimate(&self, geometry: Geometry) -> MemoryEstimate {
-        memory::estimate(
+        Ok(memory::estimate(
             &memory::ModelShape::of(&self.model),
             geometry.padded_width,
             geometry.padded_height,
             self.settings.kv_ratio as usize,
-        )
+        ))
     }
 
-    fn check_geometry(&self, geometry: Geometry) -> Result<MemoryEstimate, EngineError> {
-        let estimate = self.estimate(geometry);
+    /// How a stream of `width x height` input frames would run now: whole frames
+    /// or tiles (the `tile_size` setting, or the largest tiles that fit in the
+    /// memory budget, `EngineSettings::max_memory`), with its estimate; or
+    /// `EngineError::TooLarge` with the figures. `push` does the same when a
+    /// stream starts.
+    pub fn plan(&self, width: u32, height: u32) -> Result<TilePlan, EngineError> {
+        self.plan_geometry(&Geometry::new(width, height, self.settings.scale)?)
+    }
+
+    /// The sizes of the loaded model the memory model reads.
+    pub fn model_shape(&self) -> memory::ModelShape {
+        memory::ModelShape::of(&self.model)
+    }
+
+    /// Checks that a stream of `width x height` input frames fits in the memory
+    /// budget, tiled if need be (`plan`); returns the estimate of the plan.
+    pub fn check_size(&self, width: u32, height: u32) -> Result<MemoryEstimate, EngineError> {
+        self.plan(width, height).map(|plan| plan.estimate)
+    }
+
+    fn plan_geometry(&self, geometry: &Geometry) -> Result<TilePlan, EngineError> {
         let budget = match self.settings.max_memory {
             Some(bytes) => Some(bytes),
             None if self.model.device().is_cpu() => memory::available_memory(),
             None => None,
         };
-        match budget {
-            Some(available) if estimate.stream() > available => Err(EngineError::TooLarge {
-                out_width: geometry.out_width,
-                out_height: geometry.out_height,
-                needed: estimate.stream(),
-                available,
-            }),
-            _ => Ok(estimate),
-        }
+        tiles::plan(
+            &memory::ModelShape::of(&self.model),
+            geometry,
+            &self.settings,
+            budget,
+        )
     }
 
     /// Takes one frame; returns the upscaled frames that became ready, in input order,
@@ -236,17 +244,23 @@ impl<T> Engine<T> {
             .as_ref()
             .is_some_and(|s| s.geometry() == geometry);
         let mut out = Vec::new();
+        let mut layout = TileLayout::WHOLE;
         if !same_stream {
             // Refused before the current stream is finished: its frames stay held
             // and `finish` still returns them.
-            self.check_geometry(geometry)?;
+            layout = self.plan_geometry(&geometry)?.layout;
             out = self.finish()?;
         }
         let stream = match &mut self.stream {
             Some(stream) => stream,
             None => {
-                let mut stream =
-                    Stream::new(self.model.as_ref(), &self.settings, geometry, &self.cancel)?;
+                let mut stream = Stream::new(
+                    self.model.as_ref(),
+                    &self.settings,
+                    geometry,
+                    layout,
+                    &self.cancel,
+                )?;
                 stream.set_profiling(self.profiling);
                 self.stream.insert(stream)
             }
@@ -329,6 +343,12 @@ impl<T> Engine<T> {
         self.settings = settings;
         self.stream = None;
         Ok(())
+    }
+
+    /// The model sequences the current stream runs (one per tile; 0 without a
+    /// stream).
+    pub fn stream_tiles(&self) -> usize {
+        self.stream.as_ref().map_or(0, Stream::tile_count)
     }
 
     /// Frames received and not yet returned.

@@ -93,6 +93,17 @@ pub const SCALE_RANGE: RangeInclusive<u32> = 2..=4;
 pub const SPARSE_RATIO_RANGE: RangeInclusive<f64> = 0.1..=16.0;
 pub const KV_RATIO_RANGE: RangeInclusive<f64> = 1.0..=16.0;
 pub const LOCAL_RANGE_RANGE: RangeInclusive<u32> = 1..=63;
+/// `tile_size`: 0 (tiles only when the memory budget needs them) or a multiple of
+/// `TILE_MULTIPLE` up to 8192 output pixels.
+pub const TILE_SIZE_RANGE: RangeInclusive<u32> = 0..=8192;
+/// `tile_overlap`: a multiple of `TILE_OVERLAP_MULTIPLE`, less than the tile.
+pub const TILE_OVERLAP_RANGE: RangeInclusive<u32> = 0..=8184;
+/// Tile sides are multiples of this: the model's frame sides must be
+/// (`stream::PAD_MULTIPLE`).
+pub const TILE_MULTIPLE: u32 = 128;
+/// Tile starts and overlaps are multiples of this: the noise is cropped with
+/// the frame at 1/8 size.
+pub const TILE_OVERLAP_MULTIPLE: u32 = 8;
 
 /// Everything the engine needs to know; `Default` gives the official settings
 /// (v1.1 weights, x4, f32 on the CPU, adain colour fix) with no model folder.
@@ -122,6 +133,14 @@ pub struct EngineSettings {
     /// larger is refused. `None`: `MemAvailable` when the stream starts, on the CPU;
     /// no check on CUDA, whose memory the estimate does not read.
     pub max_memory: Option<u64>,
+    /// Side, in output pixels, of the square tiles a stream runs as separate model
+    /// sequences (`engine::tiles`); 0: whole frames, unless the memory budget
+    /// needs tiles, then the largest that fit. A tile larger than the frame
+    /// covers it whole.
+    pub tile_size: u32,
+    /// Output pixels neighbouring tiles share and blend over (at least; the
+    /// tiles are spread evenly).
+    pub tile_overlap: u32,
 }
 
 impl Default for EngineSettings {
@@ -139,6 +158,8 @@ impl Default for EngineSettings {
             seed: 0,
             kernels: KernelPath::Fast,
             max_memory: None,
+            tile_size: 0,
+            tile_overlap: 64,
         }
     }
 }
@@ -175,6 +196,36 @@ impl EngineSettings {
                     LOCAL_RANGE_RANGE.end(),
                     self.local_range
                 ),
+            ));
+        }
+        self.validate_tiles()
+    }
+
+    fn validate_tiles(&self) -> Result<(), EngineError> {
+        let (tile, overlap) = (self.tile_size, self.tile_overlap);
+        if !TILE_SIZE_RANGE.contains(&tile) || !tile.is_multiple_of(TILE_MULTIPLE) {
+            return Err(EngineError::setting(
+                "tile_size",
+                format!(
+                    "must be 0 (automatic) or a multiple of {TILE_MULTIPLE} up to {}, got {tile}",
+                    TILE_SIZE_RANGE.end()
+                ),
+            ));
+        }
+        if !TILE_OVERLAP_RANGE.contains(&overlap) || !overlap.is_multiple_of(TILE_OVERLAP_MULTIPLE)
+        {
+            return Err(EngineError::setting(
+                "tile_overlap",
+                format!(
+                    "must be a multiple of {TILE_OVERLAP_MULTIPLE} up to {}, got {overlap}",
+                    TILE_OVERLAP_RANGE.end()
+                ),
+            ));
+        }
+        if tile > 0 && overlap >= tile {
+            return Err(EngineError::setting(
+                "tile_overlap",
+                format!("must be less than the tile size {tile}, got {overlap}"),
             ));
         }
         Ok(())
@@ -243,7 +294,7 @@ mod tests {
     fn each_out_of_range_field_is_named() {
         /// Makes one field of valid settings invalid.
         type Breaker = fn(&mut EngineSettings);
-        let cases: [(&str, Breaker); 12] = [
+        let cases: [(&str, Breaker); 17] = [
             ("model_dir", |s| s.model_dir = PathBuf::new()),
             ("scale", |s| s.scale = 1),
             ("scale", |s| s.scale = 5),
@@ -256,6 +307,14 @@ mod tests {
             ("kv_ratio", |s| s.kv_ratio = f64::INFINITY),
             ("local_range", |s| s.local_range = 0),
             ("local_range", |s| s.local_range = 64),
+            ("tile_size", |s| s.tile_size = 100),
+            ("tile_size", |s| s.tile_size = 8320),
+            ("tile_overlap", |s| s.tile_overlap = 12),
+            ("tile_overlap", |s| s.tile_overlap = 8192),
+            ("tile_overlap", |s| {
+                s.tile_size = 256;
+                s.tile_overlap = 256
+            }),
         ];
         for (field, break_it) in cases {
             let mut s = valid();
@@ -274,6 +333,13 @@ mod tests {
         edge.sparse_ratio = 0.1;
         edge.kv_ratio = 1.0;
         edge.local_range = 63;
+        edge.tile_size = 128;
+        edge.tile_overlap = 120;
+        edge.validate().unwrap();
+        // without tiles any overlap in range is accepted (it applies to the
+        // tiles the budget may pick)
+        edge.tile_size = 0;
+        edge.tile_overlap = 512;
         edge.validate().unwrap();
     }
 

@@ -1,20 +1,25 @@
-//! One stream: frames of one size, the model's temporal state, the window of
-//! pre-upscaled frames the next chunk needs and the tags of the frames not yet output.
+//! One stream: frames of one size, the model's temporal state (one sequence per
+//! tile, `engine::tiles`), the window of pre-upscaled frames the next chunk needs
+//! and the tags of the frames not yet output.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
 
 use crate::layers::shape_log::{ConvShape, MatmulShape};
 use crate::model::profile::{Stage, StageTimes};
 use crate::model::schedule::{
     LATENT_CHANNELS, chunk_lq_span, chunk_noise_frames, chunk_output_span, chunks_for,
 };
+use crate::model::tiling::{Blender, Tile};
 use crate::model::{CancelToken, ChunkTrace, SequenceConfig};
 use crate::pixels::bicubic::BicubicResizer;
 use crate::pixels::frames::{crop_frame_rgb, pad_frame_rgb, rgb_to_tensor, tensor_to_rgb};
 
 use super::chunk_model::ChunkModel;
 use super::noise::NoiseSource;
+use super::tiles::TileLayout;
 use super::{EngineError, EngineSettings, RgbFrame};
 
 /// The frame side lengths the model works on are multiples of this (the sparse
@@ -86,7 +91,8 @@ pub struct Stream<T, M: ChunkModel> {
     geometry: Geometry,
     /// The pre-upscale to the output size, prepared once for the stream's size.
     resizer: BicubicResizer,
-    state: M::State,
+    /// One model sequence per tile of the padded frame (one tile: whole frames).
+    tiles: Vec<TileSequence<M::State>>,
     /// Frames received so far (real ones; drain copies are never stored).
     received: usize,
     /// Frames output so far; `tags[0]` belongs to frame `emitted`.
@@ -98,45 +104,60 @@ pub struct Stream<T, M: ChunkModel> {
     tags: VecDeque<T>,
 }
 
+/// One tile's place in the padded frame and its own model sequence: exactly the
+/// state of an untiled stream of tile-sized frames.
+struct TileSequence<S> {
+    tile: Tile,
+    state: S,
+}
+
 impl<T, M: ChunkModel> Stream<T, M> {
     pub fn new(
         model: &M,
         settings: &EngineSettings,
         geometry: Geometry,
+        layout: TileLayout,
         cancel: &CancelToken,
     ) -> Result<Self, EngineError> {
-        let config = SequenceConfig {
-            height: geometry.padded_height,
-            width: geometry.padded_width,
-            version: settings.model_version,
-            sparse_ratio: settings.sparse_ratio,
-            kv_ratio: settings.kv_ratio,
-            local_range: settings.local_range as usize,
-            color_fix: settings.color_fix,
-            decoder_tiling: None,
-            cancel: cancel.clone(),
-        };
         let context = format!(
             "starting a stream of {}x{} frames",
             geometry.in_width, geometry.in_height
         );
+        let grid = layout
+            .grid(geometry.padded_width, geometry.padded_height)
+            .map_err(|e| EngineError::model(context.clone(), e))?;
+        let mut tiles = Vec::with_capacity(grid.len());
+        for tile in grid {
+            let config = SequenceConfig {
+                height: tile.height(),
+                width: tile.width(),
+                version: settings.model_version,
+                sparse_ratio: settings.sparse_ratio,
+                kv_ratio: settings.kv_ratio,
+                local_range: settings.local_range as usize,
+                color_fix: settings.color_fix,
+                decoder_tiling: layout.decoder,
+                cancel: cancel.clone(),
+            };
+            let state = model
+                .new_sequence(&config)
+                .map_err(|e| EngineError::model(context.clone(), e))?;
+            tiles.push(TileSequence { tile, state });
+        }
         let resizer = BicubicResizer::new(
             geometry.in_width,
             geometry.in_height,
             geometry.out_width,
             geometry.out_height,
         )
-        .map_err(|e| EngineError::model(context.clone(), e))?;
-        let state = model
-            .new_sequence(&config)
-            .map_err(|e| EngineError::model(context, e))?;
+        .map_err(|e| EngineError::model(context, e))?;
         Ok(Self {
             profiling: false,
             profiles: Vec::new(),
             frame_times: StageTimes::default(),
             geometry,
             resizer,
-            state,
+            tiles,
             received: 0,
             emitted: 0,
             next_chunk: 0,
@@ -148,6 +169,11 @@ impl<T, M: ChunkModel> Stream<T, M> {
 
     pub fn geometry(&self) -> Geometry {
         self.geometry
+    }
+
+    /// The model sequences this stream runs, one per tile.
+    pub fn tile_count(&self) -> usize {
+        self.tiles.len()
     }
 
     pub fn set_profiling(&mut self, on: bool) {
@@ -231,9 +257,16 @@ impl<T, M: ChunkModel> Stream<T, M> {
 
         let chunk_start = Instant::now();
         let mut trace = self.profiling.then(ChunkTrace::profiling);
-        let lq_frames = self.lq_frames(k)?;
-        let lq = rgb_to_tensor(&lq_frames, g.padded_width, g.padded_height, model.device())
-            .map_err(|e| model_error("building the LQ tensor", e))?;
+        let lq_frames = lq_frames(&self.window, self.window_start, self.received, k)?;
+        // Whole frames: one LQ tensor. Tiles: each builds its own from its crop of
+        // the frames, so no whole-frame LQ tensor is alive while they run.
+        let lq = match self.tiles.as_slice() {
+            [_] => Some(
+                rgb_to_tensor(&lq_frames, g.padded_width, g.padded_height, model.device())
+                    .map_err(|e| model_error("building the LQ tensor", e))?,
+            ),
+            _ => None,
+        };
         let converting = chunk_start.elapsed();
         let noise_shape = [
             1,
@@ -247,27 +280,56 @@ impl<T, M: ChunkModel> Stream<T, M> {
             .and_then(|n| n.to_device(model.device()))
             .map_err(|e| model_error("drawing the noise", e))?;
         let model_start = Instant::now();
-        let decoded = model
-            .run_chunk(&mut self.state, &lq, &noise, trace.as_mut())
-            .map_err(|e| model_error("running the model", e))?;
+        let span = chunk_output_span(k);
+        let decoded = if let ([whole], Some(lq)) = (self.tiles.as_mut_slice(), &lq) {
+            run_tile(
+                model,
+                whole,
+                lq,
+                &noise,
+                span.len(),
+                trace.as_mut(),
+                &context,
+            )?
+        } else {
+            // Each tile sees its crop of the LQ frames and of the noise (at 1/8
+            // size: tile starts are multiples of 16), as an untiled stream of that
+            // size would; the outputs are blended over the overlaps.
+            let mut blender = Blender::new(
+                span.len(),
+                3,
+                g.padded_height,
+                g.padded_width,
+                model.device(),
+            )
+            .map_err(|e| model_error("preparing the tile blend", e))?;
+            for sequence in &mut self.tiles {
+                let t = &sequence.tile;
+                let lq_tile = tile_lq(&lq_frames, g.padded_width, t, model.device())
+                    .map_err(|e| model_error("building a tile's LQ tensor", e))?;
+                let noise_tile =
+                    crop(&noise, 3, t, 8).map_err(|e| model_error("cropping a tile", e))?;
+                let out = run_tile(
+                    model,
+                    sequence,
+                    &lq_tile,
+                    &noise_tile,
+                    span.len(),
+                    trace.as_mut(),
+                    &context,
+                )?;
+                blender
+                    .add(&out, &sequence.tile)
+                    .map_err(|e| model_error("blending the tiles", e))?;
+            }
+            blender.finish()
+        };
         let output_start = Instant::now();
         let noise_time = model_start - chunk_start - converting;
-        let span = chunk_output_span(k);
-        let expected = [span.len(), 3, g.padded_height, g.padded_width];
-        if decoded.dims() != expected {
-            return Err(EngineError::model(
-                context("checking the model output"),
-                candle_core::Error::Msg(format!(
-                    "the model returned {:?}, expected {expected:?}",
-                    decoded.dims()
-                )),
-            ));
-        }
-        let frames =
-            tensor_to_rgb(&decoded).map_err(|e| model_error("converting the output", e))?;
+        drop(lq_frames);
 
         let mut out = Vec::new();
-        for (index, padded) in span.zip(frames) {
+        for (slot, index) in span.enumerate() {
             // frames past the real input are drain copies: never output
             if index >= self.received {
                 break;
@@ -276,6 +338,13 @@ impl<T, M: ChunkModel> Stream<T, M> {
             let Some(tag) = self.tags.pop_front() else {
                 break;
             };
+            // One frame at a time: the conversion's copies are one frame's.
+            let padded = decoded
+                .narrow(0, slot, 1)
+                .and_then(|frame| tensor_to_rgb(&frame))
+                .map_err(|e| model_error("converting the output", e))?
+                .pop()
+                .unwrap_or_default();
             let data = crop_frame_rgb(
                 &padded,
                 g.padded_width,
@@ -313,28 +382,6 @@ impl<T, M: ChunkModel> Stream<T, M> {
         Ok(out)
     }
 
-    /// The padded frames of chunk `k`'s LQ span; indices past the input read the last
-    /// frame (the end-of-stream extension).
-    fn lq_frames(&self, k: usize) -> Result<Vec<&[u8]>, EngineError> {
-        let last = self.received.checked_sub(1).ok_or_else(|| {
-            EngineError::InvalidFrame(format!("chunk {k} asked for before any frame arrived"))
-        })?;
-        chunk_lq_span(k)
-            .map(|i| {
-                i.min(last)
-                    .checked_sub(self.window_start)
-                    .and_then(|slot| self.window.get(slot))
-                    .map(Vec::as_slice)
-                    .ok_or_else(|| {
-                        EngineError::InvalidFrame(format!(
-                            "chunk {k} needs frame {i}, no longer held (window starts at {})",
-                            self.window_start
-                        ))
-                    })
-            })
-            .collect()
-    }
-
     /// Forgets frames no later chunk reads; the last received frame is always kept
     /// because the end-of-stream extension copies it.
     fn drop_frames_before(&mut self, index: usize) {
@@ -344,6 +391,109 @@ impl<T, M: ChunkModel> Stream<T, M> {
             self.window_start += 1;
         }
     }
+}
+
+/// The padded frames of chunk `k`'s LQ span from the `window` of frames
+/// `window_start..received`; indices past the input read the last frame (the
+/// end-of-stream extension).
+fn lq_frames(
+    window: &VecDeque<Vec<u8>>,
+    window_start: usize,
+    received: usize,
+    k: usize,
+) -> Result<Vec<&[u8]>, EngineError> {
+    let last = received.checked_sub(1).ok_or_else(|| {
+        EngineError::InvalidFrame(format!("chunk {k} asked for before any frame arrived"))
+    })?;
+    chunk_lq_span(k)
+        .map(|i| {
+            i.min(last)
+                .checked_sub(window_start)
+                .and_then(|slot| window.get(slot))
+                .map(Vec::as_slice)
+                .ok_or_else(|| {
+                    EngineError::InvalidFrame(format!(
+                        "chunk {k} needs frame {i}, no longer held (window starts at {window_start})"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Runs the next chunk of one tile's sequence and checks the output's shape.
+fn run_tile<M: ChunkModel>(
+    model: &M,
+    sequence: &mut TileSequence<M::State>,
+    lq: &Tensor,
+    noise: &Tensor,
+    frames: usize,
+    trace: Option<&mut ChunkTrace>,
+    context: &dyn Fn(&str) -> String,
+) -> Result<Tensor, EngineError> {
+    let t = &sequence.tile;
+    let decoded = model
+        .run_chunk(&mut sequence.state, lq, noise, trace)
+        .map_err(|e| EngineError::model(context("running the model"), e))?;
+    let expected = [frames, 3, t.height(), t.width()];
+    if decoded.dims() != expected {
+        return Err(EngineError::model(
+            context("checking the model output"),
+            candle_core::Error::Msg(format!(
+                "the model returned {:?} for the tile at rows {:?}, columns {:?}, expected {expected:?}",
+                decoded.dims(),
+                t.rows,
+                t.cols
+            )),
+        ));
+    }
+    Ok(decoded)
+}
+
+/// The LQ tensor of one tile: its crop of each padded frame (packed RGB, `width`
+/// pixels a row), converted as the whole frames are.
+fn tile_lq(
+    frames: &[&[u8]],
+    width: usize,
+    tile: &Tile,
+    device: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
+    let (row, tile_row) = (width * 3, tile.width() * 3);
+    let crops: Vec<Vec<u8>> = frames
+        .iter()
+        .map(|frame| {
+            tile.rows
+                .clone()
+                .flat_map(|y| {
+                    let start = y * row + tile.cols.start * 3;
+                    frame[start..start + tile_row].iter().copied()
+                })
+                .collect()
+        })
+        .collect();
+    let crops: Vec<&[u8]> = crops.iter().map(Vec::as_slice).collect();
+    rgb_to_tensor(&crops, tile.width(), tile.height(), device)
+}
+
+/// `tensor`'s part under `tile`, whose pixel rows are on dimension `row_dim` and
+/// columns on the next one, at `1 / downscale` of the tile's pixel coordinates.
+fn crop(
+    tensor: &Tensor,
+    row_dim: usize,
+    tile: &Tile,
+    downscale: usize,
+) -> candle_core::Result<Tensor> {
+    tensor
+        .narrow(
+            row_dim,
+            tile.rows.start / downscale,
+            tile.height() / downscale,
+        )?
+        .narrow(
+            row_dim + 1,
+            tile.cols.start / downscale,
+            tile.width() / downscale,
+        )?
+        .contiguous()
 }
 
 #[cfg(test)]
@@ -363,6 +513,13 @@ mod tests {
     struct EchoModel {
         device: Device,
         last_lq: RefCell<Option<Tensor>>,
+        /// Sequences started.
+        sequences: RefCell<usize>,
+        /// The decoder tiling of the last sequence started.
+        decoder_tiling: RefCell<Option<crate::model::tcdecoder::DecoderTiling>>,
+        /// Output the first noise channel of the first latent frame, upsampled to
+        /// pixels, instead of the LQ frames.
+        show_noise: bool,
     }
 
     struct EchoState {
@@ -378,6 +535,8 @@ mod tests {
         }
 
         fn new_sequence(&self, config: &SequenceConfig) -> Result<EchoState> {
+            *self.sequences.borrow_mut() += 1;
+            *self.decoder_tiling.borrow_mut() = config.decoder_tiling;
             Ok(EchoState {
                 config: config.clone(),
                 chunk: 0,
@@ -402,7 +561,13 @@ mod tests {
             }
             state.chunk += 1;
             *self.last_lq.borrow_mut() = Some(lq.clone());
-            lq.narrow(0, 0, chunk_output_span(k).len())
+            let frames = chunk_output_span(k).len();
+            if self.show_noise {
+                let plane = noise.narrow(1, 0, 1)?.narrow(2, 0, 1)?.squeeze(2)?;
+                let pixels = plane.upsample_nearest2d(h, w)?.tanh()?;
+                return pixels.broadcast_as((frames, 3, h, w))?.contiguous();
+            }
+            lq.narrow(0, 0, frames)
         }
     }
 
@@ -410,6 +575,9 @@ mod tests {
         EchoModel {
             device: Device::Cpu,
             last_lq: RefCell::new(None),
+            sequences: RefCell::new(0),
+            decoder_tiling: RefCell::new(None),
+            show_noise: false,
         }
     }
 
@@ -433,6 +601,32 @@ mod tests {
             model,
             &settings,
             Geometry::new(w, h, scale).unwrap(),
+            TileLayout::WHOLE,
+            &CancelToken::new(),
+        )
+        .unwrap()
+    }
+
+    fn tiled_stream(
+        model: &EchoModel,
+        (w, h, scale): (u32, u32, u32),
+        tile: usize,
+        overlap: usize,
+    ) -> Stream<usize, EchoModel> {
+        let settings = EngineSettings {
+            scale,
+            ..EngineSettings::default()
+        };
+        let layout = TileLayout {
+            tile: Some(tile),
+            overlap,
+            decoder: None,
+        };
+        Stream::new(
+            model,
+            &settings,
+            Geometry::new(w, h, scale).unwrap(),
+            layout,
             &CancelToken::new(),
         )
         .unwrap()
@@ -567,6 +761,7 @@ mod tests {
             &Failing,
             &settings,
             Geometry::new(4, 4, 2).unwrap(),
+            TileLayout::WHOLE,
             &CancelToken::new(),
         )
         .unwrap();
@@ -580,5 +775,117 @@ mod tests {
             err.contains("chunk 0") && err.contains("out of memory"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tiles_are_separate_sequences_blended_back_into_the_frame() {
+        // 100x75 x3 -> 300x225, padded 384x256: tiles of 128 overlapping by 48
+        // (stride 80): 5 columns, 3 rows
+        let model = echo();
+        let mut noise = SeededNoise::new(0);
+        for (size, tile, overlap, sequences, n) in [
+            ((100, 75, 3), 128, 48, 15, 30),
+            ((40, 33, 4), 128, 0, 4, 26),
+            ((40, 33, 4), 256, 64, 1, 3),
+        ] {
+            let (w, h, scale) = size;
+            let mut s = tiled_stream(&model, size, tile, overlap);
+            assert_eq!(s.tile_count(), sequences, "{size:?} tile {tile}");
+            let frames: Vec<RgbFrame> = (0..n).map(|i| frame(w, h, i)).collect();
+            let mut out = Vec::new();
+            for (i, f) in frames.iter().enumerate() {
+                out.extend(s.push(f, i, &model, &mut noise).unwrap());
+            }
+            out.extend(s.finish(&model, &mut noise).unwrap());
+            assert_eq!(out.len(), n);
+            // every sequence ran every chunk, on its own tile-sized frames
+            assert_eq!(*model.sequences.borrow(), sequences);
+            model.sequences.replace(0);
+            let (ow, oh) = ((w * scale) as usize, (h * scale) as usize);
+            for ((got, i), src) in out.iter().zip(&frames) {
+                assert_eq!((got.width as usize, got.height as usize), (ow, oh));
+                let up = resize_rgb(&src.data, w as usize, h as usize, ow, oh).unwrap();
+                // a blend of crops of one image is that image, within rounding
+                let worst = got
+                    .data
+                    .iter()
+                    .zip(&up)
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max()
+                    .unwrap();
+                assert!(worst <= 1, "{size:?} tile {tile}: frame {i} off by {worst}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_tile_gets_its_crop_of_the_noise() {
+        // the model outputs its noise (upsampled to pixels) instead of the frames:
+        // the blended tiles must be the whole frame's noise, so every tile read
+        // the noise under it
+        let model = EchoModel {
+            show_noise: true,
+            ..echo()
+        };
+        let run = |tile: Option<usize>| -> Vec<Vec<u8>> {
+            let mut noise = SeededNoise::new(7);
+            let settings = EngineSettings::default();
+            let layout = TileLayout {
+                tile,
+                overlap: 40,
+                decoder: None,
+            };
+            let mut s: Stream<usize, EchoModel> = Stream::new(
+                &model,
+                &settings,
+                Geometry::new(64, 64, 4).unwrap(),
+                layout,
+                &CancelToken::new(),
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            for i in 0..25 {
+                out.extend(s.push(&frame(64, 64, i), i, &model, &mut noise).unwrap());
+            }
+            out.extend(s.finish(&model, &mut noise).unwrap());
+            out.into_iter().map(|(f, _)| f.data).collect()
+        };
+        let whole = run(None);
+        let tiled = run(Some(128));
+        assert_eq!(whole.len(), 25);
+        for (i, (a, b)) in whole.iter().zip(&tiled).enumerate() {
+            let worst = a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+            assert!(worst <= 1, "frame {i}: tiled noise off by {worst}");
+        }
+    }
+
+    #[test]
+    fn decoder_tiles_reach_every_sequence() {
+        use crate::model::tcdecoder::DecoderTiling;
+        let model = echo();
+        let decoder = DecoderTiling {
+            tile: 128,
+            overlap: 32,
+        };
+        let settings = EngineSettings::default();
+        for (tile, sequences) in [(None, 1), (Some(128), 4)] {
+            model.sequences.replace(0);
+            let layout = TileLayout {
+                tile,
+                overlap: 0,
+                decoder: Some(decoder),
+            };
+            let s: Stream<usize, EchoModel> = Stream::new(
+                &model,
+                &settings,
+                Geometry::new(64, 64, 4).unwrap(),
+                layout,
+                &CancelToken::new(),
+            )
+            .unwrap();
+            assert_eq!(s.tile_count(), sequences);
+            assert_eq!(*model.sequences.borrow(), sequences);
+            assert_eq!(*model.decoder_tiling.borrow(), Some(decoder));
+        }
     }
 }

@@ -33,14 +33,15 @@ use super::state::{
     FrameTag, Item, Negotiated, NewCaps, ProcessError, State, Work, engine_error_text,
     survives_flush,
 };
+use super::tiles;
 use crate::engine::{
     Engine, EngineError, EngineSettings, KV_RATIO_RANGE, LATENCY_FRAMES, LOCAL_RANGE_RANGE,
-    RgbFrame, SCALE_RANGE, SPARSE_RATIO_RANGE, memory,
+    RgbFrame, SCALE_RANGE, SPARSE_RATIO_RANGE, TILE_OVERLAP_RANGE, TILE_SIZE_RANGE, memory,
 };
 use crate::model::CancelToken;
 use crate::model::schedule::CHUNK_STRIDE;
 
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "flashvsr",
         gst::DebugColorFlags::empty(),
@@ -941,7 +942,7 @@ impl FlashVsr {
         }
         // Refused before the old caps' frames are drained: `refuse_caps` outputs
         // them, then the error.
-        if let Err(err) = state.engine.check_size(in_info.width(), in_info.height()) {
+        if let Err(err) = tiles::check_caps(self.obj().upcast_ref(), &state.engine, &in_info) {
             let details = state
                 .engine
                 .memory_estimate(in_info.width(), in_info.height())
@@ -1356,8 +1357,24 @@ impl ObjectImpl for FlashVsr {
                     .build(),
                 glib::ParamSpecUInt64::builder("max-memory")
                     .nick("Memory budget")
-                    .blurb("Bytes a stream may use; caps whose estimated need (weights excluded) is larger are refused with an error giving both figures. 0: the memory available when the caps arrive (MemAvailable) on the CPU, no check on CUDA. Read at READY->PAUSED")
+                    .blurb("Bytes a stream may use; a size whose estimated need (weights excluded) is larger runs in the largest tiles that fit (when tile-size is 0), or is refused at caps time with an error giving both figures. 0: the memory available when the caps arrive (MemAvailable) on the CPU, no limit on CUDA. Read at READY->PAUSED")
                     .default_value(0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("tile-size")
+                    .nick("Tile size")
+                    .blurb("Side, in output pixels, of the square tiles each frame is upscaled in (each tile its own model sequence, blended over the overlap): a multiple of 128. 0: whole frames, or the largest tiles that fit in max-memory when whole frames do not. Read at READY->PAUSED")
+                    .minimum(*TILE_SIZE_RANGE.start())
+                    .maximum(*TILE_SIZE_RANGE.end())
+                    .default_value(defaults.tile_size)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("tile-overlap")
+                    .nick("Tile overlap")
+                    .blurb("Output pixels neighbouring tiles share and blend over: a multiple of 8, less than the tile size. Read at READY->PAUSED")
+                    .minimum(*TILE_OVERLAP_RANGE.start())
+                    .maximum(*TILE_OVERLAP_RANGE.end())
+                    .default_value(defaults.tile_overlap)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt64::builder("seed")
@@ -1408,6 +1425,8 @@ impl ObjectImpl for FlashVsr {
                 let bytes: u64 = value.get().expect("type checked upstream");
                 engine.max_memory = (bytes > 0).then_some(bytes);
             }
+            "tile-size" => engine.tile_size = value.get().expect("type checked upstream"),
+            "tile-overlap" => engine.tile_overlap = value.get().expect("type checked upstream"),
             other => unreachable!("flashvsr has no property {other}"),
         }
         drop(settings);
@@ -1442,6 +1461,8 @@ impl ObjectImpl for FlashVsr {
             "seed" => engine.seed.to_value(),
             "late-policy" => settings.late_policy.to_value(),
             "max-memory" => engine.max_memory.unwrap_or(0).to_value(),
+            "tile-size" => engine.tile_size.to_value(),
+            "tile-overlap" => engine.tile_overlap.to_value(),
             other => unreachable!("flashvsr has no property {other}"),
         }
     }

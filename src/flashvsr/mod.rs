@@ -10,6 +10,7 @@ mod imp;
 mod late;
 mod queue;
 mod state;
+mod tiles;
 
 pub use imp::MODEL_DIR_ENV;
 

@@ -1,0 +1,106 @@
+//! The memory model's predictions for large outputs: for each output size, the
+//! estimate of whole frames and of tiles of each size asked for, with the model
+//! folder's widths as loaded (f32 on the CPU) and as they would run on a device
+//! at 2 bytes a value (bf16/f16: weights, activations and convolutions).
+//!
+//! `cargo run --release --example memory_plan -- --model-dir DIR [--size WxH]...
+//!  [--tile T]... [--tile-overlap O] [--scale S]`
+//!
+//! Defaults: outputs 1920x1080 and 3840x2160 (inputs 480x270 and 960x540 at x4),
+//! tiles 512 and 768 overlapping by 64. Nothing runs: only the estimates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gstflashvsr::engine::memory::{ModelShape, human_bytes};
+use gstflashvsr::engine::tiles::plan_for_input;
+use gstflashvsr::engine::{Engine, EngineSettings};
+
+/// Prints the memory model's estimates for large outputs, whole and tiled.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Folder with the FlashVSR weight files (its widths and weights are read)
+    #[arg(long, value_name = "DIR")]
+    model_dir: PathBuf,
+
+    /// Input sizes, as WIDTHxHEIGHT (output: `scale` times)
+    #[arg(long = "size", value_name = "WxH", value_parser = parse_size,
+          default_values = ["480x270", "960x540"])]
+    sizes: Vec<(u32, u32)>,
+
+    /// Tile sides to estimate besides whole frames
+    #[arg(long = "tile", value_name = "T", default_values_t = [512u32, 768])]
+    tiles: Vec<u32>,
+
+    /// Output pixels neighbouring tiles overlap by
+    #[arg(long, value_name = "O", default_value_t = EngineSettings::default().tile_overlap)]
+    tile_overlap: u32,
+
+    /// Upscaling factor
+    #[arg(long, value_name = "S", default_value_t = EngineSettings::default().scale)]
+    scale: u32,
+}
+
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
+    let side = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{text:?}: {v:?} is not a whole number"))
+    };
+    Ok((side(w)?, side(h)?))
+}
+
+fn run() -> Result<(), String> {
+    let args = Args::parse();
+    let settings = EngineSettings {
+        model_dir: args.model_dir.clone(),
+        scale: args.scale,
+        tile_overlap: args.tile_overlap,
+        ..EngineSettings::default()
+    };
+    let engine = Engine::<()>::new(settings.clone()).map_err(|e| e.to_string())?;
+    let cpu = engine.model_shape();
+    let device = ModelShape {
+        dtype_bytes: 2,
+        conv_bytes: 2,
+        weight_bytes: cpu.weight_bytes / 2,
+        ..cpu.clone()
+    };
+    println!(
+        "model: {} DiT blocks, weights {} (f32)",
+        cpu.dit.num_layers,
+        human_bytes(cpu.weight_bytes)
+    );
+    for (name, shape) in [("f32, CPU", &cpu), ("2-byte values, device", &device)] {
+        for &(w, h) in &args.sizes {
+            for tile in std::iter::once(0).chain(args.tiles.iter().copied()) {
+                let settings = EngineSettings {
+                    tile_size: tile,
+                    ..settings.clone()
+                };
+                let plan =
+                    plan_for_input(shape, w, h, &settings, None).map_err(|e| e.to_string())?;
+                println!(
+                    "{name}: output {}x{}, tile {tile}: total {} ({plan})",
+                    w * args.scale,
+                    h * args.scale,
+                    human_bytes(plan.estimate.total())
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! How a stream's frames are split into tiles, and the choice the memory budget
+//! makes (docs/element.md, section "Memory and tiles").
+//!
+//! A tiled stream runs one model sequence per tile of the padded frame: each is
+//! exactly an untiled stream of tile-sized frames (its own LQ-projection cache,
+//! KV cache and decoder memory), fed the tile's crop of the LQ frames and of the
+//! noise; the outputs are blended over the overlaps (`model::tiling`).
+
+use std::fmt;
+
+use crate::model::tcdecoder::DecoderTiling;
+use crate::model::tiling::{self, Tile};
+
+use super::memory::{self, MemoryEstimate, ModelShape, human_bytes};
+use super::settings::TILE_MULTIPLE;
+use super::stream::Geometry;
+use super::{EngineError, EngineSettings};
+
+/// Tile starts are multiples of this: a DiT token (16 output pixels), so that
+/// every tile's tokens and latent pixels lie on the frame's grid (and the noise,
+/// at 1/8 size, crops with them).
+pub const TILE_ALIGN: usize = 16;
+
+/// How one stream splits its padded frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TileLayout {
+    /// Side of the square tiles in output pixels; `None`: whole frames. A tile
+    /// larger than a side of the frame spans that side.
+    pub tile: Option<usize>,
+    /// Output pixels neighbouring tiles share, at least.
+    pub overlap: usize,
+    /// Spatial tiles of each sequence's decoder (`None`: whole frames).
+    pub decoder: Option<DecoderTiling>,
+}
+
+impl TileLayout {
+    /// Whole frames, no decoder tiles.
+    pub const WHOLE: Self = Self {
+        tile: None,
+        overlap: 0,
+        decoder: None,
+    };
+
+    /// The tiles of a padded `width x height` frame (one covering it for whole
+    /// frames, or when the tile is at least the frame).
+    pub fn grid(&self, width: usize, height: usize) -> candle_core::Result<Vec<Tile>> {
+        match self.tile {
+            None => tiling::grid(width, height, width.max(height), 0, TILE_ALIGN),
+            Some(tile) => tiling::grid(width, height, tile, self.overlap, TILE_ALIGN),
+        }
+    }
+}
+
+/// What a stream of one size will run as, and its memory estimate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TilePlan {
+    pub layout: TileLayout,
+    /// Tiles across and down (1 x 1 for whole frames).
+    pub columns: usize,
+    pub rows: usize,
+    pub estimate: MemoryEstimate,
+    /// The budget the estimate was checked against (`None`: no check).
+    pub budget: Option<u64>,
+    /// The budget, not the `tile_size` setting, chose the tiles.
+    pub automatic: bool,
+}
+
+impl TilePlan {
+    /// Model sequences the stream runs.
+    pub fn sequences(&self) -> usize {
+        self.columns * self.rows
+    }
+}
+
+impl fmt::Display for TilePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = &self.estimate;
+        match self.layout.tile {
+            Some(tile) if self.sequences() > 1 => write!(
+                f,
+                "{} tiles of {tile}x{tile} ({} x {}) overlapping by {} over {}x{} padded output",
+                self.sequences(),
+                self.columns,
+                self.rows,
+                self.layout.overlap,
+                e.padded_width,
+                e.padded_height
+            )?,
+            _ => write!(
+                f,
+                "whole frames of {}x{} padded output",
+                e.padded_width, e.padded_height
+            )?,
+        }
+        if let Some(decoder) = self.layout.decoder {
+            write!(
+                f,
+                ", decoder tiles of {}x{} overlapping by {}",
+                decoder.tile, decoder.tile, decoder.overlap
+            )?;
+        }
+        write!(
+            f,
+            "{}: estimated {} (weights {} + held {} + working {}, {})",
+            if self.automatic {
+                " (chosen for the memory budget)"
+            } else {
+                ""
+            },
+            human_bytes(e.total()),
+            human_bytes(e.weights),
+            human_bytes(e.held),
+            human_bytes(e.working),
+            e.peak_stage
+        )?;
+        match self.budget {
+            Some(budget) => write!(f, ", budget {}", human_bytes(budget)),
+            None => write!(f, ", no budget"),
+        }
+    }
+}
+
+/// The estimate of a stream of `geometry` split by `layout`.
+pub fn estimate(
+    shape: &ModelShape,
+    geometry: &Geometry,
+    layout: TileLayout,
+    kv_time_windows: usize,
+) -> Result<(MemoryEstimate, usize, usize), EngineError> {
+    let (w, h) = (geometry.padded_width, geometry.padded_height);
+    let grid = layout
+        .grid(w, h)
+        .map_err(|e| EngineError::model(format!("tiling {w}x{h} frames"), e))?;
+    let columns = grid.iter().filter(|t| t.rows.start == 0).count();
+    let rows = grid.len() / columns.max(1);
+    let sizes: Vec<(usize, usize)> = grid.iter().map(|t| (t.width(), t.height())).collect();
+    let estimate = match (layout.tile, layout.decoder) {
+        (None, Some(decoder)) => {
+            let regions = decoder
+                .decoded_sizes(w, h)
+                .map_err(|e| EngineError::model(format!("decoder tiles of {w}x{h} frames"), e))?;
+            memory::estimate_decoder_tiled(shape, w, h, &regions, kv_time_windows)
+        }
+        _ => memory::estimate_tiled(shape, w, h, &sizes, kv_time_windows),
+    };
+    Ok((estimate, columns, rows))
+}
+
+/// Chooses how a stream of `geometry` runs within `budget` bytes (what the stream
+/// may add to the process; `None`: no limit):
+/// - `tile_size` set: those tiles, refused with the figures if they do not fit;
+/// - else whole frames if they fit;
+/// - else whole frames with the decoder in the largest tiles that fit (the
+///   decoder's full-resolution activations are the largest stage);
+/// - else the largest tiles (multiples of 128 output pixels, larger than the
+///   overlap) that fit;
+/// - else `EngineError::TooLarge` with the figure for the smallest tiles.
+pub fn plan(
+    shape: &ModelShape,
+    geometry: &Geometry,
+    settings: &EngineSettings,
+    budget: Option<u64>,
+) -> Result<TilePlan, EngineError> {
+    let kv = settings.kv_ratio as usize;
+    let overlap = settings.tile_overlap as usize;
+    let make = |layout: TileLayout, automatic: bool| -> Result<TilePlan, EngineError> {
+        let (estimate, columns, rows) = estimate(shape, geometry, layout, kv)?;
+        Ok(TilePlan {
+            layout,
+            columns,
+            rows,
+            estimate,
+            budget,
+            automatic,
+        })
+    };
+    let fits = |plan: &TilePlan| budget.is_none_or(|b| plan.estimate.stream() <= b);
+    let too_large = |plan: TilePlan, available: u64| EngineError::TooLarge {
+        out_width: geometry.out_width,
+        out_height: geometry.out_height,
+        needed: plan.estimate.stream(),
+        available,
+        tile: plan.layout.tile.filter(|_| plan.sequences() > 1),
+    };
+
+    if settings.tile_size > 0 {
+        let layout = TileLayout {
+            tile: Some(settings.tile_size as usize),
+            overlap,
+            decoder: None,
+        };
+        let plan = make(layout, false)?;
+        return match budget {
+            Some(available) if !fits(&plan) => Err(too_large(plan, available)),
+            _ => Ok(plan),
+        };
+    }
+    let whole = make(TileLayout::WHOLE, false)?;
+    let Some(available) = budget.filter(|_| !fits(&whole)) else {
+        return Ok(whole);
+    };
+    for tile in candidate_tiles(geometry, overlap) {
+        let layout = TileLayout {
+            tile: None,
+            overlap: 0,
+            decoder: Some(DecoderTiling { tile, overlap }),
+        };
+        let plan = make(layout, true)?;
+        if fits(&plan) {
+            return Ok(plan);
+        }
+    }
+    let mut smallest = whole;
+    for tile in candidate_tiles(geometry, overlap) {
+        let layout = TileLayout {
+            tile: Some(tile),
+            overlap,
+            decoder: None,
+        };
+        let plan = make(layout, true)?;
+        if fits(&plan) {
+            return Ok(plan);
+        }
+        smallest = plan;
+    }
+    Err(too_large(smallest, available))
+}
+
+/// `plan` for `in_width x in_height` input frames at the settings' scale, for
+/// any model shape (the memory model's predictions for other precisions or
+/// devices, `examples/memory_plan.rs`).
+pub fn plan_for_input(
+    shape: &ModelShape,
+    in_width: u32,
+    in_height: u32,
+    settings: &EngineSettings,
+    budget: Option<u64>,
+) -> Result<TilePlan, EngineError> {
+    plan(
+        shape,
+        &Geometry::new(in_width, in_height, settings.scale)?,
+        settings,
+        budget,
+    )
+}
+
+/// Tile sides to try, largest first: multiples of 128 below the frame's longer
+/// padded side, down to the smallest one larger than the overlap.
+fn candidate_tiles(geometry: &Geometry, overlap: usize) -> impl Iterator<Item = usize> {
+    let step = TILE_MULTIPLE as usize;
+    let longest = geometry.padded_width.max(geometry.padded_height);
+    let smallest = (overlap / step + 1) * step;
+    (smallest..longest).step_by(step).rev()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::dit::DitConfig;
+    use crate::model::lq_proj::LqProjConfig;
+    use crate::model::tcdecoder::TcDecoderConfig;
+
+    /// The released widths with one DiT block.
+    fn released() -> ModelShape {
+        ModelShape {
+            dit: DitConfig {
+                dim: 1536,
+                ffn_dim: 8960,
+                heads: 12,
+                num_layers: 1,
+                text_dim: 4096,
+                freq_dim: 256,
+                in_channels: 16,
+                out_channels: 16,
+            },
+            lq_proj: LqProjConfig {
+                in_channels: 768,
+                hidden1: 2048,
+                hidden2: 3072,
+                out_dim: 1536,
+                layers: 1,
+            },
+            decoder: TcDecoderConfig {
+                in_channels: 784,
+                channels: [512, 256, 128, 128],
+            },
+            dtype_bytes: 4,
+            conv_bytes: 4,
+            weight_bytes: 1_500_000_000,
+        }
+    }
+
+    fn settings(tile_size: u32, tile_overlap: u32) -> EngineSettings {
+        EngineSettings {
+            tile_size,
+            tile_overlap,
+            ..EngineSettings::default()
+        }
+    }
+
+    #[test]
+    fn whole_frames_when_they_fit_or_there_is_no_budget() {
+        let g = Geometry::new(480, 270, 4).unwrap();
+        let shape = released();
+        let plan = plan(&shape, &g, &settings(0, 64), None).unwrap();
+        assert_eq!((plan.layout, plan.sequences()), (TileLayout::WHOLE, 1));
+        assert_eq!(
+            plan.estimate,
+            memory::estimate(&shape, g.padded_width, g.padded_height, 3)
+        );
+        let roomy = plan.estimate.stream();
+        let again = super::plan(&shape, &g, &settings(0, 64), Some(roomy)).unwrap();
+        assert_eq!(again.layout, TileLayout::WHOLE);
+        assert!(again.to_string().starts_with("whole frames of 1920x1152"));
+    }
+
+    #[test]
+    fn the_budget_picks_the_largest_tiles_that_fit() {
+        let g = Geometry::new(480, 270, 4).unwrap();
+        let shape = released();
+        let whole = memory::estimate(&shape, 1920, 1152, 3).stream();
+        let budget = whole / 3;
+        let chosen = plan(&shape, &g, &settings(0, 64), Some(budget)).unwrap();
+        let tile = chosen.layout.tile.expect("tiles");
+        assert!(chosen.automatic && chosen.sequences() > 1, "{chosen}");
+        assert!(chosen.estimate.stream() <= budget, "{chosen}");
+        // the next larger tile does not fit
+        let larger = estimate(
+            &shape,
+            &g,
+            TileLayout {
+                tile: Some(tile + 128),
+                overlap: 64,
+                decoder: None,
+            },
+            3,
+        )
+        .unwrap()
+        .0;
+        assert!(larger.stream() > budget || tile + 128 >= 1920);
+        let text = chosen.to_string();
+        assert!(
+            text.contains(&format!("tiles of {tile}x{tile}")) && text.contains("memory budget"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn too_small_a_budget_gives_the_figure_for_the_smallest_tiles() {
+        let g = Geometry::new(480, 270, 4).unwrap();
+        let shape = released();
+        match plan(&shape, &g, &settings(0, 64), Some(1 << 20)) {
+            Err(EngineError::TooLarge {
+                out_width,
+                out_height,
+                needed,
+                available,
+                tile,
+            }) => {
+                assert_eq!(
+                    (out_width, out_height, available, tile),
+                    (1920, 1080, 1 << 20, Some(128))
+                );
+                let smallest = estimate(
+                    &shape,
+                    &g,
+                    TileLayout {
+                        tile: Some(128),
+                        overlap: 64,
+                        decoder: None,
+                    },
+                    3,
+                )
+                .unwrap()
+                .0;
+                assert_eq!(needed, smallest.stream());
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // an overlap of 128 leaves 256 as the smallest tile
+        assert_eq!(
+            candidate_tiles(&g, 128).last(),
+            Some(256),
+            "smallest tile above the overlap"
+        );
+    }
+
+    #[test]
+    fn an_explicit_tile_is_kept_or_refused_with_its_figures() {
+        let g = Geometry::new(480, 270, 4).unwrap();
+        let shape = released();
+        let chosen = plan(&shape, &g, &settings(512, 64), None).unwrap();
+        // 1920 wide: 5 columns of 512 (stride at most 448); 1152 high: 3 rows
+        assert_eq!((chosen.columns, chosen.rows), (5, 3), "{chosen}");
+        assert!(!chosen.automatic);
+        let needed = chosen.estimate.stream();
+        let err = plan(&shape, &g, &settings(512, 64), Some(needed - 1)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EngineError::TooLarge {
+                    tile: Some(512),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // a tile covering the frame is whole frames
+        let covering = plan(&shape, &g, &settings(2048, 64), None).unwrap();
+        assert_eq!(covering.sequences(), 1);
+        assert_eq!(
+            covering.estimate,
+            plan(&shape, &g, &settings(0, 64), None).unwrap().estimate
+        );
+    }
+
+    #[test]
+    fn tiles_hold_more_state_and_need_less_working_memory() {
+        let shape = released();
+        let g = Geometry::new(480, 270, 4).unwrap();
+        let whole = memory::estimate(&shape, 1920, 1152, 3);
+        let layout = TileLayout {
+            tile: Some(512),
+            overlap: 64,
+            decoder: None,
+        };
+        let (tiled, _, _) = estimate(&shape, &g, layout, 3).unwrap();
+        assert_eq!(tiled.tiles, 15);
+        assert!(tiled.held > whole.held, "{tiled:?} {whole:?}");
+        assert!(tiled.working * 2 < whole.working, "{tiled:?} {whole:?}");
+        assert!(
+            tiled.stream() * 5 < whole.stream() * 2,
+            "{tiled:?} {whole:?}"
+        );
+    }
+
+    #[test]
+    fn decoder_tiles_alone_come_before_whole_model_tiles() {
+        let g = Geometry::new(256, 144, 4).unwrap();
+        let shape = released();
+        let whole = memory::estimate(&shape, 1024, 640, 3);
+        let layout = TileLayout {
+            tile: None,
+            overlap: 0,
+            decoder: Some(DecoderTiling {
+                tile: 512,
+                overlap: 64,
+            }),
+        };
+        let (decoder_tiled, _, _) = estimate(&shape, &g, layout, 3).unwrap();
+        // the decoder is the peak stage whole; in tiles it holds a memory per
+        // tile but works on one region
+        assert_eq!(whole.peak_stage, "decoder");
+        assert!(decoder_tiled.working < whole.working, "{decoder_tiled:?}");
+        assert!(decoder_tiled.held >= whole.held, "{decoder_tiled:?}");
+        let chosen = plan(&shape, &g, &settings(0, 64), Some(decoder_tiled.stream())).unwrap();
+        let decoder = chosen.layout.decoder.expect("decoder tiles");
+        assert_eq!(
+            (chosen.layout.tile, chosen.sequences()),
+            (None, 1),
+            "{chosen}"
+        );
+        assert!(decoder.tile >= 512, "{chosen}");
+        assert!(chosen.to_string().contains("decoder tiles of"), "{chosen}");
+    }
+}

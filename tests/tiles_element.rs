@@ -1,0 +1,123 @@
+//! The element's tile properties: defaults, ranges and round trips, bad values
+//! refused at READY->PAUSED naming the property, and a tiled element that
+//! outputs every frame (the tiny fixture model, `../shared/golden/tiny-v1`).
+
+mod common;
+
+use std::sync::Once;
+
+use gst::prelude::*;
+use gst_check::Harness;
+use gstflashvsr::engine::EngineSettings;
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstflashvsr::plugin_register_static().expect("registering the flashvsr plugin");
+    });
+}
+
+#[test]
+fn tile_properties_round_trip_with_their_defaults_and_ranges() {
+    init();
+    let element = gst::ElementFactory::make("flashvsr").build().unwrap();
+    let defaults = EngineSettings::default();
+    assert_eq!(element.property::<u32>("tile-size"), defaults.tile_size);
+    assert_eq!(
+        element.property::<u32>("tile-overlap"),
+        defaults.tile_overlap
+    );
+    assert_eq!((defaults.tile_size, defaults.tile_overlap), (0, 64));
+    for (name, max) in [("tile-size", 8192), ("tile-overlap", 8184)] {
+        let pspec = element.find_property(name).unwrap();
+        let spec = pspec.downcast_ref::<gst::glib::ParamSpecUInt>().unwrap();
+        assert_eq!((spec.minimum(), spec.maximum()), (0, max), "{name}");
+        assert!(
+            pspec.flags().contains(gst::PARAM_FLAG_MUTABLE_READY),
+            "{name} is marked mutable in READY"
+        );
+        assert!(!pspec.blurb().unwrap_or_default().is_empty());
+    }
+    element.set_property("tile-size", 512u32);
+    element.set_property("tile-overlap", 96u32);
+    assert_eq!(element.property::<u32>("tile-size"), 512);
+    assert_eq!(element.property::<u32>("tile-overlap"), 96);
+    element.set_property_from_str("tile-size", "0");
+    assert_eq!(element.property::<u32>("tile-size"), 0);
+}
+
+/// Starts a `flashvsr` with the given tile properties on an existing folder and
+/// returns the error text of READY->PAUSED.
+fn start_error(tile_size: u32, tile_overlap: u32) -> String {
+    let element = gst::ElementFactory::make("flashvsr")
+        .property("model-dir", std::env::temp_dir().to_str().unwrap())
+        .property("tile-size", tile_size)
+        .property("tile-overlap", tile_overlap)
+        .build()
+        .unwrap();
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    assert!(element.set_state(gst::State::Paused).is_err());
+    let msg = bus
+        .pop_filtered(&[gst::MessageType::Error])
+        .expect("an error message");
+    element.set_state(gst::State::Null).unwrap();
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    err.error().to_string()
+}
+
+#[test]
+fn bad_tile_values_fail_ready_to_paused_naming_the_property() {
+    init();
+    let text = start_error(100, 64);
+    assert!(
+        text.contains("tile-size") && text.contains("multiple of 128") && text.contains("100"),
+        "{text}"
+    );
+    let text = start_error(256, 12);
+    assert!(
+        text.contains("tile-overlap") && text.contains("multiple of 8") && text.contains("12"),
+        "{text}"
+    );
+    let text = start_error(256, 256);
+    assert!(
+        text.contains("tile-overlap") && text.contains("less than the tile size 256"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_tiled_element_outputs_every_frame() {
+    init();
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let model = shared.join("golden/tiny-v1/model");
+    // 40x40 x4 -> 160x160, padded 256x256: tiles of 128 overlapping by 32, 3 x 3
+    let element = gst::ElementFactory::make("flashvsr")
+        .property("model-dir", model.to_str().unwrap())
+        .property_from_str("model-version", "v1")
+        .property("tile-size", 128u32)
+        .property("tile-overlap", 32u32)
+        .build()
+        .unwrap();
+    let mut h = Harness::with_element(&element, Some("sink"), Some("src"));
+    h.set_src_caps_str("video/x-raw,format=RGB,width=40,height=40,framerate=25/1");
+    let frame_time = gst::ClockTime::from_mseconds(40);
+    let frames = 27u64;
+    for i in 0..frames {
+        let mut buffer = gst::Buffer::from_mut_slice(vec![(i * 37 % 251) as u8; 40 * 40 * 3]);
+        buffer.get_mut().unwrap().set_pts(frame_time * i);
+        h.push(buffer).unwrap();
+    }
+    assert!(h.push_event(gst::event::Eos::new()));
+    for i in 0..frames {
+        let b = h.pull().unwrap();
+        assert_eq!(b.pts(), Some(frame_time * i), "pts of output {i}");
+        assert_eq!(b.size(), 160 * 160 * 3, "size of output {i}");
+    }
+    assert!(h.try_pull().is_none(), "nothing after the {frames} frames");
+}
