@@ -114,8 +114,8 @@ pub fn estimate(
 /// whole frame. Held: the whole-frame window plus every tile's sequence state.
 /// Working: the chunk's whole-frame noise, plus the largest of a tile's chunk
 /// (its LQ tensor, built from its crop of the frames, and its stages, while the
-/// blend accumulator is alive), the blend step (the accumulator, the placed tile
-/// and their sum, whole-frame, with the weighted tile) and the output
+/// blend accumulator is alive), the blend step (the accumulator, plus one
+/// frame's placed tile and sum, with the tile's output and its weighted copy) and the output
 /// conversion (the accumulator and one frame's copies). One tile is the
 /// untiled estimate.
 pub fn estimate_tiled(
@@ -146,7 +146,10 @@ pub fn estimate_tiled(
         })
         .fold(("", 0.0), |best, s| if s.1 > best.1 { s } else { best });
     let largest_tile = tiles.iter().map(|&(w, h)| w * h).max().unwrap_or(0);
-    let blend = 3.0 * accumulator + 2.0 * blend_accumulator(largest_tile, 1);
+    // the sum is kept frame by frame, so placing a tile adds one frame's
+    // temporaries (the padded tile twice and the new sum) to the accumulator
+    let one_frame = blend_accumulator(padded_width, padded_height) / FIRST_CHUNK_OUTPUT as f64;
+    let blend = accumulator + 3.0 * one_frame + 2.0 * blend_accumulator(largest_tile, 1);
     // one frame through the conversion: f32 in RGB order, on the host, RGB24
     let output = accumulator + (4.0 + 4.0 + 2.0 * 1.0) * 3.0 * p;
     let stages = [

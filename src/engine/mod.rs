@@ -43,7 +43,7 @@ pub use settings::{
     SPARSE_RATIO_RANGE, TILE_MULTIPLE, TILE_OVERLAP_MULTIPLE, TILE_OVERLAP_RANGE, TILE_SIZE_RANGE,
 };
 pub use stream::{ChunkProfile, PAD_MULTIPLE};
-pub use tiles::{TILE_ALIGN, TileLayout, TilePlan};
+pub use tiles::{TILE_ALIGN, TILE_SIDE, TileLayout, TilePlan};
 
 use crate::model::schedule::FIRST_CHUNK_INPUT;
 use crate::model::{CancelToken, FlashVsrModel, ModelOptions};

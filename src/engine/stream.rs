@@ -281,8 +281,9 @@ impl<T, M: ChunkModel> Stream<T, M> {
             .map_err(|e| model_error("drawing the noise", e))?;
         let model_start = Instant::now();
         let span = chunk_output_span(k);
-        let decoded = if let ([whole], Some(lq)) = (self.tiles.as_mut_slice(), &lq) {
-            run_tile(
+        // The output frames, each `[1, 3, H, W]`.
+        let decoded: Vec<Tensor> = if let ([whole], Some(lq)) = (self.tiles.as_mut_slice(), &lq) {
+            let frames = run_tile(
                 model,
                 whole,
                 lq,
@@ -290,7 +291,11 @@ impl<T, M: ChunkModel> Stream<T, M> {
                 span.len(),
                 trace.as_mut(),
                 &context,
-            )?
+            )?;
+            (0..span.len())
+                .map(|slot| frames.narrow(0, slot, 1))
+                .collect::<candle_core::Result<_>>()
+                .map_err(|e| model_error("splitting the output", e))?
         } else {
             // Each tile sees its crop of the LQ frames and of the noise (at 1/8
             // size: tile starts are multiples of 16), as an untiled stream of that
@@ -322,7 +327,7 @@ impl<T, M: ChunkModel> Stream<T, M> {
                     .add(&out, &sequence.tile)
                     .map_err(|e| model_error("blending the tiles", e))?;
             }
-            blender.finish()
+            blender.into_frames()
         };
         let output_start = Instant::now();
         let noise_time = model_start - chunk_start - converting;
@@ -339,9 +344,7 @@ impl<T, M: ChunkModel> Stream<T, M> {
                 break;
             };
             // One frame at a time: the conversion's copies are one frame's.
-            let padded = decoded
-                .narrow(0, slot, 1)
-                .and_then(|frame| tensor_to_rgb(&frame))
+            let padded = tensor_to_rgb(&decoded[slot])
                 .map_err(|e| model_error("converting the output", e))?
                 .pop()
                 .unwrap_or_default();

@@ -20,6 +20,8 @@ use super::{EngineError, EngineSettings};
 /// every tile's tokens and latent pixels lie on the frame's grid (and the noise,
 /// at 1/8 size, crops with them).
 pub const TILE_ALIGN: usize = 16;
+/// Tile sides are multiples of this (the model's frame sides are).
+pub const TILE_SIDE: usize = TILE_MULTIPLE as usize;
 
 /// How one stream splits its padded frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,8 +47,8 @@ impl TileLayout {
     /// frames, or when the tile is at least the frame).
     pub fn grid(&self, width: usize, height: usize) -> candle_core::Result<Vec<Tile>> {
         match self.tile {
-            None => tiling::grid(width, height, width.max(height), 0, TILE_ALIGN),
-            Some(tile) => tiling::grid(width, height, tile, self.overlap, TILE_ALIGN),
+            None => tiling::grid(width, height, width.max(height), 0, TILE_ALIGN, TILE_SIDE),
+            Some(tile) => tiling::grid(width, height, tile, self.overlap, TILE_ALIGN, TILE_SIDE),
         }
     }
 }
@@ -58,6 +60,10 @@ pub struct TilePlan {
     /// Tiles across and down (1 x 1 for whole frames).
     pub columns: usize,
     pub rows: usize,
+    /// Width and height of each tile, in padded output pixels (at most the
+    /// tile setting, shorter where fewer pixels cover an axis: `tiling::spans`).
+    pub tile_width: usize,
+    pub tile_height: usize,
     pub estimate: MemoryEstimate,
     /// The budget the estimate was checked against (`None`: no check).
     pub budget: Option<u64>,
@@ -76,10 +82,12 @@ impl fmt::Display for TilePlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = &self.estimate;
         match self.layout.tile {
-            Some(tile) if self.sequences() > 1 => write!(
+            Some(_) if self.sequences() > 1 => write!(
                 f,
-                "{} tiles of {tile}x{tile} ({} x {}) overlapping by {} over {}x{} padded output",
+                "{} tiles of {}x{} ({} x {}) overlapping by {} over {}x{} padded output",
                 self.sequences(),
+                self.tile_width,
+                self.tile_height,
                 self.columns,
                 self.rows,
                 self.layout.overlap,
@@ -120,13 +128,22 @@ impl fmt::Display for TilePlan {
     }
 }
 
+/// A layout's grid and estimate.
+pub struct TileEstimate {
+    pub estimate: MemoryEstimate,
+    pub columns: usize,
+    pub rows: usize,
+    pub tile_width: usize,
+    pub tile_height: usize,
+}
+
 /// The estimate of a stream of `geometry` split by `layout`.
 pub fn estimate(
     shape: &ModelShape,
     geometry: &Geometry,
     layout: TileLayout,
     kv_time_windows: usize,
-) -> Result<(MemoryEstimate, usize, usize), EngineError> {
+) -> Result<TileEstimate, EngineError> {
     let (w, h) = (geometry.padded_width, geometry.padded_height);
     let grid = layout
         .grid(w, h)
@@ -143,7 +160,14 @@ pub fn estimate(
         }
         _ => memory::estimate_tiled(shape, w, h, &sizes, kv_time_windows),
     };
-    Ok((estimate, columns, rows))
+    let (tile_width, tile_height) = sizes.first().copied().unwrap_or((w, h));
+    Ok(TileEstimate {
+        estimate,
+        columns,
+        rows,
+        tile_width,
+        tile_height,
+    })
 }
 
 /// Chooses how a stream of `geometry` runs within `budget` bytes (what the stream
@@ -164,12 +188,14 @@ pub fn plan(
     let kv = settings.kv_ratio as usize;
     let overlap = settings.tile_overlap as usize;
     let make = |layout: TileLayout, automatic: bool| -> Result<TilePlan, EngineError> {
-        let (estimate, columns, rows) = estimate(shape, geometry, layout, kv)?;
+        let e = estimate(shape, geometry, layout, kv)?;
         Ok(TilePlan {
             layout,
-            columns,
-            rows,
-            estimate,
+            columns: e.columns,
+            rows: e.rows,
+            tile_width: e.tile_width,
+            tile_height: e.tile_height,
+            estimate: e.estimate,
             budget,
             automatic,
         })
@@ -336,11 +362,14 @@ mod tests {
             3,
         )
         .unwrap()
-        .0;
+        .estimate;
         assert!(larger.stream() > budget || tile + 128 >= 1920);
         let text = chosen.to_string();
         assert!(
-            text.contains(&format!("tiles of {tile}x{tile}")) && text.contains("memory budget"),
+            text.contains(&format!(
+                "tiles of {}x{}",
+                chosen.tile_width, chosen.tile_height
+            )) && text.contains("memory budget"),
             "{text}"
         );
     }
@@ -372,7 +401,7 @@ mod tests {
                     3,
                 )
                 .unwrap()
-                .0;
+                .estimate;
                 assert_eq!(needed, smallest.stream());
             }
             other => panic!("expected TooLarge, got {other:?}"),
@@ -424,7 +453,7 @@ mod tests {
             overlap: 64,
             decoder: None,
         };
-        let (tiled, _, _) = estimate(&shape, &g, layout, 3).unwrap();
+        let tiled = estimate(&shape, &g, layout, 3).unwrap().estimate;
         assert_eq!(tiled.tiles, 15);
         assert!(tiled.held > whole.held, "{tiled:?} {whole:?}");
         assert!(tiled.working * 2 < whole.working, "{tiled:?} {whole:?}");
@@ -447,7 +476,7 @@ mod tests {
                 overlap: 64,
             }),
         };
-        let (decoder_tiled, _, _) = estimate(&shape, &g, layout, 3).unwrap();
+        let decoder_tiled = estimate(&shape, &g, layout, 3).unwrap().estimate;
         // the decoder is the peak stage whole; in tiles it holds a memory per
         // tile but works on one region
         assert_eq!(whole.peak_stage, "decoder");

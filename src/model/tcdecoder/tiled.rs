@@ -73,7 +73,14 @@ impl DecoderTiling {
     /// The tiles of a `width x height` output frame (multiples of 8).
     pub fn tiles(&self, width: usize, height: usize) -> Result<Vec<Tile>> {
         self.validate()?;
-        tiling::grid(width, height, self.tile, self.overlap, COND_UNSHUFFLE)
+        tiling::grid(
+            width,
+            height,
+            self.tile,
+            self.overlap,
+            COND_UNSHUFFLE,
+            COND_UNSHUFFLE,
+        )
     }
 
     /// (width, height) in output pixels of the region each tile decodes, halo
@@ -166,6 +173,6 @@ impl TcDecoder {
                 .narrow(3, tile.cols.start - full.cols.start, tile.width())?;
             blender.add(&cropped, tile)?;
         }
-        Ok(blender.finish())
+        blender.finish()
     }
 }
