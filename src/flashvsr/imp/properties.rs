@@ -1,0 +1,190 @@
+//! The `flashvsr` element's properties: ranges, defaults and enum spellings
+//! from the engine (docs/element.md, "Properties").
+
+use super::*;
+
+impl ObjectImpl for FlashVsr {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            let defaults = EngineSettings::default();
+            vec![
+                glib::ParamSpecString::builder("model-dir")
+                    .nick("Model folder")
+                    .blurb("Folder with the FlashVSR weights (diffusion_pytorch_model_streaming_dmd.safetensors, LQ_proj_in.ckpt, TCDecoder.ckpt, posi_prompt.pth); when unset, $FLASHVSR_MODEL_DIR. Read at READY->PAUSED")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("model-version", defaults.model_version)
+                    .nick("Model version")
+                    .blurb("FlashVSR release the weights come from (the files look the same). Read at READY->PAUSED")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("scale")
+                    .nick("Scale")
+                    .blurb("Upscaling factor: output width and height are the input's times this. Read at READY->PAUSED")
+                    .minimum(*SCALE_RANGE.start())
+                    .maximum(*SCALE_RANGE.end())
+                    .default_value(defaults.scale)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("device")
+                    .nick("Device")
+                    .blurb("Where the network runs: \"cpu\", or \"cuda:N\" in builds with the cuda feature. Read at READY->PAUSED")
+                    .default_value(Some(defaults.device.as_str()))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("precision", defaults.precision)
+                    .nick("Precision")
+                    .blurb("Floating-point type the network runs in (bf16/f16 are for GPUs). Read at READY->PAUSED")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("color-fix", defaults.color_fix)
+                    .nick("Colour fix")
+                    .blurb("Colour correction of the output towards the input. Read at READY->PAUSED")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecDouble::builder("sparse-ratio")
+                    .nick("Sparse ratio")
+                    .blurb("Share of attention blocks kept by the sparse attention (higher: more blocks, slower). Read at READY->PAUSED")
+                    .minimum(*SPARSE_RATIO_RANGE.start())
+                    .maximum(*SPARSE_RATIO_RANGE.end())
+                    .default_value(defaults.sparse_ratio)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecDouble::builder("kv-ratio")
+                    .nick("KV ratio")
+                    .blurb("Time windows of past frames kept in the attention cache. Read at READY->PAUSED")
+                    .minimum(*KV_RATIO_RANGE.start())
+                    .maximum(*KV_RATIO_RANGE.end())
+                    .default_value(defaults.kv_ratio)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("local-range")
+                    .nick("Local range")
+                    .blurb("Width, in 8x8-token blocks, of the neighbourhood each block attends to. Read at READY->PAUSED")
+                    .minimum(*LOCAL_RANGE_RANGE.start())
+                    .maximum(*LOCAL_RANGE_RANGE.end())
+                    .default_value(defaults.local_range)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("max-memory")
+                    .nick("Memory budget")
+                    .blurb("Bytes a stream may use; a size whose estimated need (weights excluded) is larger runs in the largest tiles that fit (when tile-size is 0), or is refused at caps time with an error giving both figures. 0: the memory available when the caps arrive (MemAvailable) on the CPU, no limit on CUDA. Read at READY->PAUSED")
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("tile-size")
+                    .nick("Tile size")
+                    .blurb("Side, in output pixels, of the square tiles each frame is upscaled in (each tile its own model sequence, blended over the overlap): a multiple of 128. 0: whole frames, or the largest tiles that fit in max-memory when whole frames do not. Read at READY->PAUSED")
+                    .minimum(*TILE_SIZE_RANGE.start())
+                    .maximum(*TILE_SIZE_RANGE.end())
+                    .default_value(defaults.tile_size)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("tile-overlap")
+                    .nick("Tile overlap")
+                    .blurb("Output pixels neighbouring tiles share and blend over: a multiple of 8, less than the tile size. Read at READY->PAUSED")
+                    .minimum(*TILE_OVERLAP_RANGE.start())
+                    .maximum(*TILE_OVERLAP_RANGE.end())
+                    .default_value(defaults.tile_overlap)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("seed")
+                    .nick("Seed")
+                    .blurb("Seed of the noise the network starts from (same seed, same output). Read at READY->PAUSED")
+                    .default_value(defaults.seed)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("late-policy", LatePolicy::default())
+                    .nick("Late policy")
+                    .blurb("What a frame the model cannot finish before its deadline becomes: \"wait\" (every frame through the model, however late; files) or \"bicubic\" (its bicubic upscale, and the model restarts; live). Read at READY->PAUSED")
+                    .mutable_ready()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock();
+        let engine = &mut settings.engine;
+        // GObject checks the value's type against the ParamSpec before calling
+        // here, so a mismatch is a bug in this file (as in gst-plugins-rs).
+        match pspec.name() {
+            "model-dir" => {
+                settings.model_dir = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from);
+            }
+            "model-version" => engine.model_version = value.get().expect("type checked upstream"),
+            "scale" => engine.scale = value.get().expect("type checked upstream"),
+            "device" => {
+                engine.device = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| EngineSettings::default().device);
+            }
+            "precision" => engine.precision = value.get().expect("type checked upstream"),
+            "color-fix" => engine.color_fix = value.get().expect("type checked upstream"),
+            "sparse-ratio" => engine.sparse_ratio = value.get().expect("type checked upstream"),
+            "kv-ratio" => engine.kv_ratio = value.get().expect("type checked upstream"),
+            "local-range" => engine.local_range = value.get().expect("type checked upstream"),
+            "seed" => engine.seed = value.get().expect("type checked upstream"),
+            "late-policy" => settings.late_policy = value.get().expect("type checked upstream"),
+            "max-memory" => {
+                let bytes: u64 = value.get().expect("type checked upstream");
+                engine.max_memory = (bytes > 0).then_some(bytes);
+            }
+            "tile-size" => engine.tile_size = value.get().expect("type checked upstream"),
+            "tile-overlap" => engine.tile_overlap = value.get().expect("type checked upstream"),
+            other => unreachable!("flashvsr has no property {other}"),
+        }
+        drop(settings);
+        // Not the state lock: a chunk may be running under it.
+        if self.active_scale.load(Ordering::Acquire) != 0 {
+            gst::info!(
+                CAT,
+                imp = self,
+                "{} changed while running: it takes effect at the next READY->PAUSED change",
+                pspec.name()
+            );
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock();
+        let engine = &settings.engine;
+        match pspec.name() {
+            "model-dir" => settings
+                .model_dir
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .to_value(),
+            "model-version" => engine.model_version.to_value(),
+            "scale" => engine.scale.to_value(),
+            "device" => engine.device.to_value(),
+            "precision" => engine.precision.to_value(),
+            "color-fix" => engine.color_fix.to_value(),
+            "sparse-ratio" => engine.sparse_ratio.to_value(),
+            "kv-ratio" => engine.kv_ratio.to_value(),
+            "local-range" => engine.local_range.to_value(),
+            "seed" => engine.seed.to_value(),
+            "late-policy" => settings.late_policy.to_value(),
+            "max-memory" => engine.max_memory.unwrap_or(0).to_value(),
+            "tile-size" => engine.tile_size.to_value(),
+            "tile-overlap" => engine.tile_overlap.to_value(),
+            other => unreachable!("flashvsr has no property {other}"),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        for pad in [&self.sinkpad, &self.srcpad] {
+            if let Err(err) = obj.add_pad(pad) {
+                gst::error!(CAT, imp = self, "Could not add pad {}: {}", pad.name(), err);
+            }
+        }
+    }
+}
