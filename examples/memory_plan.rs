@@ -67,6 +67,7 @@ fn run() -> Result<(), String> {
         dtype_bytes: 2,
         conv_bytes: 2,
         weight_bytes: cpu.weight_bytes / 2,
+        parks_tiles: true,
         ..cpu.clone()
     };
     println!(

@@ -127,11 +127,13 @@ used_mib() {
 # drain; `fps` counts the warm-up, `steady_fps` does not; the efficiency replays are skipped (--no-replays).
 bench() {
   local width="$1" height="$2" log="$work/bench.log" mem="$work/memory.log" idle peak
+  shift 2
+  local extra=("$@")
   idle=$(used_mib)
   (while :; do used_mib; sleep 0.2; done) >"$mem" 2>/dev/null &
   sampler=$!
   timeout 240 "$bin/bench" --model-dir "$model" --width "$width" --height "$height" \
-    --frames 41 --scale 4 --precision bf16 --device cuda:0 --no-replays | tee "$log"
+    --frames 41 --scale 4 --precision bf16 --device cuda:0 --no-replays "${extra[@]}" | tee "$log"
   kill "$sampler" 2>/dev/null || true
   wait "$sampler" 2>/dev/null || true
   sampler=""
@@ -140,11 +142,14 @@ bench() {
   local fps
   fps=$(grep -E '^[a-z_]*fps=' "$log" | tr '\n' ' ' || true)
   echo "peak device memory: $((peak - idle)) MiB above the idle ${idle} MiB"
-  summary+=("bench ${width}x${height} -> $((width * 4))x$((height * 4)) bf16: ${fps}peak_mib=$((peak - idle))")
+  summary+=("bench ${width}x${height} -> $((width * 4))x$((height * 4)) bf16 ${extra[*]}: ${fps}peak_mib=$((peak - idle))")
 }
 
 phase "bench 352x192 -> 1408x768 (width x height)" bench 352 192
 phase "bench 480x272 -> 1920x1088 (width x height)" bench 480 272
+# The same in tiles: on a GPU each tile's state waits in host memory between
+# its turns (docs/element.md, "Memory and tiles").
+phase "bench 480x272 -> 1920x1088 in tiles of 1024" bench 480 272 --tile-size 1024
 
 echo
 echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader -i 0), $((SECONDS - start)) s)"

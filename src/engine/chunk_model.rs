@@ -10,6 +10,9 @@ pub trait ChunkModel {
     type State;
     fn device(&self) -> &Device;
     fn new_sequence(&self, config: &SequenceConfig) -> Result<Self::State>;
+    /// Moves what `state` holds between chunks to `device`
+    /// (`SequenceState::move_to`).
+    fn move_state(&self, state: &mut Self::State, device: &Device) -> Result<()>;
     /// Runs the next chunk (see `FlashVsrModel::run_chunk_traced`).
     fn run_chunk(
         &self,
@@ -29,6 +32,10 @@ impl ChunkModel for FlashVsrModel {
 
     fn new_sequence(&self, config: &SequenceConfig) -> Result<SequenceState> {
         FlashVsrModel::new_sequence(self, config)
+    }
+
+    fn move_state(&self, state: &mut SequenceState, device: &Device) -> Result<()> {
+        state.move_to(device)
     }
 
     fn run_chunk(

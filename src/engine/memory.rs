@@ -37,6 +37,9 @@ pub struct ModelShape {
     pub conv_bytes: usize,
     /// The loaded weights (`FlashVsrModel::weight_bytes`).
     pub weight_bytes: u64,
+    /// The model runs on a GPU: a tiled stream parks its tiles' states in host
+    /// memory between their turns, so the device holds one tile's state.
+    pub parks_tiles: bool,
 }
 
 impl ModelShape {
@@ -53,6 +56,7 @@ impl ModelShape {
                 dtype_bytes
             },
             weight_bytes: model.weight_bytes(),
+            parks_tiles: !model.device().is_cpu(),
         }
     }
 }
@@ -134,7 +138,14 @@ pub fn estimate_tiled(
         .iter()
         .map(|&(w, h)| SequenceParts::new(shape, w, h, kv_time_windows))
         .collect();
-    let held = whole.window + tile_parts.iter().map(|t| t.sequence_held).sum::<f64>();
+    // Parked tiles wait in host memory: the device holds the running one's.
+    let tile_held = tile_parts.iter().map(|t| t.sequence_held);
+    let held = whole.window
+        + if shape.parks_tiles {
+            tile_held.fold(0.0, f64::max)
+        } else {
+            tile_held.sum::<f64>()
+        };
 
     let accumulator = blend_accumulator(padded_width, padded_height);
     let (tile_stage, tile_run) = tile_parts
@@ -431,6 +442,7 @@ mod tests {
             },
             dtype_bytes: 4,
             conv_bytes: 4,
+            parks_tiles: false,
             weight_bytes: 6_400_000_000,
         }
     }
@@ -449,6 +461,33 @@ mod tests {
         assert_eq!(absurd.total(), u64::MAX);
         // 8192x8192 is far beyond any machine's memory
         assert!(estimate(&shape, 8192, 8192, 3).stream() > 1 << 40);
+    }
+
+    #[test]
+    fn parked_tiles_hold_one_tiles_state_on_the_device() {
+        let resident = released(30);
+        let parking = ModelShape {
+            parks_tiles: true,
+            ..resident.clone()
+        };
+        let tiles = [(1024, 640); 4];
+        let kept = estimate_tiled(&resident, 1920, 1152, &tiles, 3);
+        let parked = estimate_tiled(&parking, 1920, 1152, &tiles, 3);
+        let one = estimate(&resident, 1024, 640, 3);
+        let window = 25 * 3 * 1920 * 1152;
+        // all four tiles' states against one tile's; the working set is the same
+        assert!(
+            kept.held > 3 * one.held && kept.held <= 4 * one.held + window,
+            "{kept:?}"
+        );
+        assert!(parked.held <= one.held + window, "{parked:?} {one:?}");
+        assert_eq!(kept.working, parked.working);
+        // one tile is the untiled estimate, parked or not
+        let whole = [(1920, 1152)];
+        assert_eq!(
+            estimate_tiled(&parking, 1920, 1152, &whole, 3),
+            estimate_tiled(&resident, 1920, 1152, &whole, 3)
+        );
     }
 
     #[test]

@@ -109,6 +109,10 @@ pub struct Stream<T, M: ChunkModel> {
 struct TileSequence<S> {
     tile: Tile,
     state: S,
+    /// Where the state waits between the tile's turns: host memory when the
+    /// model runs on a GPU and there are several tiles, so that the device holds
+    /// one tile's state at a time (`None`: it stays on the model's device).
+    parking: Option<candle_core::Device>,
 }
 
 impl<T, M: ChunkModel> Stream<T, M> {
@@ -127,6 +131,8 @@ impl<T, M: ChunkModel> Stream<T, M> {
             .grid(geometry.padded_width, geometry.padded_height)
             .map_err(|e| EngineError::model(context.clone(), e))?;
         let mut tiles = Vec::with_capacity(grid.len());
+        let parking =
+            (grid.len() > 1 && !model.device().is_cpu()).then_some(candle_core::Device::Cpu);
         for tile in grid {
             let config = SequenceConfig {
                 height: tile.height(),
@@ -142,7 +148,11 @@ impl<T, M: ChunkModel> Stream<T, M> {
             let state = model
                 .new_sequence(&config)
                 .map_err(|e| EngineError::model(context.clone(), e))?;
-            tiles.push(TileSequence { tile, state });
+            tiles.push(TileSequence {
+                tile,
+                state,
+                parking: parking.clone(),
+            });
         }
         let resizer = BicubicResizer::new(
             geometry.in_width,
@@ -169,6 +179,15 @@ impl<T, M: ChunkModel> Stream<T, M> {
 
     pub fn geometry(&self) -> Geometry {
         self.geometry
+    }
+
+    /// Parks the tiles' states on `device` between their turns (`None`: never);
+    /// set at `new` from the model's device.
+    #[cfg(test)]
+    fn set_parking(&mut self, device: Option<candle_core::Device>) {
+        for t in &mut self.tiles {
+            t.parking = device.clone();
+        }
     }
 
     /// The model sequences this stream runs, one per tile.
@@ -434,9 +453,20 @@ fn run_tile<M: ChunkModel>(
     context: &dyn Fn(&str) -> String,
 ) -> Result<Tensor, EngineError> {
     let t = &sequence.tile;
+    let move_state = |state: &mut M::State, device: &candle_core::Device| {
+        model
+            .move_state(state, device)
+            .map_err(|e| EngineError::model(context("moving a tile's state"), e))
+    };
+    if sequence.parking.is_some() {
+        move_state(&mut sequence.state, model.device())?;
+    }
     let decoded = model
         .run_chunk(&mut sequence.state, lq, noise, trace)
         .map_err(|e| EngineError::model(context("running the model"), e))?;
+    if let Some(host) = &sequence.parking {
+        move_state(&mut sequence.state, host)?;
+    }
     let expected = [frames, 3, t.height(), t.width()];
     if decoded.dims() != expected {
         return Err(EngineError::model(
@@ -528,6 +558,11 @@ mod tests {
     struct EchoState {
         config: SequenceConfig,
         chunk: usize,
+        /// `move_state` calls: with parking, odd while a chunk runs (moved to
+        /// the model's device before it, back to the host after it).
+        moves: usize,
+        /// Whether a chunk ran while `moves` was even.
+        ran_parked: bool,
     }
 
     impl ChunkModel for EchoModel {
@@ -543,7 +578,14 @@ mod tests {
             Ok(EchoState {
                 config: config.clone(),
                 chunk: 0,
+                moves: 0,
+                ran_parked: false,
             })
+        }
+
+        fn move_state(&self, state: &mut EchoState, _: &Device) -> Result<()> {
+            state.moves += 1;
+            Ok(())
         }
 
         fn run_chunk(
@@ -563,6 +605,7 @@ mod tests {
                 candle_core::bail!("chunk {k}: noise {:?}", noise.dims());
             }
             state.chunk += 1;
+            state.ran_parked |= state.moves.is_multiple_of(2);
             *self.last_lq.borrow_mut() = Some(lq.clone());
             let frames = chunk_output_span(k).len();
             if self.show_noise {
@@ -749,6 +792,9 @@ mod tests {
             fn new_sequence(&self, _: &SequenceConfig) -> Result<()> {
                 Ok(())
             }
+            fn move_state(&self, _: &mut (), _: &Device) -> Result<()> {
+                Ok(())
+            }
             fn run_chunk(
                 &self,
                 _: &mut (),
@@ -819,6 +865,45 @@ mod tests {
                 assert!(worst <= 1, "{size:?} tile {tile}: frame {i} off by {worst}");
             }
         }
+    }
+
+    /// With parking on (a model on a GPU), every tile's state is moved to the
+    /// model's device before each of its chunks and back after it; a whole-frame
+    /// stream and a CPU model never move it.
+    #[test]
+    fn tiles_park_their_state_between_turns() {
+        let model = echo();
+        let mut noise = SeededNoise::new(0);
+        let mut s = tiled_stream(&model, (40, 33, 4), 128, 0);
+        assert!(
+            s.tiles.iter().all(|t| t.parking.is_none()),
+            "a CPU model parks nothing"
+        );
+        assert_eq!(s.tile_count(), 4);
+        s.set_parking(Some(Device::Cpu));
+        let mut out = 0;
+        for i in 0..34 {
+            out += s
+                .push(&frame(40, 33, i), i, &model, &mut noise)
+                .unwrap()
+                .len();
+        }
+        out += s.finish(&model, &mut noise).unwrap().len();
+        assert_eq!(out, 34);
+        for t in &s.tiles {
+            assert_eq!(t.state.chunk, 3);
+            assert_eq!(t.state.moves, 2 * 3, "moved in and out around each chunk");
+            assert!(!t.state.ran_parked, "a chunk ran on a parked state");
+        }
+        let mut whole = stream(&model, 40, 33, 4);
+        for i in 0..30 {
+            whole
+                .push(&frame(40, 33, i), i, &model, &mut noise)
+                .unwrap();
+        }
+        whole.finish(&model, &mut noise).unwrap();
+        assert!(whole.tiles[0].parking.is_none());
+        assert!(whole.tiles.iter().all(|t| t.state.moves == 0));
     }
 
     #[test]

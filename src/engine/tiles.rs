@@ -312,6 +312,7 @@ mod tests {
             },
             dtype_bytes: 4,
             conv_bytes: 4,
+            parks_tiles: false,
             weight_bytes: 1_500_000_000,
         }
     }

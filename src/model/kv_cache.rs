@@ -16,6 +16,12 @@ impl KvCache {
         self.v = None;
     }
 
+    /// Moves the held windows to `device`.
+    pub fn move_to(&mut self, device: &candle_core::Device) -> Result<()> {
+        super::move_held(&mut self.k, device)?;
+        super::move_held(&mut self.v, device)
+    }
+
     /// Windows held.
     pub fn windows(&self) -> usize {
         self.k.as_ref().and_then(|k| k.dim(1).ok()).unwrap_or(0)

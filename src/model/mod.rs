@@ -15,6 +15,20 @@ pub mod tcdecoder;
 pub mod tiling;
 
 pub use cancel::CancelToken;
+
+use candle_core::{Device, Result, Tensor};
+
+/// Moves a held tensor to `device` (a no-op when it is there already): how a
+/// sequence's state is parked in host memory between its turns
+/// (`SequenceState::move_to`).
+pub(crate) fn move_held(tensor: &mut Option<Tensor>, device: &Device) -> Result<()> {
+    if let Some(t) = tensor.as_mut()
+        && !t.device().same_device(device)
+    {
+        *t = t.to_device(device)?;
+    }
+    Ok(())
+}
 pub use network::{
     ChunkTrace, FlashVsrModel, ModelOptions, ModelVersion, SequenceConfig, SequenceState,
 };

@@ -121,6 +121,17 @@ impl SequenceState {
         self.dit.reset();
         self.decoder.reset();
     }
+    /// Moves everything the sequence holds between chunks (caches, KV caches,
+    /// decoder memories) to `device`. A tiled stream on a GPU parks each tile's
+    /// state in host memory between its turns, so that the device holds one
+    /// tile's state at a time (docs/element.md, "Memory and tiles"). The next
+    /// chunk must run with the state back on the model's device.
+    pub fn move_to(&mut self, device: &Device) -> Result<()> {
+        self.lq.move_to(device)?;
+        self.dit.move_to(device)?;
+        self.decoder.move_to(device)
+    }
+
     /// 128-token windows in the first DiT block's KV cache.
     pub fn kv_windows(&self) -> usize {
         self.dit.cached_windows()

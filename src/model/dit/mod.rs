@@ -116,6 +116,11 @@ impl DitState {
     pub fn reset(&mut self) {
         self.caches.iter_mut().for_each(KvCache::reset);
     }
+    /// Moves every block's cache to `device`.
+    pub fn move_to(&mut self, device: &candle_core::Device) -> Result<()> {
+        self.caches.iter_mut().try_for_each(|c| c.move_to(device))
+    }
+
     /// 128-token windows held by block 0's cache.
     pub fn cached_windows(&self) -> usize {
         self.caches.first().map(KvCache::windows).unwrap_or(0)

@@ -201,6 +201,14 @@ impl TcDecoderState {
         Ok(self)
     }
 
+    /// Moves every memory (of every tile) to `device`.
+    pub fn move_to(&mut self, device: &candle_core::Device) -> Result<()> {
+        self.memories
+            .iter_mut()
+            .flat_map(|m| m.0.iter_mut())
+            .try_for_each(|t| crate::model::move_held(t, device))
+    }
+
     /// Forgets the memories: the next chunk starts a new stream (same tiling).
     pub fn reset(&mut self) {
         self.started = false;
