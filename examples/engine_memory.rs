@@ -6,6 +6,9 @@
 //! Default: the fixture model `../shared/golden/tiny-v1/model`, 5,000 frames of 32x32.
 //! Prints `frame=<n> rss_kib=<v>` every 500 frames; exits non-zero on failure.
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -59,20 +62,8 @@ struct Args {
     frames: usize,
 
     /// Size of the input frames, as WIDTHxHEIGHT
-    #[arg(long, value_name = "WxH", default_value = "32x32", value_parser = parse_size)]
+    #[arg(long, value_name = "WxH", default_value = "32x32", value_parser = cli::parse_size)]
     size: (u32, u32),
-}
-
-/// Parses "WxH" into (width, height).
-fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let (w, h) = text
-        .split_once('x')
-        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
-    let side = |v: &str, what: &str| {
-        v.parse::<u32>()
-            .map_err(|_| format!("{text:?}: the {what} {v:?} is not a whole number"))
-    };
-    Ok((side(w, "width")?, side(h, "height")?))
 }
 
 fn run() -> Result<(), String> {

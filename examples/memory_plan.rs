@@ -9,6 +9,9 @@
 //! Defaults: outputs 1920x1080 and 3840x2160 (inputs 480x270 and 960x540 at x4),
 //! tiles 512 and 768 overlapping by 64. Nothing runs: only the estimates.
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,7 +28,7 @@ struct Args {
     model_dir: PathBuf,
 
     /// Input sizes, as WIDTHxHEIGHT (output: `scale` times)
-    #[arg(long = "size", value_name = "WxH", value_parser = parse_size,
+    #[arg(long = "size", value_name = "WxH", value_parser = cli::parse_size,
           default_values = ["480x270", "960x540"])]
     sizes: Vec<(u32, u32)>,
 
@@ -40,17 +43,6 @@ struct Args {
     /// Upscaling factor
     #[arg(long, value_name = "S", default_value_t = EngineSettings::default().scale)]
     scale: u32,
-}
-
-fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let (w, h) = text
-        .split_once('x')
-        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
-    let side = |v: &str| {
-        v.parse::<u32>()
-            .map_err(|_| format!("{text:?}: {v:?} is not a whole number"))
-    };
-    Ok((side(w)?, side(h)?))
 }
 
 fn run() -> Result<(), String> {

@@ -15,6 +15,9 @@
 //! a clip can be sharper along the border columns than on average, which the
 //! untiled output shows too); exits non-zero on an error, not on a seam.
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -48,7 +51,7 @@ struct Args {
     model_version: ModelVersion,
 
     /// Input size the clip is scaled to, as WIDTHxHEIGHT (output: 4 times)
-    #[arg(long, value_name = "WxH", default_value = "160x68", value_parser = parse_size)]
+    #[arg(long, value_name = "WxH", default_value = "160x68", value_parser = cli::parse_size)]
     size: (u32, u32),
 
     /// Frames to upscale
@@ -62,18 +65,6 @@ struct Args {
     /// Output pixels neighbouring tiles overlap by
     #[arg(long, value_name = "O", default_value_t = EngineSettings::default().tile_overlap)]
     tile_overlap: u32,
-}
-
-/// Parses "WxH" into (width, height).
-fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let (w, h) = text
-        .split_once('x')
-        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
-    let side = |v: &str| {
-        v.parse::<u32>()
-            .map_err(|_| format!("{text:?}: {v:?} is not a whole number"))
-    };
-    Ok((side(w)?, side(h)?))
 }
 
 /// The first `count` frames of `clip` as packed RGB at `width x height`.

@@ -89,3 +89,15 @@ impl EngineArgs {
         }
     }
 }
+
+/// Parses "WxH" into (width, height), for `value_parser`.
+pub fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
+    let side = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{text:?}: {v:?} is not a whole number"))
+    };
+    Ok((side(w)?, side(h)?))
+}

@@ -411,13 +411,17 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Model shapes for the memory model's and the tile plan's tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_shapes {
+    use super::ModelShape;
+    use crate::model::dit::DitConfig;
+    use crate::model::lq_proj::LqProjConfig;
+    use crate::model::tcdecoder::TcDecoderConfig;
 
     /// The released FlashVSR v1.1 widths (`RandomModelSpec::released`) with `layers`
-    /// DiT blocks.
-    fn released(layers: usize) -> ModelShape {
+    /// DiT blocks, in f32 on the CPU; the weights as a 30-block model's, scaled.
+    pub(crate) fn released(layers: usize) -> ModelShape {
         ModelShape {
             dit: DitConfig {
                 dim: 1536,
@@ -443,9 +447,16 @@ mod tests {
             dtype_bytes: 4,
             conv_bytes: 4,
             parks_tiles: false,
-            weight_bytes: 6_400_000_000,
+            weight_bytes: 1_300_000_000 + 170_000_000 * layers as u64,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::test_shapes::released;
 
     #[test]
     fn grows_with_the_pixels_and_saturates() {

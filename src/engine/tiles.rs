@@ -282,39 +282,10 @@ fn candidate_tiles(geometry: &Geometry, overlap: usize) -> impl Iterator<Item = 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::dit::DitConfig;
-    use crate::model::lq_proj::LqProjConfig;
-    use crate::model::tcdecoder::TcDecoderConfig;
 
     /// The released widths with one DiT block.
     fn released() -> ModelShape {
-        ModelShape {
-            dit: DitConfig {
-                dim: 1536,
-                ffn_dim: 8960,
-                heads: 12,
-                num_layers: 1,
-                text_dim: 4096,
-                freq_dim: 256,
-                in_channels: 16,
-                out_channels: 16,
-            },
-            lq_proj: LqProjConfig {
-                in_channels: 768,
-                hidden1: 2048,
-                hidden2: 3072,
-                out_dim: 1536,
-                layers: 1,
-            },
-            decoder: TcDecoderConfig {
-                in_channels: 784,
-                channels: [512, 256, 128, 128],
-            },
-            dtype_bytes: 4,
-            conv_bytes: 4,
-            parks_tiles: false,
-            weight_bytes: 1_500_000_000,
-        }
+        crate::engine::memory::test_shapes::released(1)
     }
 
     fn settings(tile_size: u32, tile_overlap: u32) -> EngineSettings {
