@@ -294,17 +294,7 @@ fn device_error(device: &str) -> String {
         .property("device", device)
         .build()
         .unwrap();
-    let bus = gst::Bus::new();
-    element.set_bus(Some(&bus));
-    assert!(element.set_state(gst::State::Paused).is_err());
-    let msg = bus
-        .pop_filtered(&[gst::MessageType::Error])
-        .expect("an error message");
-    element.set_state(gst::State::Null).unwrap();
-    let gst::MessageView::Error(err) = msg.view() else {
-        unreachable!()
-    };
-    err.error().to_string()
+    common::start_error_text(&element)
 }
 
 #[test]

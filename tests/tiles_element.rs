@@ -56,17 +56,7 @@ fn start_error(tile_size: u32, tile_overlap: u32) -> String {
         .property("tile-overlap", tile_overlap)
         .build()
         .unwrap();
-    let bus = gst::Bus::new();
-    element.set_bus(Some(&bus));
-    assert!(element.set_state(gst::State::Paused).is_err());
-    let msg = bus
-        .pop_filtered(&[gst::MessageType::Error])
-        .expect("an error message");
-    element.set_state(gst::State::Null).unwrap();
-    let gst::MessageView::Error(err) = msg.view() else {
-        unreachable!()
-    };
-    err.error().to_string()
+    common::start_error_text(&element)
 }
 
 #[test]

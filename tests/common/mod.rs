@@ -55,3 +55,20 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Takes `element` (a `flashvsr` that cannot start) to PAUSED, checks that the
+/// state change fails, and returns the text of the error it posted.
+pub fn start_error_text(element: &gst::Element) -> String {
+    use gst::prelude::*;
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    assert!(element.set_state(gst::State::Paused).is_err());
+    let msg = bus
+        .pop_filtered(&[gst::MessageType::Error])
+        .expect("an error message");
+    element.set_state(gst::State::Null).unwrap();
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    err.error().to_string()
+}
