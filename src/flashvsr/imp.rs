@@ -561,6 +561,25 @@ fn start_error(
     }
 }
 
+/// A builder for the pad `name` from the class's template of that name. The
+/// templates are built from fixed, valid arguments (`pad_templates`), so a
+/// missing one is a bug: the pad is then built without a template (same name,
+/// same direction, caps from its queries) rather than panicking in the
+/// application.
+fn pad_builder(
+    klass: &<FlashVsr as ObjectSubclass>::Class,
+    name: &str,
+    direction: gst::PadDirection,
+) -> gst::PadBuilder<gst::Pad> {
+    match klass.pad_template(name) {
+        Some(template) => gst::Pad::builder_from_template(&template),
+        None => {
+            gst::error!(CAT, "no {name} pad template; building the pad without one");
+            gst::Pad::builder(direction).name(name)
+        }
+    }
+}
+
 #[glib::object_subclass]
 impl ObjectSubclass for FlashVsr {
     const NAME: &'static str = "GstFlashVsr";
@@ -568,8 +587,7 @@ impl ObjectSubclass for FlashVsr {
     type ParentType = gst::Element;
 
     fn with_class(klass: &Self::Class) -> Self {
-        let templ = klass.pad_template("sink");
-        let sinkpad = gst::Pad::builder_from_template(&templ.expect("sink pad template"))
+        let sinkpad = pad_builder(klass, "sink", gst::PadDirection::Sink)
             .chain_function(|_pad, parent, buffer| {
                 FlashVsr::catch_panic_pad_function(
                     parent,
@@ -593,8 +611,7 @@ impl ObjectSubclass for FlashVsr {
             })
             .build();
 
-        let templ = klass.pad_template("src");
-        let srcpad = gst::Pad::builder_from_template(&templ.expect("src pad template"))
+        let srcpad = pad_builder(klass, "src", gst::PadDirection::Src)
             .event_function(|pad, parent, event| {
                 FlashVsr::catch_panic_pad_function(
                     parent,

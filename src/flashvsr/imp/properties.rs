@@ -107,37 +107,75 @@ impl ObjectImpl for FlashVsr {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings.lock();
         let engine = &mut settings.engine;
-        // GObject checks the value's type against the ParamSpec before calling
-        // here, so a mismatch is a bug in this file (as in gst-plugins-rs).
+        let typed = |slot: &mut dyn FnMut(&glib::Value) -> Result<(), String>| {
+            // GObject checks the value's type against the ParamSpec before calling
+            // here, so this fails only on a bug in this file: the property then
+            // keeps its value and the mismatch is logged, instead of a panic in
+            // the application's thread.
+            if let Err(err) = slot(value) {
+                gst::error!(CAT, imp = self, "property {}: {err}", pspec.name());
+            }
+        };
         match pspec.name() {
-            "model-dir" => {
-                settings.model_dir = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .filter(|s| !s.is_empty())
-                    .map(PathBuf::from);
-            }
-            "model-version" => engine.model_version = value.get().expect("type checked upstream"),
-            "scale" => engine.scale = value.get().expect("type checked upstream"),
-            "device" => {
-                engine.device = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_else(|| EngineSettings::default().device);
-            }
-            "precision" => engine.precision = value.get().expect("type checked upstream"),
-            "color-fix" => engine.color_fix = value.get().expect("type checked upstream"),
-            "sparse-ratio" => engine.sparse_ratio = value.get().expect("type checked upstream"),
-            "kv-ratio" => engine.kv_ratio = value.get().expect("type checked upstream"),
-            "local-range" => engine.local_range = value.get().expect("type checked upstream"),
-            "seed" => engine.seed = value.get().expect("type checked upstream"),
-            "late-policy" => settings.late_policy = value.get().expect("type checked upstream"),
-            "max-memory" => {
-                let bytes: u64 = value.get().expect("type checked upstream");
+            "model-dir" => typed(&mut |v| {
+                let dir: Option<String> = value_as(v)?;
+                settings.model_dir = dir.filter(|s| !s.is_empty()).map(PathBuf::from);
+                Ok(())
+            }),
+            "model-version" => typed(&mut |v| {
+                engine.model_version = value_as(v)?;
+                Ok(())
+            }),
+            "scale" => typed(&mut |v| {
+                engine.scale = value_as(v)?;
+                Ok(())
+            }),
+            "device" => typed(&mut |v| {
+                let device: Option<String> = value_as(v)?;
+                engine.device = device.unwrap_or_else(|| EngineSettings::default().device);
+                Ok(())
+            }),
+            "precision" => typed(&mut |v| {
+                engine.precision = value_as(v)?;
+                Ok(())
+            }),
+            "color-fix" => typed(&mut |v| {
+                engine.color_fix = value_as(v)?;
+                Ok(())
+            }),
+            "sparse-ratio" => typed(&mut |v| {
+                engine.sparse_ratio = value_as(v)?;
+                Ok(())
+            }),
+            "kv-ratio" => typed(&mut |v| {
+                engine.kv_ratio = value_as(v)?;
+                Ok(())
+            }),
+            "local-range" => typed(&mut |v| {
+                engine.local_range = value_as(v)?;
+                Ok(())
+            }),
+            "seed" => typed(&mut |v| {
+                engine.seed = value_as(v)?;
+                Ok(())
+            }),
+            "late-policy" => typed(&mut |v| {
+                settings.late_policy = value_as(v)?;
+                Ok(())
+            }),
+            "max-memory" => typed(&mut |v| {
+                let bytes: u64 = value_as(v)?;
                 engine.max_memory = (bytes > 0).then_some(bytes);
-            }
-            "tile-size" => engine.tile_size = value.get().expect("type checked upstream"),
-            "tile-overlap" => engine.tile_overlap = value.get().expect("type checked upstream"),
+                Ok(())
+            }),
+            "tile-size" => typed(&mut |v| {
+                engine.tile_size = value_as(v)?;
+                Ok(())
+            }),
+            "tile-overlap" => typed(&mut |v| {
+                engine.tile_overlap = value_as(v)?;
+                Ok(())
+            }),
             other => unreachable!("flashvsr has no property {other}"),
         }
         drop(settings);
@@ -187,4 +225,13 @@ impl ObjectImpl for FlashVsr {
             }
         }
     }
+}
+
+/// `value` as a `T`, or the type mismatch as text.
+fn value_as<'a, T>(value: &'a glib::Value) -> Result<T, String>
+where
+    T: glib::value::FromValue<'a>,
+    <T::Checker as glib::value::ValueTypeChecker>::Error: std::fmt::Display,
+{
+    value.get::<T>().map_err(|e| e.to_string())
 }

@@ -656,5 +656,4 @@ fn too_deep(at: u64) -> String {
 }
 
 #[cfg(test)]
-#[path = "pickle_tests.rs"]
 mod tests;
