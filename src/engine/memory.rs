@@ -100,17 +100,12 @@ pub fn estimate(
     padded_height: usize,
     kv_time_windows: usize,
 ) -> MemoryEstimate {
-    let parts = SequenceParts::new(shape, padded_width, padded_height, kv_time_windows);
-    let (peak_stage, largest) = parts.largest_stage(&STAGES);
-    MemoryEstimate {
+    SequenceParts::new(shape, padded_width, padded_height, kv_time_windows).whole_frames(
+        shape,
         padded_width,
         padded_height,
-        tiles: 1,
-        weights: shape.weight_bytes,
-        held: to_bytes(parts.window + parts.sequence_held),
-        working: to_bytes(parts.lq_tensor + largest),
-        peak_stage,
-    }
+        &STAGES,
+    )
 }
 
 /// The estimate for a stream of `padded_width x padded_height` frames run as one
@@ -196,18 +191,9 @@ pub fn estimate_decoder_tiled(
     regions: &[(usize, usize)],
     kv_time_windows: usize,
 ) -> MemoryEstimate {
-    let parts = SequenceParts::new(shape, padded_width, padded_height, kv_time_windows)
-        .with_decoder_regions(shape, padded_width, padded_height, regions);
-    let (peak_stage, largest) = parts.largest_stage(&DECODER_TILED_STAGES);
-    MemoryEstimate {
-        padded_width,
-        padded_height,
-        tiles: 1,
-        weights: shape.weight_bytes,
-        held: to_bytes(parts.window + parts.sequence_held),
-        working: to_bytes(parts.lq_tensor + largest),
-        peak_stage,
-    }
+    SequenceParts::new(shape, padded_width, padded_height, kv_time_windows)
+        .with_decoder_regions(shape, padded_width, padded_height, regions)
+        .whole_frames(shape, padded_width, padded_height, &DECODER_TILED_STAGES)
 }
 
 const DECODER_TILED_STAGES: [&str; 4] = [
@@ -254,6 +240,27 @@ struct SequenceParts {
 }
 
 impl SequenceParts {
+    /// The estimate of one sequence of whole frames: the window and the
+    /// sequence's state held, the LQ tensor and the largest of `stages` working.
+    fn whole_frames(
+        &self,
+        shape: &ModelShape,
+        padded_width: usize,
+        padded_height: usize,
+        stages: &[&'static str; 4],
+    ) -> MemoryEstimate {
+        let (peak_stage, largest) = self.largest_stage(stages);
+        MemoryEstimate {
+            padded_width,
+            padded_height,
+            tiles: 1,
+            weights: shape.weight_bytes,
+            held: to_bytes(self.window + self.sequence_held),
+            working: to_bytes(self.lq_tensor + largest),
+            peak_stage,
+        }
+    }
+
     fn new(
         shape: &ModelShape,
         padded_width: usize,
