@@ -3,33 +3,14 @@
 //! through the tiny fixture model (`../shared/golden/tiny-v1/model`) at 32x24 -> 128x96.
 
 mod common;
+use common::{init, tiny_model};
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
 use gst_check::Harness;
 
 const FRAME: gst::ClockTime = gst::ClockTime::from_mseconds(40);
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstflashvsr::plugin_register_static().expect("registering the flashvsr plugin");
-    });
-}
-
-/// The fixture model folder, or `None` (skip) when the shared fixtures are absent.
-fn tiny_model() -> Option<PathBuf> {
-    let dir = common::shared_dir()?.join("golden/tiny-v1/model");
-    assert!(
-        dir.is_dir(),
-        "{} is missing from the shared fixtures",
-        dir.display()
-    );
-    Some(dir)
-}
 
 /// What left the element's src pad, in order.
 #[derive(Debug, Clone)]

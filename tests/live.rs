@@ -7,10 +7,10 @@
 //! 8-frame chunk on this 2-core machine: three times real time at 25 fps.
 
 mod common;
+use common::{init, tiny_model};
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
@@ -19,20 +19,6 @@ use gstflashvsr::pixels::bicubic::resize_rgb;
 const WIDTH: usize = 32;
 const HEIGHT: usize = 24;
 const SCALE: usize = 4;
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstflashvsr::plugin_register_static().expect("registering the flashvsr plugin");
-    });
-}
-
-fn tiny_model() -> Option<PathBuf> {
-    let dir = common::shared_dir()?.join("golden/tiny-v1/model");
-    assert!(dir.is_dir(), "{} is missing", dir.display());
-    Some(dir)
-}
 
 /// Frame data by PTS, and in output order.
 type Frames = HashMap<gst::ClockTime, Vec<u8>>;

@@ -5,19 +5,12 @@
 //! The fixture model `../shared/golden/tiny-v1/model` stands in for the weights.
 
 mod common;
+use common::init;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use gst::prelude::*;
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstflashvsr::plugin_register_static().expect("registering the flashvsr plugin");
-    });
-}
 
 /// The live tests measure lateness against the real clock, so they must not share
 /// the two cores with the CPU-heavy file tests of this binary (cargo runs a

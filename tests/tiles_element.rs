@@ -3,20 +3,11 @@
 //! outputs every frame (the tiny fixture model, `../shared/golden/tiny-v1`).
 
 mod common;
-
-use std::sync::Once;
+use common::init;
 
 use gst::prelude::*;
 use gst_check::Harness;
 use gstflashvsr::engine::EngineSettings;
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstflashvsr::plugin_register_static().expect("registering the flashvsr plugin");
-    });
-}
 
 #[test]
 fn tile_properties_round_trip_with_their_defaults_and_ranges() {

@@ -72,3 +72,25 @@ pub fn start_error_text(element: &gst::Element) -> String {
     };
     err.error().to_string()
 }
+
+/// Initialises GStreamer and registers the plugin from this crate, once per
+/// test binary.
+pub fn init() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstflashvsr::plugin_register_static().expect("registering the flashvsr plugin");
+    });
+}
+
+/// The tiny fixture model folder, or `None` (skip) when the shared fixtures are
+/// absent.
+pub fn tiny_model() -> Option<PathBuf> {
+    let dir = shared_dir()?.join("golden/tiny-v1/model");
+    assert!(
+        dir.is_dir(),
+        "{} is missing from the shared fixtures",
+        dir.display()
+    );
+    Some(dir)
+}
