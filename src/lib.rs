@@ -15,6 +15,9 @@ pub mod model;
 pub mod pixels;
 pub mod weights;
 
+#[cfg(test)]
+mod test_util;
+
 pub use engine::{ColorFix, ModelVersion, Precision};
 pub use flashvsr::{FlashVsr, MODEL_DIR_ENV};
 

@@ -321,9 +321,7 @@ mod tests {
             .broadcast_add(&b.reshape((1, c_out, 1, 1))?)
     }
 
-    fn max_err(a: &Tensor, b: &Tensor) -> Result<f32> {
-        (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
-    }
+    use crate::test_util::max_abs_diff as max_err;
 
     /// Both paths against candle's convolution, including shapes that take
     /// several strips on the CPU path (70 x 300 and 300 x 300 frames).

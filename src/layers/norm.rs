@@ -105,12 +105,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn max_err(a: &Tensor, b: &Tensor) -> Result<f32> {
-        (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
-            .abs()?
-            .max_all()?
-            .to_scalar::<f32>()
-    }
+    use crate::test_util::max_abs_diff as max_err;
 
     /// The fused CPU path against the candle-op path (run here on bf16 input,
     /// which takes it), on rows with an offset mean so that a one-pass variance

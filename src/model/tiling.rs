@@ -320,16 +320,7 @@ mod tests {
                     .unwrap();
                 blender.add(&crop, t).unwrap();
             }
-            let diff = (blender.finish().unwrap() - &image)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::test_util::max_abs_diff(&blender.finish().unwrap(), &image).unwrap();
             let bound = if tiles.len() == 1 { 0.0 } else { 1e-5 };
             assert!(diff <= bound, "tile {tile} overlap {overlap}: {diff}");
         }

@@ -140,9 +140,7 @@ fn short_condition_is_padded_with_its_first_frame() -> Result<()> {
     Ok(())
 }
 
-fn max_abs(a: &Tensor, b: &Tensor) -> Result<f32> {
-    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-}
+use crate::test_util::max_abs_diff as max_abs;
 
 /// Decodes `chunks` chunks of 2 latent frames of `latents`/`cond` (4 chunks'
 /// worth: [1, 16, 8, h, w] and [32, 3, 8h, 8w]) with `state`.
