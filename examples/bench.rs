@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release --example bench -- --model-dir DIR --width W --height H [--frames N] [--scale S]
 //!  [--precision f32|bf16|f16] [--sparse-ratio R] [--local-range L] [--kv-ratio K] [--device cpu|cuda:N]
-//!  [--portable] [--no-replays] [--tile-size T] [--tile-overlap O] [--max-memory BYTES]`
+//!  [--portable] [--no-replays] [--tile-size T] [--tile-overlap O] [--decoder-tile-size D]
+//!  [--max-memory BYTES]`
 //!
 //! Streams N synthetic frames through the engine and prints, per steady-state
 //! chunk, the time of each stage, then `fps=<value>` (frames out per second of
@@ -64,6 +65,11 @@ struct Cli {
     #[arg(long, value_name = "O", default_value_t = EngineSettings::default().tile_overlap)]
     tile_overlap: u32,
 
+    /// Side of the decoder's tiles, in output pixels (a multiple of 128); 0:
+    /// whole frames unless the memory budget needs decoder tiles
+    #[arg(long, value_name = "D", default_value_t = EngineSettings::default().decoder_tile_size)]
+    decoder_tile_size: u32,
+
     /// Memory budget of the stream in bytes; 0: the available memory
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     max_memory: u64,
@@ -102,6 +108,7 @@ fn main() -> ExitCode {
         kernels: args.kernels.path(),
         tile_size: args.tile_size,
         tile_overlap: args.tile_overlap,
+        decoder_tile_size: args.decoder_tile_size,
         max_memory: (args.max_memory > 0).then_some(args.max_memory),
         ..args.engine.settings()
     };

@@ -10,7 +10,8 @@ use std::path::Path;
 use candle_core::Device;
 use gstflashvsr::devtools::seams::{SeamStats, borders};
 use gstflashvsr::engine::{
-    Engine, EngineError, EngineSettings, FixedNoise, ModelVersion, RgbFrame, TILE_ALIGN, TILE_SIDE,
+    ColorFix, Engine, EngineError, EngineSettings, FixedNoise, KernelPath, ModelVersion, RgbFrame,
+    TILE_ALIGN, TILE_SIDE,
 };
 use gstflashvsr::model::tiling::spans;
 
@@ -261,4 +262,98 @@ fn tiled_streams_output_every_frame_across_caps_changes_and_resets() {
     assert_eq!(engine.pending_frames(), 0);
     let frames: Vec<RgbFrame> = (0..26).map(|i| frame(40, 40, i)).collect();
     assert_eq!(run(&mut engine, &frames).len(), 26);
+}
+
+#[test]
+fn decoder_tiles_inside_model_tiles_decode_as_whole_tiles_do() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    // 384x256 output in 2 tiles of 256 overlapping by 96 (as above), each
+    // decoded in tiles of 128 (3 x 3 per model tile) or whole
+    let (settings, input, noise) = sparse_case(&shared);
+    let upscale = |decoder_tile_size: u32| {
+        let settings = EngineSettings {
+            tile_size: 256,
+            tile_overlap: 96,
+            decoder_tile_size,
+            ..settings.clone()
+        };
+        let noise = FixedNoise::new(noise.clone()).unwrap();
+        let mut engine = Engine::with_noise(settings, Box::new(noise)).unwrap();
+        let plan = engine.plan(96, 64).unwrap();
+        assert_eq!(plan.sequences(), 2, "{plan}");
+        let decoder = plan.layout.decoder.map(|d| (d.tile, d.overlap));
+        let expected = (decoder_tile_size > 0).then_some((128, 96));
+        assert_eq!(decoder, expected, "{plan}");
+        run(&mut engine, &input[..25])
+    };
+    let whole_tiles = upscale(0);
+    let decoder_tiled = upscale(128);
+    assert_eq!(decoder_tiled.len(), 25);
+    // the decoder's tiles reproduce whole-tile decoding to float rounding
+    // (docs/model.md, "Tiles"): the 8-bit frames agree within one level
+    for (i, (a, b)) in whole_tiles.iter().zip(&decoder_tiled).enumerate() {
+        let worst = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| x.abs_diff(*y))
+            .max();
+        assert!(worst <= Some(1), "frame {i}: off by {worst:?}");
+    }
+}
+
+#[test]
+fn tiles_work_at_every_scale_with_each_colour_fix_and_the_portable_path() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    // 64x48 input: x2 -> 128x96 (one tile row of 128), x3 -> 192x144 and x4 ->
+    // 256x192 (both padded to 256x256: 3 x 3 tiles of 128 overlapping by 32)
+    let cases = [
+        (2, ColorFix::Wavelet, KernelPath::Portable, 1),
+        (3, ColorFix::None, KernelPath::Fast, 9),
+        (4, ColorFix::Adain, KernelPath::Portable, 9),
+    ];
+    let frames: Vec<RgbFrame> = (0..26).map(|i| frame(64, 48, i)).collect();
+    for (scale, color_fix, kernels, sequences) in cases {
+        let settings = EngineSettings {
+            scale,
+            color_fix,
+            kernels,
+            tile_size: 128,
+            tile_overlap: 32,
+            decoder_tile_size: 128,
+            ..tiny(&shared)
+        };
+        let case = format!("x{scale}, {color_fix:?}, {kernels:?}");
+        let mut engine = Engine::new(settings.clone()).unwrap();
+        let out = run(&mut engine, &frames);
+        assert_eq!(out.len(), 26, "{case}");
+        let size = (64 * scale, 48 * scale);
+        assert!(
+            out.iter().all(|f| (f.width, f.height) == size),
+            "{case}: every frame {size:?}"
+        );
+        assert_eq!(
+            engine.plan(64, 48).unwrap().sequences(),
+            sequences,
+            "{case}"
+        );
+        // a tile covering the frame is the untiled output, whatever the settings
+        let covering = EngineSettings {
+            tile_size: 512,
+            decoder_tile_size: 0,
+            ..settings.clone()
+        };
+        let untiled = EngineSettings {
+            tile_size: 0,
+            decoder_tile_size: 0,
+            ..settings
+        };
+        let a = run(&mut Engine::new(covering).unwrap(), &frames[..25]);
+        let b = run(&mut Engine::new(untiled).unwrap(), &frames[..25]);
+        assert!(a == b, "{case}: a covering tile differs from untiled");
+    }
 }

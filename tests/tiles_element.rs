@@ -19,8 +19,23 @@ fn tile_properties_round_trip_with_their_defaults_and_ranges() {
         element.property::<u32>("tile-overlap"),
         defaults.tile_overlap
     );
-    assert_eq!((defaults.tile_size, defaults.tile_overlap), (0, 64));
-    for (name, max) in [("tile-size", 8192), ("tile-overlap", 8184)] {
+    assert_eq!(
+        element.property::<u32>("decoder-tile-size"),
+        defaults.decoder_tile_size
+    );
+    assert_eq!(
+        (
+            defaults.tile_size,
+            defaults.tile_overlap,
+            defaults.decoder_tile_size
+        ),
+        (0, 64, 0)
+    );
+    for (name, max) in [
+        ("tile-size", 8192),
+        ("tile-overlap", 8184),
+        ("decoder-tile-size", 8192),
+    ] {
         let pspec = element.find_property(name).unwrap();
         let spec = pspec.downcast_ref::<gst::glib::ParamSpecUInt>().unwrap();
         assert_eq!((spec.minimum(), spec.maximum()), (0, max), "{name}");
@@ -36,15 +51,18 @@ fn tile_properties_round_trip_with_their_defaults_and_ranges() {
     assert_eq!(element.property::<u32>("tile-overlap"), 96);
     element.set_property_from_str("tile-size", "0");
     assert_eq!(element.property::<u32>("tile-size"), 0);
+    element.set_property("decoder-tile-size", 384u32);
+    assert_eq!(element.property::<u32>("decoder-tile-size"), 384);
 }
 
 /// Starts a `flashvsr` with the given tile properties on an existing folder and
 /// returns the error text of READY->PAUSED.
-fn start_error(tile_size: u32, tile_overlap: u32) -> String {
+fn start_error(tile_size: u32, tile_overlap: u32, decoder_tile_size: u32) -> String {
     let element = gst::ElementFactory::make("flashvsr")
         .property("model-dir", std::env::temp_dir().to_str().unwrap())
         .property("tile-size", tile_size)
         .property("tile-overlap", tile_overlap)
+        .property("decoder-tile-size", decoder_tile_size)
         .build()
         .unwrap();
     common::start_error_text(&element)
@@ -53,19 +71,31 @@ fn start_error(tile_size: u32, tile_overlap: u32) -> String {
 #[test]
 fn bad_tile_values_fail_ready_to_paused_naming_the_property() {
     init();
-    let text = start_error(100, 64);
+    let text = start_error(100, 64, 0);
     assert!(
         text.contains("tile-size") && text.contains("multiple of 128") && text.contains("100"),
         "{text}"
     );
-    let text = start_error(256, 12);
+    let text = start_error(256, 12, 0);
     assert!(
         text.contains("tile-overlap") && text.contains("multiple of 8") && text.contains("12"),
         "{text}"
     );
-    let text = start_error(256, 256);
+    let text = start_error(256, 256, 0);
     assert!(
         text.contains("tile-overlap") && text.contains("less than the tile size 256"),
+        "{text}"
+    );
+    let text = start_error(0, 64, 200);
+    assert!(
+        text.contains("decoder-tile-size")
+            && text.contains("multiple of 128")
+            && text.contains("200"),
+        "{text}"
+    );
+    let text = start_error(0, 128, 128);
+    assert!(
+        text.contains("tile-overlap") && text.contains("less than the decoder tile size 128"),
         "{text}"
     );
 }
@@ -77,12 +107,14 @@ fn a_tiled_element_outputs_every_frame() {
         return;
     };
     let model = shared.join("golden/tiny-v1/model");
-    // 40x40 x4 -> 160x160, padded 256x256: tiles of 128 overlapping by 32, 3 x 3
+    // 40x40 x4 -> 160x160, padded 256x256: tiles of 128 overlapping by 32, 3 x 3,
+    // each decoded in one decoder tile
     let element = gst::ElementFactory::make("flashvsr")
         .property("model-dir", model.to_str().unwrap())
         .property_from_str("model-version", "v1")
         .property("tile-size", 128u32)
         .property("tile-overlap", 32u32)
+        .property("decoder-tile-size", 128u32)
         .build()
         .unwrap();
     let mut h = Harness::with_element(&element, Some("sink"), Some("src"));

@@ -37,9 +37,10 @@ pub struct ModelShape {
     pub conv_bytes: usize,
     /// The loaded weights (`FlashVsrModel::weight_bytes`).
     pub weight_bytes: u64,
-    /// The model runs on a GPU: a tiled stream parks its tiles' states in host
-    /// memory between their turns, so the device holds one tile's state.
-    pub parks_tiles: bool,
+    /// The model runs on a GPU: a tiled stream may park its tiles' states in
+    /// host memory between their turns, so that the device holds one tile's
+    /// state (`TileLayout::park`; the plan parks only when it must).
+    pub can_park: bool,
 }
 
 impl ModelShape {
@@ -56,7 +57,7 @@ impl ModelShape {
                 dtype_bytes
             },
             weight_bytes: model.weight_bytes(),
-            parks_tiles: !model.device().is_cpu(),
+            can_park: !model.device().is_cpu(),
         }
     }
 }
@@ -108,50 +109,94 @@ pub fn estimate(
     )
 }
 
+/// One model sequence of a stream: its padded frame size, and the regions its
+/// decoder decodes when it works in tiles (`DecoderTiling::decoded_sizes`,
+/// output pixels, halo included; `None`: whole frames).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceShape {
+    pub width: usize,
+    pub height: usize,
+    pub decoder_regions: Option<Vec<(usize, usize)>>,
+}
+
+impl SequenceShape {
+    /// A sequence of `width x height` frames whose decoder decodes whole frames.
+    pub fn whole(width: usize, height: usize) -> Self {
+        Self {
+            width,
+            height,
+            decoder_regions: None,
+        }
+    }
+
+    fn parts(&self, shape: &ModelShape, kv_time_windows: usize) -> SequenceParts {
+        let parts = SequenceParts::new(shape, self.width, self.height, kv_time_windows);
+        match &self.decoder_regions {
+            Some(regions) => parts.with_decoder_regions(shape, self.width, self.height, regions),
+            None => parts,
+        }
+    }
+}
+
 /// The estimate for a stream of `padded_width x padded_height` frames run as one
-/// model sequence per tile of `tiles` (each `(width, height)`), blended into the
-/// whole frame. Held: the whole-frame window plus every tile's sequence state.
-/// Working: the chunk's whole-frame noise, plus the largest of a tile's chunk
-/// (its LQ tensor, built from its crop of the frames, and its stages, while the
-/// blend accumulator is alive), the blend step (the accumulator, plus one
-/// frame's placed tile and sum, with the tile's output and its weighted copy) and the output
-/// conversion (the accumulator and one frame's copies). One tile is the
-/// untiled estimate.
+/// model sequence per tile of `tiles`, blended into the whole frame. Held: the
+/// whole-frame window plus every tile's sequence state (the largest tile's when
+/// `parked`: the others wait in host memory). Working: the chunk's whole-frame
+/// noise, plus the largest of a tile's chunk (its LQ tensor, built from its crop
+/// of the frames, and its stages, while the blend accumulator is alive), the
+/// blend step (the accumulator, plus one frame's placed tile and sum, with the
+/// tile's output and its weighted copy) and the output conversion (the
+/// accumulator and one frame's copies). One tile is the untiled estimate (with
+/// its decoder in tiles if the tile's is).
 pub fn estimate_tiled(
     shape: &ModelShape,
     padded_width: usize,
     padded_height: usize,
-    tiles: &[(usize, usize)],
+    tiles: &[SequenceShape],
     kv_time_windows: usize,
+    parked: bool,
 ) -> MemoryEstimate {
-    if tiles.len() <= 1 {
-        return estimate(shape, padded_width, padded_height, kv_time_windows);
+    if let [one] = tiles {
+        let stages = match one.decoder_regions {
+            Some(_) => &DECODER_TILED_STAGES,
+            None => &STAGES,
+        };
+        return one.parts(shape, kv_time_windows).whole_frames(
+            shape,
+            padded_width,
+            padded_height,
+            stages,
+        );
     }
     let p = padded_width as f64 * padded_height as f64;
     let whole = SequenceParts::new(shape, padded_width, padded_height, kv_time_windows);
     let tile_parts: Vec<SequenceParts> = tiles
         .iter()
-        .map(|&(w, h)| SequenceParts::new(shape, w, h, kv_time_windows))
+        .map(|t| t.parts(shape, kv_time_windows))
         .collect();
     // Parked tiles wait in host memory: the device holds the running one's.
     let tile_held = tile_parts.iter().map(|t| t.sequence_held);
     let held = whole.window
-        + if shape.parks_tiles {
+        + if parked {
             tile_held.fold(0.0, f64::max)
         } else {
             tile_held.sum::<f64>()
         };
 
+    let stage_names = match tiles.iter().any(|t| t.decoder_regions.is_some()) {
+        true => &TILE_STAGES_DECODER_TILED,
+        false => &TILE_STAGES,
+    };
     let accumulator = blend_accumulator(padded_width, padded_height);
     let (tile_stage, tile_run) = tile_parts
         .iter()
         .map(|t| {
-            let (stage, largest) = t.largest_stage(&TILE_STAGES);
+            let (stage, largest) = t.largest_stage(stage_names);
             // the crops of the frames (RGB24) and the tile's LQ tensor
             (stage, t.window + t.lq_tensor + largest)
         })
         .fold(("", 0.0), |best, s| if s.1 > best.1 { s } else { best });
-    let largest_tile = tiles.iter().map(|&(w, h)| w * h).max().unwrap_or(0);
+    let largest_tile = tiles.iter().map(|t| t.width * t.height).max().unwrap_or(0);
     // the sum is kept frame by frame, so placing a tile adds one frame's
     // temporaries (the padded tile twice and the new sum) to the accumulator
     let one_frame = blend_accumulator(padded_width, padded_height) / FIRST_CHUNK_OUTPUT as f64;
@@ -181,21 +226,6 @@ pub fn estimate_tiled(
     }
 }
 
-/// The estimate for a stream of whole `padded_width x padded_height` frames
-/// whose decoder works in tiles decoding `regions` (each `(width, height)`,
-/// `DecoderTiling::decoded_sizes`).
-pub fn estimate_decoder_tiled(
-    shape: &ModelShape,
-    padded_width: usize,
-    padded_height: usize,
-    regions: &[(usize, usize)],
-    kv_time_windows: usize,
-) -> MemoryEstimate {
-    SequenceParts::new(shape, padded_width, padded_height, kv_time_windows)
-        .with_decoder_regions(shape, padded_width, padded_height, regions)
-        .whole_frames(shape, padded_width, padded_height, &DECODER_TILED_STAGES)
-}
-
 const DECODER_TILED_STAGES: [&str; 4] = [
     "LQ projection",
     "DiT",
@@ -213,6 +243,12 @@ const TILE_STAGES: [&str; 4] = [
     "LQ projection (largest tile)",
     "DiT (largest tile)",
     "decoder (largest tile)",
+    "colour fix (largest tile)",
+];
+const TILE_STAGES_DECODER_TILED: [&str; 4] = [
+    "LQ projection (largest tile)",
+    "DiT (largest tile)",
+    "decoder (largest tile, in decoder tiles)",
     "colour fix (largest tile)",
 ];
 
@@ -281,10 +317,9 @@ impl SequenceParts {
         let decoded_frames = FRAMES_PER_LATENT as f64 * first_latents;
 
         // Held: 25 padded RGB24 frames (by the stream); K and V of every block for the time windows
-        // kept (chunk 0 leaves 3, each of 2 latent frames) plus the one being added;
-        // the decoder MemBlocks' last inputs (3 per stage, at 1/8, 1/4 and 1/2 size).
+        // kept (chunk 0 leaves 3, each of 2 latent frames); the decoder MemBlocks' last inputs (3 per stage, at 1/8, 1/4 and 1/2 size).
         let windows = kv_time_windows.max(3) as f64;
-        let kv = 2.0 * (layers * 2.0 * windows + 2.0 * (windows + 1.0)) * t * dim * e;
+        let kv = 2.0 * layers * 2.0 * windows * t * dim * e;
         let decoder_memory = 3.0 * (c0 / 64.0 + c1 / 16.0 + c2 / 4.0) * p * ec;
         let lq_cache = 2.0 * (shape.lq_proj.hidden1 + shape.lq_proj.in_channels) as f64 * p
             / (UNSHUFFLE * UNSHUFFLE) as f64
@@ -307,9 +342,13 @@ impl SequenceParts {
         let tokens = first_latents * t;
         let query_windows = tokens / WINDOW_TOKENS;
         let key_windows = (first_latents.max(2.0 * (windows + 1.0))) * t / WINDOW_TOKENS;
+        // One block at a time extends its K and V with the chunk's (the cached
+        // time windows plus one, concatenated): working memory, not held, so a
+        // tiled stream counts it once rather than once per tile.
         let dit = tokens * (10.0 * dim + 2.0 * d.ffn_dim as f64) * e
             + l.layers as f64 * tokens * dim * e
-            + 3.0 * d.heads as f64 * query_windows * key_windows * 4.0;
+            + 3.0 * d.heads as f64 * query_windows * key_windows * 4.0
+            + 2.0 * 2.0 * (windows + 1.0) * t * dim * e;
 
         // Decoder: the condition frames (padded to 24, then reordered), its input at
         // latent size, per latent frame its 4 full-size frames in 5 live tensors of
@@ -350,13 +389,22 @@ impl SequenceParts {
     ) -> Self {
         let p = padded_width as f64 * padded_height as f64;
         let ec = shape.conv_bytes as f64;
-        let halo = 2 * (DecoderTiling::HALO[0] - DecoderTiling::HALO[3]);
+        // each stage's MemBlocks remember its input region: the tile widened by
+        // that stage's halo (the regions given are widened by the last one)
+        let [c0, c1, c2, _] = shape.decoder.channels.map(|c| c as f64);
+        let per_stage = [(c0 / 64.0, 0), (c1 / 16.0, 1), (c2 / 4.0, 2)];
         let memory: f64 = regions
             .iter()
             .map(|&(w, h)| {
-                let widened = (w + halo).min(padded_width) * (h + halo).min(padded_height);
-                let one = SequenceParts::new(shape, w, h, 3);
-                one.decoder_memory / (w * h) as f64 * widened as f64
+                per_stage
+                    .iter()
+                    .map(|&(values, stage)| {
+                        let extra = 2 * (DecoderTiling::HALO[stage] - DecoderTiling::HALO[3]);
+                        let widened =
+                            (w + extra).min(padded_width) * (h + extra).min(padded_height);
+                        3.0 * values * widened as f64 * ec
+                    })
+                    .sum::<f64>()
             })
             .sum();
         let largest = regions
@@ -398,6 +446,22 @@ fn to_bytes(x: f64) -> u64 {
 pub fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     parse_meminfo(&text, "MemAvailable:")
+}
+
+/// Free memory of the GPU `device` runs on, in bytes: what a stream may add
+/// there once the weights are loaded. `None` on the CPU, in a build without
+/// CUDA, or when the driver does not answer.
+pub fn device_free_memory(device: &candle_core::Device) -> Option<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(cuda) => cuda
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, _total)| free as u64),
+        _ => None,
+    }
 }
 
 /// Reads a `Key:   123 kB` line of /proc/meminfo or /proc/self/status, in bytes.
@@ -453,7 +517,7 @@ pub(crate) mod test_shapes {
             },
             dtype_bytes: 4,
             conv_bytes: 4,
-            parks_tiles: false,
+            can_park: false,
             weight_bytes: 1_300_000_000 + 170_000_000 * layers as u64,
         }
     }
@@ -483,15 +547,11 @@ mod tests {
 
     #[test]
     fn parked_tiles_hold_one_tiles_state_on_the_device() {
-        let resident = released(30);
-        let parking = ModelShape {
-            parks_tiles: true,
-            ..resident.clone()
-        };
-        let tiles = [(1024, 640); 4];
-        let kept = estimate_tiled(&resident, 1920, 1152, &tiles, 3);
-        let parked = estimate_tiled(&parking, 1920, 1152, &tiles, 3);
-        let one = estimate(&resident, 1024, 640, 3);
+        let shape = released(30);
+        let tiles = vec![SequenceShape::whole(1024, 640); 4];
+        let kept = estimate_tiled(&shape, 1920, 1152, &tiles, 3, false);
+        let parked = estimate_tiled(&shape, 1920, 1152, &tiles, 3, true);
+        let one = estimate(&shape, 1024, 640, 3);
         let window = 25 * 3 * 1920 * 1152;
         // all four tiles' states against one tile's; the working set is the same
         assert!(
@@ -501,10 +561,10 @@ mod tests {
         assert!(parked.held <= one.held + window, "{parked:?} {one:?}");
         assert_eq!(kept.working, parked.working);
         // one tile is the untiled estimate, parked or not
-        let whole = [(1920, 1152)];
+        let whole = [SequenceShape::whole(1920, 1152)];
         assert_eq!(
-            estimate_tiled(&parking, 1920, 1152, &whole, 3),
-            estimate_tiled(&resident, 1920, 1152, &whole, 3)
+            estimate_tiled(&shape, 1920, 1152, &whole, 3, true),
+            estimate_tiled(&shape, 1920, 1152, &whole, 3, false)
         );
     }
 

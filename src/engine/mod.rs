@@ -224,7 +224,7 @@ impl<T> Engine<T> {
         let budget = match self.settings.max_memory {
             Some(bytes) => Some(bytes),
             None if self.model.device().is_cpu() => memory::available_memory(),
-            None => None,
+            None => memory::device_free_memory(self.model.device()),
         };
         tiles::plan(
             &memory::ModelShape::of(&self.model),

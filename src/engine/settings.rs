@@ -130,8 +130,8 @@ pub struct EngineSettings {
     /// prove the device path here); `Fast` (default) uses the CPU fast paths.
     pub kernels: KernelPath,
     /// Bytes a stream may take (`engine::memory`): a frame size whose estimate is
-    /// larger is refused. `None`: `MemAvailable` when the stream starts, on the CPU;
-    /// no check on CUDA, whose memory the estimate does not read.
+    /// larger runs in tiles, or is refused. `None`: `MemAvailable` when the
+    /// stream starts, on the CPU; the device's free memory on CUDA.
     pub max_memory: Option<u64>,
     /// Side, in output pixels, of the square tiles a stream runs as separate model
     /// sequences (`engine::tiles`); 0: whole frames, unless the memory budget
@@ -139,8 +139,13 @@ pub struct EngineSettings {
     /// covers it whole.
     pub tile_size: u32,
     /// Output pixels neighbouring tiles share and blend over (at least; the
-    /// tiles are spread evenly).
+    /// tiles are spread evenly); the decoder's tiles overlap by the same.
     pub tile_overlap: u32,
+    /// Side, in output pixels, of the square tiles the decoder decodes each
+    /// sequence's frames in (`model::tcdecoder::DecoderTiling`); 0: whole
+    /// frames, unless the memory budget needs decoder tiles, then the largest
+    /// that fit.
+    pub decoder_tile_size: u32,
 }
 
 impl Default for EngineSettings {
@@ -160,6 +165,7 @@ impl Default for EngineSettings {
             max_memory: None,
             tile_size: 0,
             tile_overlap: 64,
+            decoder_tile_size: 0,
         }
     }
 }
@@ -203,14 +209,19 @@ impl EngineSettings {
 
     fn validate_tiles(&self) -> Result<(), EngineError> {
         let (tile, overlap) = (self.tile_size, self.tile_overlap);
-        if !TILE_SIZE_RANGE.contains(&tile) || !tile.is_multiple_of(TILE_MULTIPLE) {
-            return Err(EngineError::setting(
-                "tile_size",
-                format!(
-                    "must be 0 (automatic) or a multiple of {TILE_MULTIPLE} up to {}, got {tile}",
-                    TILE_SIZE_RANGE.end()
-                ),
-            ));
+        for (field, side) in [
+            ("tile_size", tile),
+            ("decoder_tile_size", self.decoder_tile_size),
+        ] {
+            if !TILE_SIZE_RANGE.contains(&side) || !side.is_multiple_of(TILE_MULTIPLE) {
+                return Err(EngineError::setting(
+                    field,
+                    format!(
+                        "must be 0 (automatic) or a multiple of {TILE_MULTIPLE} up to {}, got {side}",
+                        TILE_SIZE_RANGE.end()
+                    ),
+                ));
+            }
         }
         if !TILE_OVERLAP_RANGE.contains(&overlap) || !overlap.is_multiple_of(TILE_OVERLAP_MULTIPLE)
         {
@@ -222,11 +233,16 @@ impl EngineSettings {
                 ),
             ));
         }
-        if tile > 0 && overlap >= tile {
-            return Err(EngineError::setting(
-                "tile_overlap",
-                format!("must be less than the tile size {tile}, got {overlap}"),
-            ));
+        for (name, side) in [
+            ("tile size", tile),
+            ("decoder tile size", self.decoder_tile_size),
+        ] {
+            if side > 0 && overlap >= side {
+                return Err(EngineError::setting(
+                    "tile_overlap",
+                    format!("must be less than the {name} {side}, got {overlap}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -294,7 +310,7 @@ mod tests {
     fn each_out_of_range_field_is_named() {
         /// Makes one field of valid settings invalid.
         type Breaker = fn(&mut EngineSettings);
-        let cases: [(&str, Breaker); 17] = [
+        let cases: [(&str, Breaker); 20] = [
             ("model_dir", |s| s.model_dir = PathBuf::new()),
             ("scale", |s| s.scale = 1),
             ("scale", |s| s.scale = 5),
@@ -311,6 +327,12 @@ mod tests {
             ("tile_size", |s| s.tile_size = 8320),
             ("tile_overlap", |s| s.tile_overlap = 12),
             ("tile_overlap", |s| s.tile_overlap = 8192),
+            ("decoder_tile_size", |s| s.decoder_tile_size = 200),
+            ("decoder_tile_size", |s| s.decoder_tile_size = 8320),
+            ("tile_overlap", |s| {
+                s.decoder_tile_size = 128;
+                s.tile_overlap = 128
+            }),
             ("tile_overlap", |s| {
                 s.tile_size = 256;
                 s.tile_overlap = 256

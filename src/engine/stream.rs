@@ -110,8 +110,9 @@ struct TileSequence<S> {
     tile: Tile,
     state: S,
     /// Where the state waits between the tile's turns: host memory when the
-    /// model runs on a GPU and there are several tiles, so that the device holds
-    /// one tile's state at a time (`None`: it stays on the model's device).
+    /// layout parks the tiles (a model on a GPU, several tiles, a budget their
+    /// states do not fit together), so that the device holds one tile's state
+    /// at a time (`None`: it stays on the model's device).
     parking: Option<candle_core::Device>,
 }
 
@@ -131,8 +132,9 @@ impl<T, M: ChunkModel> Stream<T, M> {
             .grid(geometry.padded_width, geometry.padded_height)
             .map_err(|e| EngineError::model(context.clone(), e))?;
         let mut tiles = Vec::with_capacity(grid.len());
-        let parking =
-            (grid.len() > 1 && !model.device().is_cpu()).then_some(candle_core::Device::Cpu);
+        // Parked states wait in host memory (`TileLayout::park`, which the plan
+        // sets only for a model on a GPU whose tiles' states do not all fit).
+        let parking = (grid.len() > 1 && layout.park).then_some(candle_core::Device::Cpu);
         for tile in grid {
             let config = SequenceConfig {
                 height: tile.height(),
@@ -179,15 +181,6 @@ impl<T, M: ChunkModel> Stream<T, M> {
 
     pub fn geometry(&self) -> Geometry {
         self.geometry
-    }
-
-    /// Parks the tiles' states on `device` between their turns (`None`: never);
-    /// set at `new` from the model's device.
-    #[cfg(test)]
-    fn set_parking(&mut self, device: Option<candle_core::Device>) {
-        for t in &mut self.tiles {
-            t.parking = device.clone();
-        }
     }
 
     /// The model sequences this stream runs, one per tile.
@@ -667,6 +660,7 @@ mod tests {
             tile: Some(tile),
             overlap,
             decoder: None,
+            park: false,
         };
         Stream::new(
             model,
@@ -867,20 +861,38 @@ mod tests {
         }
     }
 
-    /// With parking on (a model on a GPU), every tile's state is moved to the
-    /// model's device before each of its chunks and back after it; a whole-frame
-    /// stream and a CPU model never move it.
+    /// With parking on (a layout that parks: a model on a GPU), every tile's
+    /// state is moved to the model's device before each of its chunks and back
+    /// after it; a layout that does not park and a whole-frame stream never
+    /// move it.
     #[test]
     fn tiles_park_their_state_between_turns() {
         let model = echo();
         let mut noise = SeededNoise::new(0);
-        let mut s = tiled_stream(&model, (40, 33, 4), 128, 0);
+        let resident = tiled_stream(&model, (40, 33, 4), 128, 0);
         assert!(
-            s.tiles.iter().all(|t| t.parking.is_none()),
-            "a CPU model parks nothing"
+            resident.tiles.iter().all(|t| t.parking.is_none()),
+            "a layout that does not park parks nothing"
         );
+        let mut s: Stream<usize, EchoModel> = Stream::new(
+            &model,
+            &EngineSettings::default(),
+            Geometry::new(40, 33, 4).unwrap(),
+            TileLayout {
+                tile: Some(128),
+                overlap: 0,
+                decoder: None,
+                park: true,
+            },
+            &CancelToken::new(),
+        )
+        .unwrap();
         assert_eq!(s.tile_count(), 4);
-        s.set_parking(Some(Device::Cpu));
+        assert!(
+            s.tiles
+                .iter()
+                .all(|t| matches!(t.parking, Some(Device::Cpu)))
+        );
         let mut out = 0;
         for i in 0..34 {
             out += s
@@ -922,6 +934,7 @@ mod tests {
                 tile,
                 overlap: 40,
                 decoder: None,
+                park: false,
             };
             let mut s: Stream<usize, EchoModel> = Stream::new(
                 &model,
@@ -962,6 +975,7 @@ mod tests {
                 tile,
                 overlap: 0,
                 decoder: Some(decoder),
+                park: false,
             };
             let s: Stream<usize, EchoModel> = Stream::new(
                 &model,

@@ -33,6 +33,10 @@ pub struct TileLayout {
     pub overlap: usize,
     /// Spatial tiles of each sequence's decoder (`None`: whole frames).
     pub decoder: Option<DecoderTiling>,
+    /// Each tile's state waits in host memory between the tile's turns, so the
+    /// device holds one tile's (a model on a GPU whose tiles' states do not all
+    /// fit in the budget).
+    pub park: bool,
 }
 
 impl TileLayout {
@@ -41,6 +45,7 @@ impl TileLayout {
         tile: None,
         overlap: 0,
         decoder: None,
+        park: false,
     };
 
     /// The tiles of a padded `width x height` frame (one covering it for whole
@@ -67,7 +72,7 @@ pub struct TilePlan {
     pub estimate: MemoryEstimate,
     /// The budget the estimate was checked against (`None`: no check).
     pub budget: Option<u64>,
-    /// The budget, not the `tile_size` setting, chose the tiles.
+    /// The budget, not the settings, chose the tiles (model or decoder tiles).
     pub automatic: bool,
 }
 
@@ -105,6 +110,12 @@ impl fmt::Display for TilePlan {
                 f,
                 ", decoder tiles of {}x{} overlapping by {}",
                 decoder.tile, decoder.tile, decoder.overlap
+            )?;
+        }
+        if self.layout.park && self.sequences() > 1 {
+            write!(
+                f,
+                ", each tile's state parked in host memory between its turns"
             )?;
         }
         write!(
@@ -151,15 +162,22 @@ pub fn estimate(
     let columns = grid.iter().filter(|t| t.rows.start == 0).count();
     let rows = grid.len() / columns.max(1);
     let sizes: Vec<(usize, usize)> = grid.iter().map(|t| (t.width(), t.height())).collect();
-    let estimate = match (layout.tile, layout.decoder) {
-        (None, Some(decoder)) => {
-            let regions = decoder
-                .decoded_sizes(w, h)
-                .map_err(|e| EngineError::model(format!("decoder tiles of {w}x{h} frames"), e))?;
-            memory::estimate_decoder_tiled(shape, w, h, &regions, kv_time_windows)
-        }
-        _ => memory::estimate_tiled(shape, w, h, &sizes, kv_time_windows),
-    };
+    let sequences = sizes
+        .iter()
+        .map(|&(tw, th)| {
+            let decoder_regions = layout
+                .decoder
+                .map(|d| d.decoded_sizes(tw, th))
+                .transpose()
+                .map_err(|e| EngineError::model(format!("decoder tiles of {tw}x{th} frames"), e))?;
+            Ok(memory::SequenceShape {
+                width: tw,
+                height: th,
+                decoder_regions,
+            })
+        })
+        .collect::<Result<Vec<_>, EngineError>>()?;
+    let estimate = memory::estimate_tiled(shape, w, h, &sequences, kv_time_windows, layout.park);
     let (tile_width, tile_height) = sizes.first().copied().unwrap_or((w, h));
     Ok(TileEstimate {
         estimate,
@@ -171,14 +189,21 @@ pub fn estimate(
 }
 
 /// Chooses how a stream of `geometry` runs within `budget` bytes (what the stream
-/// may add to the process; `None`: no limit):
-/// - `tile_size` set: those tiles, refused with the figures if they do not fit;
-/// - else whole frames if they fit;
-/// - else whole frames with the decoder in the largest tiles that fit (the
-///   decoder's full-resolution activations are the largest stage);
-/// - else the largest tiles (multiples of 128 output pixels, larger than the
-///   overlap) that fit;
-/// - else `EngineError::TooLarge` with the figure for the smallest tiles.
+/// may add to the process; `None`: no limit). The layouts are tried in order of
+/// the work they add, and the first that fits is taken:
+/// - the model tiles: the `tile_size` setting if set, else whole frames, then
+///   square tiles (multiples of 128 output pixels, larger than the overlap),
+///   largest first: each smaller tile adds overlap and per-tile work;
+/// - for each, the tiles' states resident on the model's device, then (a model
+///   on a GPU, several tiles) parked in host memory between their turns, which
+///   moves each tile's state in and out every chunk;
+/// - for each, the decoder tiles of the `decoder_tile_size` setting if set,
+///   else the decoder on whole tiles, then in its own tiles, largest first
+///   (the decoder's full-resolution activations are the largest stage, and its
+///   tiles only add a halo to the decoder's work);
+/// - with no budget, or when the first fits, the first: the setting, or whole
+///   frames;
+/// - else `EngineError::TooLarge` with the figure for the smallest layout tried.
 pub fn plan(
     shape: &ModelShape,
     geometry: &Geometry,
@@ -201,55 +226,71 @@ pub fn plan(
         })
     };
     let fits = |plan: &TilePlan| budget.is_none_or(|b| plan.estimate.stream() <= b);
-    let too_large = |plan: TilePlan, available: u64| EngineError::TooLarge {
+
+    let longest = geometry.padded_width.max(geometry.padded_height);
+    let model_tiles: Vec<Option<usize>> = if settings.tile_size > 0 {
+        vec![Some(settings.tile_size as usize)]
+    } else {
+        std::iter::once(None)
+            .chain(candidate_tiles(longest, overlap).map(Some))
+            .collect()
+    };
+    let decoder_setting = (settings.decoder_tile_size > 0).then_some(DecoderTiling {
+        tile: settings.decoder_tile_size as usize,
+        overlap,
+    });
+    let layout = |tile: Option<usize>, park: bool, decoder: Option<DecoderTiling>| TileLayout {
+        tile,
+        overlap: if tile.is_some() { overlap } else { 0 },
+        decoder,
+        park,
+    };
+    let first = make(layout(model_tiles[0], false, decoder_setting), false)?;
+    let Some(available) = budget.filter(|_| !fits(&first)) else {
+        return Ok(first);
+    };
+    let mut smallest = first.clone();
+    for &tile in &model_tiles {
+        for park in [false, true] {
+            let mut candidate = make(layout(tile, park, decoder_setting), true)?;
+            if park && (!shape.can_park || candidate.sequences() < 2) {
+                break;
+            }
+            // decoder tiles to try, largest first, unless the setting fixes
+            // them: below the longer side of the sequences' frames
+            let side = candidate.tile_width.max(candidate.tile_height);
+            let mut decoder_tiles = candidate_tiles(side, overlap)
+                .filter(|_| decoder_setting.is_none())
+                .map(|decoder_tile| {
+                    let decoder = DecoderTiling {
+                        tile: decoder_tile,
+                        overlap,
+                    };
+                    layout(tile, park, Some(decoder))
+                });
+            loop {
+                if fits(&candidate) {
+                    return Ok(candidate);
+                }
+                let decoder_bound = candidate.estimate.peak_stage.contains("decoder");
+                if candidate.estimate.stream() < smallest.estimate.stream() {
+                    smallest = candidate;
+                }
+                // smaller decoder tiles help only while the decoder is the peak
+                let Some(next) = decoder_tiles.next().filter(|_| decoder_bound) else {
+                    break;
+                };
+                candidate = make(next, true)?;
+            }
+        }
+    }
+    Err(EngineError::TooLarge {
         out_width: geometry.out_width,
         out_height: geometry.out_height,
-        needed: plan.estimate.stream(),
+        needed: smallest.estimate.stream(),
         available,
-        tile: plan.layout.tile.filter(|_| plan.sequences() > 1),
-    };
-
-    if settings.tile_size > 0 {
-        let layout = TileLayout {
-            tile: Some(settings.tile_size as usize),
-            overlap,
-            decoder: None,
-        };
-        let plan = make(layout, false)?;
-        return match budget {
-            Some(available) if !fits(&plan) => Err(too_large(plan, available)),
-            _ => Ok(plan),
-        };
-    }
-    let whole = make(TileLayout::WHOLE, false)?;
-    let Some(available) = budget.filter(|_| !fits(&whole)) else {
-        return Ok(whole);
-    };
-    for tile in candidate_tiles(geometry, overlap) {
-        let layout = TileLayout {
-            tile: None,
-            overlap: 0,
-            decoder: Some(DecoderTiling { tile, overlap }),
-        };
-        let plan = make(layout, true)?;
-        if fits(&plan) {
-            return Ok(plan);
-        }
-    }
-    let mut smallest = whole;
-    for tile in candidate_tiles(geometry, overlap) {
-        let layout = TileLayout {
-            tile: Some(tile),
-            overlap,
-            decoder: None,
-        };
-        let plan = make(layout, true)?;
-        if fits(&plan) {
-            return Ok(plan);
-        }
-        smallest = plan;
-    }
-    Err(too_large(smallest, available))
+        tile: smallest.layout.tile.filter(|_| smallest.sequences() > 1),
+    })
 }
 
 /// `plan` for `in_width x in_height` input frames at the settings' scale, for
@@ -270,11 +311,11 @@ pub fn plan_for_input(
     )
 }
 
-/// Tile sides to try, largest first: multiples of 128 below the frame's longer
-/// padded side, down to the smallest one larger than the overlap.
-fn candidate_tiles(geometry: &Geometry, overlap: usize) -> impl Iterator<Item = usize> {
+/// Tile sides to try, largest first: multiples of 128 below `longest` (a
+/// frame's longer padded side), down to the smallest one larger than the
+/// overlap.
+fn candidate_tiles(longest: usize, overlap: usize) -> impl Iterator<Item = usize> {
     let step = TILE_MULTIPLE as usize;
-    let longest = geometry.padded_width.max(geometry.padded_height);
     let smallest = (overlap / step + 1) * step;
     (smallest..longest).step_by(step).rev()
 }
@@ -330,6 +371,7 @@ mod tests {
                 tile: Some(tile + 128),
                 overlap: 64,
                 decoder: None,
+                park: false,
             },
             3,
         )
@@ -358,29 +400,39 @@ mod tests {
                 available,
                 tile,
             }) => {
-                assert_eq!(
-                    (out_width, out_height, available, tile),
-                    (1920, 1080, 1 << 20, Some(128))
-                );
-                let smallest = estimate(
-                    &shape,
-                    &g,
-                    TileLayout {
+                assert_eq!((out_width, out_height, available), (1920, 1080, 1 << 20));
+                // the least of every layout tried: no more than the smallest
+                // model tiles with whole-tile decoding, or with decoder tiles
+                let tile = tile.expect("tiles");
+                let smallest = |decoder: Option<DecoderTiling>| {
+                    let layout = TileLayout {
                         tile: Some(128),
                         overlap: 64,
-                        decoder: None,
-                    },
-                    3,
-                )
-                .unwrap()
-                .estimate;
-                assert_eq!(needed, smallest.stream());
+                        decoder,
+                        park: false,
+                    };
+                    estimate(&shape, &g, layout, 3).unwrap().estimate.stream()
+                };
+                assert!(needed <= smallest(None), "{needed} for tiles of {tile}");
+                let with_decoder_tiles = [(256, 256), (512, 256), (1024, 512)].map(|(t, d)| {
+                    let layout = TileLayout {
+                        tile: Some(t),
+                        overlap: 64,
+                        decoder: Some(DecoderTiling {
+                            tile: d,
+                            overlap: 64,
+                        }),
+                        park: false,
+                    };
+                    estimate(&shape, &g, layout, 3).unwrap().estimate.stream()
+                });
+                assert!(with_decoder_tiles.iter().all(|&e| needed <= e), "{needed}");
             }
             other => panic!("expected TooLarge, got {other:?}"),
         }
         // an overlap of 128 leaves 256 as the smallest tile
         assert_eq!(
-            candidate_tiles(&g, 128).last(),
+            candidate_tiles(g.padded_width, 128).last(),
             Some(256),
             "smallest tile above the overlap"
         );
@@ -424,6 +476,7 @@ mod tests {
             tile: Some(512),
             overlap: 64,
             decoder: None,
+            park: false,
         };
         let tiled = estimate(&shape, &g, layout, 3).unwrap().estimate;
         assert_eq!(tiled.tiles, 15);
@@ -447,6 +500,7 @@ mod tests {
                 tile: 512,
                 overlap: 64,
             }),
+            park: false,
         };
         let decoder_tiled = estimate(&shape, &g, layout, 3).unwrap().estimate;
         // the decoder is the peak stage whole; in tiles it holds a memory per
@@ -463,5 +517,120 @@ mod tests {
         );
         assert!(decoder.tile >= 512, "{chosen}");
         assert!(chosen.to_string().contains("decoder tiles of"), "{chosen}");
+    }
+
+    #[test]
+    fn model_tiles_get_decoder_tiles_before_smaller_model_tiles() {
+        // 1920x1080 output within 40% of the whole-frame estimate: the largest
+        // model tiles whose decoder, in tiles, fits, rather than many small
+        // model tiles
+        let g = Geometry::new(480, 270, 4).unwrap();
+        let shape = released();
+        let whole = memory::estimate(&shape, 1920, 1152, 3);
+        let budget = whole.total() * 2 / 5 - whole.weights;
+        let chosen = plan(&shape, &g, &settings(0, 64), Some(budget)).unwrap();
+        let tile = chosen.layout.tile.expect("model tiles");
+        assert!(chosen.layout.decoder.is_some(), "{chosen}");
+        assert!(chosen.estimate.stream() <= budget, "{chosen}");
+        assert!(tile >= 1024 && chosen.sequences() <= 4, "{chosen}");
+        assert!(
+            chosen.estimate.peak_stage.contains("in decoder tiles"),
+            "{chosen}"
+        );
+        // the same model tiles with whole-tile decoding do not fit
+        let plain = estimate(
+            &shape,
+            &g,
+            TileLayout {
+                decoder: None,
+                ..chosen.layout
+            },
+            3,
+        )
+        .unwrap()
+        .estimate;
+        assert!(plain.stream() > budget, "{plain:?}");
+    }
+
+    #[test]
+    fn the_decoder_tile_setting_applies_with_or_without_model_tiles() {
+        let g = Geometry::new(480, 270, 4).unwrap();
+        let shape = released();
+        let decoder = Some(DecoderTiling {
+            tile: 512,
+            overlap: 64,
+        });
+        for tile_size in [0, 1024] {
+            let settings = EngineSettings {
+                decoder_tile_size: 512,
+                ..settings(tile_size, 64)
+            };
+            let chosen = plan(&shape, &g, &settings, None).unwrap();
+            assert_eq!(chosen.layout.decoder, decoder, "{chosen}");
+            assert_eq!(chosen.sequences() > 1, tile_size > 0, "{chosen}");
+            assert!(!chosen.automatic, "{chosen}");
+            // a budget may still shrink the model tiles, never the decoder's
+            let whole = plan(&shape, &g, &settings, None).unwrap().estimate.stream();
+            let tight = plan(
+                &shape,
+                &g,
+                &EngineSettings {
+                    tile_size: 0,
+                    ..settings
+                },
+                Some(whole / 2),
+            );
+            if let Ok(tight) = tight {
+                assert_eq!(tight.layout.decoder, decoder, "{tight}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_gpu_parks_tile_states_only_when_they_do_not_fit_resident() {
+        // the released model (30 blocks) in 2-byte values on a GPU, 1920x1080
+        // in tiles of 1024: four tiles' KV caches resident, or one at a time
+        let g = Geometry::new(480, 270, 4).unwrap();
+        let gpu = ModelShape {
+            dtype_bytes: 2,
+            conv_bytes: 2,
+            can_park: true,
+            ..memory::test_shapes::released(30)
+        };
+        let settings = EngineSettings {
+            decoder_tile_size: 512,
+            ..settings(1024, 64)
+        };
+        let resident = plan(&gpu, &g, &settings, None).unwrap();
+        assert!(
+            !resident.layout.park && resident.sequences() == 4,
+            "{resident}"
+        );
+        let parked_layout = TileLayout {
+            park: true,
+            ..resident.layout
+        };
+        let parked = estimate(&gpu, &g, parked_layout, 3).unwrap().estimate;
+        assert!(parked.held < resident.estimate.held, "{parked:?}");
+        // a budget the resident states fit: they stay on the device
+        let roomy = plan(&gpu, &g, &settings, Some(resident.estimate.stream())).unwrap();
+        assert!(!roomy.layout.park, "{roomy}");
+        // a budget only parked states fit: parked, and said so
+        let tight = plan(&gpu, &g, &settings, Some(parked.stream())).unwrap();
+        assert!(tight.layout.park && tight.automatic, "{tight}");
+        assert_eq!(tight.layout.tile, Some(1024), "{tight}");
+        assert!(
+            tight.to_string().contains("parked in host memory"),
+            "{tight}"
+        );
+        // the CPU never parks: the same budget needs smaller model tiles there
+        let cpu = ModelShape {
+            can_park: false,
+            ..gpu
+        };
+        match plan(&cpu, &g, &settings, Some(parked.stream())) {
+            Ok(chosen) => assert!(!chosen.layout.park, "{chosen}"),
+            Err(e) => assert!(matches!(e, EngineError::TooLarge { .. }), "{e:?}"),
+        }
     }
 }

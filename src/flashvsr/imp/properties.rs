@@ -68,7 +68,7 @@ impl ObjectImpl for FlashVsr {
                     .build(),
                 glib::ParamSpecUInt64::builder("max-memory")
                     .nick("Memory budget")
-                    .blurb("Bytes a stream may use; a size whose estimated need (weights excluded) is larger runs in the largest tiles that fit (when tile-size is 0), or is refused at caps time with an error giving both figures. 0: the memory available when the caps arrive (MemAvailable) on the CPU, no limit on CUDA. Read at READY->PAUSED")
+                    .blurb("Bytes a stream may use; a size whose estimated need (weights excluded) is larger runs in tiles that fit (model tiles when tile-size is 0, decoder tiles when decoder-tile-size is 0, tile states parked in host memory on a GPU), or is refused at caps time with an error giving both figures. 0: the memory available when the caps arrive (MemAvailable) on the CPU, the device's free memory on CUDA. Read at READY->PAUSED")
                     .default_value(0)
                     .mutable_ready()
                     .build(),
@@ -86,6 +86,14 @@ impl ObjectImpl for FlashVsr {
                     .minimum(*TILE_OVERLAP_RANGE.start())
                     .maximum(*TILE_OVERLAP_RANGE.end())
                     .default_value(defaults.tile_overlap)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("decoder-tile-size")
+                    .nick("Decoder tile size")
+                    .blurb("Side, in output pixels, of the square tiles the decoder decodes each frame (or each tile) in, overlapping by tile-overlap, with the context its receptive field needs: a multiple of 128. Saves the decoder's full-resolution memory at little cost. 0: whole frames, or the largest decoder tiles that fit in max-memory when they are needed. Read at READY->PAUSED")
+                    .minimum(*TILE_SIZE_RANGE.start())
+                    .maximum(*TILE_SIZE_RANGE.end())
+                    .default_value(defaults.decoder_tile_size)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt64::builder("seed")
@@ -176,6 +184,10 @@ impl ObjectImpl for FlashVsr {
                 engine.tile_overlap = value_as(v)?;
                 Ok(())
             }),
+            "decoder-tile-size" => typed(&mut |v| {
+                engine.decoder_tile_size = value_as(v)?;
+                Ok(())
+            }),
             other => unreachable!("flashvsr has no property {other}"),
         }
         drop(settings);
@@ -212,6 +224,7 @@ impl ObjectImpl for FlashVsr {
             "max-memory" => engine.max_memory.unwrap_or(0).to_value(),
             "tile-size" => engine.tile_size.to_value(),
             "tile-overlap" => engine.tile_overlap.to_value(),
+            "decoder-tile-size" => engine.decoder_tile_size.to_value(),
             other => unreachable!("flashvsr has no property {other}"),
         }
     }
