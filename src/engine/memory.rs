@@ -590,5 +590,7 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(available_memory().is_some_and(|b| b > 0));
         }
+        // the CPU's budget is MemAvailable, not a device's free memory
+        assert_eq!(device_free_memory(&candle_core::Device::Cpu), None);
     }
 }
