@@ -93,11 +93,6 @@ fn bad_tile_values_fail_ready_to_paused_naming_the_property() {
             && text.contains("200"),
         "{text}"
     );
-    let text = start_error(0, 128, 128);
-    assert!(
-        text.contains("tile-overlap") && text.contains("less than the decoder tile size 128"),
-        "{text}"
-    );
 }
 
 #[test]

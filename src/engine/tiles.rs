@@ -237,7 +237,7 @@ pub fn plan(
     };
     let decoder_setting = (settings.decoder_tile_size > 0).then_some(DecoderTiling {
         tile: settings.decoder_tile_size as usize,
-        overlap,
+        overlap: DecoderTiling::OVERLAP,
     });
     let layout = |tile: Option<usize>, park: bool, decoder: Option<DecoderTiling>| TileLayout {
         tile,
@@ -259,12 +259,12 @@ pub fn plan(
             // decoder tiles to try, largest first, unless the setting fixes
             // them: below the longer side of the sequences' frames
             let side = candidate.tile_width.max(candidate.tile_height);
-            let mut decoder_tiles = candidate_tiles(side, overlap)
+            let mut decoder_tiles = candidate_tiles(side, DecoderTiling::OVERLAP)
                 .filter(|_| decoder_setting.is_none())
                 .map(|decoder_tile| {
                     let decoder = DecoderTiling {
                         tile: decoder_tile,
-                        overlap,
+                        overlap: DecoderTiling::OVERLAP,
                     };
                     layout(tile, park, Some(decoder))
                 });
@@ -402,7 +402,7 @@ mod tests {
             }) => {
                 assert_eq!((out_width, out_height, available), (1920, 1080, 1 << 20));
                 // the least of every layout tried: no more than the smallest
-                // model tiles with whole-tile decoding, or with decoder tiles
+                // model tiles with whole-tile decoding
                 let tile = tile.expect("tiles");
                 let smallest = |decoder: Option<DecoderTiling>| {
                     let layout = TileLayout {
@@ -414,19 +414,6 @@ mod tests {
                     estimate(&shape, &g, layout, 3).unwrap().estimate.stream()
                 };
                 assert!(needed <= smallest(None), "{needed} for tiles of {tile}");
-                let with_decoder_tiles = [(256, 256), (512, 256), (1024, 512)].map(|(t, d)| {
-                    let layout = TileLayout {
-                        tile: Some(t),
-                        overlap: 64,
-                        decoder: Some(DecoderTiling {
-                            tile: d,
-                            overlap: 64,
-                        }),
-                        park: false,
-                    };
-                    estimate(&shape, &g, layout, 3).unwrap().estimate.stream()
-                });
-                assert!(with_decoder_tiles.iter().all(|&e| needed <= e), "{needed}");
             }
             other => panic!("expected TooLarge, got {other:?}"),
         }
@@ -447,7 +434,15 @@ mod tests {
         assert_eq!((chosen.columns, chosen.rows), (5, 3), "{chosen}");
         assert!(!chosen.automatic);
         let needed = chosen.estimate.stream();
-        let err = plan(&shape, &g, &settings(512, 64), Some(needed - 1)).unwrap_err();
+        // just below their estimate, the tiles are kept and decoded in tiles
+        let decoded = plan(&shape, &g, &settings(512, 64), Some(needed - 1)).unwrap();
+        assert_eq!(decoded.layout.tile, Some(512), "{decoded}");
+        assert!(
+            decoded.layout.decoder.is_some() && decoded.automatic,
+            "{decoded}"
+        );
+        // far below, refused with the figure for those tiles
+        let err = plan(&shape, &g, &settings(512, 64), Some(needed / 4)).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -520,24 +515,19 @@ mod tests {
     }
 
     #[test]
-    fn model_tiles_get_decoder_tiles_before_smaller_model_tiles() {
-        // 1920x1080 output within 40% of the whole-frame estimate: the largest
-        // model tiles whose decoder, in tiles, fits, rather than many small
-        // model tiles
+    fn decoder_tiles_come_before_smaller_model_tiles() {
+        // 1920x1080 output within 40% of the whole-frame estimate: whole frames
+        // or the largest model tiles, with the decoder in tiles, rather than
+        // many small model tiles
         let g = Geometry::new(480, 270, 4).unwrap();
         let shape = released();
         let whole = memory::estimate(&shape, 1920, 1152, 3);
         let budget = whole.total() * 2 / 5 - whole.weights;
         let chosen = plan(&shape, &g, &settings(0, 64), Some(budget)).unwrap();
-        let tile = chosen.layout.tile.expect("model tiles");
         assert!(chosen.layout.decoder.is_some(), "{chosen}");
         assert!(chosen.estimate.stream() <= budget, "{chosen}");
-        assert!(tile >= 1024 && chosen.sequences() <= 4, "{chosen}");
-        assert!(
-            chosen.estimate.peak_stage.contains("in decoder tiles"),
-            "{chosen}"
-        );
-        // the same model tiles with whole-tile decoding do not fit
+        assert!(chosen.sequences() <= 4, "{chosen}");
+        // the same model tiles with whole-frame decoding do not fit
         let plain = estimate(
             &shape,
             &g,
@@ -558,7 +548,7 @@ mod tests {
         let shape = released();
         let decoder = Some(DecoderTiling {
             tile: 512,
-            overlap: 64,
+            overlap: DecoderTiling::OVERLAP,
         });
         for tile_size in [0, 1024] {
             let settings = EngineSettings {

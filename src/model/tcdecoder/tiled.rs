@@ -38,6 +38,13 @@ impl DecoderTiling {
     /// "Tiles").
     pub const HALO: [usize; 4] = [96, 64, 24, 8];
 
+    /// The overlap of neighbouring decoder tiles that the engine uses, in
+    /// output pixels. The halo, not the overlap, gives each tile its context:
+    /// with no overlap at all the tiles differ from whole frames by at most
+    /// 1.3e-4 (docs/model.md, "Tiles"), so the overlap only has to fade that
+    /// over a few pixels, and every pixel more is decoded twice.
+    pub const OVERLAP: usize = 16;
+
     /// The context decoded around each tile at the decoder's input, in output
     /// pixels (the widest of [`Self::HALO`]).
     pub fn halo(&self) -> usize {
