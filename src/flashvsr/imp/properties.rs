@@ -90,7 +90,7 @@ impl ObjectImpl for FlashVsr {
                     .build(),
                 glib::ParamSpecUInt::builder("decoder-tile-size")
                     .nick("Decoder tile size")
-                    .blurb("Side, in output pixels, of the square tiles the decoder decodes each frame (or each tile) in, overlapping by tile-overlap, with the context its receptive field needs: a multiple of 128. Saves the decoder's full-resolution memory at little cost. 0: whole frames, or the largest decoder tiles that fit in max-memory when they are needed. Read at READY->PAUSED")
+                    .blurb("Side, in output pixels, of the square tiles the decoder decodes each frame (or each tile) in, overlapping by 16, with the context its receptive field needs: a multiple of 128. Saves the decoder's full-resolution memory at little cost. 0: whole frames, or the largest decoder tiles that fit in max-memory when they are needed. Read at READY->PAUSED")
                     .minimum(*TILE_SIZE_RANGE.start())
                     .maximum(*TILE_SIZE_RANGE.end())
                     .default_value(defaults.decoder_tile_size)
