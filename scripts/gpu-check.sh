@@ -151,7 +151,8 @@ phase "bench 480x272 -> 1920x1088 (width x height)" bench 480 272
 # its turns (docs/element.md, "Memory and tiles").
 phase "bench 480x272 -> 1920x1088 in tiles of 1024" bench 480 272 --tile-size 1024
 # The same tiles, each decoded in decoder tiles of 512: the layout the memory
-# model predicts at 38 % of the untiled peak (README "Memory and tiles").
+# model predicts at about 36 % of the untiled peak for the released model
+# (README "Memory and tiles").
 phase "bench 480x272 -> 1920x1088 in tiles of 1024, decoder tiles of 512" \
   bench 480 272 --tile-size 1024 --decoder-tile-size 512
 
