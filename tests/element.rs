@@ -252,19 +252,9 @@ fn bad_weights_fail_ready_to_paused_naming_the_folder() {
         .property("model-dir", empty.to_str().unwrap())
         .build()
         .unwrap();
-    let bus = gst::Bus::new();
-    element.set_bus(Some(&bus));
-    assert!(element.set_state(gst::State::Paused).is_err());
-    let msg = bus
-        .pop_filtered(&[gst::MessageType::Error])
-        .expect("an error message");
-    let gst::MessageView::Error(err) = msg.view() else {
-        unreachable!()
-    };
-    let text = err.error().to_string();
+    let text = common::start_error_text(&element);
     assert!(text.contains(empty.to_str().unwrap()), "{text}");
     assert!(text.contains("model-dir"), "{text}");
-    element.set_state(gst::State::Null).unwrap();
     std::fs::remove_dir(&empty).unwrap();
 }
 

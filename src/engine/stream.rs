@@ -631,6 +631,21 @@ mod tests {
         }
     }
 
+    /// Pushes `frames` tagged with their index, then finishes: every output.
+    fn run_frames(
+        s: &mut Stream<usize, EchoModel>,
+        frames: &[RgbFrame],
+        model: &EchoModel,
+        noise: &mut SeededNoise,
+    ) -> Vec<(RgbFrame, usize)> {
+        let mut out = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            out.extend(s.push(f, i, model, noise).unwrap());
+        }
+        out.extend(s.finish(model, noise).unwrap());
+        out
+    }
+
     fn stream(model: &EchoModel, w: u32, h: u32, scale: u32) -> Stream<usize, EchoModel> {
         let settings = EngineSettings {
             scale,
@@ -729,11 +744,7 @@ mod tests {
         ] {
             let mut s = stream(&model, w, h, scale);
             let frames: Vec<RgbFrame> = (0..n).map(|i| frame(w, h, i)).collect();
-            let mut out = Vec::new();
-            for (i, f) in frames.iter().enumerate() {
-                out.extend(s.push(f, i, &model, &mut noise).unwrap());
-            }
-            out.extend(s.finish(&model, &mut noise).unwrap());
+            let out = run_frames(&mut s, &frames, &model, &mut noise);
             assert_eq!(out.len(), n);
             let (ow, oh) = ((w * scale) as usize, (h * scale) as usize);
             for ((got, i), src) in out.iter().zip(&frames) {
@@ -835,11 +846,7 @@ mod tests {
             let mut s = tiled_stream(&model, size, tile, overlap);
             assert_eq!(s.tile_count(), sequences, "{size:?} tile {tile}");
             let frames: Vec<RgbFrame> = (0..n).map(|i| frame(w, h, i)).collect();
-            let mut out = Vec::new();
-            for (i, f) in frames.iter().enumerate() {
-                out.extend(s.push(f, i, &model, &mut noise).unwrap());
-            }
-            out.extend(s.finish(&model, &mut noise).unwrap());
+            let out = run_frames(&mut s, &frames, &model, &mut noise);
             assert_eq!(out.len(), n);
             // every sequence ran every chunk, on its own tile-sized frames
             assert_eq!(*model.sequences.borrow(), sequences);
@@ -944,11 +951,8 @@ mod tests {
                 &CancelToken::new(),
             )
             .unwrap();
-            let mut out = Vec::new();
-            for i in 0..25 {
-                out.extend(s.push(&frame(64, 64, i), i, &model, &mut noise).unwrap());
-            }
-            out.extend(s.finish(&model, &mut noise).unwrap());
+            let frames: Vec<RgbFrame> = (0..25).map(|i| frame(64, 64, i)).collect();
+            let out = run_frames(&mut s, &frames, &model, &mut noise);
             out.into_iter().map(|(f, _)| f.data).collect()
         };
         let whole = run(None);

@@ -251,9 +251,10 @@ pub fn plan(
     };
     let mut smallest = first.clone();
     for &tile in &model_tiles {
-        for park in [false, true] {
+        // only a model on a GPU parks, and only when it has several tiles
+        for park in [false, true].into_iter().filter(|&p| !p || shape.can_park) {
             let mut candidate = make(layout(tile, park, decoder_setting), true)?;
-            if park && (!shape.can_park || candidate.sequences() < 2) {
+            if park && candidate.sequences() < 2 {
                 break;
             }
             // decoder tiles to try, largest first, unless the setting fixes
