@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gstflashvsr::engine::memory::{ModelShape, human_bytes};
+use gstflashvsr::engine::memory::{self, ModelShape, human_bytes};
 use gstflashvsr::engine::tiles::plan_for_input;
 use gstflashvsr::engine::{Engine, EngineSettings};
 
@@ -85,6 +85,7 @@ fn run() -> Result<(), String> {
         conv_bytes: 2,
         weight_bytes: cpu.weight_bytes / 2,
         can_park: true,
+        element_limit: Some(memory::ELEMENT_LIMIT_CUDA),
         ..cpu.clone()
     };
     println!(

@@ -21,7 +21,7 @@ fn assert_parity(case: &str) -> Result<()> {
         return Ok(());
     };
     let case = GoldenCase::load(&dir)?;
-    let bicubic = parity::check_bicubic(&case)?;
+    let bicubic = parity::check_bicubic(&case)?.expect("the fixture holds lq_u8");
     assert!(bicubic.ok, "{bicubic}");
     let results = parity::check_pipeline(&case, &cpu_f32(), |c| println!("{c}"))?;
     let failed: Vec<String> = results
@@ -98,5 +98,37 @@ fn rope_positions_are_unbounded_and_only_differences_matter() -> Result<()> {
     let want = case.tensor("chunk0.noise_pred")?;
     let err = (at_zero - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(err < 1e-3, "{err}");
+    Ok(())
+}
+
+/// The GPU bundle's compact form of a case (`scripts/gpu-bundle.sh`) checks the
+/// model as the full case does: the same input frames (made from `lr_frames`
+/// exactly), the same masks and output frames.
+#[test]
+fn a_compact_case_checks_as_the_full_one() -> Result<()> {
+    let Some(dir) = common::golden_case("sparse-v1.1") else {
+        return Ok(());
+    };
+    let full = GoldenCase::load(&dir)?;
+    let scratch = common::Scratch::new("compact");
+    let report = parity::write_compact(&full, &scratch.0)?;
+    assert!(report.dropped.contains(&"lq_u8".to_owned()), "{report:?}");
+    for kept in ["lr_frames", "noise", "out.frames_u8", "chunk3.block1.mask"] {
+        assert!(report.kept.contains(&kept.to_owned()), "{kept}: {report:?}");
+    }
+    assert!(scratch.0.join("tolerances.txt").is_file());
+    let compact = GoldenCase::load(&scratch.0)?;
+    assert!(parity::check_bicubic(&compact)?.is_none());
+    assert_eq!(compact.lq_frames()?, full.lq_frames()?);
+    let results = parity::check_pipeline(&compact, &cpu_f32(), |c| println!("{c}"))?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.to_string())
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    for kind in ["mask", "latents", "kv_windows", "out.frames_u8"] {
+        assert!(results.iter().any(|c| c.name.contains(kind)), "{kind}");
+    }
     Ok(())
 }

@@ -14,9 +14,11 @@ use crate::model::{ChunkTrace, FlashVsrModel, ModelOptions, SequenceConfig, sche
 use crate::pixels::{bicubic, frames};
 
 mod case_settings;
+mod compact;
 mod tolerances;
 
 pub use case_settings::CaseSettings;
+pub use compact::{CompactReport, write_compact};
 pub use tolerances::{FrameTolerance, Tolerances};
 
 /// One golden case folder.
@@ -75,6 +77,28 @@ impl GoldenCase {
             decoder_tiling: None,
             cancel: Default::default(),
         }
+    }
+
+    /// The model's input frames, pre-upscaled and padded (`F = N + 4` packed
+    /// RGB frames of the output size), with their width and height: the
+    /// fixture's `lq_u8` where the case holds it, else (a compact case,
+    /// `write_compact`) made from `lr_frames` by this crate's bicubic
+    /// pre-upscale, which a compact case was checked to reproduce exactly.
+    pub fn lq_frames(&self) -> Result<(Vec<Vec<u8>>, usize, usize)> {
+        if let Ok(lq_u8) = self.tensor("lq_u8") {
+            let (f, h, w, _) = lq_u8.dims4()?;
+            let frames = (0..f)
+                .map(|i| lq_u8.i(i)?.flatten_all()?.to_vec1::<u8>())
+                .collect::<Result<_>>()?;
+            return Ok((frames, w, h));
+        }
+        let (lr, w, h) = self.lr_frames()?;
+        let (uw, uh) = bicubic::upscaled_size(w, h, self.settings.scale as f64);
+        let padded = schedule::chunk_lq_span(self.settings.chunks.saturating_sub(1)).end;
+        let frames = (0..padded.max(lr.len()))
+            .map(|i| bicubic::resize_rgb(&lr[i.min(lr.len() - 1)], w, h, uw, uh))
+            .collect::<Result<_>>()?;
+        Ok((frames, uw, uh))
     }
 
     /// Whole-stream noise `[1, 16, F', H/8, W/8]`.
@@ -187,10 +211,14 @@ pub fn compare_frames(
 }
 
 /// Checks the PIL-compatible pre-upscale: `lq_u8[i]` from `lr_frames[i]`, and
-/// that the fixture's padding frames are copies of the last one.
-pub fn check_bicubic(case: &GoldenCase) -> Result<Comparison> {
+/// that the fixture's padding frames are copies of the last one. `None` for a
+/// compact case, which holds no `lq_u8` (its pre-upscale was checked exact
+/// when it was written).
+pub fn check_bicubic(case: &GoldenCase) -> Result<Option<Comparison>> {
+    let Ok(lq) = case.tensor("lq_u8") else {
+        return Ok(None);
+    };
     let (lr, w, h) = case.lr_frames()?;
-    let lq = case.tensor("lq_u8")?;
     let (f, lh, lw, _) = lq.dims4()?;
     let (uw, uh) = bicubic::upscaled_size(w, h, case.settings.scale as f64);
     if (uw, uh) != (lw, lh) {
@@ -202,7 +230,7 @@ pub fn check_bicubic(case: &GoldenCase) -> Result<Comparison> {
     }
     let mut c = compare_frames("lq_u8", &ours, lq, &Tolerances::F32.frames)?;
     c.ok = c.max_abs <= 1.0;
-    Ok(c)
+    Ok(Some(c))
 }
 
 /// Runs the streaming pipeline chunk by chunk from `lq_u8` and the fixture noise,
@@ -231,11 +259,8 @@ pub fn check_pipeline(
         );
     }
 
-    let lq_u8 = case.tensor("lq_u8")?;
-    let (f, h, w, _) = lq_u8.dims4()?;
-    let lq_frames: Vec<Vec<u8>> = (0..f)
-        .map(|i| lq_u8.i(i)?.flatten_all()?.to_vec1::<u8>())
-        .collect::<Result<_>>()?;
+    let (lq_frames, w, h) = case.lq_frames()?;
+    let f = lq_frames.len();
     let noise = case.noise()?;
     let mut state = model.new_sequence(&case.stream_config())?;
     let n_out = case.tensor("out.frames_u8")?.dim(0)?;

@@ -25,6 +25,16 @@ pub enum EngineError {
         available: u64,
         tile: Option<usize>,
     },
+    /// Frames of this size would make a tensor of `elements` values, at or
+    /// above what the device can index (`limit`, `memory::ELEMENT_LIMIT_CUDA`),
+    /// in every layout the plan can choose (the `decoder_tile_size` or
+    /// `tile_size` setting, or the smallest decoder tiles); sizes are the output's.
+    TensorTooLarge {
+        out_width: usize,
+        out_height: usize,
+        elements: u64,
+        limit: u64,
+    },
     /// The chunk in progress was stopped through `Engine::cancel_token` (a flush, a
     /// seek, a state change); the stream was dropped, nothing of it is returned.
     Cancelled,
@@ -132,6 +142,17 @@ impl fmt::Display for EngineError {
                 }
                 f.write_str(": lower the scale or the input size")
             }
+            Self::TensorTooLarge {
+                out_width,
+                out_height,
+                elements,
+                limit,
+            } => write!(
+                f,
+                "FlashVSR would make a tensor of {elements} elements for {out_width}x{out_height} \
+                 output, and the device indexes fewer than {limit}: set a smaller \
+                 decoder-tile-size or tile-size, or lower the scale or the input size"
+            ),
             Self::Cancelled => write!(f, "cancelled (flush, seek or state change)"),
             Self::Model { context, source } => write!(f, "{context}: {source}"),
         }

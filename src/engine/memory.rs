@@ -41,7 +41,16 @@ pub struct ModelShape {
     /// host memory between their turns, so that the device holds one tile's
     /// state (`TileLayout::park`; the plan parks only when it must).
     pub can_park: bool,
+    /// The most elements one tensor may have on the model's device, `None`
+    /// for no limit. candle's CUDA kernels count elements in 32 bits (and
+    /// index with `int`), so a tensor of 2^31 elements or more gives wrong
+    /// values without an error there: the plan keeps every tensor below this
+    /// (`ELEMENT_LIMIT_CUDA`), with decoder tiles where needed.
+    pub element_limit: Option<u64>,
 }
+
+/// The element limit of a tensor on a CUDA device: below 2^31.
+pub const ELEMENT_LIMIT_CUDA: u64 = 1 << 31;
 
 impl ModelShape {
     pub fn of(model: &FlashVsrModel) -> Self {
@@ -58,6 +67,7 @@ impl ModelShape {
             },
             weight_bytes: model.weight_bytes(),
             can_park: !model.device().is_cpu(),
+            element_limit: (!model.device().is_cpu()).then_some(ELEMENT_LIMIT_CUDA),
         }
     }
 }
@@ -78,9 +88,20 @@ pub struct MemoryEstimate {
     pub working: u64,
     /// Which stage `working` is.
     pub peak_stage: &'static str,
+    /// Elements of the largest single tensor the stream makes (the decoder's
+    /// padded full-resolution activations at any size worth tiling), checked
+    /// against `ModelShape::element_limit`.
+    pub largest_tensor: u64,
 }
 
 impl MemoryEstimate {
+    /// Whether the largest tensor stays below the device's element limit.
+    pub fn within_element_limit(&self, shape: &ModelShape) -> bool {
+        shape
+            .element_limit
+            .is_none_or(|limit| self.largest_tensor < limit)
+    }
+
     /// What the stream adds to the process: `held + working`.
     pub fn stream(&self) -> u64 {
         self.held.saturating_add(self.working)
@@ -215,6 +236,11 @@ pub fn estimate_tiled(
     // were not measured; docs/element.md, "Memory and tiles").
     let allocator = 0.1 * tiles.len().min(4) as f64 * tile_run;
     let noise = LATENT_CHANNELS as f64 * chunk_noise_frames(0).len() as f64 * p / 64.0 * 4.0;
+    // the blend accumulator is the largest whole-frame tensor of a tiled stream
+    let largest_tensor = tile_parts
+        .iter()
+        .map(|t| t.largest_tensor)
+        .fold(FIRST_CHUNK_OUTPUT as f64 * 3.0 * p, f64::max);
     MemoryEstimate {
         padded_width,
         padded_height,
@@ -223,6 +249,7 @@ pub fn estimate_tiled(
         held: to_bytes(held),
         working: to_bytes(noise + largest + allocator),
         peak_stage,
+        largest_tensor: largest_tensor.ceil() as u64,
     }
 }
 
@@ -273,6 +300,8 @@ struct SequenceParts {
     dit: f64,
     decoder: f64,
     output: f64,
+    /// Elements of the largest single tensor.
+    largest_tensor: f64,
 }
 
 impl SequenceParts {
@@ -294,6 +323,7 @@ impl SequenceParts {
             held: to_bytes(self.window + self.sequence_held),
             working: to_bytes(self.lq_tensor + largest),
             peak_stage,
+            largest_tensor: self.largest_tensor.ceil() as u64,
         }
     }
 
@@ -362,6 +392,19 @@ impl SequenceParts {
             + 2.0 * 8.0 * c2 * p / 4.0 * ec
             + 4.0 * decoded_frames * 3.0 * p * 4.0;
         let output = 6.0 * out_frames * 3.0 * p * 4.0 + 3.0 * out_frames * 4.0 * p;
+        // The largest single tensors: the decoder's last stage, one latent
+        // frame's 4 full-size frames of the widest last channels zero-padded by
+        // 1 for a 3x3 convolution; the decoded frames; the LQ tensor; the DiT's
+        // feed-forward activations; the LQ projection's widest activations.
+        let largest_tensor = [
+            decoder_activation_elements(&shape.decoder, padded_width, padded_height),
+            decoded_frames * 3.0 * p,
+            lq_frames * 3.0 * p,
+            tokens * d.ffn_dim as f64,
+            4.0 * (l.hidden1.max(l.hidden2)) as f64 * p / (UNSHUFFLE * UNSHUFFLE) as f64,
+        ]
+        .into_iter()
+        .fold(0.0, f64::max);
         Self {
             window: lq_frames * 3.0 * p,
             sequence_held: kv + decoder_memory + lq_cache,
@@ -371,6 +414,7 @@ impl SequenceParts {
             dit,
             decoder,
             output,
+            largest_tensor,
         }
     }
 
@@ -421,6 +465,13 @@ impl SequenceParts {
         self.sequence_held += memory - self.decoder_memory;
         self.decoder_memory = memory;
         self.decoder = largest + whole_frame;
+        // the full-resolution activations shrink to the largest region's; the
+        // whole frame's decoded frames remain
+        self.largest_tensor = regions
+            .iter()
+            .map(|&(w, h)| decoder_activation_elements(&shape.decoder, w, h))
+            .fold(decoded_frames * 3.0 * p, f64::max)
+            .max(FIRST_CHUNK_INPUT as f64 * 3.0 * p);
         self
     }
 
@@ -436,6 +487,14 @@ impl SequenceParts {
     }
 }
 
+/// Elements of the decoder's largest activation on `width x height` frames:
+/// the 4 output frames of one latent frame at the widest of the last two
+/// stages' channels, zero-padded by one pixel for a 3x3 convolution.
+fn decoder_activation_elements(decoder: &TcDecoderConfig, width: usize, height: usize) -> f64 {
+    let [_, _, c2, c3] = decoder.channels;
+    FRAMES_PER_LATENT as f64 * c2.max(c3) as f64 * (width + 2) as f64 * (height + 2) as f64
+}
+
 fn to_bytes(x: f64) -> u64 {
     // `as` saturates: an absurd size gives u64::MAX, never a wrapped small value.
     x.ceil() as u64
@@ -448,20 +507,22 @@ pub fn available_memory() -> Option<u64> {
     parse_meminfo(&text, "MemAvailable:")
 }
 
-/// Free memory of the GPU `device` runs on, in bytes: what a stream may add
-/// there once the weights are loaded. `None` on the CPU, in a build without
-/// CUDA, or when the driver does not answer.
+/// Memory of the GPU `device` runs on that a stream may still use, in bytes
+/// (`cuda_device::free_memory`). `None` on the CPU, in a build without CUDA,
+/// or when the driver does not answer.
 pub fn device_free_memory(device: &candle_core::Device) -> Option<u64> {
-    match device {
-        #[cfg(feature = "cuda")]
-        candle_core::Device::Cuda(cuda) => cuda
-            .cuda_stream()
-            .context()
-            .mem_get_info()
-            .ok()
-            .map(|(free, _total)| free as u64),
-        _ => None,
-    }
+    super::cuda_device::free_memory(device)
+}
+
+/// Bytes of tensors on the GPU `device` runs on now and at most since the
+/// last `reset_device_peak` (`cuda_device::pool_usage`); `None` on the CPU.
+pub fn device_pool_usage(device: &candle_core::Device) -> Option<super::PoolUsage> {
+    super::cuda_device::pool_usage(device)
+}
+
+/// Starts `device_pool_usage`'s peak again from what is in use now.
+pub fn reset_device_peak(device: &candle_core::Device) {
+    super::cuda_device::reset_peak_memory(device)
 }
 
 /// Reads a `Key:   123 kB` line of /proc/meminfo or /proc/self/status, in bytes.
@@ -518,6 +579,7 @@ pub(crate) mod test_shapes {
             dtype_bytes: 4,
             conv_bytes: 4,
             can_park: false,
+            element_limit: None,
             weight_bytes: 1_300_000_000 + 170_000_000 * layers as u64,
         }
     }

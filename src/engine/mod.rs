@@ -21,6 +21,7 @@
 
 mod choices;
 mod chunk_model;
+mod cuda_device;
 mod error;
 pub mod memory;
 pub mod noise;
@@ -35,6 +36,7 @@ pub use crate::layers::kernels::KernelPath;
 pub use crate::model::ModelVersion;
 pub use crate::model::color_fix::ColorFix;
 pub use choices::{Choice, ChoiceValue};
+pub use cuda_device::PoolUsage;
 pub use error::EngineError;
 pub use memory::MemoryEstimate;
 pub use noise::{FixedNoise, NoiseSource, SeededNoise};

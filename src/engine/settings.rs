@@ -73,7 +73,7 @@ impl DeviceSpec {
     pub fn open(self) -> Result<Device, EngineError> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda(n) => Device::new_cuda(n).map_err(|e| EngineError::device(self, e)),
+            Self::Cuda(n) => super::cuda_device::open(n).map_err(|e| EngineError::device(self, e)),
         }
     }
 }

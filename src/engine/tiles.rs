@@ -204,6 +204,12 @@ pub fn estimate(
 /// - with no budget, or when the first fits, the first: the setting, or whole
 ///   frames;
 /// - else `EngineError::TooLarge` with the figure for the smallest layout tried.
+///
+/// On a device whose tensors are limited in elements (`ModelShape::element_limit`,
+/// CUDA), a layout fits only when its largest tensor is below the limit, with
+/// or without a budget: at 4K the decoder's full-resolution activations pass
+/// 2^31 elements, so whole frames take decoder tiles there. When no layout
+/// does, `EngineError::TensorTooLarge`.
 pub fn plan(
     shape: &ModelShape,
     geometry: &Geometry,
@@ -225,7 +231,9 @@ pub fn plan(
             automatic,
         })
     };
-    let fits = |plan: &TilePlan| budget.is_none_or(|b| plan.estimate.stream() <= b);
+    let within_limit = |plan: &TilePlan| plan.estimate.within_element_limit(shape);
+    let fits =
+        |plan: &TilePlan| within_limit(plan) && budget.is_none_or(|b| plan.estimate.stream() <= b);
 
     let longest = geometry.padded_width.max(geometry.padded_height);
     let model_tiles: Vec<Option<usize>> = if settings.tile_size > 0 {
@@ -246,10 +254,11 @@ pub fn plan(
         park,
     };
     let first = make(layout(model_tiles[0], false, decoder_setting), false)?;
-    let Some(available) = budget.filter(|_| !fits(&first)) else {
+    if fits(&first) {
         return Ok(first);
-    };
+    }
     let mut smallest = first.clone();
+    let mut smallest_tensor = first.clone();
     for &tile in &model_tiles {
         // only a model on a GPU parks, and only when it has several tiles
         for park in [false, true].into_iter().filter(|&p| !p || shape.can_park) {
@@ -273,7 +282,13 @@ pub fn plan(
                 if fits(&candidate) {
                     return Ok(candidate);
                 }
-                let decoder_bound = candidate.estimate.peak_stage.contains("decoder");
+                // the decoder's activations are the largest tensor wherever
+                // one passes the element limit
+                let decoder_bound =
+                    candidate.estimate.peak_stage.contains("decoder") || !within_limit(&candidate);
+                if candidate.estimate.largest_tensor < smallest_tensor.estimate.largest_tensor {
+                    smallest_tensor = candidate.clone();
+                }
                 if candidate.estimate.stream() < smallest.estimate.stream() {
                     smallest = candidate;
                 }
@@ -285,13 +300,21 @@ pub fn plan(
             }
         }
     }
-    Err(EngineError::TooLarge {
-        out_width: geometry.out_width,
-        out_height: geometry.out_height,
-        needed: smallest.estimate.stream(),
-        available,
-        tile: smallest.layout.tile.filter(|_| smallest.sequences() > 1),
-    })
+    match (budget, shape.element_limit) {
+        (Some(available), _) if within_limit(&smallest) => Err(EngineError::TooLarge {
+            out_width: geometry.out_width,
+            out_height: geometry.out_height,
+            needed: smallest.estimate.stream(),
+            available,
+            tile: smallest.layout.tile.filter(|_| smallest.sequences() > 1),
+        }),
+        (_, limit) => Err(EngineError::TensorTooLarge {
+            out_width: geometry.out_width,
+            out_height: geometry.out_height,
+            elements: smallest_tensor.estimate.largest_tensor,
+            limit: limit.unwrap_or(u64::MAX),
+        }),
+    }
 }
 
 /// `plan` for `in_width x in_height` input frames at the settings' scale, for
@@ -623,5 +646,81 @@ mod tests {
             Ok(chosen) => assert!(!chosen.layout.park, "{chosen}"),
             Err(e) => assert!(matches!(e, EngineError::TooLarge { .. }), "{e:?}"),
         }
+    }
+
+    /// The released model in 2-byte values on a CUDA device (`element_limit`).
+    fn cuda_released() -> ModelShape {
+        ModelShape {
+            dtype_bytes: 2,
+            conv_bytes: 2,
+            can_park: true,
+            element_limit: Some(memory::ELEMENT_LIMIT_CUDA),
+            ..memory::test_shapes::released(30)
+        }
+    }
+
+    #[test]
+    fn a_cuda_model_keeps_every_tensor_below_2_pow_31_elements() {
+        let limit = memory::ELEMENT_LIMIT_CUDA;
+        let gpu = cuda_released();
+        // 3840x2176: the decoder's padded full-size activations of one latent
+        // frame, 4 x 128 x 3842 x 2178, pass 2^31 (99.75 % of 2^32)
+        let uhd = Geometry::new(960, 544, 4).unwrap();
+        let whole = estimate(&gpu, &uhd, TileLayout::WHOLE, 3).unwrap().estimate;
+        assert_eq!(whole.largest_tensor, 4 * 128 * 3842 * 2178);
+        assert!(!whole.within_element_limit(&gpu));
+        // with no budget at all, the plan still takes decoder tiles there
+        let chosen = plan(&gpu, &uhd, &settings(0, 64), None).unwrap();
+        assert!(chosen.estimate.largest_tensor < limit, "{chosen}");
+        assert_eq!(chosen.layout.tile, None, "{chosen}");
+        assert!(chosen.layout.decoder.is_some(), "{chosen}");
+        assert!(chosen.automatic, "{chosen}");
+        // the CPU indexes in 64 bits: whole frames
+        let cpu = ModelShape {
+            element_limit: None,
+            ..gpu.clone()
+        };
+        let on_cpu = plan(&cpu, &uhd, &settings(0, 64), None).unwrap();
+        assert_eq!(on_cpu.layout, TileLayout::WHOLE, "{on_cpu}");
+        // 1080p is below the limit whole: nothing changes there
+        let hd = Geometry::new(480, 270, 4).unwrap();
+        assert_eq!(
+            plan(&gpu, &hd, &settings(0, 64), None).unwrap().layout,
+            TileLayout::WHOLE
+        );
+    }
+
+    #[test]
+    fn a_tensor_past_the_limit_in_every_allowed_layout_is_refused_with_its_size() {
+        let gpu = cuda_released();
+        let uhd = Geometry::new(960, 544, 4).unwrap();
+        // tiles and decoder tiles both fixed larger than the frame: one layout
+        let fixed = EngineSettings {
+            decoder_tile_size: 4096,
+            ..settings(4096, 64)
+        };
+        match plan(&gpu, &uhd, &fixed, None) {
+            Err(EngineError::TensorTooLarge {
+                out_width,
+                out_height,
+                elements,
+                limit,
+            }) => {
+                assert_eq!((out_width, out_height), (3840, 2176));
+                assert!(elements >= limit, "{elements} {limit}");
+                let text = plan(&gpu, &uhd, &fixed, None).unwrap_err().to_string();
+                assert!(text.contains(&elements.to_string()), "{text}");
+                assert!(text.contains("decoder-tile-size"), "{text}");
+            }
+            other => panic!("expected TensorTooLarge, got {other:?}"),
+        }
+        // a decoder-tile-size that fits is taken as it is
+        let fitting = EngineSettings {
+            decoder_tile_size: 1024,
+            ..settings(0, 64)
+        };
+        let chosen = plan(&gpu, &uhd, &fitting, None).unwrap();
+        assert_eq!(chosen.layout.decoder.map(|d| d.tile), Some(1024));
+        assert!(!chosen.automatic, "{chosen}");
     }
 }

@@ -134,7 +134,9 @@ pub enum ProcessError {
 /// An engine error as an element error's one-sentence message and its details.
 pub fn engine_error_text(err: &EngineError) -> (String, String) {
     match err {
-        EngineError::TooLarge { .. } | EngineError::Cancelled => (err.to_string(), String::new()),
+        EngineError::TooLarge { .. }
+        | EngineError::TensorTooLarge { .. }
+        | EngineError::Cancelled => (err.to_string(), String::new()),
         EngineError::Model { context, source } => {
             (format!("FlashVSR failed ({context})"), source.to_string())
         }

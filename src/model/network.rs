@@ -262,6 +262,11 @@ impl FlashVsrModel {
         );
         let weight_bytes = (values(&files.dit)? + values(&files.prompt)?) * size
             + (values(&files.lq_proj)? + values(&files.decoder)?) * conv_size;
+        // The weights were uploaded from this thread; the model usually runs on
+        // another (the element's model thread). Wait for every copy and
+        // conversion to finish here, so that no use depends on the device's
+        // stream discipline and a failed upload is reported as a load error.
+        device.synchronize()?;
         Ok(Self {
             device: device.clone(),
             dtype,

@@ -1,0 +1,84 @@
+//! The body of the `parity` example, shared with `gpu_check` (its `parity`
+//! subcommand); the example's own file documents its usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::cli;
+use clap::Parser;
+use gstflashvsr::devtools::parity::{self, GoldenCase, Tolerances};
+use gstflashvsr::model::ModelOptions;
+
+/// Checks the model against a golden case of the official FlashVSR pipeline
+/// and prints PASS or FAIL.
+#[derive(Parser, Debug)]
+pub struct Cli {
+    /// A golden case folder, laid out like ../shared/golden/<case>
+    #[arg(value_name = "CASE_DIR")]
+    case_dir: PathBuf,
+
+    #[command(flatten)]
+    compute: cli::ComputeArgs,
+
+    #[command(flatten)]
+    kernels: cli::KernelArgs,
+}
+
+/// Runs the example on parsed arguments (also `gpu_check`'s subcommand).
+pub fn run(cli: Cli) -> ExitCode {
+    let case = match GoldenCase::load(&cli.case_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("FAIL: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let device = match cli.compute.device.open() {
+        Ok(d) => d,
+        Err(e) => {
+            println!("FAIL: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = ModelOptions {
+        device,
+        dtype: cli.compute.precision.dtype(),
+        kernels: cli.kernels.path(),
+    };
+    println!(
+        "device {}, precision {}, kernels {:?}; {}",
+        cli.compute.device,
+        cli.compute.precision,
+        opts.kernels,
+        Tolerances::for_dtype(opts.dtype)
+    );
+    let mut first_failure: Option<String> = None;
+    let mut note = |c: &parity::Comparison| {
+        println!("{c}");
+        if !c.ok && first_failure.is_none() {
+            first_failure = Some(c.name.clone());
+        }
+    };
+    match parity::check_bicubic(&case) {
+        Ok(Some(c)) => note(&c),
+        Ok(None) => println!("lq_u8: not in this case (compact): made from lr_frames"),
+        Err(e) => {
+            println!("FAIL: lq_u8: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(e) = parity::check_pipeline(&case, &opts, &mut note) {
+        println!("FAIL: {e}");
+        return ExitCode::FAILURE;
+    }
+    match first_failure {
+        None => {
+            println!("PASS");
+            ExitCode::SUCCESS
+        }
+        Some(name) => {
+            println!("FAIL: {name}");
+            ExitCode::FAILURE
+        }
+    }
+}
