@@ -9,7 +9,8 @@
 #   scripts/install-cuda-toolkit.sh          (called by scripts/install-deps.sh --cuda)
 #
 # A toolkit already on the machine is used instead, and nothing is installed:
-# `nvcc` on PATH, or `$CUDA_ROOT/bin/nvcc`.
+# `nvcc` on PATH, or `$CUDA_ROOT/bin/nvcc`; unless FLASHVSR_CUDA_PREFIX is set,
+# which asks for this toolkit in that prefix whatever else is there (CI does).
 #
 # The prefix is $FLASHVSR_CUDA_PREFIX, else /opt/gst-flashvsr/cuda-13.0 when that
 # can be written, else ~/.local/opt/gst-flashvsr/cuda-13.0. It holds:
@@ -42,11 +43,11 @@ packages=(
   nvidia-cuda-cccl==13.0.85
 )
 
-if command -v nvcc >/dev/null 2>&1; then
+if [ -z "${FLASHVSR_CUDA_PREFIX:-}" ] && command -v nvcc >/dev/null 2>&1; then
   echo "CUDA toolkit: using nvcc on PATH ($(command -v nvcc)): $(nvcc --version | tail -n 1)"
   exit 0
 fi
-if [ -n "${CUDA_ROOT:-}" ] && [ -x "$CUDA_ROOT/bin/nvcc" ]; then
+if [ -z "${FLASHVSR_CUDA_PREFIX:-}" ] && [ -n "${CUDA_ROOT:-}" ] && [ -x "$CUDA_ROOT/bin/nvcc" ]; then
   echo "CUDA toolkit: using CUDA_ROOT=$CUDA_ROOT: $("$CUDA_ROOT/bin/nvcc" --version | tail -n 1)"
   exit 0
 fi
