@@ -24,12 +24,12 @@ mod chunk_model;
 mod cuda_device;
 mod error;
 pub mod memory;
+mod model_registry;
 pub mod noise;
 mod settings;
 mod stream;
 pub mod tiles;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use crate::layers::kernels::KernelPath;
@@ -39,6 +39,7 @@ pub use choices::{Choice, ChoiceValue};
 pub use cuda_device::PoolUsage;
 pub use error::EngineError;
 pub use memory::MemoryEstimate;
+pub use model_registry::{ModelHandle, loaded_models, model_loads};
 pub use noise::{FixedNoise, NoiseSource, SeededNoise};
 pub use settings::{
     DeviceSpec, EngineSettings, KV_RATIO_RANGE, LOCAL_RANGE_RANGE, Precision, SCALE_RANGE,
@@ -48,7 +49,8 @@ pub use stream::{ChunkProfile, PAD_MULTIPLE};
 pub use tiles::{TILE_ALIGN, TILE_SIDE, TileLayout, TilePlan};
 
 use crate::model::schedule::FIRST_CHUNK_INPUT;
-use crate::model::{CancelToken, FlashVsrModel, ModelOptions};
+use crate::model::{CancelToken, FlashVsrModel};
+use model_registry::ModelKey;
 use stream::{Geometry, Stream};
 
 /// Input frames a stream holds before its first output.
@@ -84,44 +86,6 @@ impl RgbFrame {
             )));
         }
         Ok(())
-    }
-}
-
-/// What identifies a loaded model: streams with other settings can share it.
-#[derive(Debug, Clone, PartialEq)]
-struct ModelKey {
-    dir: PathBuf,
-    precision: Precision,
-    device: DeviceSpec,
-    kernels: KernelPath,
-}
-
-impl ModelKey {
-    fn of(settings: &EngineSettings) -> Result<Self, EngineError> {
-        Ok(Self {
-            dir: settings.model_dir.clone(),
-            precision: settings.precision,
-            device: settings.device_spec()?,
-            kernels: settings.kernels,
-        })
-    }
-
-    fn load(&self) -> Result<Arc<FlashVsrModel>, EngineError> {
-        if !self.dir.is_dir() {
-            return Err(EngineError::setting(
-                "model_dir",
-                format!("{} is not a folder", self.dir.display()),
-            ));
-        }
-        let options = ModelOptions {
-            device: self.device.open()?,
-            dtype: self.precision.dtype(),
-            kernels: self.kernels,
-        };
-        let model = FlashVsrModel::load(&self.dir, &options).map_err(|e| {
-            EngineError::model(format!("loading the model from {}", self.dir.display()), e)
-        })?;
-        Ok(Arc::new(model))
     }
 }
 
@@ -164,7 +128,7 @@ impl<T> Engine<T> {
     ) -> Result<Self, EngineError> {
         settings.validate()?;
         let model_key = ModelKey::of(&settings)?;
-        let model = model_key.load()?;
+        let model = model_registry::shared_model(&model_key)?;
         Ok(Self {
             settings,
             model,
@@ -180,6 +144,14 @@ impl<T> Engine<T> {
 
     pub fn settings(&self) -> &EngineSettings {
         &self.settings
+    }
+
+    /// A handle on the loaded model, which keeps it loaded after this engine
+    /// is dropped: a later engine with the same folder, precision, device and
+    /// kernel path then shares it instead of loading the weights again
+    /// (`engine::model_registry`).
+    pub fn model_handle(&self) -> ModelHandle {
+        ModelHandle::new(&self.model_key, &self.model)
     }
 
     /// Output size for an input frame size: exactly `scale` times larger.
@@ -336,7 +308,7 @@ impl<T> Engine<T> {
         settings.validate()?;
         let model_key = ModelKey::of(&settings)?;
         if model_key != self.model_key {
-            self.model = model_key.load()?;
+            self.model = model_registry::shared_model(&model_key)?;
             self.model_key = model_key;
         }
         if !self.noise_injected {

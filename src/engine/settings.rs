@@ -12,7 +12,7 @@ use crate::model::ModelVersion;
 use crate::model::color_fix::ColorFix;
 
 /// The dtype the model computes in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Precision {
     #[default]
     F32,
@@ -31,7 +31,7 @@ impl Precision {
 }
 
 /// A parsed `device` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeviceSpec {
     Cpu,
     Cuda(usize),

@@ -36,7 +36,8 @@ use super::state::{
 use super::tiles;
 use crate::engine::{
     Engine, EngineError, EngineSettings, KV_RATIO_RANGE, LATENCY_FRAMES, LOCAL_RANGE_RANGE,
-    RgbFrame, SCALE_RANGE, SPARSE_RATIO_RANGE, TILE_OVERLAP_RANGE, TILE_SIZE_RANGE, memory,
+    ModelHandle, RgbFrame, SCALE_RANGE, SPARSE_RATIO_RANGE, TILE_OVERLAP_RANGE, TILE_SIZE_RANGE,
+    loaded_models, memory,
 };
 use crate::model::CancelToken;
 use crate::model::schedule::CHUNK_STRIDE;
@@ -126,6 +127,10 @@ pub struct FlashVsr {
     processing_ns: AtomicU64,
     /// Processing time last reported in a LATENCY answer, in nanoseconds.
     reported_processing_ns: AtomicU64,
+    /// The model of the last start, kept loaded from PAUSED->READY to
+    /// READY->NULL, so that a restart with the same weights settings reuses it
+    /// (`engine::model_registry`).
+    kept_model: Mutex<Option<ModelHandle>>,
 }
 
 impl FlashVsr {
@@ -171,12 +176,28 @@ impl FlashVsr {
             model_dir.display()
         );
         let started = Instant::now();
-        let engine = Engine::new(EngineSettings {
+        let engine_settings = EngineSettings {
             model_dir: model_dir.clone(),
             ..settings.engine.clone()
-        })
-        .map_err(|err| start_error(&settings, &model_dir, err))?;
-        gst::info!(CAT, imp = self, "Weights loaded in {:?}", started.elapsed());
+        };
+        {
+            // a model for other weights settings is let go first, so that its
+            // memory is free for the new one (unless another element uses it)
+            let mut kept = self.kept_model.lock();
+            if kept.as_ref().is_some_and(|m| !m.serves(&engine_settings)) {
+                *kept = None;
+            }
+        }
+        let engine =
+            Engine::new(engine_settings).map_err(|err| start_error(&settings, &model_dir, err))?;
+        *self.kept_model.lock() = Some(engine.model_handle());
+        gst::info!(
+            CAT,
+            imp = self,
+            "Weights ready in {:?} ({} model(s) loaded in this process)",
+            started.elapsed(),
+            loaded_models()
+        );
 
         self.active_scale
             .store(settings.engine.scale, Ordering::Release);
@@ -644,6 +665,7 @@ impl ObjectSubclass for FlashVsr {
             active_scale: AtomicU32::new(0),
             processing_ns: AtomicU64::new(0),
             reported_processing_ns: AtomicU64::new(0),
+            kept_model: Mutex::new(None),
         }
     }
 }
@@ -701,6 +723,8 @@ impl ElementImpl for FlashVsr {
         let result = self.parent_change_state(transition);
         match transition {
             gst::StateChange::PausedToReady => self.stop(),
+            // the weights are released with the element's other resources
+            gst::StateChange::ReadyToNull => *self.kept_model.lock() = None,
             gst::StateChange::ReadyToPaused if result.is_err() => self.stop(),
             gst::StateChange::ReadyToPaused => {
                 if let Err(err) = self.start_output_task() {

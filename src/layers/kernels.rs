@@ -11,7 +11,7 @@ use std::cell::Cell;
 use candle_core::{DType, Tensor};
 
 /// The implementation the layers use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum KernelPath {
     /// CPU fast paths for f32 CPU tensors, the portable path elsewhere.
     #[default]
