@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use gst::prelude::*;
 use gstflashvsr::devtools::seams::{SeamStats, borders};
-use gstflashvsr::engine::{Engine, EngineSettings, ModelVersion, RgbFrame, TILE_ALIGN, TILE_SIDE};
+use gstflashvsr::engine::{
+    Engine, EngineSettings, ModelVersion, RgbFrame, SIZE_MULTIPLE, TILE_ALIGN,
+};
 use gstflashvsr::model::tiling::spans;
 
 /// Upscales the first frames of a real clip tiled and untiled and compares the
@@ -187,8 +189,8 @@ fn run() -> Result<bool, String> {
     let tile = args.tile_size as usize;
     let overlap = args.tile_overlap as usize;
     let axis = |len: usize| -> Result<Vec<usize>, String> {
-        let spans =
-            spans(padded(len), tile, overlap, TILE_ALIGN, TILE_SIDE).map_err(|e| e.to_string())?;
+        let spans = spans(padded(len), tile, overlap, TILE_ALIGN, SIZE_MULTIPLE)
+            .map_err(|e| e.to_string())?;
         Ok(borders(&spans, len))
     };
     let (columns, rows) = (axis(w)?, axis(h)?);

@@ -218,6 +218,19 @@ fn every_frame_comes_out_in_order_with_its_tag() {
     for n in [1, 2, 7, 21, 24, 25, 26, 33, 100] {
         let mut out = Vec::new();
         for index in 0..n {
+            // where the stream is in the schedule: 25 frames to the first
+            // chunk, then 8 to each next
+            let to_next = if index < 25 {
+                25 - index
+            } else {
+                8 - (index - 25) % 8
+            };
+            assert_eq!(
+                engine.frames_to_next_chunk(),
+                to_next,
+                "n={n}, frame {index}"
+            );
+            assert_eq!(engine.stream_frames(), index, "n={n}");
             let ready = engine.push(synthetic_frame(8, 6, index), index).unwrap();
             // the schedule: 21 frames at the 25th input, then 8 for every 8 more
             let received = index + 1;
@@ -235,6 +248,11 @@ fn every_frame_comes_out_in_order_with_its_tag() {
         assert_tags_in_order(&out, n, &format!("n={n}"));
         assert!(out.iter().all(|(f, _)| (f.width, f.height) == (32, 24)));
         assert_eq!(engine.pending_frames(), 0);
+        // the stream ended: a new one starts from the beginning of the schedule
+        assert_eq!(
+            (engine.stream_frames(), engine.frames_to_next_chunk()),
+            (0, 25)
+        );
     }
     // nothing pending: finishing again gives nothing
     assert!(engine.finish().unwrap().is_empty());

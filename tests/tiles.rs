@@ -11,7 +11,7 @@ use candle_core::Device;
 use gstflashvsr::devtools::seams::{SeamStats, borders};
 use gstflashvsr::engine::{
     ColorFix, Engine, EngineError, EngineSettings, FixedNoise, KernelPath, ModelVersion, RgbFrame,
-    TILE_ALIGN, TILE_SIDE,
+    SIZE_MULTIPLE, TILE_ALIGN,
 };
 use gstflashvsr::model::tiling::spans;
 
@@ -128,7 +128,10 @@ fn tiles_run_one_sequence_each_and_show_no_seam() {
     // (0..256, 128..384), 1 row
     let (tiled, sequences) = sparse_upscale(&shared, 25, 256, 96);
     assert_eq!(sequences, 2);
-    let columns = borders(&spans(384, 256, 96, TILE_ALIGN, TILE_SIDE).unwrap(), 384);
+    let columns = borders(
+        &spans(384, 256, 96, TILE_ALIGN, SIZE_MULTIPLE).unwrap(),
+        384,
+    );
     assert_eq!(columns, [128, 256]);
     let (untiled, _) = sparse_upscale(&shared, 25, 0, 96);
     let stats = |frames: &[RgbFrame]| {

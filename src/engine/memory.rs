@@ -23,7 +23,7 @@ use crate::model::tcdecoder::{DecoderTiling, FRAMES_PER_LATENT, TcDecoderConfig}
 /// Output pixels per DiT token (one token per 2x2 latent patch of 8x8 pixels).
 const PIXELS_PER_TOKEN: f64 = 256.0;
 /// Tokens per sparse-attention window.
-const WINDOW_TOKENS: f64 = 128.0;
+const WINDOW_TOKENS: f64 = crate::layers::sparse_attention::WINDOW_TOKENS as f64;
 
 /// The sizes of a model that the estimate reads.
 #[derive(Debug, Clone, PartialEq)]

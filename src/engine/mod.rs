@@ -35,6 +35,7 @@ use std::sync::Arc;
 pub use crate::layers::kernels::KernelPath;
 pub use crate::model::ModelVersion;
 pub use crate::model::color_fix::ColorFix;
+pub use crate::model::network::SIZE_MULTIPLE;
 pub use choices::{Choice, ChoiceValue};
 pub use cuda_device::PoolUsage;
 pub use error::EngineError;
@@ -43,10 +44,10 @@ pub use model_registry::{ModelHandle, loaded_models, model_loads};
 pub use noise::{FixedNoise, NoiseSource, SeededNoise};
 pub use settings::{
     DeviceSpec, EngineSettings, KV_RATIO_RANGE, LOCAL_RANGE_RANGE, Precision, SCALE_RANGE,
-    SPARSE_RATIO_RANGE, TILE_MULTIPLE, TILE_OVERLAP_MULTIPLE, TILE_OVERLAP_RANGE, TILE_SIZE_RANGE,
+    SPARSE_RATIO_RANGE, TILE_OVERLAP_MULTIPLE, TILE_OVERLAP_RANGE, TILE_SIZE_RANGE,
 };
-pub use stream::{ChunkProfile, PAD_MULTIPLE};
-pub use tiles::{TILE_ALIGN, TILE_SIDE, TileLayout, TilePlan};
+pub use stream::ChunkProfile;
+pub use tiles::{TILE_ALIGN, TileLayout, TilePlan};
 
 use crate::model::schedule::FIRST_CHUNK_INPUT;
 use crate::model::{CancelToken, FlashVsrModel};
@@ -328,5 +329,20 @@ impl<T> Engine<T> {
     /// Frames received and not yet returned.
     pub fn pending_frames(&self) -> usize {
         self.stream.as_ref().map_or(0, Stream::pending)
+    }
+
+    /// Frames the current stream has received since it started (0 without a
+    /// stream): where the stream is in the chunk schedule.
+    pub fn stream_frames(&self) -> usize {
+        self.stream.as_ref().map_or(0, Stream::received)
+    }
+
+    /// Frames the current stream still needs before its next chunk runs,
+    /// counting the next one pushed: `FIRST_CHUNK_INPUT` before a stream's
+    /// first frame, then down to 1 before each chunk (`model::schedule`).
+    pub fn frames_to_next_chunk(&self) -> usize {
+        self.stream
+            .as_ref()
+            .map_or(FIRST_CHUNK_INPUT, Stream::frames_to_next_chunk)
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 
-use super::EngineError;
+use super::{EngineError, SIZE_MULTIPLE};
 use crate::layers::kernels::KernelPath;
 use crate::model::ModelVersion;
 use crate::model::color_fix::ColorFix;
@@ -94,13 +94,10 @@ pub const SPARSE_RATIO_RANGE: RangeInclusive<f64> = 0.1..=16.0;
 pub const KV_RATIO_RANGE: RangeInclusive<f64> = 1.0..=16.0;
 pub const LOCAL_RANGE_RANGE: RangeInclusive<u32> = 1..=63;
 /// `tile_size`: 0 (tiles only when the memory budget needs them) or a multiple of
-/// `TILE_MULTIPLE` up to 8192 output pixels.
+/// `SIZE_MULTIPLE` (the model's frame sides are) up to 8192 output pixels.
 pub const TILE_SIZE_RANGE: RangeInclusive<u32> = 0..=8192;
 /// `tile_overlap`: a multiple of `TILE_OVERLAP_MULTIPLE`, less than the tile.
 pub const TILE_OVERLAP_RANGE: RangeInclusive<u32> = 0..=8184;
-/// Tile sides are multiples of this: the model's frame sides must be
-/// (`stream::PAD_MULTIPLE`).
-pub const TILE_MULTIPLE: u32 = 128;
 /// Tile starts and overlaps are multiples of this: the noise is cropped with
 /// the frame at 1/8 size.
 pub const TILE_OVERLAP_MULTIPLE: u32 = 8;
@@ -214,11 +211,11 @@ impl EngineSettings {
             ("tile_size", tile),
             ("decoder_tile_size", self.decoder_tile_size),
         ] {
-            if !TILE_SIZE_RANGE.contains(&side) || !side.is_multiple_of(TILE_MULTIPLE) {
+            if !TILE_SIZE_RANGE.contains(&side) || !side.is_multiple_of(SIZE_MULTIPLE as u32) {
                 return Err(EngineError::setting(
                     field,
                     format!(
-                        "must be 0 (automatic) or a multiple of {TILE_MULTIPLE} up to {}, got {side}",
+                        "must be 0 (automatic) or a multiple of {SIZE_MULTIPLE} up to {}, got {side}",
                         TILE_SIZE_RANGE.end()
                     ),
                 ));

@@ -20,11 +20,7 @@ use crate::pixels::frames::{crop_frame_rgb, pad_frame_rgb, rgb_to_tensor, tensor
 use super::chunk_model::ChunkModel;
 use super::noise::NoiseSource;
 use super::tiles::TileLayout;
-use super::{EngineError, EngineSettings, RgbFrame};
-
-/// The frame side lengths the model works on are multiples of this (the sparse
-/// attention's 8x8-token windows of 16x16-pixel tokens).
-pub const PAD_MULTIPLE: usize = crate::model::network::SIZE_MULTIPLE;
+use super::{EngineError, EngineSettings, RgbFrame, SIZE_MULTIPLE};
 
 /// Sizes of one stream's frames: input, upscaled (the output) and padded (the model's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +46,8 @@ impl Geometry {
         let out_height = (in_height as usize)
             .checked_mul(scale as usize)
             .ok_or_else(too_large)?;
-        let padded_width = out_width.div_ceil(PAD_MULTIPLE) * PAD_MULTIPLE;
-        let padded_height = out_height.div_ceil(PAD_MULTIPLE) * PAD_MULTIPLE;
+        let padded_width = out_width.div_ceil(SIZE_MULTIPLE) * SIZE_MULTIPLE;
+        let padded_height = out_height.div_ceil(SIZE_MULTIPLE) * SIZE_MULTIPLE;
         padded_width
             .checked_mul(padded_height)
             .and_then(|n| n.checked_mul(3))
@@ -200,6 +196,17 @@ impl<T, M: ChunkModel> Stream<T, M> {
     /// Frames received and not yet output.
     pub fn pending(&self) -> usize {
         self.tags.len()
+    }
+
+    /// Frames received so far.
+    pub fn received(&self) -> usize {
+        self.received
+    }
+
+    /// Frames still to receive before the next chunk runs (at least 1: a chunk
+    /// runs as soon as its last frame arrives).
+    pub fn frames_to_next_chunk(&self) -> usize {
+        chunk_lq_span(self.next_chunk).end - self.received
     }
 
     /// Takes one frame of this stream's size; returns the frames whose chunk could run.

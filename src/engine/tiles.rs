@@ -12,17 +12,13 @@ use crate::model::tcdecoder::DecoderTiling;
 use crate::model::tiling::{self, Tile};
 
 use super::memory::{self, MemoryEstimate, ModelShape, human_bytes};
-use super::settings::TILE_MULTIPLE;
 use super::stream::Geometry;
-use super::{EngineError, EngineSettings};
+use super::{EngineError, EngineSettings, SIZE_MULTIPLE};
 
 /// Tile starts are multiples of this: a DiT token (16 output pixels), so that
 /// every tile's tokens and latent pixels lie on the frame's grid (and the noise,
 /// at 1/8 size, crops with them).
 pub const TILE_ALIGN: usize = 16;
-/// Tile sides are multiples of this (the model's frame sides are).
-pub const TILE_SIDE: usize = TILE_MULTIPLE as usize;
-
 /// How one stream splits its padded frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TileLayout {
@@ -52,8 +48,17 @@ impl TileLayout {
     /// frames, or when the tile is at least the frame).
     pub fn grid(&self, width: usize, height: usize) -> candle_core::Result<Vec<Tile>> {
         match self.tile {
-            None => tiling::grid(width, height, width.max(height), 0, TILE_ALIGN, TILE_SIDE),
-            Some(tile) => tiling::grid(width, height, tile, self.overlap, TILE_ALIGN, TILE_SIDE),
+            None => tiling::grid(
+                width,
+                height,
+                width.max(height),
+                0,
+                TILE_ALIGN,
+                SIZE_MULTIPLE,
+            ),
+            Some(tile) => {
+                tiling::grid(width, height, tile, self.overlap, TILE_ALIGN, SIZE_MULTIPLE)
+            }
         }
     }
 }
@@ -339,7 +344,7 @@ pub fn plan_for_input(
 /// frame's longer padded side), down to the smallest one larger than the
 /// overlap.
 fn candidate_tiles(longest: usize, overlap: usize) -> impl Iterator<Item = usize> {
-    let step = TILE_MULTIPLE as usize;
+    let step = SIZE_MULTIPLE;
     let smallest = (overlap / step + 1) * step;
     (smallest..longest).step_by(step).rev()
 }

@@ -134,6 +134,19 @@ fn range_value((lo, hi): (i32, i32)) -> glib::SendValue {
     }
 }
 
+/// The duration of one frame at `info`'s framerate, rounded down as
+/// GStreamer's own elements compute it (`gst_util_uint64_scale (GST_SECOND,
+/// d, n)`); `None` for a variable rate (0/1). The one place the element turns
+/// a framerate into a duration.
+pub fn frame_duration(info: &gst_video::VideoInfo) -> Option<gst::ClockTime> {
+    let fps = info.fps();
+    if fps.numer() <= 0 || fps.denom() <= 0 {
+        return None;
+    }
+    use gst::prelude::MulDiv;
+    gst::ClockTime::SECOND.mul_div_floor(fps.denom() as u64, fps.numer() as u64)
+}
+
 /// The src caps for fixed sink caps: the same structure with width and height times
 /// `scale` (format, framerate, pixel-aspect-ratio, colorimetry, chroma-site carried).
 pub fn output_caps(input: &gst::CapsRef, scale: u32) -> Option<gst::Caps> {
@@ -147,6 +160,27 @@ mod tests {
 
     fn init() {
         let _ = gst::init();
+    }
+
+    #[test]
+    fn a_frame_lasts_one_over_the_rate_rounded_down() {
+        init();
+        let info = |rate: &str| {
+            let caps: gst::Caps =
+                format!("video/x-raw,format=I420,width=16,height=16,framerate={rate}")
+                    .parse()
+                    .unwrap();
+            gst_video::VideoInfo::from_caps(&caps).unwrap()
+        };
+        assert_eq!(
+            frame_duration(&info("25/1")),
+            Some(gst::ClockTime::from_mseconds(40))
+        );
+        assert_eq!(
+            frame_duration(&info("30000/1001")),
+            Some(gst::ClockTime::from_nseconds(33_366_666))
+        );
+        assert_eq!(frame_duration(&info("0/1")), None);
     }
 
     #[test]

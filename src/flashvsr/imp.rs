@@ -41,6 +41,7 @@ use crate::engine::{
 };
 use crate::model::CancelToken;
 use crate::model::schedule::CHUNK_STRIDE;
+use crate::weights;
 
 mod events;
 mod properties;
@@ -87,7 +88,7 @@ struct SinkSide {
 
 /// What the pipeline tells the element about time: the latency it configured,
 /// upstream's, and downstream's QoS.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct Timing {
     /// From the LATENCY event the sinks send upstream.
     pipeline_latency: Option<gst::ClockTime>,
@@ -96,7 +97,20 @@ struct Timing {
     live: bool,
     /// Running time before which downstream wants no frame (QoS), in ns.
     qos_earliest: Option<u64>,
+    /// From the last QoS event; 1.0 (downstream keeps up) until one arrives.
     qos_proportion: f64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            pipeline_latency: None,
+            upstream_latency: gst::ClockTime::ZERO,
+            live: false,
+            qos_earliest: None,
+            qos_proportion: 1.0,
+        }
+    }
 }
 
 pub struct FlashVsr {
@@ -152,8 +166,9 @@ impl FlashVsr {
                     return Err(gst::error_msg!(
                         gst::ResourceError::NotFound,
                         (
-                            "No FlashVSR weights folder: set the model-dir property (or the {} environment variable) to the folder holding diffusion_pytorch_model_streaming_dmd.safetensors, LQ_proj_in.ckpt, TCDecoder.ckpt and posi_prompt.pth",
-                            MODEL_DIR_ENV
+                            "No FlashVSR weights folder: set the model-dir property (or the {} environment variable) to the folder holding {}",
+                            MODEL_DIR_ENV,
+                            weights::released_files_phrase()
                         )
                     ));
                 }
@@ -163,8 +178,9 @@ impl FlashVsr {
             return Err(gst::error_msg!(
                 gst::ResourceError::NotFound,
                 (
-                    "FlashVSR weights folder '{}' does not exist or is not a folder: set model-dir to the folder holding the FlashVSR weights (diffusion_pytorch_model_streaming_dmd.safetensors, LQ_proj_in.ckpt, TCDecoder.ckpt, posi_prompt.pth)",
-                    model_dir.display()
+                    "FlashVSR weights folder '{}' does not exist or is not a folder: set model-dir to the folder holding the FlashVSR weights ({})",
+                    model_dir.display(),
+                    weights::released_files_phrase()
                 )
             ));
         }
@@ -416,7 +432,7 @@ impl FlashVsr {
         // motion of the frames before the gap, so the stream is drained (every
         // held frame still gets the model) and a new one starts here.
         let mut drained = Vec::new();
-        if tag.flags.contains(gst::BufferFlags::DISCONT) && state.stream_frames > 0 {
+        if tag.flags.contains(gst::BufferFlags::DISCONT) && state.engine.stream_frames() > 0 {
             gst::debug!(CAT, imp = self, "DISCONT at {:?}: draining", tag.pts);
             match self.drain(state) {
                 Ok(items) => drained = items,
@@ -740,5 +756,19 @@ impl ElementImpl for FlashVsr {
             _ => {}
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Timing;
+
+    /// A QoS message posted before any QoS event arrived says downstream keeps
+    /// up (proportion 1.0), as after a flush.
+    #[test]
+    fn timing_starts_with_downstream_keeping_up() {
+        let timing = Timing::default();
+        assert_eq!(timing.qos_proportion, 1.0);
+        assert_eq!(timing.qos_earliest, None);
     }
 }

@@ -2,8 +2,7 @@
 //! deadline (`late-policy`), and the deadline arithmetic (docs/element.md, "Late
 //! frames"). No locking here: the model thread passes the figures in.
 
-use crate::engine::{Choice, ChoiceValue, LATENCY_FRAMES};
-use crate::model::schedule::CHUNK_STRIDE;
+use crate::engine::{Choice, ChoiceValue};
 
 /// The `late-policy` property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,17 +31,6 @@ impl Choice for LatePolicy {
             description: "A frame the model cannot finish before its deadline is output as its bicubic upscale",
         },
     ];
-}
-
-/// Input frames a model stream has taken once the chunk that first outputs its
-/// `taken`-th frame can run: 25 for the first chunk, then every 8 more.
-pub fn frames_for_chunk(taken: u64) -> u64 {
-    if taken <= LATENCY_FRAMES {
-        LATENCY_FRAMES
-    } else {
-        let stride = CHUNK_STRIDE as u64;
-        LATENCY_FRAMES + (taken - LATENCY_FRAMES).div_ceil(stride) * stride
-    }
 }
 
 /// When the next chunk could end, against when its oldest frame is due, all in
@@ -87,15 +75,6 @@ pub fn qos_earliest(timestamp: u64, diff: i64, frame_duration: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunks_run_at_25_then_every_8_frames() {
-        assert_eq!(frames_for_chunk(1), 25);
-        assert_eq!(frames_for_chunk(25), 25);
-        assert_eq!(frames_for_chunk(26), 33);
-        assert_eq!(frames_for_chunk(33), 33);
-        assert_eq!(frames_for_chunk(34), 41);
-    }
 
     #[test]
     fn a_chunk_misses_when_it_would_end_after_the_oldest_frame_is_due() {

@@ -167,8 +167,6 @@ pub struct State {
     /// With `late-policy=bicubic`: the inputs of the frames the engine holds,
     /// oldest first, to output their bicubic upscale if the model is late.
     pub held_inputs: VecDeque<(RgbFrame, FrameTag)>,
-    /// Frames given to the current model stream (where the chunk schedule is).
-    pub stream_frames: u64,
     /// The bicubic upscaler for degraded frames, for the negotiated sizes.
     resizer: Option<BicubicResizer>,
     /// Frames output in this run, and how many of them were degraded.
@@ -187,7 +185,6 @@ impl State {
             segment: gst::FormattedSegment::new(),
             late_policy,
             held_inputs: VecDeque::new(),
-            stream_frames: 0,
             resizer: None,
             processed: 0,
             degraded: 0,
@@ -211,7 +208,6 @@ impl State {
         }
         let outputs = self.engine.push(frame, tag)?;
         self.frames_in += 1;
-        self.stream_frames += 1;
         self.forget_inputs(outputs.len());
         Ok(outputs)
     }
@@ -228,7 +224,6 @@ impl State {
         current: Option<(RgbFrame, FrameTag)>,
     ) -> Result<Vec<(RgbFrame, FrameTag)>, ProcessError> {
         self.engine.reset();
-        self.stream_frames = 0;
         if current.is_some() {
             self.frames_in += 1;
         }
@@ -334,7 +329,6 @@ impl State {
     fn restart(&mut self) {
         self.engine.reset();
         self.held_inputs.clear();
-        self.stream_frames = 0;
         self.frames_in = 0;
         self.frames_out = 0;
     }

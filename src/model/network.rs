@@ -60,7 +60,9 @@ pub struct SequenceConfig {
     pub cancel: CancelToken,
 }
 
-/// Output frames must tile into 2x8x8 token windows of 16x16-pixel tokens.
+/// Output frames must tile into 2x8x8 token windows of 16x16-pixel tokens: the
+/// side lengths the model works on (padded frames, tiles, decoder tiles) are
+/// multiples of this. The one name of 128 pixels in the crate.
 pub const SIZE_MULTIPLE: usize = 128;
 
 impl SequenceConfig {

@@ -33,6 +33,15 @@ pub const PROMPT_FILE: &str = "posi_prompt.pth";
 pub const PROMPT_SAFETENSORS_FILE: &str = "posi_prompt.safetensors";
 pub const PROMPT_KEY: &str = "posi_prompt";
 
+/// The files a model folder needs, as released, in the order messages name them.
+pub const RELEASED_FILES: [&str; 4] = [DIT_FILE, LQ_PROJ_FILE, DECODER_FILE, PROMPT_FILE];
+
+/// `RELEASED_FILES` as one phrase for messages: "a, b, c and d".
+pub fn released_files_phrase() -> String {
+    let [first @ .., last] = RELEASED_FILES;
+    format!("{} and {last}", first.join(", "))
+}
+
 /// Where the weights come from, appended to "missing file" errors.
 const HOW_TO_GET_WEIGHTS: &str = "download the FlashVSR weights from Hugging Face \
      (JunhaoZhuang/FlashVSR for v1, JunhaoZhuang/FlashVSR-v1.1 for v1.1) into this folder; \

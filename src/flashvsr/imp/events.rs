@@ -342,15 +342,8 @@ impl FlashVsr {
                         .sinkpad
                         .current_caps()
                         .and_then(|c| gst_video::VideoInfo::from_caps(&c).ok())
-                        .and_then(|info| {
-                            let fps = info.fps();
-                            (fps.numer() > 0 && fps.denom() > 0).then(|| {
-                                gst::ClockTime::SECOND
-                                    .mul_div_floor(fps.denom() as u64, fps.numer() as u64)
-                                    .map_or(0, gst::ClockTime::nseconds)
-                            })
-                        })
-                        .unwrap_or(0);
+                        .and_then(|info| caps::frame_duration(&info))
+                        .map_or(0, gst::ClockTime::nseconds);
                     let mut timing = self.timing.lock();
                     timing.qos_earliest =
                         Some(late::qos_earliest(timestamp.nseconds(), diff, frame_ns));

@@ -10,7 +10,10 @@ impl ObjectImpl for FlashVsr {
             vec![
                 glib::ParamSpecString::builder("model-dir")
                     .nick("Model folder")
-                    .blurb("Folder with the FlashVSR weights (diffusion_pytorch_model_streaming_dmd.safetensors, LQ_proj_in.ckpt, TCDecoder.ckpt, posi_prompt.pth); when unset, $FLASHVSR_MODEL_DIR. Read at READY->PAUSED")
+                    .blurb(&format!(
+                        "Folder with the FlashVSR weights ({}); when unset, ${MODEL_DIR_ENV}. Read at READY->PAUSED",
+                        weights::released_files_phrase()
+                    ))
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("model-version", defaults.model_version)

@@ -35,8 +35,9 @@ impl FlashVsr {
             .unwrap_or(this);
         let now = clock.time().nseconds();
         let base = base_time.nseconds();
-        let taken = state.stream_frames + 1;
-        let ahead = late::frames_for_chunk(taken) - taken;
+        // frames still to come after this one before the chunk that outputs
+        // it can run
+        let ahead = state.engine.frames_to_next_chunk() as u64 - 1;
         let inputs_ready = if ahead as usize <= self.input.waiting() {
             now
         } else {
@@ -70,17 +71,12 @@ impl FlashVsr {
     }
 
     pub(super) fn frame_duration(&self, state: &State, tag: &FrameTag) -> u64 {
-        let from_rate = state.negotiated.as_ref().and_then(|n| {
-            let fps = n.in_info.fps();
-            (fps.numer() > 0 && fps.denom() > 0).then(|| {
-                gst::ClockTime::SECOND
-                    .mul_div_ceil(fps.denom() as u64, fps.numer() as u64)
-                    .map_or(0, gst::ClockTime::nseconds)
-            })
-        });
-        from_rate
-            .or(tag.duration.map(gst::ClockTime::nseconds))
-            .unwrap_or(0)
+        state
+            .negotiated
+            .as_ref()
+            .and_then(|n| caps::frame_duration(&n.in_info))
+            .or(tag.duration)
+            .map_or(0, gst::ClockTime::nseconds)
     }
 
     /// How long the next chunk will take: the longest measured, or until one is
