@@ -198,7 +198,7 @@ fn speed(args: SpeedArgs) -> Result<()> {
     let weights_rss = status_mib("VmRSS:").unwrap_or(f64::NAN);
     let tiling = (tile > 0).then_some(DecoderTiling { tile, overlap });
     let halo = halo.unwrap_or(DecoderTiling::HALO);
-    let mut state = TcDecoderState::new(tiling, CancelToken::new()).with_halo(halo)?;
+    let mut state = TcDecoderState::new(tiling).with_halo(halo)?;
     let (h, w, f) = (height / s, width / s, latent_frames);
     let chunk = |k: u64| -> Result<(Tensor, Tensor)> {
         Ok((
@@ -219,10 +219,10 @@ fn speed(args: SpeedArgs) -> Result<()> {
     }
     // The first chunk warms the memory (and is trimmed); the second is measured.
     let (latents, cond) = chunk(0)?;
-    decoder.decode(&latents, &cond, &mut state)?;
+    decoder.decode(&latents, &cond, &mut state, &CancelToken::new())?;
     let (latents, cond) = chunk(1)?;
     let start = Instant::now();
-    let out = decoder.decode(&latents, &cond, &mut state)?;
+    let out = decoder.decode(&latents, &cond, &mut state, &CancelToken::new())?;
     let decode_s = start.elapsed().as_secs_f64();
     let peak = status_mib("VmHWM:").unwrap_or(f64::NAN);
     let tiles = match tiling {
@@ -262,15 +262,15 @@ fn interleaved(
     chunk: impl Fn(u64) -> Result<(Tensor, Tensor)>,
 ) -> Result<()> {
     let mut whole = TcDecoderState::default();
-    let mut tiled = TcDecoderState::new(Some(tiling), CancelToken::new()).with_halo(halo)?;
+    let mut tiled = TcDecoderState::new(Some(tiling)).with_halo(halo)?;
     let (mut whole_total, mut tiled_total) = (0.0, 0.0);
     for k in 0..=chunks {
         let (latents, cond) = chunk(k)?;
         let start = Instant::now();
-        let a = decoder.decode(&latents, &cond, &mut whole)?;
+        let a = decoder.decode(&latents, &cond, &mut whole, &CancelToken::new())?;
         let whole_s = start.elapsed().as_secs_f64();
         let start = Instant::now();
-        let b = decoder.decode(&latents, &cond, &mut tiled)?;
+        let b = decoder.decode(&latents, &cond, &mut tiled, &CancelToken::new())?;
         let tiled_s = start.elapsed().as_secs_f64();
         let (max, mean) = differences(&a, &b)?;
         let warm_up = if k == 0 { " (warm-up)" } else { "" };
@@ -321,7 +321,9 @@ fn halo(case: PathBuf, tile: usize, overlap: usize, halos: Vec<[usize; 4]>) -> R
                 let span = schedule::chunk_output_span(k);
                 let cond = lq.narrow(0, span.start, span.len())?;
                 let latents = get(&format!("chunk{k}.latents"))?;
-                model.decoder().decode(latents, &cond, state)
+                model
+                    .decoder()
+                    .decode(latents, &cond, state, &CancelToken::new())
             })
             .collect()
     };
@@ -334,7 +336,7 @@ fn halo(case: PathBuf, tile: usize, overlap: usize, halos: Vec<[usize; 4]>) -> R
         case.display()
     );
     for halo in halos {
-        let mut state = TcDecoderState::new(Some(tiling), CancelToken::new()).with_halo(halo)?;
+        let mut state = TcDecoderState::new(Some(tiling)).with_halo(halo)?;
         let tiled = decode_all(&mut state)?;
         for (k, (t, w)) in tiled.iter().zip(&whole).enumerate() {
             let (max, mean) = differences(t, w)?;

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use gstflashvsr::devtools::parity::{self, GoldenCase};
 use gstflashvsr::layers::kernels::KernelPath;
 use gstflashvsr::layers::sparse_attention::SparseConfig;
-use gstflashvsr::model::{FlashVsrModel, ModelOptions, schedule};
+use gstflashvsr::model::{CancelToken, FlashVsrModel, ModelOptions, schedule};
 
 fn cpu_f32() -> ModelOptions {
     ModelOptions {
@@ -67,9 +67,15 @@ fn dit_chunk0_at(model: &FlashVsrModel, case: &GoldenCase, time_offset: usize) -
     let s = &case.settings;
     let sparse = SparseConfig::new(s.sparse_ratio, s.kv_ratio, s.local_range, s.height, s.width);
     let mut state = model.dit().new_state();
-    model
-        .dit()
-        .forward(&noise, &[features], time_offset, &sparse, &mut state, None)
+    model.dit().forward(
+        &noise,
+        &[features],
+        time_offset,
+        &sparse,
+        &mut state,
+        None,
+        &CancelToken::new(),
+    )
 }
 
 #[test]

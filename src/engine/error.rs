@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::memory::human_bytes;
-use crate::model::cancel::CANCELLED;
+use crate::model::cancel::Cancelled;
 
 #[derive(Debug)]
 pub enum EngineError {
@@ -56,7 +56,7 @@ impl EngineError {
 
     /// A model error, or `Cancelled` when the model stopped at a cancellation check.
     pub(crate) fn model(context: impl Into<String>, source: candle_core::Error) -> Self {
-        if is_cancellation(&source) {
+        if Cancelled::is(&source) {
             return Self::Cancelled;
         }
         Self::Model {
@@ -85,17 +85,6 @@ impl EngineError {
             context: format!("device {device}"),
             source: candle_core::Error::Msg(reason),
         }
-    }
-}
-
-/// Whether `err` is `CancelToken::check`'s error, under any wrappers.
-fn is_cancellation(err: &candle_core::Error) -> bool {
-    use candle_core::Error;
-    match err {
-        Error::Msg(text) => text == CANCELLED,
-        Error::WithBacktrace { inner, .. } | Error::Context { inner, .. } => is_cancellation(inner),
-        Error::WithPath { inner, .. } => is_cancellation(inner),
-        _ => false,
     }
 }
 

@@ -316,7 +316,7 @@ impl FlashVsrModel {
             chunk: 0,
             lq: LqProjState::default(),
             dit: self.dit.new_state(),
-            decoder: TcDecoderState::new(cfg.decoder_tiling, cfg.cancel.clone()),
+            decoder: TcDecoderState::new(cfg.decoder_tiling),
         })
     }
 
@@ -421,7 +421,7 @@ impl FlashVsrModel {
         // One denoising step.
         let dit_start = std::time::Instant::now();
         cfg.cancel.check()?;
-        let noise_pred = self.dit.forward_cancellable(
+        let noise_pred = self.dit.forward(
             &noise,
             &lq_features,
             latent_frames.start,
@@ -451,7 +451,10 @@ impl FlashVsrModel {
             trace.as_deref_mut().map(|t| &mut t.times),
             Stage::Decoder,
             device,
-            || self.decoder.decode(&latents, &cond, &mut state.decoder),
+            || {
+                self.decoder
+                    .decode(&latents, &cond, &mut state.decoder, &cfg.cancel)
+            },
         )?;
         if let Some(t) = trace.as_deref_mut().filter(|_| log_shapes) {
             t.decoder_convs = shape_log::take_conv_log();

@@ -225,35 +225,14 @@ impl Dit {
         }
     }
 
-    /// Predicts the noise of `noise` `[1, C, f, H/8, W/8]` given the LQ features
-    /// (`lq_features[i]` `[tokens, dim]` is added before block i), at RoPE time
-    /// positions starting at `time_offset`. Updates the KV caches in `state`.
-    pub fn forward(
-        &self,
-        noise: &Tensor,
-        lq_features: &[Tensor],
-        time_offset: usize,
-        sparse: &SparseConfig,
-        state: &mut DitState,
-        trace: Option<&mut DitTrace>,
-    ) -> Result<Tensor> {
-        let never = CancelToken::new();
-        self.forward_cancellable(
-            noise,
-            lq_features,
-            time_offset,
-            sparse,
-            state,
-            trace,
-            &never,
-        )
-    }
-
-    /// `forward` that polls `cancel` before every block, so that a flush waits
-    /// for one block at most (docs/element.md). A cancelled pass returns the
-    /// token's error and leaves `state` half-updated: the sequence must restart.
+    /// One denoising pass over a chunk: `noise` `[1, C, f, h, w]` with the LQ
+    /// features added to the leading blocks, at RoPE time positions from
+    /// `time_offset`; updates the KV caches in `state`. Polls `cancel` before
+    /// every block, so that a flush waits for one block at most
+    /// (docs/element.md): a cancelled pass returns `Cancelled` and leaves
+    /// `state` half-updated, and the sequence must restart.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_cancellable(
+    pub fn forward(
         &self,
         noise: &Tensor,
         lq_features: &[Tensor],

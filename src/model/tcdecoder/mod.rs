@@ -155,8 +155,8 @@ impl Default for Memory {
     }
 }
 
-/// Per-stream decoder state: the tiling and the cancellation token the stream
-/// decodes with, one memory per decoded region, and whether the first chunk
+/// Per-stream decoder state: the tiling the stream decodes with, one memory per
+/// decoded region, and whether the first chunk
 /// (which drops its first frames) has been decoded. The region layout is fixed
 /// by the first chunk's frame size until `reset`.
 #[derive(Debug, Clone)]
@@ -164,7 +164,6 @@ pub struct TcDecoderState {
     tiling: Option<DecoderTiling>,
     /// Context kept around each tile at each resolution, in output pixels.
     halo: [usize; 4],
-    cancel: CancelToken,
     started: bool,
     /// Latent (height, width) the memories belong to.
     frame: Option<(usize, usize)>,
@@ -172,20 +171,19 @@ pub struct TcDecoderState {
 }
 
 impl Default for TcDecoderState {
-    /// Whole frames, never cancelled.
+    /// Whole frames.
     fn default() -> Self {
-        Self::new(None, CancelToken::new())
+        Self::new(None)
     }
 }
 
 impl TcDecoderState {
     /// A fresh stream decoded in `tiling`'s tiles (`None`: whole frames) with the
-    /// default halo, polling `cancel` before every tile and stage.
-    pub fn new(tiling: Option<DecoderTiling>, cancel: CancelToken) -> Self {
+    /// default halo.
+    pub fn new(tiling: Option<DecoderTiling>) -> Self {
         Self {
             tiling,
             halo: DecoderTiling::HALO,
-            cancel,
             started: false,
             frame: None,
             memories: Vec::new(),
@@ -297,13 +295,15 @@ impl TcDecoder {
     /// `[n, 3, 8h, 8w]` in [-1, 1] (n <= 4f; when n is not 4f, copies of its
     /// first frame are put in front). Returns frames `[m, 3, 8h, 8w]` in [-1, 1],
     /// f32, m = 4f, or 4f - 3 for the stream's first chunk. With a tiling in the
-    /// state, decodes tile by tile; cancelled (the state's token), returns the
-    /// cancellation error within one stage.
+    /// state, decodes tile by tile. `cancel` is polled before every stage and
+    /// tile: once it is cancelled, the decoder returns `Cancelled` within one
+    /// stage.
     pub fn decode(
         &self,
         latents: &Tensor,
         cond: &Tensor,
         state: &mut TcDecoderState,
+        cancel: &CancelToken,
     ) -> Result<Tensor> {
         let (_, lc, f, h, w) = latents.dims5()?;
         let n = cond.dim(0)?;
@@ -358,9 +358,9 @@ impl TcDecoder {
             None => {
                 state.memories.resize_with(1, Memory::default);
                 let no_crop = [Crop::default(); 3];
-                self.decode_region(&x, &mut state.memories[0], &no_crop, &state.cancel)?
+                self.decode_region(&x, &mut state.memories[0], &no_crop, cancel)?
             }
-            Some(tiling) => self.decode_tiled(&x, &tiling, state)?,
+            Some(tiling) => self.decode_tiled(&x, &tiling, state, cancel)?,
         };
         if state.started {
             Ok(out)

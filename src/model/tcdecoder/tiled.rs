@@ -2,6 +2,7 @@
 //! decodes its latent rectangle plus a halo of context, with its own temporal
 //! memory, and the tiles, halo cropped off, are blended over their overlap.
 
+use crate::model::cancel::CancelToken;
 use std::ops::Range;
 
 use candle_core::{Result, Tensor};
@@ -154,6 +155,7 @@ impl TcDecoder {
         x: &Tensor,
         tiling: &DecoderTiling,
         state: &mut TcDecoderState,
+        cancel: &CancelToken,
     ) -> Result<Tensor> {
         let s = COND_UNSHUFFLE;
         let (f, _, h, w) = x.dims4()?;
@@ -163,7 +165,7 @@ impl TcDecoder {
         state.memories.resize_with(tiles.len(), Memory::default);
         let mut blender = Blender::new(FRAMES_PER_LATENT * f, 3, height, width, x.device())?;
         for (tile, memory) in tiles.iter().zip(state.memories.iter_mut()) {
-            state.cancel.check()?;
+            cancel.check()?;
             let regions = state
                 .halo
                 .map(|halo| Region::around(tile, halo, height, width));
@@ -173,7 +175,7 @@ impl TcDecoder {
             // After stage k the activations have 2^(k+1) pixels per latent pixel.
             let crops: [Crop; 3] =
                 std::array::from_fn(|k| regions[k].crop_to(&regions[k + 1], s >> (k + 1)));
-            let decoded = self.decode_region(&input, memory, &crops, &state.cancel)?;
+            let decoded = self.decode_region(&input, memory, &crops, cancel)?;
             let full = &regions[3];
             let cropped = decoded
                 .narrow(2, tile.rows.start - full.rows.start, tile.height())?
