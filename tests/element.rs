@@ -642,9 +642,9 @@ fn latency_adds_held_frames_and_chunk_budget_to_upstream() {
 }
 
 /// A harness around a started `flashvsr` at `scale` with a memory budget, whose
-/// element posts on a bus; also returns, per error posted, its message and how
-/// many buffers had left the element when it was posted.
-type Errors = Arc<Mutex<Vec<(String, usize)>>>;
+/// element posts on a bus; also returns, per error posted, its message, how
+/// many buffers had left the element when it was posted, and its details.
+type Errors = Arc<Mutex<Vec<(String, usize, String)>>>;
 
 fn start_on_bus(
     model: &std::path::Path,
@@ -666,7 +666,10 @@ fn start_on_bus(
     bus.set_sync_handler(move |_, message| {
         if let gst::MessageView::Error(e) = message.view() {
             let buffers = buffers(&seen).len();
-            sink.lock().unwrap().push((e.error().to_string(), buffers));
+            let details = e.debug().map(|d| d.to_string()).unwrap_or_default();
+            sink.lock()
+                .unwrap()
+                .push((e.error().to_string(), buffers, details));
         }
         gst::BusSyncReply::Drop
     });
@@ -693,12 +696,21 @@ fn caps_beyond_the_memory_budget_are_refused_after_the_held_frames() {
     assert!(!sinkpad.send_event(gst::event::Caps::new(&huge)));
     let errors = errors.lock().unwrap().clone();
     assert_eq!(errors.len(), 1, "{errors:?}");
-    let (message, buffers_before) = &errors[0];
+    let (message, buffers_before, details) = &errors[0];
     assert!(
         message.starts_with("FlashVSR needs about ")
             && message.contains(" GiB for 8192x8192 output, 1.0 GiB available")
             && message.ends_with("lower the scale or the input size"),
         "{message}"
+    );
+    // the details give the figures of the same layout as the message
+    let needed = message
+        .strip_prefix("FlashVSR needs about ")
+        .and_then(|m| m.split(" for ").next())
+        .unwrap();
+    assert!(
+        details.contains("caps video/x-raw") && details.ends_with(&format!("{needed} in all")),
+        "{message} / {details}"
     );
     assert_eq!(
         *buffers_before, 5,
@@ -726,7 +738,12 @@ fn a_bad_buffer_ends_the_stream_after_the_held_frames() {
     wait_for_buffers(&log, 21);
     let short = gst::Buffer::from_mut_slice(vec![0u8; info.size() / 2]);
     assert_eq!(h.push(short), Err(gst::FlowError::Error));
-    let errors = errors.lock().unwrap().clone();
+    let errors: Vec<(String, usize)> = errors
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(message, buffers, _)| (message.clone(), *buffers))
+        .collect();
     assert_eq!(
         errors,
         [("Could not read a I420 32x24 input frame".to_string(), 30)]

@@ -596,12 +596,13 @@ fn a_stream_over_the_memory_budget_is_refused_with_the_figures() {
         Err(EngineError::TooLarge {
             out_width,
             out_height,
-            needed,
             available,
             tile,
+            estimate,
         }) => {
             assert_eq!((out_width, out_height, tile), (160, 160, None));
-            assert_eq!((needed, available), (big.stream(), budget));
+            assert_eq!((estimate.stream(), available), (big.stream(), budget));
+            assert_eq!(*estimate, big);
         }
         other => panic!("expected TooLarge, got {:?}", other.map(|o| o.len())),
     }

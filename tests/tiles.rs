@@ -221,11 +221,45 @@ fn the_budget_picks_tiles_that_fit_and_refuses_with_the_smallest() {
     })
     .unwrap();
     match tight.push(frame(96, 96, 0), 0) {
-        Err(EngineError::TooLarge { needed, tile, .. }) => {
-            assert_eq!((needed, tile), (budget, Some(128)));
+        Err(EngineError::TooLarge { estimate, tile, .. }) => {
+            assert_eq!((estimate.stream(), tile), (budget, Some(128)));
         }
         other => panic!("expected TooLarge, got {:?}", other.map(|o| o.len())),
     }
+}
+
+/// One plan per stream: the plan made before the stream (the element makes it
+/// when the caps arrive) is the one every stream of that size runs, after a
+/// reset too; a size not planned is planned at its first frame.
+#[test]
+fn the_planned_layout_is_the_one_the_streams_run() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let probe: Engine<usize> = Engine::new(EngineSettings {
+        tile_size: 128,
+        tile_overlap: 0,
+        ..tiny(&shared)
+    })
+    .unwrap();
+    let budget = probe.plan(96, 96).unwrap().estimate.stream();
+    let mut engine = Engine::new(EngineSettings {
+        tile_overlap: 0,
+        max_memory: Some(budget),
+        ..tiny(&shared)
+    })
+    .unwrap();
+    let planned = engine.plan_stream(96, 96).unwrap().clone();
+    assert!(planned.sequences() > 1, "{planned}");
+    assert_eq!(engine.plan(96, 96).unwrap(), planned);
+    assert!(engine.push(frame(96, 96, 0), 0).unwrap().is_empty());
+    assert_eq!(engine.stream_tiles(), planned.sequences());
+    engine.reset();
+    assert!(engine.push(frame(96, 96, 1), 1).unwrap().is_empty());
+    assert_eq!(engine.stream_tiles(), planned.sequences());
+    // another size: planned at its first frame (whole frames fit the budget)
+    assert!(engine.push(frame(24, 16, 2), 2).unwrap().len() == 1);
+    assert_eq!(engine.stream_tiles(), 1);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::memory::human_bytes;
+use super::memory::{MemoryEstimate, human_bytes};
 use crate::model::cancel::Cancelled;
 
 #[derive(Debug)]
@@ -16,14 +16,16 @@ pub enum EngineError {
     /// A pushed frame does not describe a valid packed RGB24 image.
     InvalidFrame(String),
     /// Frames of this size would need more memory than there is (the estimate of
-    /// `engine::memory`); sizes are the output's. `tile`: the side of the tiles
-    /// the figure is for (the smallest tried, or the `tile_size` setting).
+    /// `engine::memory`); sizes are the output's. The figures are those of the
+    /// least demanding layout the plan tried (`engine::tiles::plan`): its
+    /// `estimate` (what the stream needs is `estimate.stream()`) and `tile`, the
+    /// side of its tiles (`None`: whole frames).
     TooLarge {
         out_width: usize,
         out_height: usize,
-        needed: u64,
         available: u64,
         tile: Option<usize>,
+        estimate: Box<MemoryEstimate>,
     },
     /// Frames of this size would make a tensor of `elements` values, at or
     /// above what the device can index (`limit`, `memory::ELEMENT_LIMIT_CUDA`),
@@ -116,14 +118,14 @@ impl fmt::Display for EngineError {
             Self::TooLarge {
                 out_width,
                 out_height,
-                needed,
                 available,
                 tile,
+                estimate,
             } => {
                 write!(
                     f,
                     "FlashVSR needs about {} for {out_width}x{out_height} output, {} available",
-                    human_bytes(*needed),
+                    human_bytes(estimate.stream()),
                     human_bytes(*available)
                 )?;
                 if let Some(tile) = tile {
@@ -192,12 +194,22 @@ mod tests {
         assert!(text.starts_with("loading /m: "), "{text}");
         assert!(text.contains("decoder.1.weight missing"), "{text}");
         assert!(std::error::Error::source(&e).is_some());
+        let needing = |bytes: u64| MemoryEstimate {
+            padded_width: 8192,
+            padded_height: 8192,
+            tiles: 1,
+            weights: 1 << 30,
+            held: bytes / 4,
+            working: bytes - bytes / 4,
+            peak_stage: "decoder",
+            largest_tensor: 0,
+        };
         let e = EngineError::TooLarge {
             out_width: 8192,
             out_height: 8192,
-            needed: 44_236_955_238,
             available: 24_588_563_251,
             tile: None,
+            estimate: Box::new(needing(44_236_955_238)),
         };
         assert_eq!(
             e.to_string(),
@@ -206,9 +218,9 @@ mod tests {
         let e = EngineError::TooLarge {
             out_width: 8192,
             out_height: 8192,
-            needed: 44_236_955_238,
             available: 24_588_563_251,
             tile: Some(128),
+            estimate: Box::new(needing(44_236_955_238)),
         };
         assert_eq!(
             e.to_string(),

@@ -104,6 +104,8 @@ pub struct Engine<T> {
     cancel: CancelToken,
     /// Profiles of streams that ended since the last `take_profiles`.
     profiles: Vec<ChunkProfile>,
+    /// The plan streams of this size run (`plan_stream`).
+    planned: Option<(Geometry, TilePlan)>,
 }
 
 impl<T> Engine<T> {
@@ -140,6 +142,7 @@ impl<T> Engine<T> {
             profiling: false,
             cancel: CancelToken::new(),
             profiles: Vec::new(),
+            planned: None,
         })
     }
 
@@ -178,10 +181,22 @@ impl<T> Engine<T> {
     /// How a stream of `width x height` input frames would run now: whole frames
     /// or tiles (the `tile_size` setting, or the largest tiles that fit in the
     /// memory budget, `EngineSettings::max_memory`), with its estimate; or
-    /// `EngineError::TooLarge` with the figures. `push` does the same when a
-    /// stream starts.
+    /// `EngineError::TooLarge` with the figures. Nothing is kept: `plan_stream`
+    /// makes the plan streams run.
     pub fn plan(&self, width: u32, height: u32) -> Result<TilePlan, EngineError> {
         self.plan_geometry(&Geometry::new(width, height, self.settings.scale)?)
+    }
+
+    /// Plans the streams of `width x height` input frames and keeps the plan:
+    /// every stream of that size runs exactly it (after a `reset` too) until
+    /// another size is planned or the settings change. Call it once the
+    /// previous stream is finished, so that the budget read (available or
+    /// free device memory) no longer counts that stream. A stream of a size
+    /// not planned is planned when its first frame arrives.
+    pub fn plan_stream(&mut self, width: u32, height: u32) -> Result<&TilePlan, EngineError> {
+        let geometry = Geometry::new(width, height, self.settings.scale)?;
+        let plan = self.plan_geometry(&geometry)?;
+        Ok(&self.planned.insert((geometry, plan)).1)
     }
 
     /// The sizes of the loaded model the memory model reads.
@@ -223,7 +238,13 @@ impl<T> Engine<T> {
         if !same_stream {
             // Refused before the current stream is finished: its frames stay held
             // and `finish` still returns them.
-            layout = self.plan_geometry(&geometry)?.layout;
+            layout = match &self.planned {
+                Some((planned, plan)) if *planned == geometry => plan.layout,
+                _ => {
+                    let plan = self.plan_geometry(&geometry)?;
+                    self.planned.insert((geometry, plan)).1.layout
+                }
+            };
             out = self.finish()?;
         }
         let stream = match &mut self.stream {
@@ -317,6 +338,7 @@ impl<T> Engine<T> {
         }
         self.settings = settings;
         self.stream = None;
+        self.planned = None;
         Ok(())
     }
 

@@ -309,9 +309,9 @@ pub fn plan(
         (Some(available), _) if within_limit(&smallest) => Err(EngineError::TooLarge {
             out_width: geometry.out_width,
             out_height: geometry.out_height,
-            needed: smallest.estimate.stream(),
             available,
             tile: smallest.layout.tile.filter(|_| smallest.sequences() > 1),
+            estimate: Box::new(smallest.estimate.clone()),
         }),
         (_, limit) => Err(EngineError::TensorTooLarge {
             out_width: geometry.out_width,
@@ -425,11 +425,12 @@ mod tests {
             Err(EngineError::TooLarge {
                 out_width,
                 out_height,
-                needed,
                 available,
                 tile,
+                estimate: least,
             }) => {
                 assert_eq!((out_width, out_height, available), (1920, 1080, 1 << 20));
+                let needed = least.stream();
                 // the least of every layout tried: no more than the smallest
                 // model tiles with whole-tile decoding
                 let tile = tile.expect("tiles");

@@ -33,7 +33,6 @@ use super::state::{
     FrameTag, Item, Negotiated, NewCaps, ProcessError, State, Work, engine_error_text,
     survives_flush,
 };
-use super::tiles;
 use crate::engine::{
     Engine, EngineError, EngineSettings, KV_RATIO_RANGE, LATENCY_FRAMES, LOCAL_RANGE_RANGE,
     ModelHandle, RgbFrame, SCALE_RANGE, SPARSE_RATIO_RANGE, TILE_OVERLAP_RANGE, TILE_SIZE_RANGE,

@@ -10,7 +10,6 @@ mod imp;
 mod late;
 mod queue;
 mod state;
-mod tiles;
 
 pub use imp::MODEL_DIR_ENV;
 

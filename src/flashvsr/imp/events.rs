@@ -255,35 +255,8 @@ impl FlashVsr {
             gst::debug!(CAT, imp = self, "Caps unchanged");
             return (Vec::new(), Some(true));
         }
-        // Refused before the old caps' frames are drained: `refuse_caps` outputs
-        // them, then the error.
-        if let Err(err) = tiles::check_caps(self.obj().upcast_ref(), &state.engine, &in_info) {
-            let details = state
-                .engine
-                .memory_estimate(in_info.width(), in_info.height())
-                .map(|e| {
-                    format!(
-                        "caps {caps}: padded to {}x{}, weights {}, held between chunks {}, peak working set {} ({})",
-                        e.padded_width,
-                        e.padded_height,
-                        memory::human_bytes(e.weights),
-                        memory::human_bytes(e.held),
-                        memory::human_bytes(e.working),
-                        e.peak_stage
-                    )
-                })
-                .unwrap_or_else(|e| e.to_string());
-            let (message, _) = engine_error_text(&err);
-            let items = self.refuse_caps(
-                state,
-                Some(gst::error_msg!(
-                    gst::CoreError::Negotiation,
-                    ("{}", message),
-                    ["{}", details]
-                )),
-            );
-            return (items, Some(false));
-        }
+        // The old caps' frames go out first, so that the plan of the new stream
+        // is made with the old stream's memory freed.
         let mut items = Vec::new();
         if state.negotiated.is_some() {
             match self.drain(state) {
@@ -293,6 +266,30 @@ impl FlashVsr {
                     self.input.fail(gst::FlowError::Error);
                     return (items, Some(false));
                 }
+            }
+        }
+        // The one plan the stream runs (the engine keeps it), logged here; or
+        // the refusal, whose message and details give the same layout's figures.
+        match state.engine.plan_stream(in_info.width(), in_info.height()) {
+            Ok(plan) => gst::info!(
+                CAT,
+                imp = self,
+                "{}x{} input: {plan}",
+                in_info.width(),
+                in_info.height()
+            ),
+            Err(err) => {
+                let (message, _) = engine_error_text(&err);
+                let details = refusal_details(caps, &err);
+                items.extend(self.refuse_caps(
+                    state,
+                    Some(gst::error_msg!(
+                        gst::CoreError::Negotiation,
+                        ("{}", message),
+                        ["{}", details]
+                    )),
+                ));
+                return (items, Some(false));
             }
         }
         state.negotiate(Some(Negotiated { in_info, converter }));
@@ -441,5 +438,27 @@ impl FlashVsr {
         }
         gst::log!(CAT, obj = this_pad, "Caps for {:?}: {}", direction, result);
         result
+    }
+}
+
+/// The details of a refused size: the figures of the layout the refusal's
+/// message gives (the least demanding one the plan tried).
+fn refusal_details(caps: &gst::Caps, err: &EngineError) -> String {
+    match err {
+        EngineError::TooLarge { tile, estimate, .. } => format!(
+            "caps {caps}: {}, padded to {}x{}, weights {}, held between chunks {}, peak working set {} ({}): {} in all",
+            tile.map_or_else(
+                || "whole frames".to_owned(),
+                |t| format!("{} tiles of {t}x{t}", estimate.tiles)
+            ),
+            estimate.padded_width,
+            estimate.padded_height,
+            memory::human_bytes(estimate.weights),
+            memory::human_bytes(estimate.held),
+            memory::human_bytes(estimate.working),
+            estimate.peak_stage,
+            memory::human_bytes(estimate.stream()),
+        ),
+        other => format!("caps {caps}: {other}"),
     }
 }
