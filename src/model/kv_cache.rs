@@ -11,11 +11,6 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn reset(&mut self) {
-        self.k = None;
-        self.v = None;
-    }
-
     /// Moves the held windows to `device`.
     pub fn move_to(&mut self, device: &candle_core::Device) -> Result<()> {
         super::move_held(&mut self.k, device)?;
@@ -82,8 +77,6 @@ mod tests {
         let (k, v) = cache.extend(&chunk(1, 2.)?, &chunk(1, 2.)?)?;
         cache.store(k, v, nb, 3)?;
         assert_eq!(cache.windows(), 3 * nb);
-        cache.reset();
-        assert_eq!(cache.windows(), 0);
         Ok(())
     }
 }

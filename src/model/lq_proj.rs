@@ -131,10 +131,6 @@ pub struct LqProjState {
 }
 
 impl LqProjState {
-    pub fn reset(&mut self) {
-        *self = Self::default();
-    }
-
     /// Moves the convs' caches to `device`.
     pub fn move_to(&mut self, device: &candle_core::Device) -> Result<()> {
         super::move_held(&mut self.conv1_cache, device)?;

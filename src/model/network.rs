@@ -109,19 +109,8 @@ pub struct SequenceState {
 }
 
 impl SequenceState {
-    /// Index of the next chunk `run_chunk` will run.
-    pub fn chunk_index(&self) -> usize {
-        self.chunk
-    }
     pub fn config(&self) -> &SequenceConfig {
         &self.cfg
-    }
-    /// Drops all temporal state: the next chunk is chunk 0 of a new sequence.
-    pub fn reset(&mut self) {
-        self.chunk = 0;
-        self.lq.reset();
-        self.dit.reset();
-        self.decoder.reset();
     }
     /// Moves everything the sequence holds between chunks (caches, KV caches,
     /// decoder memories) to `device`. A tiled stream on a GPU parks each tile's

@@ -113,9 +113,6 @@ pub struct DitState {
 }
 
 impl DitState {
-    pub fn reset(&mut self) {
-        self.caches.iter_mut().for_each(KvCache::reset);
-    }
     /// Moves every block's cache to `device`.
     pub fn move_to(&mut self, device: &candle_core::Device) -> Result<()> {
         self.caches.iter_mut().try_for_each(|c| c.move_to(device))

@@ -206,13 +206,6 @@ impl TcDecoderState {
             .flat_map(|m| m.0.iter_mut())
             .try_for_each(|t| crate::model::move_held(t, device))
     }
-
-    /// Forgets the memories: the next chunk starts a new stream (same tiling).
-    pub fn reset(&mut self) {
-        self.started = false;
-        self.frame = None;
-        self.memories.clear();
-    }
 }
 
 /// Pixels cut off each side of an activation `[n, c, h, w]`.
