@@ -1,6 +1,6 @@
 //! The `flashvsr` element in a `gst_check::Harness`: properties, caps, timestamps,
 //! EOS, flush, caps changes, GAP, latency and the missing-weights error. Frames run
-//! through the tiny fixture model (`../shared/golden/tiny-v1/model`) at 32x24 -> 128x96.
+//! through a model of the tiny fixture's sizes with random weights (`common::tiny_model`) at 32x24 -> 128x96.
 
 mod common;
 use common::{init, tiny_model};
@@ -348,7 +348,7 @@ fn caps_queries_map_sizes_through_the_scale() {
 #[test]
 fn negotiates_every_format_with_scaled_size_and_carried_fields() {
     init();
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     for format in [
         "I420",
         "NV12",
@@ -412,7 +412,7 @@ fn negotiates_every_format_with_scaled_size_and_carried_fields() {
 #[test]
 fn unsupported_caps_are_refused() {
     init();
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let (h, _) = start(&model, &caps_str("I420", 32, 24));
     let element = h.element().unwrap();
     let (sinkpad, srcpad) = (
@@ -438,7 +438,7 @@ fn unsupported_caps_are_refused() {
 #[test]
 fn every_output_carries_its_input_timestamps() {
     init();
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let caps = caps_str("I420", 32, 24);
     let (mut h, log) = start(&model, &caps);
     let info = info_of(&caps);
@@ -471,7 +471,7 @@ fn every_output_carries_its_input_timestamps() {
 #[test]
 fn eos_drains_fewer_than_25_frames() {
     init();
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let caps = caps_str("RGB", 32, 24);
     let (mut h, log) = start(&model, &caps);
     let info = info_of(&caps);
@@ -504,7 +504,7 @@ fn eos_drains_fewer_than_25_frames() {
 #[test]
 fn flush_drops_held_frames_and_restarts() {
     init();
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let caps = caps_str("I420", 32, 24);
     let (mut h, log) = start(&model, &caps);
     let info = info_of(&caps);
@@ -545,7 +545,7 @@ fn flush_drops_held_frames_and_restarts() {
 #[test]
 fn caps_change_drains_old_frames_at_the_old_size_first() {
     init();
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let first = caps_str("I420", 32, 24);
     let (mut h, log) = start(&model, &first);
     for i in 0..5 {
@@ -599,7 +599,7 @@ fn caps_change_drains_old_frames_at_the_old_size_first() {
 #[test]
 fn gap_is_forwarded_behind_the_frames_before_it() {
     init();
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let caps = caps_str("NV12", 32, 24);
     let (mut h, log) = start(&model, &caps);
     let info = info_of(&caps);
@@ -629,7 +629,7 @@ fn gap_is_forwarded_behind_the_frames_before_it() {
 #[test]
 fn latency_adds_held_frames_and_chunk_budget_to_upstream() {
     init();
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let (mut h, _) = start(&model, &caps_str("I420", 32, 24));
     h.set_upstream_latency(gst::ClockTime::from_mseconds(10));
     let mut q = gst::query::Latency::new();
@@ -682,7 +682,7 @@ fn start_on_bus(
 #[test]
 fn caps_beyond_the_memory_budget_are_refused_after_the_held_frames() {
     init();
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let caps = caps_str("I420", 32, 24);
     let (mut h, log, errors) = start_on_bus(&model, &caps, 2, 1 << 30);
     let info = info_of(&caps);
@@ -727,7 +727,7 @@ fn caps_beyond_the_memory_budget_are_refused_after_the_held_frames() {
 #[test]
 fn a_bad_buffer_ends_the_stream_after_the_held_frames() {
     init();
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let caps = caps_str("I420", 32, 24);
     let (mut h, log, errors) = start_on_bus(&model, &caps, 4, 0);
     let info = info_of(&caps);
@@ -759,7 +759,7 @@ fn a_bad_buffer_ends_the_stream_after_the_held_frames() {
 #[test]
 fn latency_at_absurd_framerates_saturates() {
     init();
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     for rate in ["1/2147483647", "1/858993459"] {
         let caps = format!("video/x-raw,format=I420,width=32,height=24,framerate={rate}");
         let (mut h, _) = start(&model, &caps);
@@ -862,7 +862,7 @@ fn a_flush_during_a_chunk_cancels_it_between_dit_blocks() {
 #[test]
 fn discont_drains_the_frames_before_the_gap() {
     init();
-    let Some(model) = tiny_model() else { return };
+    let model = tiny_model();
     let caps = caps_str("I420", 32, 24);
     let (mut h, log) = start(&model, &caps);
     let info = info_of(&caps);

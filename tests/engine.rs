@@ -13,10 +13,12 @@ use gstflashvsr::engine::{
 };
 use gstflashvsr::model::color_fix::ColorFix;
 
-/// Settings of the `tiny-v1` fixture case, whose model the fast tests use.
-fn tiny_settings(shared: &Path) -> EngineSettings {
+/// Settings of the `tiny-v1` fixture case on a model of its sizes with random
+/// weights (`common::tiny_model`), which the tests that compare with no
+/// fixture use.
+fn tiny_settings() -> EngineSettings {
     EngineSettings {
-        model_dir: shared.join("golden/tiny-v1/model"),
+        model_dir: common::tiny_model(),
         model_version: ModelVersion::V1,
         sparse_ratio: 2.0,
         kv_ratio: 3.0,
@@ -211,10 +213,7 @@ fn golden_sparse_v1_1_parity() {
 
 #[test]
 fn every_frame_comes_out_in_order_with_its_tag() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
-    let mut engine = Engine::new(tiny_settings(&shared)).unwrap();
+    let mut engine = Engine::new(tiny_settings()).unwrap();
     for n in [1, 2, 7, 21, 24, 25, 26, 33, 100] {
         let mut out = Vec::new();
         for index in 0..n {
@@ -260,10 +259,7 @@ fn every_frame_comes_out_in_order_with_its_tag() {
 
 #[test]
 fn output_is_exactly_input_size_times_scale() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
-    let mut engine = Engine::new(tiny_settings(&shared)).unwrap();
+    let mut engine = Engine::new(tiny_settings()).unwrap();
     let mut out = Vec::new();
     let sizes = [(1, 1, 2), (17, 9, 2), (176, 144, 1)];
     let mut index = 0;
@@ -289,7 +285,7 @@ fn output_is_exactly_input_size_times_scale() {
     engine
         .reconfigure(EngineSettings {
             scale: 3,
-            ..tiny_settings(&shared)
+            ..tiny_settings()
         })
         .unwrap();
     let mut out = Vec::new();
@@ -307,10 +303,10 @@ fn clip(n: usize) -> Vec<RgbFrame> {
     (0..n).map(|i| synthetic_frame(12, 10, i)).collect()
 }
 
-fn upscale_with_seed(shared: &Path, seed: u64, frames: &[RgbFrame]) -> Vec<Vec<u8>> {
+fn upscale_with_seed(seed: u64, frames: &[RgbFrame]) -> Vec<Vec<u8>> {
     let mut engine = Engine::new(EngineSettings {
         seed,
-        ..tiny_settings(shared)
+        ..tiny_settings()
     })
     .unwrap();
     run_clip(&mut engine, frames, &[1])
@@ -321,13 +317,10 @@ fn upscale_with_seed(shared: &Path, seed: u64, frames: &[RgbFrame]) -> Vec<Vec<u
 
 #[test]
 fn same_seed_same_bytes_other_seed_other_bytes() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
     let frames = clip(3);
-    let a = upscale_with_seed(&shared, 5, &frames);
-    let b = upscale_with_seed(&shared, 5, &frames);
-    let c = upscale_with_seed(&shared, 6, &frames);
+    let a = upscale_with_seed(5, &frames);
+    let b = upscale_with_seed(5, &frames);
+    let c = upscale_with_seed(6, &frames);
     assert_eq!(a.len(), 3);
     assert!(a == b, "same seed, different output");
     assert!(a != c, "different seeds, same output");
@@ -335,10 +328,7 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
 
 #[test]
 fn reset_mid_stream_starts_over_like_a_new_engine() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
-    let mut engine = Engine::new(tiny_settings(&shared)).unwrap();
+    let mut engine = Engine::new(tiny_settings()).unwrap();
     // 30 frames: the first chunk has run (21 out), 9 are pending
     let mut out = Vec::new();
     for index in 0..30 {
@@ -358,7 +348,7 @@ fn reset_mid_stream_starts_over_like_a_new_engine() {
 
     let frames = clip(4);
     let after_reset = run_clip(&mut engine, &frames, &[1]);
-    let fresh = upscale_with_seed(&shared, 0, &frames);
+    let fresh = upscale_with_seed(0, &frames);
     assert_tags_in_order(&after_reset, 4, "after reset");
     let after_reset: Vec<Vec<u8>> = after_reset.into_iter().map(|(f, _)| f.data).collect();
     assert!(
@@ -369,10 +359,7 @@ fn reset_mid_stream_starts_over_like_a_new_engine() {
 
 #[test]
 fn reconfigure_mid_stream() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
-    let settings = tiny_settings(&shared);
+    let settings = tiny_settings();
     let mut engine = Engine::new(settings.clone()).unwrap();
     for index in 0..3 {
         assert!(
@@ -413,7 +400,7 @@ fn reconfigure_mid_stream() {
 
     // another weight folder and version: the model is reloaded
     let sparse = EngineSettings {
-        model_dir: shared.join("golden/sparse-v1.1/model"),
+        model_dir: common::random_model(12),
         model_version: ModelVersion::V1_1,
         ..settings
     };
@@ -543,10 +530,7 @@ fn a_folder_without_weights_fails_at_new() {
 
 #[test]
 fn invalid_frames_are_errors_and_the_engine_goes_on() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
-    let mut engine = Engine::new(tiny_settings(&shared)).unwrap();
+    let mut engine = Engine::new(tiny_settings()).unwrap();
     let short = RgbFrame {
         width: 4,
         height: 4,
@@ -569,10 +553,7 @@ fn invalid_frames_are_errors_and_the_engine_goes_on() {
 
 #[test]
 fn a_stream_over_the_memory_budget_is_refused_with_the_figures() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
-    let probe: Engine<usize> = Engine::new(tiny_settings(&shared)).unwrap();
+    let probe: Engine<usize> = Engine::new(tiny_settings()).unwrap();
     // 8x8 -> 32x32 (padded 128x128); 40x40 -> 160x160 (padded 256x256)
     let small = probe.memory_estimate(8, 8).unwrap();
     let big = probe.memory_estimate(40, 40).unwrap();
@@ -585,7 +566,7 @@ fn a_stream_over_the_memory_budget_is_refused_with_the_figures() {
     let mut engine = Engine::new(EngineSettings {
         max_memory: Some(budget),
         tile_size: 256,
-        ..tiny_settings(&shared)
+        ..tiny_settings()
     })
     .unwrap();
     assert!(engine.check_size(8, 8).is_ok());

@@ -71,11 +71,7 @@ fn cycle(model: &std::path::Path) -> gst::glib::WeakRef<gst::Element> {
 fn twenty_play_stop_cycles_leave_no_thread_or_memory_behind() {
     gst::init().unwrap();
     gstflashvsr::plugin_register_static().expect("registering the flashvsr plugin");
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
-    let model = shared.join("golden/tiny-v1/model");
-    assert!(model.is_dir(), "{} is missing", model.display());
+    let model = common::tiny_model();
     // The first cycles create what lives for the process (GStreamer's thread
     // pools, the allocator's arenas).
     for _ in 0..3 {

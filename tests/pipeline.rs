@@ -2,7 +2,8 @@
 //! x264enc into MP4 (frame count, size, pixel-aspect-ratio and timestamps checked by
 //! decoding the result; the whole carphone clip takes minutes on 2 cores), a live
 //! source, and `pipelines/upscale-file.sh` keeping audio.
-//! The fixture model `../shared/golden/tiny-v1/model` stands in for the weights.
+//! A model of the tiny fixture's sizes with random weights (`common::tiny_model`)
+//! stands in for the weights; the carphone clip comes from `../shared/media`.
 
 mod common;
 use common::init;
@@ -23,12 +24,6 @@ fn cpu_alone() -> RwLockWriteGuard<'static, ()> {
 
 fn cpu_shared() -> RwLockReadGuard<'static, ()> {
     CPU.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn tiny_model(shared: &Path) -> PathBuf {
-    let dir = shared.join("golden/tiny-v1/model");
-    assert!(dir.is_dir(), "{} is missing", dir.display());
-    dir
 }
 
 fn temp_path(name: &str) -> PathBuf {
@@ -126,7 +121,7 @@ fn size_and_par(caps: &gst::Caps) -> (i32, i32, gst::Fraction) {
 
 /// The README's file pipeline on `input`, decoded again: the same frames with the same
 /// timestamps, 4 times larger, same pixel-aspect-ratio.
-fn upscale_file_keeps_every_frame(shared: &Path, input: &Path) {
+fn upscale_file_keeps_every_frame(input: &Path) {
     let output = temp_path(&format!(
         "{}-x4.mp4",
         input.file_stem().unwrap().to_string_lossy()
@@ -134,7 +129,7 @@ fn upscale_file_keeps_every_frame(shared: &Path, input: &Path) {
     let pipeline = gst::parse::launch(&format!(
         "filesrc location=\"{}\" ! decodebin ! flashvsr scale=4 model-version=v1 model-dir=\"{}\" ! x264enc ! mp4mux ! filesink location=\"{}\"",
         input.display(),
-        tiny_model(shared).display(),
+        common::tiny_model().display(),
         output.display()
     ))
     .unwrap();
@@ -159,16 +154,13 @@ fn carphone_upscales_to_704x576_with_every_frame_and_timestamp() {
     let clip = shared.join("media/carphone_pristine.mp4");
     let (caps, _) = decode(&clip);
     assert_eq!(size_and_par(&caps).0, 176);
-    upscale_file_keeps_every_frame(&shared, &clip);
+    upscale_file_keeps_every_frame(&clip);
 }
 
 #[test]
 fn other_size_rate_and_aspect_keep_every_frame() {
     init();
     let _cpu = cpu_shared();
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
     // 37 frames (not 8k+1), 50x38, 24000/1001 fps, non-square pixels.
     let clip = temp_path("odd-size.mp4");
     let make = gst::parse::launch(&format!(
@@ -181,7 +173,7 @@ fn other_size_rate_and_aspect_keep_every_frame() {
     let (caps, pts) = decode(&clip);
     assert_eq!(size_and_par(&caps), (50, 38, gst::Fraction::new(16, 15)));
     assert_eq!(pts.len(), 37);
-    upscale_file_keeps_every_frame(&shared, &clip);
+    upscale_file_keeps_every_frame(&clip);
     std::fs::remove_file(&clip).unwrap();
 }
 
@@ -189,9 +181,6 @@ fn other_size_rate_and_aspect_keep_every_frame() {
 fn live_source_runs_with_the_reported_latency() {
     init();
     let _cpu = cpu_alone();
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
     // The sink drops frames later than 20 ms against the latency the pipeline
     // configured: every frame arriving means the latency covered the frames held and
     // the chunks. 2 fps leaves a chunk 4 s (the fixture model on a loaded 2-core
@@ -199,7 +188,7 @@ fn live_source_runs_with_the_reported_latency() {
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc is-live=true num-buffers=28 ! video/x-raw,format=I420,width=32,height=24,framerate=2/1 \
          ! flashvsr model-version=v1 model-dir=\"{}\" ! fakesink name=sink sync=true qos=true max-lateness=20000000",
-        tiny_model(&shared).display()
+        common::tiny_model().display()
     ))
     .unwrap();
     let bin = pipeline.downcast_ref::<gst::Bin>().unwrap();
@@ -215,13 +204,10 @@ fn live_source_runs_with_the_reported_latency() {
 fn live_latency_query_counts_the_frames_held() {
     init();
     let _cpu = cpu_alone();
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc is-live=true ! video/x-raw,format=I420,width=32,height=24,framerate=25/1 \
          ! flashvsr model-version=v1 model-dir=\"{}\" ! fakesink sync=true",
-        tiny_model(&shared).display()
+        common::tiny_model().display()
     ))
     .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
@@ -305,9 +291,6 @@ fn stream_types(file: &Path) -> Vec<String> {
 fn upscale_script_keeps_the_audio_track() {
     init();
     let _cpu = cpu_shared();
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
     let Some(plugins) = plugin_dir() else { return };
     const VIDEO: &str = "videotestsrc num-buffers=30 ! video/x-raw,format=I420,width=32,height=24,framerate=15/1 ! x264enc";
     const AUDIO: &str = "audiotestsrc num-buffers=50 ! audio/x-raw,rate=44100";
@@ -351,7 +334,7 @@ fn upscale_script_keeps_the_audio_track() {
             .args([&input, &output])
             .arg("2")
             .env("GST_PLUGIN_PATH", &plugins)
-            .env("FLASHVSR_MODEL_DIR", tiny_model(&shared))
+            .env("FLASHVSR_MODEL_DIR", common::tiny_model())
             .env("FLASHVSR_OPTS", "model-version=v1")
             .status()
             .unwrap();

@@ -161,10 +161,11 @@ fn tiles_run_one_sequence_each_and_show_no_seam() {
     );
 }
 
-/// Settings of the `tiny-v1` fixture model.
-fn tiny(shared: &Path) -> EngineSettings {
+/// Settings for a model of the `tiny-v1` fixture's sizes with random weights
+/// (`common::tiny_model`).
+fn tiny() -> EngineSettings {
     EngineSettings {
-        model_dir: shared.join("golden/tiny-v1/model"),
+        model_dir: common::tiny_model(),
         model_version: ModelVersion::V1,
         ..EngineSettings::default()
     }
@@ -183,14 +184,11 @@ fn frame(width: u32, height: u32, index: usize) -> RgbFrame {
 
 #[test]
 fn the_budget_picks_tiles_that_fit_and_refuses_with_the_smallest() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
     let probe: Engine<usize> = Engine::new(EngineSettings {
         tile_size: 128,
         tile_overlap: 0,
         max_memory: None,
-        ..tiny(&shared)
+        ..tiny()
     })
     .unwrap();
     // 96x96 x4 -> 384x384: whole, or 9 tiles of 128
@@ -205,7 +203,7 @@ fn the_budget_picks_tiles_that_fit_and_refuses_with_the_smallest() {
     let mut engine = Engine::new(EngineSettings {
         tile_overlap: 0,
         max_memory: Some(budget),
-        ..tiny(&shared)
+        ..tiny()
     })
     .unwrap();
     let chosen = engine.plan(96, 96).unwrap();
@@ -217,7 +215,7 @@ fn the_budget_picks_tiles_that_fit_and_refuses_with_the_smallest() {
     let mut tight = Engine::<usize>::new(EngineSettings {
         tile_overlap: 0,
         max_memory: Some(budget / 4),
-        ..tiny(&shared)
+        ..tiny()
     })
     .unwrap();
     match tight.push(frame(96, 96, 0), 0) {
@@ -233,20 +231,17 @@ fn the_budget_picks_tiles_that_fit_and_refuses_with_the_smallest() {
 /// reset too; a size not planned is planned at its first frame.
 #[test]
 fn the_planned_layout_is_the_one_the_streams_run() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
     let probe: Engine<usize> = Engine::new(EngineSettings {
         tile_size: 128,
         tile_overlap: 0,
-        ..tiny(&shared)
+        ..tiny()
     })
     .unwrap();
     let budget = probe.plan(96, 96).unwrap().estimate.stream();
     let mut engine = Engine::new(EngineSettings {
         tile_overlap: 0,
         max_memory: Some(budget),
-        ..tiny(&shared)
+        ..tiny()
     })
     .unwrap();
     let planned = engine.plan_stream(96, 96).unwrap().clone();
@@ -264,13 +259,10 @@ fn the_planned_layout_is_the_one_the_streams_run() {
 
 #[test]
 fn tiled_streams_output_every_frame_across_caps_changes_and_resets() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
     let mut engine = Engine::new(EngineSettings {
         tile_size: 128,
         tile_overlap: 32,
-        ..tiny(&shared)
+        ..tiny()
     })
     .unwrap();
     // 40x40 -> 160x160 (padded 256: 3 x 3 tiles), then 24x40 -> 96x160 (padded
@@ -344,9 +336,6 @@ fn decoder_tiles_inside_model_tiles_decode_as_whole_tiles_do() {
 
 #[test]
 fn tiles_work_at_every_scale_with_each_colour_fix_and_the_portable_path() {
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
     // 64x48 input: x2 -> 128x96 (one tile row of 128), x3 -> 192x144 and x4 ->
     // 256x192 (both padded to 256x256: 3 x 3 tiles of 128 overlapping by 32)
     let cases = [
@@ -363,7 +352,7 @@ fn tiles_work_at_every_scale_with_each_colour_fix_and_the_portable_path() {
             tile_size: 128,
             tile_overlap: 32,
             decoder_tile_size: 128,
-            ..tiny(&shared)
+            ..tiny()
         };
         let case = format!("x{scale}, {color_fix:?}, {kernels:?}");
         let mut engine = Engine::new(settings.clone()).unwrap();

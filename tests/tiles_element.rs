@@ -1,6 +1,6 @@
 //! The element's tile properties: defaults, ranges and round trips, bad values
 //! refused at READY->PAUSED naming the property, and a tiled element that
-//! outputs every frame (the tiny fixture model, `../shared/golden/tiny-v1`).
+//! outputs every frame (a model of the tiny fixture's sizes, `common::tiny_model`).
 
 mod common;
 use common::init;
@@ -98,10 +98,7 @@ fn bad_tile_values_fail_ready_to_paused_naming_the_property() {
 #[test]
 fn a_tiled_element_outputs_every_frame() {
     init();
-    let Some(shared) = common::shared_dir() else {
-        return;
-    };
-    let model = shared.join("golden/tiny-v1/model");
+    let model = common::tiny_model();
     // 40x40 x4 -> 160x160, padded 256x256: tiles of 128 overlapping by 32, 3 x 3,
     // each decoded in one decoder tile
     let element = gst::ElementFactory::make("flashvsr")

@@ -286,9 +286,6 @@ fn bf16_safetensors_load_as_f32() {
 
 #[test]
 fn missing_or_non_folder_is_explained() {
-    let Some(_) = common::shared_dir() else {
-        return;
-    };
     let scratch = Scratch::created("absent");
     let absent = scratch.0.join("no-such-model");
     let msg = err_text(ModelFiles::open(&absent));

@@ -83,14 +83,46 @@ pub fn init() {
     });
 }
 
-/// The tiny fixture model folder, or `None` (skip) when the shared fixtures are
-/// absent.
-pub fn tiny_model() -> Option<PathBuf> {
-    let dir = shared_dir()?.join("golden/tiny-v1/model");
-    assert!(
-        dir.is_dir(),
-        "{} is missing from the shared fixtures",
-        dir.display()
-    );
-    Some(dir)
+/// A model folder with the sizes of the `tiny-v1` fixture (DiT width 256, 2
+/// blocks, LQ widths 48/64, decoder widths 48/32/16/16) and random weights
+/// (`RandomModelSpec`), in the released file formats: what the element, engine,
+/// tile and live tests run on, so that they need no `../shared`. Written once
+/// into the build's temporary folder and shared by the test binaries.
+pub fn tiny_model() -> PathBuf {
+    random_model(11)
+}
+
+/// The folder of `tiny_model`'s sizes with the random weights of `seed`
+/// (another model, for tests that switch weights).
+pub fn random_model(seed: u64) -> PathBuf {
+    use gstflashvsr::devtools::random_model::{RandomModelSpec, write_model_dir};
+    static DIRS: std::sync::Mutex<Vec<(u64, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut dirs = DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, dir)) = dirs.iter().find(|(s, _)| *s == seed) {
+        return dir.clone();
+    }
+    let spec = RandomModelSpec {
+        dit_blocks: 2,
+        dim: 256,
+        ffn_dim: 384,
+        text_dim: 32,
+        ctx_len: 8,
+        lq_hidden: [48, 64],
+        lq_layers: 1,
+        tc_channels: [48, 32, 16, 16],
+        seed,
+    };
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-model-seed-{seed}"));
+    if !dir.join("posi_prompt.pth").is_file() {
+        // written beside, then renamed: a test binary running at the same time
+        // never reads half a folder
+        let partial = dir.with_extension(format!("partial-{}", std::process::id()));
+        write_model_dir(&spec, &partial).expect("writing a tiny model");
+        if std::fs::rename(&partial, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&partial);
+        }
+    }
+    assert!(dir.join("posi_prompt.pth").is_file(), "{}", dir.display());
+    dirs.push((seed, dir.clone()));
+    dir
 }
