@@ -23,9 +23,11 @@ mod choices;
 mod chunk_model;
 mod cuda_device;
 mod error;
+mod geometry;
 pub mod memory;
 mod model_registry;
 pub mod noise;
+mod sequences;
 mod settings;
 mod stream;
 pub mod tiles;
@@ -51,8 +53,9 @@ pub use tiles::{TILE_ALIGN, TileLayout, TilePlan};
 
 use crate::model::schedule::FIRST_CHUNK_INPUT;
 use crate::model::{CancelToken, FlashVsrModel};
+use geometry::Geometry;
 use model_registry::ModelKey;
-use stream::{Geometry, Stream};
+use stream::Stream;
 
 /// Input frames a stream holds before its first output.
 pub const LATENCY_FRAMES: u64 = FIRST_CHUNK_INPUT as u64;

@@ -5,63 +5,21 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use candle_core::Tensor;
-
 use crate::layers::shape_log::{ConvShape, MatmulShape};
 use crate::model::profile::{Stage, StageTimes};
 use crate::model::schedule::{
     LATENT_CHANNELS, chunk_lq_span, chunk_noise_frames, chunk_output_span, chunks_for,
 };
-use crate::model::tiling::{Blender, Tile};
-use crate::model::{CancelToken, ChunkTrace, SequenceConfig};
+use crate::model::{CancelToken, ChunkTrace};
 use crate::pixels::bicubic::BicubicResizer;
-use crate::pixels::frames::{crop_frame_rgb, pad_frame_rgb, rgb_to_tensor, tensor_to_rgb};
+use crate::pixels::frames::{crop_frame_rgb, pad_frame_rgb, tensor_to_rgb};
 
 use super::chunk_model::ChunkModel;
+use super::geometry::Geometry;
 use super::noise::NoiseSource;
+use super::sequences::Sequences;
 use super::tiles::TileLayout;
-use super::{EngineError, EngineSettings, RgbFrame, SIZE_MULTIPLE};
-
-/// Sizes of one stream's frames: input, upscaled (the output) and padded (the model's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    pub in_width: usize,
-    pub in_height: usize,
-    pub out_width: usize,
-    pub out_height: usize,
-    pub padded_width: usize,
-    pub padded_height: usize,
-}
-
-impl Geometry {
-    pub fn new(in_width: u32, in_height: u32, scale: u32) -> Result<Self, EngineError> {
-        let too_large = || {
-            EngineError::InvalidFrame(format!(
-                "{in_width}x{in_height} frames are too large to upscale x{scale}"
-            ))
-        };
-        let out_width = (in_width as usize)
-            .checked_mul(scale as usize)
-            .ok_or_else(too_large)?;
-        let out_height = (in_height as usize)
-            .checked_mul(scale as usize)
-            .ok_or_else(too_large)?;
-        let padded_width = out_width.div_ceil(SIZE_MULTIPLE) * SIZE_MULTIPLE;
-        let padded_height = out_height.div_ceil(SIZE_MULTIPLE) * SIZE_MULTIPLE;
-        padded_width
-            .checked_mul(padded_height)
-            .and_then(|n| n.checked_mul(3))
-            .ok_or_else(too_large)?;
-        Ok(Self {
-            in_width: in_width as usize,
-            in_height: in_height as usize,
-            out_width,
-            out_height,
-            padded_width,
-            padded_height,
-        })
-    }
-}
+use super::{EngineError, EngineSettings, RgbFrame};
 
 /// Where one chunk's time went, for benchmarks (`Engine::set_profiling`).
 #[derive(Debug, Clone, Default)]
@@ -88,7 +46,7 @@ pub struct Stream<T, M: ChunkModel> {
     /// The pre-upscale to the output size, prepared once for the stream's size.
     resizer: BicubicResizer,
     /// One model sequence per tile of the padded frame (one tile: whole frames).
-    tiles: Vec<TileSequence<M::State>>,
+    sequences: Sequences<M::State>,
     /// Frames received so far (real ones; drain copies are never stored).
     received: usize,
     /// Frames output so far; `tags[0]` belongs to frame `emitted`.
@@ -100,18 +58,6 @@ pub struct Stream<T, M: ChunkModel> {
     tags: VecDeque<T>,
 }
 
-/// One tile's place in the padded frame and its own model sequence: exactly the
-/// state of an untiled stream of tile-sized frames.
-struct TileSequence<S> {
-    tile: Tile,
-    state: S,
-    /// Where the state waits between the tile's turns: host memory when the
-    /// layout parks the tiles (a model on a GPU, several tiles, a budget their
-    /// states do not fit together), so that the device holds one tile's state
-    /// at a time (`None`: it stays on the model's device).
-    parking: Option<candle_core::Device>,
-}
-
 impl<T, M: ChunkModel> Stream<T, M> {
     pub fn new(
         model: &M,
@@ -120,52 +66,29 @@ impl<T, M: ChunkModel> Stream<T, M> {
         layout: TileLayout,
         cancel: &CancelToken,
     ) -> Result<Self, EngineError> {
-        let context = format!(
-            "starting a stream of {}x{} frames",
-            geometry.in_width, geometry.in_height
-        );
-        let grid = layout
-            .grid(geometry.padded_width, geometry.padded_height)
-            .map_err(|e| EngineError::model(context.clone(), e))?;
-        let mut tiles = Vec::with_capacity(grid.len());
-        // Parked states wait in host memory (`TileLayout::park`, which the plan
-        // sets only for a model on a GPU whose tiles' states do not all fit).
-        let parking = (grid.len() > 1 && layout.park).then_some(candle_core::Device::Cpu);
-        for tile in grid {
-            let config = SequenceConfig {
-                height: tile.height(),
-                width: tile.width(),
-                version: settings.model_version,
-                sparse_ratio: settings.sparse_ratio,
-                kv_ratio: settings.kv_ratio,
-                local_range: settings.local_range as usize,
-                color_fix: settings.color_fix,
-                decoder_tiling: layout.decoder,
-                cancel: cancel.clone(),
-            };
-            let state = model
-                .new_sequence(&config)
-                .map_err(|e| EngineError::model(context.clone(), e))?;
-            tiles.push(TileSequence {
-                tile,
-                state,
-                parking: parking.clone(),
-            });
-        }
+        let sequences = Sequences::new(model, settings, geometry, layout, cancel)?;
         let resizer = BicubicResizer::new(
             geometry.in_width,
             geometry.in_height,
             geometry.out_width,
             geometry.out_height,
         )
-        .map_err(|e| EngineError::model(context, e))?;
+        .map_err(|e| {
+            EngineError::model(
+                format!(
+                    "starting a stream of {}x{} frames",
+                    geometry.in_width, geometry.in_height
+                ),
+                e,
+            )
+        })?;
         Ok(Self {
             profiling: false,
             profiles: Vec::new(),
             frame_times: StageTimes::default(),
             geometry,
             resizer,
-            tiles,
+            sequences,
             received: 0,
             emitted: 0,
             next_chunk: 0,
@@ -181,7 +104,7 @@ impl<T, M: ChunkModel> Stream<T, M> {
 
     /// The model sequences this stream runs, one per tile.
     pub fn tile_count(&self) -> usize {
-        self.tiles.len()
+        self.sequences.len()
     }
 
     pub fn set_profiling(&mut self, on: bool) {
@@ -277,16 +200,6 @@ impl<T, M: ChunkModel> Stream<T, M> {
         let chunk_start = Instant::now();
         let mut trace = self.profiling.then(ChunkTrace::profiling);
         let lq_frames = lq_frames(&self.window, self.window_start, self.received, k)?;
-        // Whole frames: one LQ tensor. Tiles: each builds its own from its crop of
-        // the frames, so no whole-frame LQ tensor is alive while they run.
-        let lq = match self.tiles.as_slice() {
-            [_] => Some(
-                rgb_to_tensor(&lq_frames, g.padded_width, g.padded_height, model.device())
-                    .map_err(|e| model_error("building the LQ tensor", e))?,
-            ),
-            _ => None,
-        };
-        let converting = chunk_start.elapsed();
         let noise_shape = [
             1,
             LATENT_CHANNELS,
@@ -298,58 +211,17 @@ impl<T, M: ChunkModel> Stream<T, M> {
             .chunk_noise(k, noise_shape)
             .and_then(|n| n.to_device(model.device()))
             .map_err(|e| model_error("drawing the noise", e))?;
-        let model_start = Instant::now();
         let span = chunk_output_span(k);
         // The output frames, each `[1, 3, H, W]`.
-        let decoded: Vec<Tensor> = if let ([whole], Some(lq)) = (self.tiles.as_mut_slice(), &lq) {
-            let frames = run_tile(
-                model,
-                whole,
-                lq,
-                &noise,
-                span.len(),
-                trace.as_mut(),
-                &context,
-            )?;
-            (0..span.len())
-                .map(|slot| frames.narrow(0, slot, 1))
-                .collect::<candle_core::Result<_>>()
-                .map_err(|e| model_error("splitting the output", e))?
-        } else {
-            // Each tile sees its crop of the LQ frames and of the noise (at 1/8
-            // size: tile starts are multiples of 16), as an untiled stream of that
-            // size would; the outputs are blended over the overlaps.
-            let mut blender = Blender::new(
-                span.len(),
-                3,
-                g.padded_height,
-                g.padded_width,
-                model.device(),
-            )
-            .map_err(|e| model_error("preparing the tile blend", e))?;
-            for sequence in &mut self.tiles {
-                let t = &sequence.tile;
-                let lq_tile = tile_lq(&lq_frames, g.padded_width, t, model.device())
-                    .map_err(|e| model_error("building a tile's LQ tensor", e))?;
-                let noise_tile =
-                    crop(&noise, 3, t, 8).map_err(|e| model_error("cropping a tile", e))?;
-                let out = run_tile(
-                    model,
-                    sequence,
-                    &lq_tile,
-                    &noise_tile,
-                    span.len(),
-                    trace.as_mut(),
-                    &context,
-                )?;
-                blender
-                    .add(&out, &sequence.tile)
-                    .map_err(|e| model_error("blending the tiles", e))?;
-            }
-            blender.into_frames()
-        };
+        let decoded = self.sequences.run_chunk(
+            model,
+            &lq_frames,
+            &noise,
+            span.len(),
+            trace.as_mut(),
+            &context,
+        )?;
         let output_start = Instant::now();
-        let noise_time = model_start - chunk_start - converting;
         drop(lq_frames);
 
         let mut out = Vec::new();
@@ -386,14 +258,16 @@ impl<T, M: ChunkModel> Stream<T, M> {
             self.emitted += 1;
         }
         if let Some(trace) = trace {
+            // the pushes' pre-upscales and padding since the last chunk, then
+            // the chunk's own stages
             let mut times = std::mem::take(&mut self.frame_times);
-            times.merge(&trace.times);
-            times.add(Stage::Conversions, converting + output_start.elapsed());
             let frame_work = times.get(Stage::PreUpscale) + times.get(Stage::Conversions);
+            times.merge(&trace.times);
+            times.add(Stage::Conversions, output_start.elapsed());
             self.profiles.push(ChunkProfile {
                 chunk: k,
                 frames: out.len(),
-                total: frame_work + noise_time + (output_start - model_start),
+                total: frame_work + chunk_start.elapsed(),
                 times,
                 dit_matmuls: trace.dit.matmuls,
                 decoder_convs: trace.decoder_convs,
@@ -442,93 +316,6 @@ fn lq_frames(
         .collect()
 }
 
-/// Runs the next chunk of one tile's sequence and checks the output's shape.
-fn run_tile<M: ChunkModel>(
-    model: &M,
-    sequence: &mut TileSequence<M::State>,
-    lq: &Tensor,
-    noise: &Tensor,
-    frames: usize,
-    trace: Option<&mut ChunkTrace>,
-    context: &dyn Fn(&str) -> String,
-) -> Result<Tensor, EngineError> {
-    let t = &sequence.tile;
-    let move_state = |state: &mut M::State, device: &candle_core::Device| {
-        model
-            .move_state(state, device)
-            .map_err(|e| EngineError::model(context("moving a tile's state"), e))
-    };
-    if sequence.parking.is_some() {
-        move_state(&mut sequence.state, model.device())?;
-    }
-    let decoded = model
-        .run_chunk(&mut sequence.state, lq, noise, trace)
-        .map_err(|e| EngineError::model(context("running the model"), e))?;
-    if let Some(host) = &sequence.parking {
-        move_state(&mut sequence.state, host)?;
-    }
-    let expected = [frames, 3, t.height(), t.width()];
-    if decoded.dims() != expected {
-        return Err(EngineError::model(
-            context("checking the model output"),
-            candle_core::Error::Msg(format!(
-                "the model returned {:?} for the tile at rows {:?}, columns {:?}, expected {expected:?}",
-                decoded.dims(),
-                t.rows,
-                t.cols
-            )),
-        ));
-    }
-    Ok(decoded)
-}
-
-/// The LQ tensor of one tile: its crop of each padded frame (packed RGB, `width`
-/// pixels a row), converted as the whole frames are.
-fn tile_lq(
-    frames: &[&[u8]],
-    width: usize,
-    tile: &Tile,
-    device: &candle_core::Device,
-) -> candle_core::Result<Tensor> {
-    let (row, tile_row) = (width * 3, tile.width() * 3);
-    let crops: Vec<Vec<u8>> = frames
-        .iter()
-        .map(|frame| {
-            tile.rows
-                .clone()
-                .flat_map(|y| {
-                    let start = y * row + tile.cols.start * 3;
-                    frame[start..start + tile_row].iter().copied()
-                })
-                .collect()
-        })
-        .collect();
-    let crops: Vec<&[u8]> = crops.iter().map(Vec::as_slice).collect();
-    rgb_to_tensor(&crops, tile.width(), tile.height(), device)
-}
-
-/// `tensor`'s part under `tile`, whose pixel rows are on dimension `row_dim` and
-/// columns on the next one, at `1 / downscale` of the tile's pixel coordinates.
-fn crop(
-    tensor: &Tensor,
-    row_dim: usize,
-    tile: &Tile,
-    downscale: usize,
-) -> candle_core::Result<Tensor> {
-    tensor
-        .narrow(
-            row_dim,
-            tile.rows.start / downscale,
-            tile.height() / downscale,
-        )?
-        .narrow(
-            row_dim + 1,
-            tile.cols.start / downscale,
-            tile.width() / downscale,
-        )?
-        .contiguous()
-}
-
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
@@ -537,6 +324,8 @@ mod tests {
 
     use super::*;
     use crate::engine::SeededNoise;
+    use crate::engine::tiles::TileLayout;
+    use crate::model::SequenceConfig;
     use crate::model::schedule::{FIRST_CHUNK_INPUT, FIRST_CHUNK_OUTPUT};
     use crate::pixels::bicubic::resize_rgb;
 
@@ -692,18 +481,6 @@ mod tests {
             &CancelToken::new(),
         )
         .unwrap()
-    }
-
-    #[test]
-    fn geometry_pads_to_multiples_of_128() {
-        let g = Geometry::new(17, 9, 4).unwrap();
-        assert_eq!((g.out_width, g.out_height), (68, 36));
-        assert_eq!((g.padded_width, g.padded_height), (128, 128));
-        let g = Geometry::new(176, 144, 4).unwrap();
-        assert_eq!((g.padded_width, g.padded_height), (768, 640));
-        let g = Geometry::new(64, 96, 4).unwrap();
-        assert_eq!((g.padded_width, g.padded_height), (256, 384));
-        assert!(Geometry::new(u32::MAX, u32::MAX, 4).is_err());
     }
 
     #[test]
@@ -885,7 +662,11 @@ mod tests {
         let mut noise = SeededNoise::new(0);
         let resident = tiled_stream(&model, (40, 33, 4), 128, 0);
         assert!(
-            resident.tiles.iter().all(|t| t.parking.is_none()),
+            resident
+                .sequences
+                .tiles()
+                .iter()
+                .all(|t| t.parking.is_none()),
             "a layout that does not park parks nothing"
         );
         let mut s: Stream<usize, EchoModel> = Stream::new(
@@ -903,7 +684,8 @@ mod tests {
         .unwrap();
         assert_eq!(s.tile_count(), 4);
         assert!(
-            s.tiles
+            s.sequences
+                .tiles()
                 .iter()
                 .all(|t| matches!(t.parking, Some(Device::Cpu)))
         );
@@ -916,7 +698,7 @@ mod tests {
         }
         out += s.finish(&model, &mut noise).unwrap().len();
         assert_eq!(out, 34);
-        for t in &s.tiles {
+        for t in s.sequences.tiles() {
             assert_eq!(t.state.chunk, 3);
             assert_eq!(t.state.moves, 2 * 3, "moved in and out around each chunk");
             assert!(!t.state.ran_parked, "a chunk ran on a parked state");
@@ -928,8 +710,8 @@ mod tests {
                 .unwrap();
         }
         whole.finish(&model, &mut noise).unwrap();
-        assert!(whole.tiles[0].parking.is_none());
-        assert!(whole.tiles.iter().all(|t| t.state.moves == 0));
+        assert!(whole.sequences.tiles()[0].parking.is_none());
+        assert!(whole.sequences.tiles().iter().all(|t| t.state.moves == 0));
     }
 
     #[test]

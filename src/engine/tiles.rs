@@ -11,8 +11,8 @@ use std::fmt;
 use crate::model::tcdecoder::DecoderTiling;
 use crate::model::tiling::{self, Tile};
 
+use super::geometry::Geometry;
 use super::memory::{self, MemoryEstimate, ModelShape, human_bytes};
-use super::stream::Geometry;
 use super::{EngineError, EngineSettings, SIZE_MULTIPLE};
 
 /// Tile starts are multiples of this: a DiT token (16 output pixels), so that

@@ -10,8 +10,11 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::sparse_attention::WINDOW_TOKENS;
 use super::{shape_log, softmax};
+
+/// Tokens per attention window: 2 frames x 8 rows x 8 columns (the block the
+/// mask keeps or drops; `sparse_attention` re-exports it).
+pub const WINDOW_TOKENS: usize = 128;
 
 /// Bytes the f32 scores of one chunk may take. The chunk's peak is about twice
 /// this: the biased scores and their softmax are alive together.

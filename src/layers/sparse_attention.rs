@@ -17,8 +17,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 use super::cpu::sparse_blocks;
 use super::{kernels, masked_attention, shape_log, softmax, topk};
 
-/// Tokens per attention window: 2 frames x 8 rows x 8 columns.
-pub const WINDOW_TOKENS: usize = 128;
+pub use super::masked_attention::WINDOW_TOKENS;
 const WINDOW_T: usize = 2;
 const WINDOW_HW: usize = 8;
 
