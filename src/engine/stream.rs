@@ -12,7 +12,7 @@ use crate::model::schedule::{
 };
 use crate::model::{CancelToken, ChunkTrace};
 use crate::pixels::bicubic::BicubicResizer;
-use crate::pixels::frames::{crop_frame_rgb, pad_frame_rgb, tensor_to_rgb};
+use crate::pixels::frames::{pad_frame_rgb, tensor_to_rgb};
 
 use super::chunk_model::ChunkModel;
 use super::geometry::Geometry;
@@ -234,19 +234,16 @@ impl<T, M: ChunkModel> Stream<T, M> {
             let Some(tag) = self.tags.pop_front() else {
                 break;
             };
-            // One frame at a time: the conversion's copies are one frame's.
-            let padded = tensor_to_rgb(&decoded[slot])
+            // One frame at a time, cropped to the output size before it leaves
+            // the tensor (on the model's device): the host converts only the
+            // frame's own pixels, once.
+            let data = decoded[slot]
+                .narrow(2, 0, g.out_height)
+                .and_then(|t| t.narrow(3, 0, g.out_width))
+                .and_then(|t| tensor_to_rgb(&t))
                 .map_err(|e| model_error("converting the output", e))?
                 .pop()
                 .unwrap_or_default();
-            let data = crop_frame_rgb(
-                &padded,
-                g.padded_width,
-                g.padded_height,
-                g.out_width,
-                g.out_height,
-            )
-            .map_err(|e| model_error("cropping the output", e))?;
             out.push((
                 RgbFrame {
                     width: g.out_width as u32,

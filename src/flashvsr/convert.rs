@@ -8,38 +8,56 @@ use gst_video::{VideoConverter, VideoFormat, VideoFrameRef, VideoInfo};
 use crate::engine::RgbFrame;
 use crate::pixels::frames::try_with_capacity;
 
-/// Converts input buffers to RGB frames and RGB frames to output buffers.
-pub struct FrameConverter {
+/// Reads input buffers as packed RGB frames (the sink pad's streaming thread).
+pub struct InputConverter {
     in_info: VideoInfo,
-    out_info: VideoInfo,
     /// RGB at the input size, GStreamer's layout (rows padded to 4 bytes).
-    rgb_in_info: VideoInfo,
-    /// RGB at the output size, GStreamer's layout.
-    rgb_out_info: VideoInfo,
+    rgb_info: VideoInfo,
     to_rgb: VideoConverter,
-    from_rgb: VideoConverter,
 }
 
-impl FrameConverter {
-    pub fn new(in_info: &VideoInfo, out_info: &VideoInfo) -> Result<Self, glib::BoolError> {
-        let rgb_in_info = rgb_info_like(in_info)?;
-        let rgb_out_info = rgb_info_like(out_info)?;
+/// Writes packed RGB frames into output buffers (the model thread).
+pub struct OutputConverter {
+    out_info: VideoInfo,
+    /// Packed RGB at the output size with the engine's rows (`width * 3` bytes),
+    /// so that a frame's own bytes are the converter's source.
+    rgb_info: VideoInfo,
+    /// `None` when the output is that same packed RGB: the frame's bytes are
+    /// the output buffer.
+    from_rgb: Option<VideoConverter>,
+}
+
+/// The converters of one pair of caps, one per direction, built once.
+pub fn converters(
+    in_info: &VideoInfo,
+    out_info: &VideoInfo,
+) -> Result<(InputConverter, OutputConverter), glib::BoolError> {
+    Ok((
+        InputConverter::new(in_info)?,
+        OutputConverter::new(out_info)?,
+    ))
+}
+
+impl InputConverter {
+    pub fn new(in_info: &VideoInfo) -> Result<Self, glib::BoolError> {
+        let rgb_info = rgb_info_like(in_info, None)?;
         Ok(Self {
-            to_rgb: VideoConverter::new(in_info, &rgb_in_info, None)?,
-            from_rgb: VideoConverter::new(&rgb_out_info, out_info, None)?,
+            to_rgb: VideoConverter::new(in_info, &rgb_info, None)?,
             in_info: in_info.clone(),
-            out_info: out_info.clone(),
-            rgb_in_info,
-            rgb_out_info,
+            rgb_info,
         })
+    }
+
+    pub fn info(&self) -> &VideoInfo {
+        &self.in_info
     }
 
     /// The input frame in `buffer` as packed RGB24 (stride `width * 3`).
     pub fn input_to_rgb(&self, buffer: &gst::BufferRef) -> Result<RgbFrame, glib::BoolError> {
         let input = VideoFrameRef::from_buffer_ref_readable(buffer, &self.in_info)?;
-        let mut rgb = gst::Buffer::with_size(self.rgb_in_info.size())?;
+        let mut rgb = gst::Buffer::with_size(self.rgb_info.size())?;
         let rgb_mut = rgb.make_mut();
-        let mut rgb_frame = VideoFrameRef::from_buffer_ref_writable(rgb_mut, &self.rgb_in_info)?;
+        let mut rgb_frame = VideoFrameRef::from_buffer_ref_writable(rgb_mut, &self.rgb_info)?;
         self.to_rgb.frame_ref(&input, &mut rgb_frame);
 
         let (width, height) = (self.in_info.width(), self.in_info.height());
@@ -57,9 +75,29 @@ impl FrameConverter {
             data,
         })
     }
+}
 
-    /// A new output buffer holding `frame`, which must have the output size.
-    pub fn rgb_to_output(&self, frame: &RgbFrame) -> Result<gst::Buffer, glib::BoolError> {
+impl OutputConverter {
+    pub fn new(out_info: &VideoInfo) -> Result<Self, glib::BoolError> {
+        let row = out_info.width() as usize * 3;
+        let rgb_info = rgb_info_like(out_info, Some(row))?;
+        let same = out_info.format() == VideoFormat::Rgb
+            && out_info.stride()[0] as usize == row
+            && out_info.size() == rgb_info.size();
+        Ok(Self {
+            from_rgb: match same {
+                true => None,
+                false => Some(VideoConverter::new(&rgb_info, out_info, None)?),
+            },
+            out_info: out_info.clone(),
+            rgb_info,
+        })
+    }
+
+    /// A new output buffer holding `frame`, which must have the output size:
+    /// the frame's bytes themselves when the output is packed RGB with rows of
+    /// `width * 3` bytes, else converted from them straight into the buffer.
+    pub fn rgb_to_output(&self, frame: RgbFrame) -> Result<gst::Buffer, glib::BoolError> {
         let (width, height) = (self.out_info.width(), self.out_info.height());
         let row = width as usize * 3;
         if frame.width != width
@@ -76,34 +114,39 @@ impl FrameConverter {
                 row * height as usize
             ));
         }
-
-        let mut rgb = gst::Buffer::with_size(self.rgb_out_info.size())?;
-        let rgb_mut = rgb.make_mut();
-        let mut rgb_frame = VideoFrameRef::from_buffer_ref_writable(rgb_mut, &self.rgb_out_info)?;
-        let stride = rgb_frame.plane_stride()[0] as usize;
-        let plane = rgb_frame.plane_data_mut(0)?;
-        for (y, src_row) in frame.data.chunks_exact(row).enumerate() {
-            plane[y * stride..y * stride + row].copy_from_slice(src_row);
-        }
-
+        let rgb = gst::Buffer::from_mut_slice(frame.data);
+        let Some(from_rgb) = &self.from_rgb else {
+            return Ok(rgb);
+        };
+        let rgb_frame = VideoFrameRef::from_buffer_ref_readable(&rgb, &self.rgb_info)?;
         let mut out = gst::Buffer::with_size(self.out_info.size())?;
         {
             let out_mut = out.make_mut();
             let mut out_frame = VideoFrameRef::from_buffer_ref_writable(out_mut, &self.out_info)?;
-            self.from_rgb.frame_ref(&rgb_frame, &mut out_frame);
+            from_rgb.frame_ref(&rgb_frame, &mut out_frame);
         }
         Ok(out)
     }
 }
 
 /// Packed RGB at `info`'s size, with its framerate and interlacing (the converter
-/// requires both to match); RGB's own colorimetry (full range sRGB).
-fn rgb_info_like(info: &VideoInfo) -> Result<VideoInfo, glib::BoolError> {
-    VideoInfo::builder(VideoFormat::Rgb, info.width(), info.height())
+/// requires both to match); RGB's own colorimetry (full range sRGB). Rows of
+/// `row_bytes` when given (the engine's packed rows), else GStreamer's default
+/// (padded to 4 bytes).
+fn rgb_info_like(info: &VideoInfo, row_bytes: Option<usize>) -> Result<VideoInfo, glib::BoolError> {
+    let builder = VideoInfo::builder(VideoFormat::Rgb, info.width(), info.height())
         .fps(info.fps())
         .par(info.par())
-        .interlace_mode(info.interlace_mode())
-        .build()
+        .interlace_mode(info.interlace_mode());
+    match row_bytes {
+        Some(row) => {
+            let stride = [row as i32];
+            let offset = [0usize];
+            let size = row * info.height() as usize;
+            builder.stride(&stride).offset(&offset).size(size).build()
+        }
+        None => builder.build(),
+    }
 }
 
 #[cfg(test)]
@@ -136,11 +179,11 @@ mod tests {
     fn rgb_round_trip_is_exact_with_padded_rows() {
         gst::init().unwrap();
         let rgb = info(VideoFormat::Rgb, 5, 3);
-        let conv = FrameConverter::new(&rgb, &rgb).unwrap();
+        let (input, output) = converters(&rgb, &rgb).unwrap();
         let frame = gradient(5, 3);
-        let buffer = conv.rgb_to_output(&frame).unwrap();
+        let buffer = output.rgb_to_output(frame.clone()).unwrap();
         assert_eq!(buffer.size(), rgb.size());
-        let back = conv.input_to_rgb(&buffer).unwrap();
+        let back = input.input_to_rgb(&buffer).unwrap();
         assert_eq!(back.data, frame.data);
     }
 
@@ -148,13 +191,13 @@ mod tests {
     fn bgrx_round_trip_swaps_channels_only() {
         gst::init().unwrap();
         let bgrx = info(VideoFormat::Bgrx, 5, 3);
-        let conv = FrameConverter::new(&bgrx, &bgrx).unwrap();
+        let (input, output) = converters(&bgrx, &bgrx).unwrap();
         let frame = gradient(5, 3);
-        let buffer = conv.rgb_to_output(&frame).unwrap();
+        let buffer = output.rgb_to_output(frame.clone()).unwrap();
         let map = buffer.map_readable().unwrap();
         assert_eq!(&map[..4], &[128, 0, 0, map[3]]);
         assert_eq!(&map[4..7], &[128, 0, 40]);
-        assert_eq!(conv.input_to_rgb(&buffer).unwrap().data, frame.data);
+        assert_eq!(input.input_to_rgb(&buffer).unwrap().data, frame.data);
     }
 
     /// gstreamer-video's 8-bit matrix truncates: videoconvert turns grey 100 into 97
@@ -163,14 +206,14 @@ mod tests {
     fn i420_round_trip_stays_close() {
         gst::init().unwrap();
         let i420 = info(VideoFormat::I420, 6, 4);
-        let conv = FrameConverter::new(&i420, &i420).unwrap();
+        let (input, output) = converters(&i420, &i420).unwrap();
         let grey = RgbFrame {
             width: 6,
             height: 4,
             data: vec![100; 6 * 4 * 3],
         };
-        let back = conv
-            .input_to_rgb(&conv.rgb_to_output(&grey).unwrap())
+        let back = input
+            .input_to_rgb(&output.rgb_to_output(grey).unwrap())
             .unwrap();
         assert!(
             back.data.iter().all(|&v| v.abs_diff(100) <= 4),
@@ -183,8 +226,23 @@ mod tests {
     fn wrong_frame_size_is_an_error() {
         gst::init().unwrap();
         let rgb = info(VideoFormat::Rgb, 5, 3);
-        let conv = FrameConverter::new(&rgb, &rgb).unwrap();
-        let err = conv.rgb_to_output(&gradient(4, 3)).unwrap_err();
+        let (_, output) = converters(&rgb, &rgb).unwrap();
+        let err = output.rgb_to_output(gradient(4, 3)).unwrap_err();
         assert!(err.to_string().contains("4x3"), "{err}");
+    }
+
+    /// Packed RGB whose rows need no padding goes out as the frame's own bytes;
+    /// with padded rows (width 5) it is converted into GStreamer's layout.
+    #[test]
+    fn packed_rgb_output_is_the_frame_itself() {
+        gst::init().unwrap();
+        let rgb = info(VideoFormat::Rgb, 4, 3);
+        let (_, output) = converters(&rgb, &rgb).unwrap();
+        assert!(output.from_rgb.is_none());
+        let frame = gradient(4, 3);
+        let buffer = output.rgb_to_output(frame.clone()).unwrap();
+        assert_eq!(&buffer.map_readable().unwrap()[..], &frame.data[..]);
+        let padded = info(VideoFormat::Rgb, 5, 3);
+        assert!(converters(&padded, &padded).unwrap().1.from_rgb.is_some());
     }
 }

@@ -26,7 +26,7 @@ use gst::subclass::prelude::*;
 use parking_lot::Mutex;
 
 use super::caps::{self, Direction};
-use super::convert::FrameConverter;
+use super::convert::{self, InputConverter, OutputConverter};
 use super::late::{self, ChunkForecast, LatePolicy};
 use super::queue::{Answer, WorkQueue};
 use super::state::{
@@ -81,8 +81,7 @@ struct Settings {
 
 /// The sink pad's side of the negotiated caps: how to read input frames.
 struct SinkSide {
-    in_info: gst_video::VideoInfo,
-    converter: FrameConverter,
+    converter: InputConverter,
 }
 
 /// What the pipeline tells the element about time: the latency it configured,
@@ -297,7 +296,7 @@ impl FlashVsr {
                 return Err(gst::FlowError::NotNegotiated);
             };
             side.converter.input_to_rgb(&buffer).map_err(|err| {
-                let info = &side.in_info;
+                let info = side.converter.info();
                 Work::Unreadable {
                     message: format!(
                         "Could not read a {} {}x{} input frame",

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use gst::glib;
 
-use super::convert::FrameConverter;
+use super::convert::OutputConverter;
 use super::late::LatePolicy;
 use crate::engine::{Engine, EngineError, RgbFrame};
 use crate::pixels::bicubic::BicubicResizer;
@@ -58,7 +58,7 @@ pub struct NewCaps {
     pub caps: gst::Caps,
     pub out_caps: gst::Caps,
     pub in_info: gst_video::VideoInfo,
-    pub converter: FrameConverter,
+    pub converter: OutputConverter,
 }
 
 /// What the sink pad hands the model thread, in arrival order.
@@ -104,7 +104,7 @@ pub fn survives_flush(event: &gst::Event) -> bool {
 /// What caps negotiation settled: the input format and the pixel converters.
 pub struct Negotiated {
     pub in_info: gst_video::VideoInfo,
-    pub converter: FrameConverter,
+    pub converter: OutputConverter,
 }
 
 /// What the model thread hands the src pad task, in output order.
@@ -285,7 +285,7 @@ impl State {
         for (frame, tag) in outputs {
             let mut buffer = negotiated
                 .converter
-                .rgb_to_output(&frame)
+                .rgb_to_output(frame)
                 .map_err(ProcessError::Convert)?;
             tag.apply(buffer.make_mut());
             items.push(Item::Buffer(buffer));

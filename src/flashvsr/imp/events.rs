@@ -125,18 +125,19 @@ impl FlashVsr {
     /// the rest to the model thread, which drains the old caps' frames, checks the
     /// memory budget and sends the upscaled caps downstream. Waits for the answer.
     pub(super) fn set_caps(&self, caps: &gst::Caps) -> bool {
-        let work = match self.check_caps(caps) {
-            Some((in_info, out_caps, converter)) => Work::Caps(Box::new(NewCaps {
-                caps: caps.clone(),
-                out_caps,
-                in_info,
-                converter,
-            })),
-            None => Work::Refuse(None),
-        };
-        let sink_side = match &work {
-            Work::Caps(new) => self.sink_converter(&new.in_info, caps),
-            _ => None,
+        // one converter per direction, built once: the input one for the sink
+        // pad, the output one for the model thread
+        let (work, sink_side) = match self.check_caps(caps) {
+            Some((in_info, out_caps, input, output)) => (
+                Work::Caps(Box::new(NewCaps {
+                    caps: caps.clone(),
+                    out_caps,
+                    in_info,
+                    converter: output,
+                })),
+                Some(SinkSide { converter: input }),
+            ),
+            None => (Work::Refuse(None), None),
         };
         let answer = match self.input.push(work, false) {
             Ok(seq) => self.input.wait_for(seq),
@@ -149,27 +150,17 @@ impl FlashVsr {
         answer == Answer::Done(true)
     }
 
-    /// The converter the sink pad reads frames of `in_info` with.
-    pub(super) fn sink_converter(
-        &self,
-        in_info: &gst_video::VideoInfo,
-        caps: &gst::Caps,
-    ) -> Option<SinkSide> {
-        let out_caps = caps::output_caps(caps, self.scale())?;
-        let out_info = gst_video::VideoInfo::from_caps(&out_caps).ok()?;
-        let converter = FrameConverter::new(in_info, &out_info).ok()?;
-        Some(SinkSide {
-            in_info: in_info.clone(),
-            converter,
-        })
-    }
-
     /// Checks that `caps` are progressive raw video in a supported format whose
-    /// upscale fits; returns the input info, the output caps and the converter.
+    /// upscale fits; returns the input info, the output caps and the converters.
     pub(super) fn check_caps(
         &self,
         caps: &gst::Caps,
-    ) -> Option<(gst_video::VideoInfo, gst::Caps, FrameConverter)> {
+    ) -> Option<(
+        gst_video::VideoInfo,
+        gst::Caps,
+        InputConverter,
+        OutputConverter,
+    )> {
         let Ok(in_info) = gst_video::VideoInfo::from_caps(caps) else {
             gst::debug!(
                 CAT,
@@ -223,8 +214,8 @@ impl FlashVsr {
                 return None;
             }
         };
-        match FrameConverter::new(&in_info, &out_info) {
-            Ok(converter) => Some((in_info, out_caps, converter)),
+        match convert::converters(&in_info, &out_info) {
+            Ok((input, output)) => Some((in_info, out_caps, input, output)),
             Err(err) => {
                 gst::debug!(
                     CAT,
@@ -245,7 +236,7 @@ impl FlashVsr {
         caps: &gst::Caps,
         out_caps: gst::Caps,
         in_info: gst_video::VideoInfo,
-        converter: FrameConverter,
+        converter: OutputConverter,
     ) -> (Vec<Item>, Option<bool>) {
         if state
             .negotiated
