@@ -13,7 +13,9 @@ pub struct InputConverter {
     in_info: VideoInfo,
     /// RGB at the input size, GStreamer's layout (rows padded to 4 bytes).
     rgb_info: VideoInfo,
-    to_rgb: VideoConverter,
+    /// `None` when the input is packed RGB already: its rows are copied out
+    /// as they are.
+    to_rgb: Option<VideoConverter>,
 }
 
 /// Writes packed RGB frames into output buffers (the model thread).
@@ -42,7 +44,10 @@ impl InputConverter {
     pub fn new(in_info: &VideoInfo) -> Result<Self, glib::BoolError> {
         let rgb_info = rgb_info_like(in_info, None)?;
         Ok(Self {
-            to_rgb: VideoConverter::new(in_info, &rgb_info, None)?,
+            to_rgb: match in_info.format() {
+                VideoFormat::Rgb => None,
+                _ => Some(VideoConverter::new(in_info, &rgb_info, None)?),
+            },
             in_info: in_info.clone(),
             rgb_info,
         })
@@ -55,19 +60,34 @@ impl InputConverter {
     /// The input frame in `buffer` as packed RGB24 (stride `width * 3`).
     pub fn input_to_rgb(&self, buffer: &gst::BufferRef) -> Result<RgbFrame, glib::BoolError> {
         let input = VideoFrameRef::from_buffer_ref_readable(buffer, &self.in_info)?;
-        let mut rgb = gst::Buffer::with_size(self.rgb_info.size())?;
-        let rgb_mut = rgb.make_mut();
-        let mut rgb_frame = VideoFrameRef::from_buffer_ref_writable(rgb_mut, &self.rgb_info)?;
-        self.to_rgb.frame_ref(&input, &mut rgb_frame);
-
         let (width, height) = (self.in_info.width(), self.in_info.height());
         let row = width as usize * 3;
-        let stride = rgb_frame.plane_stride()[0] as usize;
-        let plane = rgb_frame.plane_data(0)?;
         let mut data = try_with_capacity(row * height as usize, "an RGB input frame")
             .map_err(|e| glib::bool_error!("{}", e))?;
-        for y in 0..height as usize {
-            data.extend_from_slice(&plane[y * stride..y * stride + row]);
+        let mut copy_rows =
+            |frame: &VideoFrameRef<&gst::BufferRef>| -> Result<(), glib::BoolError> {
+                let stride = frame.plane_stride()[0] as usize;
+                let plane = frame.plane_data(0)?;
+                for y in 0..height as usize {
+                    data.extend_from_slice(&plane[y * stride..y * stride + row]);
+                }
+                Ok(())
+            };
+        match &self.to_rgb {
+            None => copy_rows(&input)?,
+            Some(to_rgb) => {
+                let mut rgb = gst::Buffer::with_size(self.rgb_info.size())?;
+                {
+                    let rgb_mut = rgb.make_mut();
+                    let mut rgb_frame =
+                        VideoFrameRef::from_buffer_ref_writable(rgb_mut, &self.rgb_info)?;
+                    to_rgb.frame_ref(&input, &mut rgb_frame);
+                }
+                copy_rows(&VideoFrameRef::from_buffer_ref_readable(
+                    &rgb,
+                    &self.rgb_info,
+                )?)?;
+            }
         }
         Ok(RgbFrame {
             width,
