@@ -1,14 +1,16 @@
 //! The element against the engine on the same input.
 //!
 //! `cargo run --release --example element_bench -- --model-dir DIR [--width 64] [--height 64]
-//!  [--frames 41] [--scale 4]`
+//!  [--frames 41] [--scale 4] [--rounds 2]`
 //!
 //! Runs `videotestsrc num-buffers=N ! video/x-raw,format=RGB,WxH ! flashvsr ! fakesink`
-//! as fast as it goes, then the engine alone on the same number of frames of the
-//! same size, and prints `element_fps=<value>`, `engine_fps=<value>` and their
-//! ratio. Both clocks start at the first frame, after the model is loaded (the
-//! element loads it going to PAUSED, before the source streams), and stop at
-//! the last frame out.
+//! as fast as it goes, and the engine alone on the same number of frames of the
+//! same size, `--rounds` times each, alternating which goes first (a run after
+//! another finds the process warmer: its allocator's memory mapped, its caches
+//! filled), and prints every run, then `element_fps=<mean>`,
+//! `engine_fps=<mean>` and their ratio. Both clocks start at the first frame,
+//! after the model is loaded (the element loads it going to PAUSED, before the
+//! source streams), and stop at the last frame out.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,11 +44,20 @@ struct Args {
     /// Upscaling factor: 2, 3 or 4
     #[arg(long, value_name = "S", default_value_t = 4)]
     scale: u32,
+
+    /// Runs of each, in alternating order (element first in odd rounds)
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    rounds: u32,
 }
 
 fn element_fps(a: &Args) -> Result<f64, String> {
-    gst::init().map_err(|e| e.to_string())?;
-    gstflashvsr::plugin_register_static().map_err(|e| e.to_string())?;
+    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            gst::init().map_err(|e| e.to_string())?;
+            gstflashvsr::plugin_register_static().map_err(|e| e.to_string())
+        })
+        .clone()?;
     let desc = format!(
         "videotestsrc num-buffers={} pattern=smpte ! video/x-raw,format=RGB,width={},height={},framerate=25/1 \
          ! flashvsr name=sr model-dir=\"{}\" scale={} ! fakesink sync=false",
@@ -127,20 +138,36 @@ fn main() -> ExitCode {
         "{} frames of {}x{} at scale {}",
         args.frames, args.width, args.height, args.scale
     );
-    let element = match element_fps(&args) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("element pipeline failed: {e}");
-            return ExitCode::FAILURE;
+    let (mut element, mut engine) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        let order: [bool; 2] = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for run_element in order {
+            let result = if run_element {
+                element_fps(&args).map(|fps| element.push(fps))
+            } else {
+                engine_fps(&args).map(|fps| engine.push(fps))
+            };
+            if let Err(e) = result {
+                let what = if run_element {
+                    "element pipeline"
+                } else {
+                    "engine"
+                };
+                eprintln!("{what} failed: {e}");
+                return ExitCode::FAILURE;
+            }
         }
-    };
-    let engine = match engine_fps(&args) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("engine failed: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        println!(
+            "round {round}: element {:.4} fps, engine {:.4} fps",
+            element[round as usize], engine[round as usize]
+        );
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (element, engine) = (mean(&element), mean(&engine));
     println!("element_fps={element:.4}");
     println!("engine_fps={engine:.4}");
     println!("element_over_engine={:.3}", element / engine);
