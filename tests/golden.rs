@@ -16,6 +16,18 @@ fn cpu_f32() -> ModelOptions {
     }
 }
 
+/// The case's comparisons on the CPU in f32, every one within its bounds.
+fn passing_pipeline(case: &GoldenCase) -> Result<Vec<parity::Comparison>> {
+    let results = parity::check_pipeline(case, &cpu_f32(), |c| println!("{c}"))?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.to_string())
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    Ok(results)
+}
+
 fn assert_parity(case: &str) -> Result<()> {
     let Some(dir) = common::golden_case(case) else {
         return Ok(());
@@ -23,13 +35,7 @@ fn assert_parity(case: &str) -> Result<()> {
     let case = GoldenCase::load(&dir)?;
     let bicubic = parity::check_bicubic(&case)?.expect("the fixture holds lq_u8");
     assert!(bicubic.ok, "{bicubic}");
-    let results = parity::check_pipeline(&case, &cpu_f32(), |c| println!("{c}"))?;
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| c.to_string())
-        .collect();
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    let results = passing_pipeline(&case)?;
     // every kind of tensor the case holds was compared
     for kind in [
         "lq_latents",
@@ -126,13 +132,7 @@ fn a_compact_case_checks_as_the_full_one() -> Result<()> {
     let compact = GoldenCase::load(&scratch.0)?;
     assert!(parity::check_bicubic(&compact)?.is_none());
     assert_eq!(compact.lq_frames()?, full.lq_frames()?);
-    let results = parity::check_pipeline(&compact, &cpu_f32(), |c| println!("{c}"))?;
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| c.to_string())
-        .collect();
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    let results = passing_pipeline(&compact)?;
     for kind in ["mask", "latents", "kv_windows", "out.frames_u8"] {
         assert!(results.iter().any(|c| c.name.contains(kind)), "{kind}");
     }

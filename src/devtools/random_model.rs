@@ -76,8 +76,22 @@ impl RandomModelSpec {
         }
     }
 
-    /// The widths of the tiny-v1 golden fixture (two DiT blocks): small enough for
-    /// tests to write, load and run in seconds.
+    /// The sizes of the `tiny-v1` golden fixture's model (DiT width 256, 2
+    /// blocks, FFN 384, LQ widths 48/64, decoder widths 48/32/16/16): what the
+    /// tests that compare with no fixture run on.
+    pub fn tiny_fixture(seed: u64) -> Self {
+        Self {
+            ffn_dim: 384,
+            text_dim: 32,
+            ctx_len: 8,
+            lq_hidden: [48, 64],
+            tc_channels: [48, 32, 16, 16],
+            ..Self::tiny(seed)
+        }
+    }
+
+    /// Small widths near the tiny-v1 fixture's (two DiT blocks): small enough
+    /// for tests to write, load and run in seconds.
     pub fn tiny(seed: u64) -> Self {
         Self {
             dit_blocks: 2,

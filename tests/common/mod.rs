@@ -101,17 +101,7 @@ pub fn random_model(seed: u64) -> PathBuf {
     if let Some((_, dir)) = dirs.iter().find(|(s, _)| *s == seed) {
         return dir.clone();
     }
-    let spec = RandomModelSpec {
-        dit_blocks: 2,
-        dim: 256,
-        ffn_dim: 384,
-        text_dim: 32,
-        ctx_len: 8,
-        lq_hidden: [48, 64],
-        lq_layers: 1,
-        tc_channels: [48, 32, 16, 16],
-        seed,
-    };
+    let spec = RandomModelSpec::tiny_fixture(seed);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-model-seed-{seed}"));
     if !dir.join("posi_prompt.pth").is_file() {
         // written beside, then renamed: a test binary running at the same time
