@@ -302,6 +302,9 @@ struct SequenceParts {
     output: f64,
     /// Elements of the largest single tensor.
     largest_tensor: f64,
+    /// Elements of the largest tensor outside the decoder's full-size
+    /// activations, which decoder tiles do not shrink.
+    largest_besides_decoder: f64,
 }
 
 impl SequenceParts {
@@ -392,12 +395,12 @@ impl SequenceParts {
             + 2.0 * 8.0 * c2 * p / 4.0 * ec
             + 4.0 * decoded_frames * 3.0 * p * 4.0;
         let output = 6.0 * out_frames * 3.0 * p * 4.0 + 3.0 * out_frames * 4.0 * p;
-        // The largest single tensors: the decoder's last stage, one latent
+        // The largest single tensors: the decoder's last stage (one latent
         // frame's 4 full-size frames of the widest last channels zero-padded by
-        // 1 for a 3x3 convolution; the decoded frames; the LQ tensor; the DiT's
-        // feed-forward activations; the LQ projection's widest activations.
-        let largest_tensor = [
-            decoder_activation_elements(&shape.decoder, padded_width, padded_height),
+        // 1 for a 3x3 convolution), and besides it the decoded frames, the LQ
+        // tensor, the DiT's feed-forward activations and the LQ projection's
+        // widest activations.
+        let largest_besides_decoder = [
             decoded_frames * 3.0 * p,
             lq_frames * 3.0 * p,
             tokens * d.ffn_dim as f64,
@@ -405,6 +408,11 @@ impl SequenceParts {
         ]
         .into_iter()
         .fold(0.0, f64::max);
+        let largest_tensor = largest_besides_decoder.max(decoder_activation_elements(
+            &shape.decoder,
+            padded_width,
+            padded_height,
+        ));
         Self {
             window: lq_frames * 3.0 * p,
             sequence_held: kv + decoder_memory + lq_cache,
@@ -415,6 +423,7 @@ impl SequenceParts {
             decoder,
             output,
             largest_tensor,
+            largest_besides_decoder,
         }
     }
 
@@ -466,12 +475,11 @@ impl SequenceParts {
         self.decoder_memory = memory;
         self.decoder = largest + whole_frame;
         // the full-resolution activations shrink to the largest region's; the
-        // whole frame's decoded frames remain
+        // other tensors (the whole frame's decoded frames among them) remain
         self.largest_tensor = regions
             .iter()
             .map(|&(w, h)| decoder_activation_elements(&shape.decoder, w, h))
-            .fold(decoded_frames * 3.0 * p, f64::max)
-            .max(FIRST_CHUNK_INPUT as f64 * 3.0 * p);
+            .fold(self.largest_besides_decoder, f64::max);
         self
     }
 
@@ -605,6 +613,32 @@ mod tests {
         assert_eq!(absurd.total(), u64::MAX);
         // 8192x8192 is far beyond any machine's memory
         assert!(estimate(&shape, 8192, 8192, 3).stream() > 1 << 40);
+    }
+
+    /// Decoder tiles shrink only the decoder's activations: the largest tensor
+    /// left is then the largest of the others (the DiT's feed-forward
+    /// activations of chunk 0 at 3840x2176 with the released widths).
+    #[test]
+    fn decoder_tiles_leave_the_other_tensors_as_they_are() {
+        let shape = released(30);
+        let (w, h) = (3840, 2176);
+        let whole = estimate(&shape, w, h, 3);
+        assert_eq!(whole.largest_tensor, 4 * 128 * 3842 * 2178);
+        let tiled = estimate_tiled(
+            &shape,
+            w,
+            h,
+            &[SequenceShape {
+                width: w,
+                height: h,
+                decoder_regions: Some(vec![(256, 256); 150]),
+            }],
+            3,
+            false,
+        );
+        let ffn = 6 * (w * h / 256) as u64 * 8960;
+        assert_eq!(tiled.largest_tensor, ffn);
+        assert!(tiled.largest_tensor < whole.largest_tensor);
     }
 
     #[test]
