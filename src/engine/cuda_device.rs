@@ -123,18 +123,24 @@ mod pool {
     /// in the pool for the next allocation instead of going back to the driver
     /// at each synchronisation.
     pub fn keep_freed_memory(cuda: &CudaDevice) -> Result<()> {
-        let pool = default_pool(cuda)?;
-        let mut threshold = u64::MAX;
-        // SAFETY: the release threshold attribute takes a pointer to a u64.
-        unsafe {
-            sys::cuMemPoolSetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                (&mut threshold as *mut u64).cast(),
-            )
-        }
-        .result()
-        .map_err(|e| driver_error("memory pool release threshold", e))
+        set_attribute(
+            default_pool(cuda)?,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            u64::MAX,
+        )
+    }
+
+    /// Sets one of the pool's u64 attributes: the release threshold, or a
+    /// high-water mark (which takes only 0, a reset).
+    fn set_attribute(
+        pool: sys::CUmemoryPool,
+        attr: sys::CUmemPool_attribute,
+        mut value: u64,
+    ) -> Result<()> {
+        // SAFETY: these attributes take a pointer to a u64.
+        unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&mut value as *mut u64).cast()) }
+            .result()
+            .map_err(|e| driver_error("memory pool attribute", e))
     }
 
     fn attribute(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute) -> Result<u64> {
@@ -162,19 +168,11 @@ mod pool {
 
     /// Sets the pool's high-water mark of used memory back to what is in use.
     pub fn reset_peak(cuda: &CudaDevice) -> Result<()> {
-        let pool = default_pool(cuda)?;
-        let mut zero = 0u64;
-        // SAFETY: the high-water attributes take a pointer to a u64, which
-        // must be 0 (a reset).
-        unsafe {
-            sys::cuMemPoolSetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                (&mut zero as *mut u64).cast(),
-            )
-        }
-        .result()
-        .map_err(|e| driver_error("memory pool high-water mark", e))
+        set_attribute(
+            default_pool(cuda)?,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            0,
+        )
     }
 
     /// Bytes the pool holds that no allocation uses.
