@@ -23,7 +23,7 @@ pub const SCORE_BUDGET_BYTES: usize = 512 << 20;
 /// Bias of a masked block: far enough below any score that its exp is zero,
 /// finite so that a row with every block masked stays a number (it is zeroed
 /// afterwards).
-const MASKED_BIAS: f64 = -1e30;
+pub(crate) const MASKED_BIAS: f64 = -1e30;
 
 /// Query windows per chunk so that the f32 scores
 /// `[heads, windows x 128, key_windows x 128]` fit in `budget_bytes`; at

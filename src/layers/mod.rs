@@ -6,9 +6,12 @@
 
 pub mod activation;
 pub mod attention;
+pub mod attention_path;
 pub mod conv;
 pub(crate) mod cpu;
+pub mod device_kernels;
 pub mod device_rules;
+pub mod gathered_attention;
 pub mod kernels;
 pub mod linear;
 pub mod masked_attention;

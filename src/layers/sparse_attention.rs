@@ -7,15 +7,20 @@
 //! attention then runs only on the (query window, key window) pairs it keeps.
 //!
 //! On the CPU fast path the top-k sorts and the attention reads only the kept
-//! blocks. The portable path (every other device) finds the top-k threshold by
-//! bisection ([`topk`]) and runs the attention with the mask as a bias
-//! ([`masked_attention`]), both without leaving the device
-//! (docs/device-path.md, section "Self-attention").
+//! blocks. The portable path (every other device) finds the top-k threshold
+//! without leaving the device ([`topk`]: one selection kernel on CUDA, else
+//! bisection) and runs the attention the model chose at load
+//! ([`attention_path`]): the fused CUDA kernel ([`device_kernels`]), the
+//! gathered path ([`gathered_attention`]) or the mask as a bias
+//! ([`masked_attention`]) (docs/device-path.md, section "Self-attention").
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
+use super::attention_path::{self, AttentionPath};
 use super::cpu::sparse_blocks;
-use super::{kernels, masked_attention, shape_log, softmax, topk};
+use super::{
+    device_kernels, gathered_attention, kernels, masked_attention, shape_log, softmax, topk,
+};
 
 pub use super::masked_attention::WINDOW_TOKENS;
 const WINDOW_T: usize = 2;
@@ -191,9 +196,8 @@ fn keep_top_k(probs: &Tensor, nb: usize, topk_ratio: f64) -> Result<Tensor> {
 /// On the CPU in f32, consecutive query windows of a head that keep the same
 /// key windows form one batch whose kept keys are read in place
 /// ([`sparse_blocks`]), so the work is proportional to the kept (query, key)
-/// pairs. The portable path ([`masked_attention`]) keeps the mask on the device
-/// and applies it as a bias to dense scores, in a few kernels per chunk of
-/// query windows.
+/// pairs. The portable path keeps the mask on the device and runs the
+/// attention path in force on this thread ([`attention_path::current`]).
 pub fn sparse_attention(
     q_win: &Tensor,
     k_win: &Tensor,
@@ -201,7 +205,15 @@ pub fn sparse_attention(
     mask: &Tensor,
 ) -> Result<Tensor> {
     if !kernels::cpu_fast_path(q_win) {
-        return masked_attention::masked_attention(q_win, k_win, v_win, mask);
+        return match attention_path::current().attention {
+            AttentionPath::Fused => {
+                device_kernels::fused_attention::fused_attention(q_win, k_win, v_win, mask)
+            }
+            AttentionPath::Gathered => {
+                gathered_attention::gathered_attention(q_win, k_win, v_win, mask)
+            }
+            AttentionPath::Masked => masked_attention::masked_attention(q_win, k_win, v_win, mask),
+        };
     }
     let (heads, nq, wt, d) = q_win.dims4()?;
     let nk = k_win.dim(1)?;

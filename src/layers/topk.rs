@@ -4,14 +4,16 @@
 //! On the CPU fast path a sort gives it. CUDA's sort holds a whole row in one
 //! block's shared memory and cannot take rows over
 //! [`MAX_SORT_COLUMNS`](super::device_rules::MAX_SORT_COLUMNS), while the
-//! mask's rows reach 72,900 columns at 1920-wide frames, so the portable path
-//! finds the value by bisection instead: a fixed number of steps, each a
-//! comparison and a row sum over the whole tensor, with no copy to the host.
-//! The result is exactly the sort's value, ties included.
+//! mask's rows reach 72,900 columns at 1920-wide frames. The portable path
+//! finds the value without a sort and without a copy to the host: on CUDA, by
+//! the selection kernel ([`device_kernels::kth_largest`], one launch), once
+//! the model has checked it at load; elsewhere, or when the check failed, by
+//! bisection: a fixed number of steps, each a comparison and a row sum over
+//! the whole tensor. Both give exactly the sort's value, ties included.
 
 use candle_core::{D, DType, Result, Tensor};
 
-use super::kernels;
+use super::{attention_path, device_kernels, kernels};
 
 /// Smallest positive f32 (the least subnormal), 2^-149: the geometric
 /// midpoint's stand-in for a lower bound of zero.
@@ -25,6 +27,8 @@ pub const BISECTION_STEPS: usize = 40;
 
 /// The (k+1)-th largest value (index `k` in descending order) of every row of
 /// `rows` `[r, n]`, as `[r, 1]` f32: the value a descending sort puts at `k`.
+/// The CPU fast path sorts; the portable path runs the selection kernel where
+/// the model checked it at load (`attention_path`), else bisects.
 /// Values must be finite and non-negative (the mask's probabilities are);
 /// `k` must be below `n`.
 pub fn kth_largest(rows: &Tensor, k: usize) -> Result<Tensor> {
@@ -36,6 +40,9 @@ pub fn kth_largest(rows: &Tensor, k: usize) -> Result<Tensor> {
     if kernels::cpu_fast_path(&rows) {
         return rows.sort_last_dim(false)?.0.narrow(1, k, 1);
     }
+    if attention_path::current().select_kernel {
+        return device_kernels::kth_largest::kth_largest(&rows, k);
+    }
     kth_largest_by_bisection(&rows, k)
 }
 
@@ -46,7 +53,7 @@ pub fn kth_largest(rows: &Tensor, k: usize) -> Result<Tensor> {
 /// midpoint `m` has k+1 values `>= m` exactly when `m <= v`. Once `hi` is the
 /// f32 just above `lo`, `[lo, hi)` holds one f32 value, which is `v`; the last
 /// step takes the largest value below `hi`, which is then `v` itself.
-fn kth_largest_by_bisection(rows: &Tensor, k: usize) -> Result<Tensor> {
+pub fn kth_largest_by_bisection(rows: &Tensor, k: usize) -> Result<Tensor> {
     let device = rows.device();
     let mut lo = rows.min_keepdim(D::Minus1)?;
     // Above the maximum, so that no value is >= hi (with a margin of one, not a
