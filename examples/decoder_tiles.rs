@@ -301,6 +301,7 @@ fn halo(case: PathBuf, tile: usize, overlap: usize, halos: Vec<[usize; 4]>) -> R
             device: Device::Cpu,
             dtype: DType::F32,
             kernels: KernelPath::Fast,
+            attention: gstflashvsr::engine::AttentionKernel::Auto,
         },
     )?;
     let io_path = case.join("io.safetensors");

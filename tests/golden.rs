@@ -13,6 +13,7 @@ fn cpu_f32() -> ModelOptions {
         device: Device::Cpu,
         dtype: DType::F32,
         kernels: KernelPath::Fast,
+        attention: gstflashvsr::engine::AttentionKernel::Auto,
     }
 }
 

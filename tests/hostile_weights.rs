@@ -49,6 +49,7 @@ fn child_loads_the_model_named_in_env() {
         device: Device::Cpu,
         dtype: DType::F32,
         kernels: KernelPath::Fast,
+        attention: gstflashvsr::engine::AttentionKernel::Auto,
     };
     match FlashVsrModel::load(Path::new(&dir), &options) {
         Ok(_) => println!("OUTCOME: loaded"),

@@ -46,6 +46,7 @@ fn portable(dtype: DType) -> ModelOptions {
         device: Device::Cpu,
         dtype,
         kernels: KernelPath::Portable,
+        attention: gstflashvsr::engine::AttentionKernel::Auto,
     }
 }
 

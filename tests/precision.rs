@@ -16,6 +16,7 @@ fn first_chunks(case: &GoldenCase, dtype: DType) -> Result<Vec<Vec<u8>>> {
             device: Device::Cpu,
             dtype,
             kernels: KernelPath::Fast,
+            attention: gstflashvsr::engine::AttentionKernel::Auto,
         },
     )?;
     let mut state = model.new_sequence(&case.stream_config())?;

@@ -90,6 +90,7 @@ fn small_model_loads_with_released_dtypes_and_runs_a_chunk() {
         device: Device::Cpu,
         dtype: DType::F32,
         kernels: KernelPath::Fast,
+        attention: gstflashvsr::engine::AttentionKernel::Auto,
     };
     let model = FlashVsrModel::load(&scratch.0, &opts).unwrap();
     let cfg = SequenceConfig {

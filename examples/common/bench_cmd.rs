@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use crate::cli;
 use clap::Parser;
 use gstflashvsr::devtools::replay;
-use gstflashvsr::engine::{ChunkProfile, Engine, EngineSettings, RgbFrame, memory};
+use gstflashvsr::engine::{
+    ChunkProfile, Engine, EngineSettings, KernelPath, Precision, RgbFrame, memory,
+};
 use gstflashvsr::model::profile::Stage;
 
 /// Streams synthetic frames through the engine and prints per-chunk stage
@@ -93,6 +95,7 @@ fn ms(d: Duration) -> f64 {
 pub fn run(args: Cli) -> ExitCode {
     let settings = EngineSettings {
         kernels: args.kernels.path(),
+        attention: args.kernels.attention,
         tile_size: args.tile_size,
         tile_overlap: args.tile_overlap,
         decoder_tile_size: args.decoder_tile_size,
@@ -146,6 +149,19 @@ pub fn run(args: Cli) -> ExitCode {
         settings.local_range,
         settings.kv_ratio
     );
+    let choice = engine.kernel_choice();
+    let cpu_fast = settings.kernels == KernelPath::Fast
+        && settings.device == "cpu"
+        && settings.precision == Precision::F32;
+    let attention = if cpu_fast {
+        "CPU fast path (kept blocks read in place)".to_owned()
+    } else {
+        choice.kernels.to_string()
+    };
+    println!("attention: {attention} (setting {})", settings.attention);
+    for note in &choice.notes {
+        println!("warning: {note}");
+    }
     match engine.plan(args.width, args.height) {
         Ok(plan) => println!("tile plan: {plan}"),
         Err(e) => {

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use gstflashvsr::engine::{DeviceSpec, EngineSettings, Precision};
+use gstflashvsr::engine::{AttentionKernel, DeviceSpec, EngineSettings, Precision};
 use gstflashvsr::layers::kernels::KernelPath;
 
 /// Where and in which floating-point type the model computes.
@@ -33,6 +33,12 @@ pub struct KernelArgs {
     /// instead of the CPU fast paths
     #[arg(long)]
     pub portable: bool,
+
+    /// Block-sparse attention of the portable path: "auto" (the fused CUDA
+    /// kernel when its check at load passes, else gathered), "fused",
+    /// "gathered" or "masked"
+    #[arg(long, value_name = "auto|fused|gathered|masked", default_value_t = AttentionKernel::Auto)]
+    pub attention: AttentionKernel,
 }
 
 impl KernelArgs {

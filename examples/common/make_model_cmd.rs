@@ -74,6 +74,7 @@ pub fn run(args: Cli) -> ExitCode {
             device: Device::Cpu,
             dtype: DType::F32,
             kernels: KernelPath::Fast,
+            attention: gstflashvsr::engine::AttentionKernel::Auto,
         };
         let start = Instant::now();
         match FlashVsrModel::load(&args.out, &opts) {

@@ -44,6 +44,7 @@ pub fn run(cli: Cli) -> ExitCode {
         device,
         dtype: cli.compute.precision.dtype(),
         kernels: cli.kernels.path(),
+        attention: cli.kernels.attention,
     };
     println!(
         "device {}, precision {}, kernels {:?}; {}",
@@ -52,6 +53,19 @@ pub fn run(cli: Cli) -> ExitCode {
         opts.kernels,
         Tolerances::for_dtype(opts.dtype)
     );
+    // what the model will resolve the attention setting to, and why
+    match gstflashvsr::model::attention_check::resolve(opts.attention, &opts.device, opts.dtype) {
+        Ok(choice) => {
+            println!("attention: {} (setting {})", choice.kernels, opts.attention);
+            for note in &choice.notes {
+                println!("warning: {note}");
+            }
+        }
+        Err(e) => {
+            println!("FAIL: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let mut first_failure: Option<String> = None;
     let mut note = |c: &parity::Comparison| {
         println!("{c}");

@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use super::EngineError;
 use super::settings::Precision;
+use crate::layers::attention_path::AttentionKernel;
 use crate::model::ModelVersion;
 use crate::model::color_fix::ColorFix;
 
@@ -134,6 +135,36 @@ impl Choice for ColorFix {
     ];
 }
 
+impl Choice for AttentionKernel {
+    const SETTING: &'static str = "attention";
+    const VALUES: &'static [ChoiceValue<Self>] = &[
+        ChoiceValue {
+            value: AttentionKernel::Auto,
+            nick: "auto",
+            aliases: &[],
+            description: "The fused CUDA kernel in bf16/f16 when its check at load passes, else the gathered path; the CPU's own paths on the CPU",
+        },
+        ChoiceValue {
+            value: AttentionKernel::Fused,
+            nick: "fused",
+            aliases: &[],
+            description: "The fused block-sparse CUDA kernel (bf16/f16 on CUDA), even if its check at load fails",
+        },
+        ChoiceValue {
+            value: AttentionKernel::Gathered,
+            nick: "gathered",
+            aliases: &[],
+            description: "Kept key windows gathered per query window, in candle ops",
+        },
+        ChoiceValue {
+            value: AttentionKernel::Masked,
+            nick: "masked",
+            aliases: &[],
+            description: "Dense scores with the mask as a bias, in candle ops",
+        },
+    ];
+}
+
 /// `Display` (the nick) and `FromStr` (nick or alias) from the table.
 macro_rules! text_from_table {
     ($($ty:ty),*) => {$(
@@ -153,7 +184,7 @@ macro_rules! text_from_table {
     )*};
 }
 
-text_from_table!(ModelVersion, Precision, ColorFix);
+text_from_table!(ModelVersion, Precision, ColorFix, AttentionKernel);
 
 #[cfg(test)]
 mod tests {
@@ -180,6 +211,7 @@ mod tests {
         round_trips::<ModelVersion>();
         round_trips::<Precision>();
         round_trips::<ColorFix>();
+        round_trips::<AttentionKernel>();
     }
 
     #[test]

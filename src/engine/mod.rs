@@ -34,6 +34,7 @@ pub mod tiles;
 
 use std::sync::Arc;
 
+pub use crate::layers::attention_path::AttentionKernel;
 pub use crate::layers::kernels::KernelPath;
 pub use crate::model::ModelVersion;
 pub use crate::model::color_fix::ColorFix;
@@ -159,6 +160,13 @@ impl<T> Engine<T> {
     /// (`engine::model_registry`).
     pub fn model_handle(&self) -> ModelHandle {
         ModelHandle::new(&self.model_key, &self.model)
+    }
+
+    /// The attention and mask kernels the model runs with (resolved from the
+    /// `attention` setting at load), with a note for each kernel that failed
+    /// its check there.
+    pub fn kernel_choice(&self) -> &crate::model::attention_check::KernelChoice {
+        self.model.kernel_choice()
     }
 
     /// Output size for an input frame size: exactly `scale` times larger.

@@ -24,7 +24,7 @@ use std::time::SystemTime;
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 
-use super::{DeviceSpec, EngineError, EngineSettings, KernelPath, Precision};
+use super::{AttentionKernel, DeviceSpec, EngineError, EngineSettings, KernelPath, Precision};
 use crate::model::{FlashVsrModel, ModelOptions};
 
 /// What the loaded weights depend on. The folder is canonical, so two
@@ -38,6 +38,7 @@ pub(crate) struct ModelKey {
     precision: Precision,
     device: DeviceSpec,
     kernels: KernelPath,
+    attention: AttentionKernel,
 }
 
 /// The regular files of `dir` as (name, size, modification time), by name;
@@ -69,6 +70,7 @@ impl ModelKey {
             precision: settings.precision,
             device: settings.device_spec()?,
             kernels: settings.kernels,
+            attention: settings.attention,
         })
     }
 
@@ -83,6 +85,7 @@ impl ModelKey {
             device: self.device.open()?,
             dtype: self.precision.dtype(),
             kernels: self.kernels,
+            attention: self.attention,
         };
         FlashVsrModel::load(&self.dir, &options).map_err(|e| {
             EngineError::model(format!("loading the model from {}", self.dir.display()), e)

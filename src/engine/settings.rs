@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 
 use super::{EngineError, SIZE_MULTIPLE};
+use crate::layers::attention_path::AttentionKernel;
 use crate::layers::kernels::KernelPath;
 use crate::model::ModelVersion;
 use crate::model::color_fix::ColorFix;
@@ -126,6 +127,10 @@ pub struct EngineSettings {
     /// `Portable` runs the candle-op path that CUDA takes even on the CPU (to
     /// prove the device path here); `Fast` (default) uses the CPU fast paths.
     pub kernels: KernelPath,
+    /// The portable path's block-sparse attention (`model::attention_check`):
+    /// `Auto` checks the fused CUDA kernel at load and falls back to the
+    /// gathered path; the others force a path.
+    pub attention: AttentionKernel,
     /// Bytes a stream may take (`engine::memory`): a frame size whose estimate is
     /// larger runs in tiles, or is refused. `None`: `MemAvailable` when the
     /// stream starts, on the CPU; the device's free memory on CUDA.
@@ -160,6 +165,7 @@ impl Default for EngineSettings {
             local_range: 11,
             seed: 0,
             kernels: KernelPath::Fast,
+            attention: AttentionKernel::Auto,
             max_memory: None,
             tile_size: 0,
             tile_overlap: 64,

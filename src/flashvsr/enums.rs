@@ -8,7 +8,7 @@ use gst::glib;
 use gst::glib::translate::{FromGlib, IntoGlib, ToGlibPtr, ToGlibPtrMut, TryFromGlib, from_glib};
 
 use super::late::LatePolicy;
-use crate::engine::{Choice, ColorFix, ModelVersion, Precision};
+use crate::engine::{AttentionKernel, Choice, ColorFix, ModelVersion, Precision};
 
 /// Registers a GEnum named `type_name` whose values are `T::VALUES` (value =
 /// index, nick and name from the table). Called once per type.
@@ -121,6 +121,7 @@ macro_rules! choice_genum {
 
 choice_genum!(ModelVersion, "GstFlashVsrModelVersion");
 choice_genum!(Precision, "GstFlashVsrPrecision");
+choice_genum!(AttentionKernel, "GstFlashVsrAttention");
 choice_genum!(ColorFix, "GstFlashVsrColorFix");
 choice_genum!(LatePolicy, "GstFlashVsrLatePolicy");
 
@@ -149,6 +150,7 @@ mod tests {
         gst::init().expect("GStreamer initialises");
         check::<ModelVersion>();
         check::<Precision>();
+        check::<AttentionKernel>();
         check::<ColorFix>();
         check::<LatePolicy>();
         assert_eq!(

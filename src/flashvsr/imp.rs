@@ -208,10 +208,14 @@ impl FlashVsr {
         gst::info!(
             CAT,
             imp = self,
-            "Weights ready in {:?} ({} model(s) loaded in this process)",
+            "Weights ready in {:?} ({} model(s) loaded in this process); {}",
             started.elapsed(),
-            loaded_models()
+            loaded_models(),
+            engine.kernel_choice().kernels
         );
+        for note in &engine.kernel_choice().notes {
+            gst::warning!(CAT, imp = self, "{}", note);
+        }
 
         self.active_scale
             .store(settings.engine.scale, Ordering::Release);

@@ -2,6 +2,7 @@
 //! causal DiT with its KV cache, the TCDecoder, the colour fix, and the chunk
 //! schedule that ties them together (docs/model.md). No GStreamer here.
 
+pub mod attention_check;
 pub mod cancel;
 pub mod color_fix;
 pub mod dit;

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::attention_check::{self, KernelChoice};
 use super::cancel::CancelToken;
 use super::color_fix::ColorFix;
 use super::dit::{Dit, DitConfig, DitState, DitTrace};
@@ -15,6 +16,7 @@ use super::lq_proj::{LqProj, LqProjConfig, LqProjState};
 use super::profile::{self, Stage, StageTimes};
 use super::schedule;
 use super::tcdecoder::{DecoderTiling, TcDecoder, TcDecoderConfig, TcDecoderState};
+use crate::layers::attention_path::{self, AttentionKernel};
 use crate::layers::kernels::{self, KernelPath};
 use crate::layers::shape_log;
 use crate::layers::sparse_attention::SparseConfig;
@@ -40,6 +42,8 @@ pub struct ModelOptions {
     /// CPU fast paths where they apply (the default), or the portable path that
     /// other devices take, forced on the CPU too (to prove the device path).
     pub kernels: KernelPath,
+    /// The portable path's block-sparse attention (`attention_check::resolve`).
+    pub attention: AttentionKernel,
 }
 
 /// Per-sequence settings. `height` and `width` are the (padded) output size, and
@@ -179,6 +183,8 @@ pub struct FlashVsrModel {
     device: Device,
     dtype: DType,
     kernels: KernelPath,
+    /// The attention and mask kernels the chunks run with, checked at load.
+    kernel_choice: KernelChoice,
     lq_proj: LqProj,
     dit: Dit,
     decoder: TcDecoder,
@@ -253,6 +259,7 @@ impl FlashVsrModel {
         );
         let weight_bytes = (values(&files.dit)? + values(&files.prompt)?) * size
             + (values(&files.lq_proj)? + values(&files.decoder)?) * conv_size;
+        let kernel_choice = attention_check::resolve(opts.attention, device, dtype)?;
         // The weights were uploaded from this thread; the model usually runs on
         // another (the element's model thread). Wait for every copy and
         // conversion to finish here, so that no use depends on the device's
@@ -262,6 +269,7 @@ impl FlashVsrModel {
             device: device.clone(),
             dtype,
             kernels: opts.kernels,
+            kernel_choice,
             lq_proj,
             dit,
             decoder,
@@ -277,6 +285,11 @@ impl FlashVsrModel {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+    /// The attention and mask kernels the chunks run with, and the notes of
+    /// any kernel that failed its check at load.
+    pub fn kernel_choice(&self) -> &KernelChoice {
+        &self.kernel_choice
     }
     pub fn dtype(&self) -> DType {
         self.dtype
@@ -331,7 +344,11 @@ impl FlashVsrModel {
         noise: &Tensor,
         trace: Option<&mut ChunkTrace>,
     ) -> Result<Tensor> {
-        kernels::run_with(self.kernels, || self.chunk(state, lq, noise, trace))
+        kernels::run_with(self.kernels, || {
+            attention_path::run_with(self.kernel_choice.kernels, || {
+                self.chunk(state, lq, noise, trace)
+            })
+        })
     }
 
     fn chunk(

@@ -40,6 +40,11 @@ impl ObjectImpl for FlashVsr {
                     .blurb("Floating-point type the network runs in (bf16/f16 are for GPUs). Read at READY->PAUSED")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("attention", defaults.attention)
+                    .nick("Attention")
+                    .blurb("Block-sparse attention on a GPU: auto (the fused kernel when its check at load passes, else gathered), fused, gathered or masked; the CPU's f32 path ignores it. Read at READY->PAUSED")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("color-fix", defaults.color_fix)
                     .nick("Colour fix")
                     .blurb("Colour correction of the output towards the input. Read at READY->PAUSED")
@@ -146,6 +151,10 @@ impl ObjectImpl for FlashVsr {
                 engine.device = device.unwrap_or_else(|| EngineSettings::default().device);
                 Ok(())
             }),
+            "attention" => typed(&mut |v| {
+                engine.attention = value_as(v)?;
+                Ok(())
+            }),
             "precision" => typed(&mut |v| {
                 engine.precision = value_as(v)?;
                 Ok(())
@@ -218,6 +227,7 @@ impl ObjectImpl for FlashVsr {
             "scale" => engine.scale.to_value(),
             "device" => engine.device.to_value(),
             "precision" => engine.precision.to_value(),
+            "attention" => engine.attention.to_value(),
             "color-fix" => engine.color_fix.to_value(),
             "sparse-ratio" => engine.sparse_ratio.to_value(),
             "kv-ratio" => engine.kv_ratio.to_value(),

@@ -127,6 +127,16 @@ struct Operands<'a> {
     mask: (&'a candle_core::CudaStorage, &'a Layout),
 }
 
+/// The elements of an operand from its layout's start.
+#[cfg(feature = "cuda")]
+fn view<'a, T: candle_core::cuda_backend::CudaDType>(
+    (storage, layout): (&'a candle_core::CudaStorage, &Layout),
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    Ok(storage
+        .as_cuda_slice::<T>()?
+        .slice(layout.start_offset()..))
+}
+
 #[cfg(feature = "cuda")]
 impl Operands<'_> {
     fn launch<T>(&self, kernel: &str) -> Result<(candle_core::CudaStorage, Shape)>
@@ -140,10 +150,7 @@ impl Operands<'_> {
         let (heads, nq, _, _) = self.q.1.shape().dims4()?;
         let nk = self.k.1.shape().dims()[1];
         let dev = &self.q.0.device;
-        let view = |(s, l): (&candle_core::CudaStorage, &Layout)| -> Result<_> {
-            Ok(s.as_cuda_slice::<T>()?.slice(l.start_offset()..))
-        };
-        let (q, k, v) = (view(self.q)?, view(self.k)?, view(self.v)?);
+        let (q, k, v) = (view::<T>(self.q)?, view::<T>(self.k)?, view::<T>(self.v)?);
         let mask = self
             .mask
             .0

@@ -56,7 +56,7 @@ impl CustomOp1 for KthLargest {
         use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 
         let (r, n) = layout.shape().dims2()?;
-        let dev = storage.device();
+        let dev = &storage.device;
         let rows = storage
             .as_cuda_slice::<f32>()?
             .slice(layout.start_offset()..);
