@@ -9,10 +9,14 @@
 //! - `parity CASE_DIR ...`: the `parity` example (full or compact golden cases);
 //! - `make-model --out DIR --blocks N`: the `make_model` example;
 //! - `bench ...`: the `bench` example;
+//! - `attention ...`: the `attention_bench` example (every self-attention
+//!   path of one steady chunk side by side);
 //! - `compact CASE_DIR OUT_DIR`: writes a golden case in compact form
 //!   (`devtools::parity::write_compact`), on the CPU machine that builds the
 //!   bundle.
 
+#[path = "../common/attention_cmd.rs"]
+mod attention;
 #[path = "../common/bench_cmd.rs"]
 mod bench;
 #[path = "../common/cli.rs"]
@@ -53,6 +57,8 @@ enum Command {
     MakeModel(make_model::Cli),
     /// Streams synthetic frames through the engine and prints stage timings
     Bench(bench::Cli),
+    /// Times every self-attention path of one steady chunk side by side
+    Attention(attention::Cli),
     /// Writes a golden case in compact form
     Compact {
         /// A golden case folder, laid out like ../shared/golden/<case>
@@ -127,6 +133,7 @@ fn main() -> ExitCode {
         Command::Parity(args) => parity::run(args),
         Command::MakeModel(args) => make_model::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Attention(args) => attention::run(args),
         Command::Compact { case_dir, out_dir } => compact(case_dir, out_dir),
     }
 }

@@ -18,13 +18,24 @@ use super::device_rules::{self, MAX_SORT_COLUMNS};
 use super::masked_attention::{MASKED_BIAS, SCORE_BUDGET_BYTES, WINDOW_TOKENS};
 use super::{shape_log, softmax};
 
-/// The kept key windows of every row of `mask` `[heads, nq, nk]` as indices
-/// into the flattened `[heads * nk]` key windows, `[heads, nq, width]` u32,
-/// with the bias `[heads, nq, width]` f32 (0 where the listed window is kept,
-/// [`MASKED_BIAS`] where it only fills the list), `width` the largest count
-/// of any row. `None` when no row keeps anything.
-pub fn kept_key_windows(mask: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
-    let (heads, _, nk) = mask.dims3()?;
+/// How many key windows each (head, query window) row of `mask`
+/// `[heads, nq, nk]` keeps, in row order (read back to the host: it sizes and
+/// orders the work).
+pub fn kept_counts(mask: &Tensor) -> Result<Vec<u32>> {
+    mask.ne(0u8)?
+        .to_dtype(DType::U32)?
+        .sum(D::Minus1)?
+        .flatten_all()?
+        .to_vec1::<u32>()
+}
+
+/// The first `width` listed key windows of every row of `mask`
+/// `[heads, nq, nk]`, as indices into the flattened `[heads * nk]` key
+/// windows, `[heads * nq, width]` u32: the kept windows in key order, then
+/// windows the row does not keep; with the bias `[heads * nq, width]` f32, 0
+/// for a kept window and [`MASKED_BIAS`] for the others.
+pub fn kept_key_windows(mask: &Tensor, width: usize) -> Result<(Tensor, Tensor)> {
+    let (heads, nq, nk) = mask.dims3()?;
     if nk > MAX_SORT_COLUMNS {
         candle_core::bail!(
             "gathered attention: {nk} key windows exceed the {MAX_SORT_COLUMNS} \
@@ -33,37 +44,37 @@ pub fn kept_key_windows(mask: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
     }
     let device = mask.device();
     let kept = mask.ne(0u8)?.to_dtype(DType::F32)?;
-    let width = kept.sum(D::Minus1)?.max_all()?.to_scalar::<f32>()? as usize;
-    if width == 0 {
-        return Ok(None);
-    }
     // Kept windows rank above the others, earlier windows above later ones:
     // a descending sort lists the kept windows first, in key order.
     let order = Tensor::arange(0f32, nk as f32, device)?;
     let rank = kept.affine(nk as f64, 0.0)?.broadcast_sub(&order)?;
     device_rules::check_contiguous("kept_key_windows.arg_sort", &rank)?;
-    let listed = rank.arg_sort_last_dim(false)?.narrow(2, 0, width)?;
-    let listed = listed.contiguous()?;
+    let listed = rank
+        .arg_sort_last_dim(false)?
+        .narrow(2, 0, width.min(nk))?
+        .contiguous()?;
     let bias = kept.gather(&listed, 2)?.affine(-MASKED_BIAS, MASKED_BIAS)?;
     let head_start = Tensor::arange(0u32, heads as u32, device)?
         .affine(nk as f64, 0.0)?
         .reshape((heads, 1, 1))?;
     let global = listed.broadcast_add(&head_start)?;
-    Ok(Some((global, bias)))
+    Ok((
+        global.reshape((heads * nq, width.min(nk)))?,
+        bias.reshape((heads * nq, width.min(nk)))?,
+    ))
 }
 
-/// Query windows per chunk so that the f32 scores `[heads, n x 128,
-/// width x 128]` and the gathered keys and values fit in `budget_bytes`; at
-/// least one.
-pub fn query_windows_per_chunk(
-    heads: usize,
+/// Rows per chunk of `width` kept windows each so that the chunk's f32 scores
+/// `[rows, 128, width x 128]` and gathered keys and values fit in
+/// `budget_bytes`; at least one.
+pub fn rows_per_chunk(
     width: usize,
     head_dim: usize,
     value_bytes: usize,
     budget_bytes: usize,
 ) -> usize {
-    let scores = heads * WINDOW_TOKENS * width * WINDOW_TOKENS * DType::F32.size_in_bytes();
-    let gathered = 2 * heads * width * WINDOW_TOKENS * head_dim * value_bytes;
+    let scores = WINDOW_TOKENS * width * WINDOW_TOKENS * DType::F32.size_in_bytes();
+    let gathered = 2 * width * WINDOW_TOKENS * head_dim * value_bytes;
     (budget_bytes / (scores + gathered).max(1)).max(1)
 }
 
@@ -82,6 +93,12 @@ pub fn gathered_attention(
 
 /// [`gathered_attention`] with one chunk's scores and gathered windows bounded
 /// by `budget_bytes`.
+///
+/// The (head, query window) rows run in order of how many windows they keep,
+/// most first, in chunks of rows whose lists are cut to the chunk's first
+/// (widest) row: a chunk pads its rows only up to that width, so the work
+/// stays close to the kept pairs' however unequal the rows are. Rows that
+/// keep nothing are zeros; one permutation puts the rows back in order.
 pub(crate) fn gathered_attention_within(
     q_win: &Tensor,
     k_win: &Tensor,
@@ -98,44 +115,73 @@ pub(crate) fn gathered_attention_within(
             mask.dims()
         )
     }
-    let Some((listed, bias)) = kept_key_windows(mask)? else {
+    let counts = kept_counts(mask)?;
+    let width = counts.iter().copied().max().unwrap_or(0) as usize;
+    if width == 0 {
         return q_win.zeros_like();
-    };
-    let width = listed.dim(2)?;
+    }
+    let device = q_win.device();
+    let (listed, bias) = kept_key_windows(mask, width)?;
     // Scaling the queries is cheaper than scaling the scores.
-    let q = (q_win / (d as f64).sqrt())?;
+    let q = (q_win / (d as f64).sqrt())?.reshape((heads * nq, wt, d))?;
     let k = k_win.reshape((heads * nk, wt * d))?;
     let v = v_win.reshape((heads * nk, wt * d))?;
-    let live = mask
-        .ne(0u8)?
-        .max_keepdim(D::Minus1)?
-        .to_dtype(q.dtype())?
-        .reshape((heads, nq, 1, 1))?;
-    let per_chunk =
-        query_windows_per_chunk(heads, width, d, q.dtype().size_in_bytes(), budget_bytes);
-    let mut outputs = Vec::with_capacity(nq.div_ceil(per_chunk));
-    for start in (0..nq).step_by(per_chunk) {
-        let n = per_chunk.min(nq - start);
-        let rows = heads * n;
-        let ids = listed.narrow(1, start, n)?.flatten_all()?;
-        let keys = k.index_select(&ids, 0)?.reshape((rows, width * wt, d))?;
-        let values = v.index_select(&ids, 0)?.reshape((rows, width * wt, d))?;
-        let q_chunk = q.narrow(1, start, n)?.reshape((rows, wt, d))?;
+    let mut order: Vec<u32> = (0..counts.len() as u32).collect();
+    order.sort_by_key(|&row| std::cmp::Reverse(counts[row as usize]));
+    let live = order
+        .iter()
+        .filter(|&&row| counts[row as usize] > 0)
+        .count();
+    let mut outputs = Vec::new();
+    let mut start = 0;
+    while start < live {
+        let width = counts[order[start] as usize] as usize;
+        let n = rows_per_chunk(width, d, q.dtype().size_in_bytes(), budget_bytes).min(live - start);
+        let rows = Tensor::from_slice(&order[start..start + n], n, device)?;
+        let ids = listed
+            .index_select(&rows, 0)?
+            .narrow(1, 0, width)?
+            .flatten_all()?;
+        let keys = k.index_select(&ids, 0)?.reshape((n, width * wt, d))?;
+        let values = v.index_select(&ids, 0)?.reshape((n, width * wt, d))?;
         // One bias per key token, shared by the window's 128 query rows.
         let token_bias = bias
-            .narrow(1, start, n)?
-            .reshape((rows, width, 1))?
-            .broadcast_as((rows, width, wt))?
-            .reshape((rows, 1, width * wt))?;
-        let scores = shape_log::matmul_named("gathered_attention.scores", &q_chunk, &keys.t()?)?
-            .to_dtype(DType::F32)?
-            .broadcast_add(&token_bias)?;
+            .index_select(&rows, 0)?
+            .narrow(1, 0, width)?
+            .reshape((n, width, 1))?
+            .broadcast_as((n, width, wt))?
+            .reshape((n, 1, width * wt))?;
+        let scores = shape_log::matmul_named(
+            "gathered_attention.scores",
+            &q.index_select(&rows, 0)?,
+            &keys.t()?,
+        )?
+        .to_dtype(DType::F32)?
+        .broadcast_add(&token_bias)?;
         let probs = softmax::softmax_last_dim_in_place(scores)?.to_dtype(values.dtype())?;
-        let out = shape_log::matmul_named("gathered_attention.values", &probs, &values)?
-            .reshape((heads, n, wt, d))?;
-        outputs.push(out.broadcast_mul(&live.narrow(1, start, n)?)?);
+        outputs.push(shape_log::matmul_named(
+            "gathered_attention.values",
+            &probs,
+            &values,
+        )?);
+        start += n;
     }
-    Tensor::cat(&outputs, 1)
+    if live < order.len() {
+        outputs.push(Tensor::zeros(
+            (order.len() - live, wt, d),
+            q.dtype(),
+            device,
+        )?);
+    }
+    // Row `order[i]` is at position i of the joined outputs.
+    let mut position = vec![0u32; order.len()];
+    for (i, &row) in order.iter().enumerate() {
+        position[row as usize] = i as u32;
+    }
+    let position = Tensor::from_vec(position, order.len(), device)?;
+    Tensor::cat(&outputs, 0)?
+        .index_select(&position, 0)?
+        .reshape((heads, nq, wt, d))
 }
 
 #[cfg(test)]
@@ -170,13 +216,13 @@ mod tests {
         bits[2 * nk..3 * nk].fill(1);
         let mask = Tensor::from_vec(bits, (heads, nq, nk), &dev)?;
         let want = dense_masked_attention(&q, &k, &v, &mask)?;
-        for windows in [1, 2, nq] {
-            let budget = windows * (heads * 128 * nk * 128 * 4 + 2 * heads * nk * 128 * d * 4);
+        for rows in [1, 2, heads * nq] {
+            let budget = rows * (128 * nk * 128 * 4 + 2 * nk * 128 * d * 4);
             let got = run_with(KernelPath::Portable, || {
                 gathered_attention_within(&q, &k, &v, &mask, budget)
             })?;
             let err = max_error(&got, &want)?;
-            assert!(err < 1e-5, "{windows} windows per chunk: max error {err}");
+            assert!(err < 1e-5, "{rows} rows per chunk: max error {err}");
             assert_eq!(
                 got.get(0)?.get(1)?.abs()?.max_all()?.to_scalar::<f32>()?,
                 0.0
@@ -195,26 +241,22 @@ mod tests {
             &[[[0u8, 1, 0, 1], [1, 1, 1, 0]], [[0, 0, 0, 0], [0, 0, 1, 0]]],
             &Device::Cpu,
         )?;
-        let (listed, bias) = kept_key_windows(&mask)?.expect("something is kept");
-        let listed = listed.to_vec3::<u32>()?;
-        // three wide (the widest row); head 1 starts at key window 4
-        assert_eq!(listed[0][0][..2], [1, 3]);
-        assert_eq!(listed[0][1], [0, 1, 2]);
-        assert_eq!(listed[1][1][0], 4 + 2);
-        let kept: Vec<Vec<Vec<bool>>> = bias
-            .to_vec3::<f32>()?
+        assert_eq!(kept_counts(&mask)?, [2, 3, 0, 1]);
+        let (listed, bias) = kept_key_windows(&mask, 3)?;
+        let listed = listed.to_vec2::<u32>()?;
+        // rows of heads x query windows; head 1 starts at key window 4
+        assert_eq!(listed[0][..2], [1, 3]);
+        assert_eq!(listed[1], [0, 1, 2]);
+        assert_eq!(listed[3][0], 4 + 2);
+        let kept: Vec<Vec<bool>> = bias
+            .to_vec2::<f32>()?
             .into_iter()
-            .map(|h| {
-                h.into_iter()
-                    .map(|r| r.into_iter().map(|b| b == 0.0).collect())
-                    .collect()
-            })
+            .map(|r| r.into_iter().map(|b| b == 0.0).collect())
             .collect();
-        assert_eq!(kept[0], [vec![true, true, false], vec![true, true, true]]);
-        assert_eq!(
-            kept[1],
-            [vec![false, false, false], vec![true, false, false]]
-        );
+        assert_eq!(kept[0], [true, true, false]);
+        assert_eq!(kept[1], [true, true, true]);
+        assert_eq!(kept[2], [false, false, false]);
+        assert_eq!(kept[3], [true, false, false]);
         Ok(())
     }
 

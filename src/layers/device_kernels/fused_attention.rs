@@ -132,9 +132,7 @@ struct Operands<'a> {
 fn view<'a, T: candle_core::cuda_backend::CudaDType>(
     (storage, layout): (&'a candle_core::CudaStorage, &Layout),
 ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
-    Ok(storage
-        .as_cuda_slice::<T>()?
-        .slice(layout.start_offset()..))
+    Ok(storage.as_cuda_slice::<T>()?.slice(layout.start_offset()..))
 }
 
 #[cfg(feature = "cuda")]
