@@ -15,7 +15,8 @@
 #   3. bf16 benchmarks, 352x192 -> 1408x768 and 480x272 -> 1920x1088 (fps,
 #      steady_fps, stage times, peak device memory), and the 1920x1088 plan
 #      within 40 % of what whole frames need (--memory-share 0.4);
-#   4. the 1408x768 benchmark once per self-attention path the build has.
+#   4. every self-attention path of one steady chunk side by side at 1408x768
+#      (gpu_check attention), then the 1408x768 benchmark once per path.
 #
 # One summary line per phase; everything is logged. With $OUT set, the log and
 # the summary are written there (gpu-check.log, gpu-check-summary.txt), else
@@ -285,15 +286,22 @@ bench "bench ${large[0]}x${large[1]} -> $((large[0] * 4))x$((large[1] * 4)) bf16
 bench "bench ${large[0]}x${large[1]} -> $((large[0] * 4))x$((large[1] * 4)) bf16 within $share% of whole frames" 180 "${large[@]}" --memory-share "0.$share"
 
 # --- 4. attention paths ------------------------------------------------------------
-# This build has one self-attention path on CUDA (layers::masked_attention);
-# a faster one would be benchmarked here against it at 1408x768.
-if "$bin" bench --help 2>/dev/null | grep -q -- '--attention'; then
-  for path in masked gathered fused; do
-    bench "bench ${small[0]}x${small[1]} -> $((small[0] * 4))x$((small[1] * 4)) bf16 attention=$path" 90 "${small[@]}" --attention "$path"
-  done
-else
-  record "attention paths: one (masked); nothing to compare"
-fi
+# Every self-attention path of one steady chunk side by side (masked, gathered,
+# fused; the mask by bisection and by the selection kernel) at 1408x768 bf16,
+# then the small benchmark once per path.
+attention_size=(1408 768)
+[ "$quick" != 1 ] || attention_size=(256 256)
+attention_precision=bf16
+[ "$on_gpu" -eq 1 ] || attention_precision=f32
+phase "attention paths ${attention_size[0]}x${attention_size[1]} $attention_precision" 90 "$bin" attention \
+  --device "$device" --precision "$attention_precision" --width "${attention_size[0]}" --height "${attention_size[1]}"
+[ "$phase_rc" -eq 0 ] || failures=$((failures + 1))
+record "attention ${attention_size[0]}x${attention_size[1]} $attention_precision: $(outcome) in ${phase_seconds} s; $(grep -E '^[a-z_]+(_ms|_max_abs_error|_entries_differing|_over_[a-z]+)=|^(FAIL|[a-z]+: FAIL)' "$work/phase.log" | tr '\n' ' ')"
+paths=(masked gathered fused)
+[ "$on_gpu" -eq 1 ] || paths=(masked gathered)
+for path in "${paths[@]}"; do
+  bench "bench ${small[0]}x${small[1]} -> $((small[0] * 4))x$((small[1] * 4)) bf16 attention=$path" 90 "${small[@]}" --attention "$path"
+done
 
 record "total: $((SECONDS - start)) s, $failures phase(s) failed"
 [ "$failures" -eq 0 ]
