@@ -164,6 +164,7 @@ fn properties_have_their_documented_defaults_and_ranges() {
     for (name, nick) in [
         ("model-version", "v1-1"),
         ("precision", "f32"),
+        ("attention", "auto"),
         ("color-fix", "adain"),
         ("late-policy", "wait"),
     ] {
@@ -181,6 +182,8 @@ fn properties_have_their_documented_defaults_and_ranges() {
     assert_eq!(enum_nick(&element.property_value("model-version")), "v1");
     element.set_property_from_str("color-fix", "wavelet");
     assert_eq!(enum_nick(&element.property_value("color-fix")), "wavelet");
+    element.set_property_from_str("attention", "gathered");
+    assert_eq!(enum_nick(&element.property_value("attention")), "gathered");
     element.set_property_from_str("late-policy", "bicubic");
     assert_eq!(enum_nick(&element.property_value("late-policy")), "bicubic");
     element.set_property("model-dir", "/models/flashvsr");
@@ -194,6 +197,7 @@ fn properties_have_their_documented_defaults_and_ranges() {
         "scale",
         "device",
         "precision",
+        "attention",
         "color-fix",
         "sparse-ratio",
         "kv-ratio",
@@ -240,6 +244,22 @@ fn missing_weights_fail_ready_to_paused_naming_the_folder() {
     assert!(text.contains("model-dir"), "{text}");
     assert_eq!(msg.src().unwrap().name(), "vsr");
     pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// The fused kernel is CUDA's: asked for on the CPU, the start fails naming
+/// the property and its value.
+#[test]
+fn fused_attention_on_the_cpu_fails_the_start_naming_the_setting() {
+    init();
+    let model = common::tiny_model();
+    let element = gst::ElementFactory::make("flashvsr")
+        .property("model-dir", model.to_str().unwrap())
+        .build()
+        .unwrap();
+    element.set_property_from_str("attention", "fused");
+    let text = common::start_error_text(&element);
+    assert!(text.contains("attention \"fused\""), "{text}");
+    assert!(text.contains("CUDA"), "{text}");
 }
 
 #[test]

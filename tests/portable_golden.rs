@@ -7,7 +7,9 @@
 //! attention in chunks (every product's operands checked against CUDA's rules,
 //! `layers::device_rules`, on in test builds), RoPE tables joined
 //! by broadcasting. In f32 every golden comparison must meet the same
-//! tolerances as the fast path (tests/golden.rs).
+//! tolerances as the fast path (tests/golden.rs); sparse-v1.1 also runs with
+//! the gathered attention (`attention=gathered`, what CUDA runs in f32 and
+//! when the fused kernel fails its check at load).
 //!
 //! In bf16 the intermediate tensors are not held to f32 tolerances; the final
 //! u8 frames are compared with the fixture's `out.frames_u8` (all chunks of
@@ -32,6 +34,7 @@ mod common;
 
 use candle_core::{DType, Device, Result};
 use gstflashvsr::devtools::parity::{self, Comparison, GoldenCase};
+use gstflashvsr::engine::AttentionKernel;
 use gstflashvsr::layers::kernels::KernelPath;
 use gstflashvsr::model::ModelOptions;
 
@@ -41,28 +44,40 @@ const BF16_MEAN_ABS: f32 = 0.3;
 /// Largest single difference, in u8 levels, allowed for the bf16 portable path.
 const BF16_MAX_ABS: f32 = 12.0;
 
-fn portable(dtype: DType) -> ModelOptions {
+fn portable(dtype: DType, attention: AttentionKernel) -> ModelOptions {
     ModelOptions {
         device: Device::Cpu,
         dtype,
         kernels: KernelPath::Portable,
-        attention: gstflashvsr::engine::AttentionKernel::Auto,
+        attention,
     }
 }
 
-/// Runs `case` on the portable path in `dtype`, printing every comparison.
-fn run_case(case: &str, dtype: DType) -> Result<Option<Vec<Comparison>>> {
+/// Runs `case` on the portable path in `dtype` with `attention`, printing
+/// every comparison.
+fn run_case(
+    case: &str,
+    dtype: DType,
+    attention: AttentionKernel,
+) -> Result<Option<Vec<Comparison>>> {
     let Some(dir) = common::golden_case(case) else {
         return Ok(None);
     };
     let case = GoldenCase::load(&dir)?;
-    let results = parity::check_pipeline(&case, &portable(dtype), |c| println!("{dtype:?} {c}"))?;
+    let results = parity::check_pipeline(&case, &portable(dtype, attention), |c| {
+        println!("{dtype:?} {attention} {c}")
+    })?;
     Ok(Some(results))
 }
 
 /// Every comparison of the case within the fast path's f32 tolerances.
 fn assert_f32_parity(case: &str) -> Result<()> {
-    let Some(results) = run_case(case, DType::F32)? else {
+    assert_f32_parity_with(case, AttentionKernel::Auto)
+}
+
+/// [`assert_f32_parity`] with the attention path `attention`.
+fn assert_f32_parity_with(case: &str, attention: AttentionKernel) -> Result<()> {
+    let Some(results) = run_case(case, DType::F32, attention)? else {
         return Ok(());
     };
     let failed: Vec<String> = results
@@ -89,7 +104,7 @@ fn assert_f32_parity(case: &str) -> Result<()> {
 
 /// The final frames of the bf16 run within the stated bounds.
 fn assert_bf16_frames(case: &str) -> Result<()> {
-    let Some(results) = run_case(case, DType::BF16)? else {
+    let Some(results) = run_case(case, DType::BF16, AttentionKernel::Auto)? else {
         return Ok(());
     };
     let Some(frames) = results.iter().find(|c| c.name == "out.frames_u8") else {
@@ -110,6 +125,13 @@ fn tiny_v1_portable_f32_matches_the_official_pipeline() -> Result<()> {
 #[test]
 fn sparse_v1_1_portable_f32_matches_the_official_pipeline() -> Result<()> {
     assert_f32_parity("sparse-v1.1")
+}
+
+/// The gathered attention path (the one CUDA falls back to when the fused
+/// kernel fails its check, and runs in f32) against the fixtures.
+#[test]
+fn sparse_v1_1_gathered_attention_f32_matches_the_official_pipeline() -> Result<()> {
+    assert_f32_parity_with("sparse-v1.1", AttentionKernel::Gathered)
 }
 
 #[test]
