@@ -15,6 +15,9 @@ fn cuda_kernels() {
         .source_dir("cuda")
         .arg("-std=c++17")
         .arg("-O3")
+        // the kernels compile warning-free, as the Rust code does
+        .arg("--Werror")
+        .arg("all-warnings")
         .build_ptx()
         .unwrap_or_else(|e| panic!("compiling the CUDA kernels in cuda/: {e}"));
     ptx.write(out_dir.join("ptx.rs"))

@@ -59,9 +59,18 @@ pub fn fused_attention(
     let op = BlockSparseAttention {
         mask: mask.to_dtype(DType::U8)?.contiguous()?,
     };
-    q_win
-        .contiguous()?
-        .apply_op3_no_bwd(&k_win.contiguous()?, &v_win.contiguous()?, &op)
+    aligned(q_win)?.apply_op3_no_bwd(&aligned(k_win)?, &aligned(v_win)?, &op)
+}
+
+/// `t` contiguous and starting on a 16-byte boundary (the kernel reads 8
+/// elements at a time): a view into a larger tensor at another offset is
+/// copied.
+fn aligned(t: &Tensor) -> Result<Tensor> {
+    if t.is_contiguous() && t.layout().start_offset() % 8 == 0 {
+        Ok(t.clone())
+    } else {
+        t.force_contiguous()
+    }
 }
 
 struct BlockSparseAttention {
