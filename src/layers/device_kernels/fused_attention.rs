@@ -66,7 +66,7 @@ pub fn fused_attention(
 /// elements at a time): a view into a larger tensor at another offset is
 /// copied.
 fn aligned(t: &Tensor) -> Result<Tensor> {
-    if t.is_contiguous() && t.layout().start_offset() % 8 == 0 {
+    if t.is_contiguous() && t.layout().start_offset().is_multiple_of(8) {
         Ok(t.clone())
     } else {
         t.force_contiguous()
