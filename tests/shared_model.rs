@@ -1,7 +1,8 @@
 //! One model per process and key (`engine::model_registry`): engines and
 //! elements with the same weights settings share one loaded model, keep their
 //! own streams, and give the same frames as engines with models of their own;
-//! an element restarted with the same settings reuses its model. On generated
+//! an element restarted with the same settings reuses its model; a process of
+//! its own gives the same frames. On generated
 //! tiny models, so these run without ../shared. Alone in their test binary,
 //! and run one at a time, because they count the process's loaded models.
 
@@ -189,6 +190,10 @@ fn elements_in_one_process_hold_the_weights_once_and_restart_without_loading() {
         assert_eq!(*out.lock().unwrap(), first);
     }
 
+    // a process of its own (this binary again, running only the helper below)
+    // gives the same frames
+    assert_eq!(frames_of_another_process(&dir), first);
+
     // a second pipeline with the same weights shares the loaded model too
     let other = branches(&dir, 1);
     other.pipeline.set_state(gst::State::Paused).unwrap();
@@ -224,6 +229,46 @@ fn elements_in_one_process_hold_the_weights_once_and_restart_without_loading() {
     // NULL lets go of everything
     four.pipeline.set_state(gst::State::Null).unwrap();
     assert_eq!(loaded_models(), 0, "NULL frees the weights");
+}
+
+/// Set for the helper run in a child process: the model folder, and the file
+/// the helper writes its frames to.
+const HELPER_MODEL: &str = "FLASHVSR_TEST_HELPER_MODEL";
+const HELPER_OUT: &str = "FLASHVSR_TEST_HELPER_OUT";
+
+/// The frames one `flashvsr` element gives for `branches`' input in a process
+/// of its own: this test binary run again with only
+/// `separate_process_helper`.
+fn frames_of_another_process(dir: &Path) -> Vec<Vec<u8>> {
+    let scratch = common::Scratch::created("shared-child");
+    let out = scratch.0.join("frames");
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "separate_process_helper", "--test-threads=1"])
+        .env(HELPER_MODEL, dir)
+        .env(HELPER_OUT, &out)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the helper process failed: {status}");
+    let bytes = std::fs::read(&out).unwrap();
+    let frame_len = 128 * 96 * 3;
+    assert_eq!(bytes.len() % frame_len, 0);
+    bytes.chunks(frame_len).map(<[u8]>::to_vec).collect()
+}
+
+/// Runs only when [`frames_of_another_process`] starts this binary for it:
+/// one element on its own model, its frames written to a file.
+#[test]
+fn separate_process_helper() {
+    let (Some(dir), Some(out)) = (std::env::var_os(HELPER_MODEL), std::env::var_os(HELPER_OUT))
+    else {
+        return;
+    };
+    common::init();
+    let one = branches(Path::new(&dir), 1);
+    play_to_end(&one.pipeline);
+    one.pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(model_loads(), 1, "the helper loaded its own model");
+    std::fs::write(out, one.outputs[0].lock().unwrap().concat()).unwrap();
 }
 
 #[test]
