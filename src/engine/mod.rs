@@ -115,7 +115,10 @@ pub struct Engine<T> {
 impl<T> Engine<T> {
     /// Validates the settings and loads the weights (a bad folder fails here).
     pub fn new(settings: EngineSettings) -> Result<Self, EngineError> {
-        let noise = Box::new(SeededNoise::new(settings.seed));
+        let noise = Box::new(SeededNoise::with_offset(
+            settings.seed,
+            settings.noise_offset,
+        ));
         Self::build(settings, noise, false)
     }
 
@@ -345,7 +348,10 @@ impl<T> Engine<T> {
             self.model_key = model_key;
         }
         if !self.noise_injected {
-            self.noise = Box::new(SeededNoise::new(settings.seed));
+            self.noise = Box::new(SeededNoise::with_offset(
+                settings.seed,
+                settings.noise_offset,
+            ));
         }
         self.settings = settings;
         self.stream = None;

@@ -80,11 +80,22 @@ impl Xoshiro256StarStar {
 #[derive(Debug, Clone)]
 pub struct SeededNoise {
     seed: u64,
+    /// Latent frames the stream's noise is shifted by (`with_offset`).
+    offset: u64,
 }
 
 impl SeededNoise {
     pub fn new(seed: u64) -> Self {
-        Self { seed }
+        Self::with_offset(seed, 0)
+    }
+
+    /// Noise whose latent frame `t` is latent frame `t + offset` of a stream
+    /// from the same seed: a stream that starts at frame `8 k` of another (a
+    /// segment of a file) and passes `offset = 2 k` draws, from its second
+    /// chunk on, the noise the whole stream drew for the same frames
+    /// (docs/segments.md, "Seams").
+    pub fn with_offset(seed: u64, offset: u64) -> Self {
+        Self { seed, offset }
     }
 }
 
@@ -103,7 +114,8 @@ impl NoiseSource for SeededNoise {
         let mut frame_values = vec![0f32; channels * plane];
         let mut data = vec![0f32; channels * f * plane];
         for (i, t) in frames.enumerate() {
-            Xoshiro256StarStar::for_frame(self.seed, t as u64).fill_normal(&mut frame_values);
+            Xoshiro256StarStar::for_frame(self.seed, t as u64 + self.offset)
+                .fill_normal(&mut frame_values);
             for c in 0..channels {
                 let dst = (c * f + i) * plane;
                 data[dst..dst + plane].copy_from_slice(&frame_values[c * plane..(c + 1) * plane]);

@@ -124,6 +124,10 @@ pub struct EngineSettings {
     pub local_range: u32,
     /// Seed of the per-stream noise.
     pub seed: u64,
+    /// Latent frames every stream's noise is shifted by
+    /// (`SeededNoise::with_offset`): a segment of a file rendered from frame
+    /// `8 k` passes `2 k` to draw the whole file's noise.
+    pub noise_offset: u64,
     /// `Portable` runs the candle-op path that CUDA takes even on the CPU (to
     /// prove the device path here); `Fast` (default) uses the CPU fast paths.
     pub kernels: KernelPath,
@@ -164,6 +168,7 @@ impl Default for EngineSettings {
             kv_ratio: 3.0,
             local_range: 11,
             seed: 0,
+            noise_offset: 0,
             kernels: KernelPath::Fast,
             attention: AttentionKernel::Auto,
             max_memory: None,

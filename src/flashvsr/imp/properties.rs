@@ -110,6 +110,12 @@ impl ObjectImpl for FlashVsr {
                     .default_value(defaults.seed)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt64::builder("noise-offset")
+                    .nick("Noise offset")
+                    .blurb("Latent frames the noise is shifted by: a stream that is frame 8k onwards of a longer one (a segment of a file) and sets 2k draws the longer stream's noise for the same frames. Read at READY->PAUSED")
+                    .default_value(defaults.noise_offset)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("late-policy", LatePolicy::default())
                     .nick("Late policy")
                     .blurb("What a frame the model cannot finish before its deadline becomes: \"wait\" (every frame through the model, however late; files) or \"bicubic\" (its bicubic upscale, and the model restarts; live). Read at READY->PAUSED")
@@ -179,6 +185,10 @@ impl ObjectImpl for FlashVsr {
                 engine.seed = value_as(v)?;
                 Ok(())
             }),
+            "noise-offset" => typed(&mut |v| {
+                engine.noise_offset = value_as(v)?;
+                Ok(())
+            }),
             "late-policy" => typed(&mut |v| {
                 settings.late_policy = value_as(v)?;
                 Ok(())
@@ -233,6 +243,7 @@ impl ObjectImpl for FlashVsr {
             "kv-ratio" => engine.kv_ratio.to_value(),
             "local-range" => engine.local_range.to_value(),
             "seed" => engine.seed.to_value(),
+            "noise-offset" => engine.noise_offset.to_value(),
             "late-policy" => settings.late_policy.to_value(),
             "max-memory" => engine.max_memory.unwrap_or(0).to_value(),
             "tile-size" => engine.tile_size.to_value(),
