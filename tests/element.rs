@@ -203,6 +203,7 @@ fn properties_have_their_documented_defaults_and_ranges() {
         "kv-ratio",
         "local-range",
         "seed",
+        "noise-offset",
         "max-memory",
     ] {
         let pspec = element.find_property(name).unwrap();

@@ -176,6 +176,26 @@ mod tests {
         t.flatten_all().unwrap().to_vec1().unwrap()
     }
 
+    /// A stream starting at frame 8 m of another, with offset 2 m, draws the
+    /// other's noise from its second chunk on.
+    #[test]
+    fn an_offset_stream_draws_the_longer_streams_noise() {
+        let shape = [1, LATENT_CHANNELS, 2, 3, 4];
+        let (mut whole, mut segment) = (SeededNoise::new(5), SeededNoise::with_offset(5, 2 * 3));
+        for k in 1..4 {
+            assert_eq!(
+                values(&segment.chunk_noise(k, shape).unwrap()),
+                values(&whole.chunk_noise(k + 3, shape).unwrap()),
+                "chunk {k}"
+            );
+        }
+        let first = [1, LATENT_CHANNELS, 6, 3, 4];
+        assert_ne!(
+            values(&segment.chunk_noise(0, first).unwrap()),
+            values(&SeededNoise::new(5).chunk_noise(0, first).unwrap())
+        );
+    }
+
     #[test]
     fn xoshiro_matches_its_reference_output() {
         // xoshiro256** from state [1, 2, 3, 4] (reference values of the algorithm)
