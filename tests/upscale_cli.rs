@@ -65,7 +65,11 @@ fn clip(dir: &Path, frames: u32, audio: bool) -> PathBuf {
 }
 
 fn play(desc: &str) {
-    let pipeline = gst::parse::launch(desc).unwrap();
+    play_to_end(&gst::parse::launch(desc).unwrap());
+}
+
+/// Plays `pipeline` to EOS (within a minute), then stops it.
+fn play_to_end(pipeline: &gst::Element) {
     pipeline.set_state(gst::State::Playing).unwrap();
     let msg = pipeline
         .bus()
@@ -131,17 +135,7 @@ fn contents(path: &Path) -> Contents {
         }
         pad.link(&sink.static_pad("sink").unwrap()).unwrap();
     });
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(60),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .unwrap();
-    assert_eq!(msg.type_(), gst::MessageType::Eos, "{msg:?}");
-    pipeline.set_state(gst::State::Null).unwrap();
+    play_to_end(pipeline.upcast_ref());
     let (mut pts, size, audio) = std::mem::take(&mut *seen.lock().unwrap());
     pts.sort_unstable();
     Contents { pts, size, audio }

@@ -15,7 +15,7 @@
 use candle_core::{D, DType, Result, Tensor};
 
 use super::device_rules::{self, MAX_SORT_COLUMNS};
-use super::masked_attention::{MASKED_BIAS, SCORE_BUDGET_BYTES, WINDOW_TOKENS};
+use super::masked_attention::{MASKED_BIAS, SCORE_BUDGET_BYTES, WINDOW_TOKENS, WindowShape};
 use super::{shape_log, softmax};
 
 /// How many key windows each (head, query window) row of `mask`
@@ -106,15 +106,13 @@ pub(crate) fn gathered_attention_within(
     mask: &Tensor,
     budget_bytes: usize,
 ) -> Result<Tensor> {
-    let (heads, nq, wt, d) = q_win.dims4()?;
-    let nk = k_win.dim(1)?;
-    if mask.dims() != [heads, nq, nk] {
-        candle_core::bail!(
-            "gathered_attention: mask has shape {:?}, expected [{heads}, {nq}, {nk}] \
-             (heads, query windows, key windows)",
-            mask.dims()
-        )
-    }
+    let WindowShape {
+        heads,
+        nq,
+        wt,
+        d,
+        nk,
+    } = WindowShape::of("gathered_attention", q_win, k_win, mask)?;
     let counts = kept_counts(mask)?;
     let width = counts.iter().copied().max().unwrap_or(0) as usize;
     if width == 0 {

@@ -25,6 +25,43 @@ pub const SCORE_BUDGET_BYTES: usize = 512 << 20;
 /// afterwards).
 pub(crate) const MASKED_BIAS: f64 = -1e30;
 
+/// The sizes of a block-sparse attention's operands.
+pub(crate) struct WindowShape {
+    pub heads: usize,
+    /// Query windows.
+    pub nq: usize,
+    /// Tokens per window.
+    pub wt: usize,
+    /// Head width.
+    pub d: usize,
+    /// Key windows.
+    pub nk: usize,
+}
+
+impl WindowShape {
+    /// The sizes of `q_win` `[heads, nq, wt, d]` and `k_win` `[heads, nk, ..]`,
+    /// with `mask` checked to be `[heads, nq, nk]`; `op` names the caller in
+    /// the error.
+    pub fn of(op: &str, q_win: &Tensor, k_win: &Tensor, mask: &Tensor) -> Result<Self> {
+        let (heads, nq, wt, d) = q_win.dims4()?;
+        let nk = k_win.dim(1)?;
+        if mask.dims() != [heads, nq, nk] {
+            candle_core::bail!(
+                "{op}: mask has shape {:?}, expected [{heads}, {nq}, {nk}] \
+                 (heads, query windows, key windows)",
+                mask.dims()
+            )
+        }
+        Ok(Self {
+            heads,
+            nq,
+            wt,
+            d,
+            nk,
+        })
+    }
+}
+
 /// Query windows per chunk so that the f32 scores
 /// `[heads, windows x 128, key_windows x 128]` fit in `budget_bytes`; at
 /// least one.
@@ -55,15 +92,13 @@ pub(crate) fn masked_attention_within(
     mask: &Tensor,
     budget_bytes: usize,
 ) -> Result<Tensor> {
-    let (heads, nq, wt, d) = q_win.dims4()?;
-    let nk = k_win.dim(1)?;
-    if mask.dims() != [heads, nq, nk] {
-        candle_core::bail!(
-            "masked_attention: mask has shape {:?}, expected [{heads}, {nq}, {nk}] \
-             (heads, query windows, key windows)",
-            mask.dims()
-        )
-    }
+    let WindowShape {
+        heads,
+        nq,
+        wt,
+        d,
+        nk,
+    } = WindowShape::of("masked_attention", q_win, k_win, mask)?;
     // Scaling the queries is cheaper than scaling the scores.
     let q = (q_win / (d as f64).sqrt())?;
     let k = k_win.reshape((heads, nk * wt, d))?.contiguous()?;
