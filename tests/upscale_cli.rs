@@ -90,6 +90,7 @@ struct Contents {
     pts: Vec<u64>,
     size: (i32, i32),
     audio: bool,
+    subtitles: bool,
 }
 
 fn contents(path: &Path) -> Contents {
@@ -101,7 +102,7 @@ fn contents(path: &Path) -> Contents {
     .unwrap()
     .downcast::<gst::Pipeline>()
     .unwrap();
-    let seen = Arc::new(Mutex::new((Vec::new(), (0, 0), false)));
+    let seen = Arc::new(Mutex::new((Vec::new(), (0, 0), false, false)));
     let parse = pipeline.by_name("p").unwrap();
     let weak = pipeline.downgrade();
     let kept = seen.clone();
@@ -118,6 +119,8 @@ fn contents(path: &Path) -> Contents {
         let s = caps.structure(0).unwrap();
         if s.name().starts_with("audio/") {
             kept.lock().unwrap().2 = true;
+        } else if s.name().starts_with("text/") {
+            kept.lock().unwrap().3 = true;
         } else if s.name().starts_with("video/") {
             kept.lock().unwrap().1 = (
                 s.get::<i32>("width").unwrap(),
@@ -136,9 +139,14 @@ fn contents(path: &Path) -> Contents {
         pad.link(&sink.static_pad("sink").unwrap()).unwrap();
     });
     play_to_end(pipeline.upcast_ref());
-    let (mut pts, size, audio) = std::mem::take(&mut *seen.lock().unwrap());
+    let (mut pts, size, audio, subtitles) = std::mem::take(&mut *seen.lock().unwrap());
     pts.sort_unstable();
-    Contents { pts, size, audio }
+    Contents {
+        pts,
+        size,
+        audio,
+        subtitles,
+    }
 }
 
 fn model_set() -> String {
@@ -160,6 +168,39 @@ fn a_whole_file_keeps_every_frame_its_timestamps_and_the_audio() {
     assert_eq!(out.pts, src.pts);
     assert_eq!(out.size, (128, 96));
     assert!(out.audio, "the audio was kept");
+}
+
+/// Text subtitles (which demuxers give as Pango markup) are kept, as plain
+/// text, in Matroska and in MP4.
+#[test]
+fn subtitles_are_kept_in_mkv_and_mp4() {
+    let scratch = common::Scratch::created("upscale-subtitles");
+    let srt = scratch.0.join("subs.srt");
+    std::fs::write(
+        &srt,
+        "1\n00:00:00,000 --> 00:00:00,800\n<i>hello</i> &amp; bye\n\n",
+    )
+    .unwrap();
+    let input = scratch.0.join("subs.mkv");
+    common::init();
+    play(&format!(
+        "videotestsrc num-buffers=30 ! video/x-raw,format=I420,width=64,height=48,framerate=25/1 \
+         ! x264enc ! h264parse ! matroskamux name=m ! filesink location=\"{}\" \
+         filesrc location=\"{}\" ! subparse ! m.subtitle_%u",
+        input.display(),
+        srt.display()
+    ));
+    assert!(contents(&input).subtitles);
+    for name in ["out.mkv", "out.mp4"] {
+        let output = scratch.0.join(name);
+        ok(bin()
+            .arg(&input)
+            .arg(&output)
+            .args(["--set", &model_set(), "--set", "scale=2"]));
+        let out = contents(&output);
+        assert!(out.subtitles, "{name} kept the subtitles");
+        assert_eq!(out.pts.len(), 30);
+    }
 }
 
 #[test]

@@ -311,6 +311,11 @@ fn link_decoded(
                     .link(&mux_pad)
                     .map(|_| ())
                     .map_err(|e| format!("cannot keep a subtitle stream: {e:?}")),
+                Some(mux_pad)
+                    if is_markup(&caps) && mux_pad.query_caps(None).can_intersect(&utf8_caps()) =>
+                {
+                    link_markup_as_text(pad, &mux_pad)
+                }
                 Some(mux_pad) => {
                     eprintln!(
                         "warning: a subtitle stream ({caps}) is not kept: the output's muxer \
@@ -329,6 +334,86 @@ fn link_decoded(
             gst::element_error!(pipeline, gst::CoreError::Negotiation, ("{}", err));
         }
     });
+}
+
+fn utf8_caps() -> gst::Caps {
+    gst::Caps::builder("text/x-raw")
+        .field("format", "utf8")
+        .build()
+}
+
+fn is_markup(caps: &gst::CapsRef) -> bool {
+    caps.structure(0).is_some_and(|s| {
+        s.name() == "text/x-raw" && s.get::<&str>("format").ok() == Some("pango-markup")
+    })
+}
+
+/// Links decoded subtitles in Pango markup (what the demuxers give for plain
+/// text subtitles) to a muxer pad that takes plain UTF-8 text: the caps say
+/// utf8 and each buffer's markup is reduced to its text.
+fn link_markup_as_text(pad: &gst::Pad, mux_pad: &gst::Pad) -> Result<(), String> {
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        |_, info| {
+            match &info.data {
+                Some(gst::PadProbeData::Event(e)) if e.type_() == gst::EventType::Caps => {
+                    info.data = Some(gst::PadProbeData::Event(
+                        gst::event::Caps::new(&utf8_caps()),
+                    ));
+                }
+                Some(gst::PadProbeData::Buffer(buffer)) => {
+                    let Ok(map) = buffer.map_readable() else {
+                        return gst::PadProbeReturn::Ok;
+                    };
+                    let text = markup_to_text(&String::from_utf8_lossy(map.as_slice()));
+                    drop(map);
+                    let mut plain = gst::Buffer::from_mut_slice(text.into_bytes());
+                    if let Some(plain) = plain.get_mut() {
+                        plain.set_pts(buffer.pts());
+                        plain.set_duration(buffer.duration());
+                    }
+                    info.data = Some(gst::PadProbeData::Buffer(plain));
+                }
+                _ => {}
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    pad.link_full(mux_pad, gst::PadLinkCheck::HIERARCHY)
+        .map(|_| ())
+        .map_err(|e| format!("cannot keep a subtitle stream: {e:?}"))
+}
+
+/// The text of Pango markup: tags removed, the five XML entities decoded.
+fn markup_to_text(markup: &str) -> String {
+    let mut text = String::with_capacity(markup.len());
+    let mut in_tag = false;
+    for c in markup.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            _ if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_becomes_its_text() {
+        assert_eq!(
+            markup_to_text("<i>caf&amp;é</i> &lt;1&gt; it&apos;s"),
+            "caf&é <1> it's"
+        );
+    }
 }
 
 /// A stream nobody wants goes to a fakesink (an unlinked pad stops the
