@@ -403,19 +403,6 @@ fn markup_to_text(markup: &str) -> String {
         .replace("&amp;", "&")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn markup_becomes_its_text() {
-        assert_eq!(
-            markup_to_text("<i>caf&amp;é</i> &lt;1&gt; it&apos;s"),
-            "caf&é <1> it's"
-        );
-    }
-}
-
 /// A stream nobody wants goes to a fakesink (an unlinked pad stops the
 /// demuxer).
 fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), String> {
@@ -593,4 +580,17 @@ pub fn join(
     let result = run_to_end(&pipeline, None);
     let _ = pipeline.set_state(gst::State::Null);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_becomes_its_text() {
+        assert_eq!(
+            markup_to_text("<i>caf&amp;é</i> &lt;1&gt; it&apos;s"),
+            "caf&é <1> it's"
+        );
+    }
 }
