@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use clap::Parser;
 use gstflashvsr::engine::{DeviceSpec, Precision};
 use gstflashvsr::layers::attention_path::{self, AttentionPath, DeviceKernels};
-use gstflashvsr::layers::gathered_attention::{gathered_attention, kept_counts};
+use gstflashvsr::layers::gathered_attention::{RowChunks, gathered_attention, kept_counts};
 use gstflashvsr::layers::kernels::{self, KernelPath};
 use gstflashvsr::layers::masked_attention::SCORE_BUDGET_BYTES;
 use gstflashvsr::layers::sparse_attention::{self, SparseConfig, TokenGrid};
@@ -76,29 +76,6 @@ pub struct Cli {
 fn work(pairs: usize) -> String {
     let flop = pairs as f64 * 4.0 * 128f64.powi(3);
     format!("{pairs} window pairs, {:.3} TFLOP", flop / 1e12)
-}
-
-/// Window pairs the gathered path computes for rows keeping `counts` windows:
-/// rows sorted by count, in chunks of the score budget, each padded to its
-/// first row's width (`bytes_per_pair`: scores and gathered windows).
-fn padded_pairs(counts: &[u32], bytes_per_pair: usize) -> usize {
-    let mut sorted: Vec<usize> = counts
-        .iter()
-        .map(|&c| c as usize)
-        .filter(|&c| c > 0)
-        .collect();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
-    let mut pairs = 0;
-    let mut start = 0;
-    while start < sorted.len() {
-        let width = sorted[start];
-        let rows = (SCORE_BUDGET_BYTES / (width * bytes_per_pair))
-            .max(1)
-            .min(sorted.len() - start);
-        pairs += rows * width;
-        start += rows;
-    }
-    pairs
 }
 
 /// Mean milliseconds of `reps` runs of `f`, after one untimed run, with the
@@ -181,15 +158,13 @@ fn bench(cli: &Cli) -> Result<bool> {
     let kept = mask.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
     let counts = kept_counts(&mask)?;
     let width = counts.iter().copied().max().unwrap_or(0);
-    // each chunk of rows pads to its widest row (the budget's chunks, rows
-    // sorted by count): at most this, at least the kept pairs
+    // each chunk of rows pads to its widest row
     println!("masked work: {}", work(heads * nq * nk));
     println!(
-        "gathered work: at most {} (rows keep {} to {width} of {nk} windows)",
-        work(padded_pairs(
-            &counts,
-            128 * 128 * 4 + 2 * 128 * 128 * dtype.size_in_bytes()
-        )),
+        "gathered work: {} (rows keep {} to {width} of {nk} windows)",
+        work(
+            RowChunks::new(&counts, 128, dtype.size_in_bytes(), SCORE_BUDGET_BYTES).padded_pairs()
+        ),
         counts.iter().min().unwrap_or(&0)
     );
     println!(

@@ -4,13 +4,14 @@
 //! "Self-attention").
 //!
 //! The kept key windows of every (head, query window) row are listed by one
-//! descending `arg_sort` of the mask row (kept windows first, in key order),
-//! cut to the largest count of any row; rows that keep fewer windows fill the
-//! rest of their list with windows they do not keep, which a bias of
-//! [`MASKED_BIAS`] removes from the softmax. The work is that of the widest
-//! row, not of every key window as on the masked path, and all of it runs in
-//! a fixed list of launches per chunk of query windows. One scalar (the
-//! widest row's count) is read back to size the lists.
+//! descending `arg_sort` of the mask row (kept windows first, in key order).
+//! Each row's count of kept windows is read back (one small vector); the rows
+//! then run in order of their counts, in chunks padded only to their widest
+//! row ([`RowChunks`]): a row that keeps fewer windows than its chunk's width
+//! fills its list with windows it does not keep, which a bias of
+//! [`MASKED_BIAS`] removes from the softmax. The work stays close to the kept
+//! pairs', not that of every key window as on the masked path, in a fixed list
+//! of launches per chunk.
 
 use candle_core::{D, DType, Result, Tensor};
 
@@ -49,9 +50,10 @@ pub fn kept_key_windows(mask: &Tensor, width: usize) -> Result<(Tensor, Tensor)>
     let order = Tensor::arange(0f32, nk as f32, device)?;
     let rank = kept.affine(nk as f64, 0.0)?.broadcast_sub(&order)?;
     device_rules::check_contiguous("kept_key_windows.arg_sort", &rank)?;
+    let width = width.min(nk);
     let listed = rank
         .arg_sort_last_dim(false)?
-        .narrow(2, 0, width.min(nk))?
+        .narrow(2, 0, width)?
         .contiguous()?;
     let bias = kept.gather(&listed, 2)?.affine(-MASKED_BIAS, MASKED_BIAS)?;
     let head_start = Tensor::arange(0u32, heads as u32, device)?
@@ -59,8 +61,8 @@ pub fn kept_key_windows(mask: &Tensor, width: usize) -> Result<(Tensor, Tensor)>
         .reshape((heads, 1, 1))?;
     let global = listed.broadcast_add(&head_start)?;
     Ok((
-        global.reshape((heads * nq, width.min(nk)))?,
-        bias.reshape((heads * nq, width.min(nk)))?,
+        global.reshape((heads * nq, width))?,
+        bias.reshape((heads * nq, width))?,
     ))
 }
 
@@ -76,6 +78,55 @@ pub fn rows_per_chunk(
     let scores = WINDOW_TOKENS * width * WINDOW_TOKENS * DType::F32.size_in_bytes();
     let gathered = 2 * width * WINDOW_TOKENS * head_dim * value_bytes;
     (budget_bytes / (scores + gathered).max(1)).max(1)
+}
+
+/// How the gathered path runs the rows of a mask: every row in order of its
+/// count of kept windows, most first (rows that keep nothing last), and the
+/// chunks of that order that run together, each as wide as its first row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowChunks {
+    /// Row indices, by descending count.
+    pub order: Vec<u32>,
+    /// `(first position in order, rows, width)` of each chunk; the rows after
+    /// the last chunk keep nothing.
+    pub chunks: Vec<(usize, usize, usize)>,
+}
+
+impl RowChunks {
+    /// The chunks for rows keeping `counts` windows, each chunk's scores and
+    /// gathered windows within `budget_bytes` (`rows_per_chunk`).
+    pub fn new(counts: &[u32], head_dim: usize, value_bytes: usize, budget_bytes: usize) -> Self {
+        let mut order: Vec<u32> = (0..counts.len() as u32).collect();
+        order.sort_by_key(|&row| std::cmp::Reverse(counts[row as usize]));
+        let live = order
+            .iter()
+            .filter(|&&row| counts[row as usize] > 0)
+            .count();
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < live {
+            let width = counts[order[start] as usize] as usize;
+            let rows = rows_per_chunk(width, head_dim, value_bytes, budget_bytes).min(live - start);
+            chunks.push((start, rows, width));
+            start += rows;
+        }
+        Self { order, chunks }
+    }
+
+    /// Rows in the chunks (those that keep a window).
+    pub fn live_rows(&self) -> usize {
+        self.chunks
+            .last()
+            .map_or(0, |&(start, rows, _)| start + rows)
+    }
+
+    /// Window pairs the chunks compute, padding included.
+    pub fn padded_pairs(&self) -> usize {
+        self.chunks
+            .iter()
+            .map(|&(_, rows, width)| rows * width)
+            .sum()
+    }
 }
 
 /// Attention of `q_win` `[heads, nq, 128, d]` over the key windows that
@@ -124,17 +175,10 @@ pub(crate) fn gathered_attention_within(
     let q = (q_win / (d as f64).sqrt())?.reshape((heads * nq, wt, d))?;
     let k = k_win.reshape((heads * nk, wt * d))?;
     let v = v_win.reshape((heads * nk, wt * d))?;
-    let mut order: Vec<u32> = (0..counts.len() as u32).collect();
-    order.sort_by_key(|&row| std::cmp::Reverse(counts[row as usize]));
-    let live = order
-        .iter()
-        .filter(|&&row| counts[row as usize] > 0)
-        .count();
-    let mut outputs = Vec::new();
-    let mut start = 0;
-    while start < live {
-        let width = counts[order[start] as usize] as usize;
-        let n = rows_per_chunk(width, d, q.dtype().size_in_bytes(), budget_bytes).min(live - start);
+    let plan = RowChunks::new(&counts, d, q.dtype().size_in_bytes(), budget_bytes);
+    let order = &plan.order;
+    let mut outputs = Vec::with_capacity(plan.chunks.len() + 1);
+    for &(start, n, width) in &plan.chunks {
         let rows = Tensor::from_slice(&order[start..start + n], n, device)?;
         let ids = listed
             .index_select(&rows, 0)?
@@ -162,8 +206,8 @@ pub(crate) fn gathered_attention_within(
             &probs,
             &values,
         )?);
-        start += n;
     }
+    let live = plan.live_rows();
     if live < order.len() {
         outputs.push(Tensor::zeros(
             (order.len() - live, wt, d),
@@ -231,6 +275,20 @@ mod tests {
         let got = gathered_attention(&q, &k, &v, &none)?;
         assert_eq!(got.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
         Ok(())
+    }
+
+    /// Rows run by descending count, each chunk as wide as its first row, the
+    /// rows that keep nothing left out.
+    #[test]
+    fn row_chunks_pad_only_to_each_chunks_widest_row() {
+        // one row's scores and windows at width w: w * (65,536 + 2 * 128 * 8 * 4)
+        let per_window = 128 * 128 * 4 + 2 * 128 * 8 * 4;
+        let plan = RowChunks::new(&[2, 0, 5, 3, 5, 1], 8, 4, 2 * 5 * per_window);
+        assert_eq!(plan.order, [2, 4, 3, 0, 5, 1]);
+        // two rows of width 5, then three rows whose widest keeps 3
+        assert_eq!(plan.chunks, [(0, 2, 5), (2, 3, 3)]);
+        assert_eq!(plan.live_rows(), 5);
+        assert_eq!(plan.padded_pairs(), 2 * 5 + 3 * 3);
     }
 
     #[test]
