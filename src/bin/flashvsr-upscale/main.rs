@@ -199,17 +199,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs a transcode to its end, with a progress bar over `total` frames.
-fn run_transcode(transcode: &Transcode, label: &str, total: u64) -> Result<u64, String> {
+/// Runs a transcode to its end, with a progress bar over `total` frames;
+/// returns what it wrote.
+fn run_transcode(
+    transcode: &Transcode,
+    label: &str,
+    total: u64,
+) -> Result<Arc<pipeline::Counts>, String> {
     let (pipeline, counts) = transcode.build()?;
     let mut progress = Progress::new(label, total);
     let mut tick = || progress.update(counts.frames.load(Ordering::Relaxed));
     let result = pipeline::run_to_end(&pipeline, Some(&mut tick));
     let _ = pipeline.set_state(gst::State::Null);
     result?;
-    let frames = counts.frames.load(Ordering::Relaxed);
-    progress.finish(frames);
-    Ok(frames)
+    progress.finish(counts.frames.load(Ordering::Relaxed));
+    Ok(counts)
 }
 
 /// The whole file in one process, audio and subtitles kept.
@@ -227,7 +231,9 @@ fn upscale(input: &Path, output: &Path, element: &ElementArgs) -> Result<(), Str
         keep_other_streams: true,
         probe: &probe,
     };
-    let frames = run_transcode(&transcode, "upscaling", probe.frames() as u64)?;
+    let frames = run_transcode(&transcode, "upscaling", probe.frames() as u64)?
+        .frames
+        .load(Ordering::Relaxed);
     if frames != probe.frames() as u64 {
         return Err(format!(
             "{} frames were written for the input's {}",
@@ -344,11 +350,8 @@ fn render(
     }
     let partial = records::partial_file(work, segment.index);
     // the whole file's noise for the segment's frames
-    let base_offset = settings
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "noise-offset")
-        .and_then(|(_, v)| v.parse::<u64>().ok())
+    let base_offset = settings::value(settings, "noise-offset")
+        .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     let mut settings = settings.to_vec();
     settings.push((
@@ -372,14 +375,13 @@ fn render(
         keep_other_streams: false,
         probe: &plan.probe,
     };
-    let (pipeline, counts) = transcode.build()?;
-    let mut progress = Progress::new(format!("segment {}", segment.index), segment.owned() as u64);
-    let mut tick = || progress.update(counts.frames.load(Ordering::Relaxed));
-    let result = pipeline::run_to_end(&pipeline, Some(&mut tick));
-    let _ = pipeline.set_state(gst::State::Null);
-    result.map_err(|e| format!("segment {}: {e}", segment.index))?;
+    let counts = run_transcode(
+        &transcode,
+        &format!("segment {}", segment.index),
+        segment.owned() as u64,
+    )
+    .map_err(|e| format!("segment {}: {e}", segment.index))?;
     let frames = counts.frames.load(Ordering::Relaxed);
-    progress.finish(frames);
     let span = *counts.first_last.lock().unwrap();
     let want = (
         segment.owned() as u64,
@@ -424,12 +426,9 @@ fn render(
 /// worker runs, and the segments' elements share its model).
 fn run_all(work: &Path, devices: &[String]) -> Result<(), String> {
     let plan = Arc::new(Plan::read(work)?);
-    let plan_device = plan
-        .settings
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "device")
-        .map_or_else(|| "cpu".to_owned(), |(_, v)| v.clone());
+    let plan_device = settings::value(&plan.settings, "device")
+        .unwrap_or("cpu")
+        .to_owned();
     let devices: Vec<String> = if devices.is_empty() {
         vec![plan_device]
     } else {

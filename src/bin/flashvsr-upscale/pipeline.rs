@@ -3,7 +3,7 @@
 //! the join of the segments with the source's audio and subtitles.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
@@ -467,8 +467,8 @@ fn select_frames(
         .static_pad("sink")
         .ok_or("queue without sink pad")?;
     // 0: no seek asked yet, 1: asked, waiting for its flush, 2: selecting
+    // (also when the seek failed: the frames still come from the start)
     let phase = Arc::new(AtomicU64::new(if window.partial { 0 } else { 2 }));
-    let seek_failed = Arc::new(AtomicBool::new(false));
     let pipeline_weak = pipeline.downgrade();
     pad.add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_FLUSH,
@@ -486,7 +486,7 @@ fn select_frames(
             match phase.load(Ordering::Acquire) {
                 0 => {
                     phase.store(1, Ordering::Release);
-                    let (phase, failed) = (phase.clone(), seek_failed.clone());
+                    let phase = phase.clone();
                     if let Some(pipeline) = pipeline_weak.upgrade() {
                         pipeline.call_async(move |pipeline| {
                             let sought = pipeline.seek(
@@ -500,14 +500,13 @@ fn select_frames(
                                 gst::ClockTime::from_nseconds(window.end),
                             );
                             if sought.is_err() {
-                                failed.store(true, Ordering::Release);
                                 phase.store(2, Ordering::Release);
                             }
                         });
                     }
                     DROP
                 }
-                1 if !seek_failed.load(Ordering::Acquire) => DROP,
+                1 => DROP,
                 _ if pts < window.render_from || pts >= window.end => DROP,
                 _ => gst::PadProbeReturn::Ok,
             }

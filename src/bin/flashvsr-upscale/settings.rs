@@ -63,6 +63,15 @@ fn in_range(pspec: &glib::ParamSpec, value: &glib::Value) -> bool {
     modified == glib::ffi::GFALSE
 }
 
+/// The value `settings` give `name` (the last one set).
+pub fn value<'a>(settings: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    settings
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 /// `settings` with `device` set to `device` (the only setting `run` may
 /// change: each worker has its own GPU).
 pub fn with_device(settings: &[(String, String)], device: Option<&str>) -> Vec<(String, String)> {
@@ -126,5 +135,7 @@ mod tests {
             ]
         );
         assert_eq!(with_device(&s, None), s);
+        assert_eq!(value(&d, "device"), Some("cuda:1"));
+        assert_eq!(value(&d, "seed"), None);
     }
 }
