@@ -403,9 +403,10 @@ fn markup_to_text(markup: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// A stream nobody wants goes to a fakesink (an unlinked pad stops the
-/// demuxer).
-fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), String> {
+/// `pad`'s stream to a fakesink that neither syncs nor waits for preroll: a
+/// stream nobody wants (an unlinked pad stops the demuxer), or one only
+/// watched by a probe; one demuxer thread may feed several such sinks.
+pub fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), String> {
     let sink = make("fakesink")?;
     sink.set_property("sync", false);
     sink.set_property("async", false);

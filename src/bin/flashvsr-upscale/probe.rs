@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use gst::prelude::*;
 use serde_json::{Value, json};
 
-use crate::pipeline::{make, run_to_end};
+use crate::pipeline::{discard, make, run_to_end};
 
 /// The input's video stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -174,18 +174,6 @@ pub fn probe(input: &Path) -> Result<Probe, String> {
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
         let kind = StreamKind::of(&caps);
         let is_video = kind == StreamKind::Video;
-        let Ok(sink) = make("fakesink") else {
-            return;
-        };
-        sink.set_property("sync", false);
-        // one demuxer thread feeds every sink: none may wait for preroll
-        sink.set_property("async", false);
-        if pipeline.add(&sink).is_err() || sink.sync_state_with_parent().is_err() {
-            return;
-        }
-        let Some(sink_pad) = sink.static_pad("sink") else {
-            return;
-        };
         let mut state = seen_pads.lock().unwrap();
         match kind {
             StreamKind::Audio => state.audio += 1,
@@ -196,7 +184,8 @@ pub fn probe(input: &Path) -> Result<Probe, String> {
             state.linked_video = true;
             state.caps = Some(caps);
             let frames = seen_pads.clone();
-            sink_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            // on the pad itself, before it is linked: no frame passes unseen
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
                 if let Some(buffer) = info.buffer() {
                     let mut seen = frames.lock().unwrap();
                     match buffer.pts() {
@@ -211,7 +200,11 @@ pub fn probe(input: &Path) -> Result<Probe, String> {
             });
         }
         drop(state);
-        let _ = pad.link(&sink_pad);
+        // one demuxer thread feeds every sink: `discard`'s sinks do not wait
+        // for preroll
+        if let Err(e) = discard(&pipeline, pad) {
+            gst::element_error!(pipeline, gst::CoreError::Negotiation, ("{}", e));
+        }
     });
     let result = run_to_end(&pipeline, None);
     let _ = pipeline.set_state(gst::State::Null);
