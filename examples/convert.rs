@@ -1,6 +1,9 @@
 //! Converts the torch.save files of a FlashVSR model folder (`LQ_proj_in.ckpt`,
 //! `TCDecoder.ckpt`, `posi_prompt.pth`) to safetensors, keeping tensor names and stored
-//! dtypes, so that later loads memory-map them instead of reading the pickles.
+//! dtypes, so that later loads memory-map them instead of reading the pickles. When the
+//! folder also holds the Wan2.1 VAE (`Wan2.1_VAE.pth`, for the full-mode decoder), its
+//! decoder's tensors (`decoder.*`, `conv2.*`; not the encoder) go to
+//! `Wan2.1_VAE.safetensors`; a folder without it converts the other three alone.
 //!
 //! Usage: `cargo run --release --example convert -- <model-dir> [<out-dir>]`
 //! (out-dir defaults to the model folder, where the converted files are then preferred).
@@ -11,8 +14,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use gstflashvsr::weights::{WeightFile, convert_to_safetensors};
 
-/// Converts a FlashVSR model folder's torch.save files to safetensors, keeping
-/// tensor names and stored dtypes.
+/// Converts a FlashVSR model folder's torch.save files (LQ_proj_in.ckpt,
+/// TCDecoder.ckpt, posi_prompt.pth, and the decoder part of Wan2.1_VAE.pth when
+/// present) to safetensors, keeping tensor names and stored dtypes.
 #[derive(Parser, Debug)]
 struct Cli {
     /// Folder with the FlashVSR weight files

@@ -27,6 +27,7 @@ use candle_nn::VarBuilder;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use gstflashvsr::devtools::random_model::{NormalSource, RandomModelSpec, ValueEncoding};
 use gstflashvsr::layers::kernels::KernelPath;
+use gstflashvsr::model::decoder::Decoder;
 use gstflashvsr::model::tcdecoder::{
     COND_UNSHUFFLE, DecoderTiling, FRAMES_PER_LATENT, TcDecoder, TcDecoderConfig, TcDecoderState,
 };
@@ -302,8 +303,12 @@ fn halo(case: PathBuf, tile: usize, overlap: usize, halos: Vec<[usize; 4]>) -> R
             dtype: DType::F32,
             kernels: KernelPath::Fast,
             attention: gstflashvsr::engine::AttentionKernel::Auto,
+            decoder: gstflashvsr::model::decoder::DecoderKind::Tiny,
         },
     )?;
+    let Decoder::Tiny(decoder) = model.decoder() else {
+        candle_core::bail!("the halo measurement is for the TCDecoder")
+    };
     let io_path = case.join("io.safetensors");
     let io = candle_core::safetensors::load(&io_path, &Device::Cpu)?;
     let get = |name: &str| {
@@ -322,9 +327,7 @@ fn halo(case: PathBuf, tile: usize, overlap: usize, halos: Vec<[usize; 4]>) -> R
                 let span = schedule::chunk_output_span(k);
                 let cond = lq.narrow(0, span.start, span.len())?;
                 let latents = get(&format!("chunk{k}.latents"))?;
-                model
-                    .decoder()
-                    .decode(latents, &cond, state, &CancelToken::new())
+                decoder.decode(latents, &cond, state, &CancelToken::new())
             })
             .collect()
     };

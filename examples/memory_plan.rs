@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use gstflashvsr::engine::memory::{self, ModelShape, human_bytes};
 use gstflashvsr::engine::tiles::plan_for_input;
-use gstflashvsr::engine::{Engine, EngineSettings};
+use gstflashvsr::engine::{DecoderKind, Engine, EngineSettings};
 
 /// Prints the memory model's estimates for large outputs, whole and tiled.
 #[derive(Parser, Debug)]
@@ -57,6 +57,10 @@ struct Args {
     /// Upscaling factor
     #[arg(long, value_name = "S", default_value_t = EngineSettings::default().scale)]
     scale: u32,
+
+    /// Decoder: "tiny" or "wan" (the folder must then hold Wan2.1_VAE.pth)
+    #[arg(long, value_name = "tiny|wan", default_value_t = DecoderKind::Tiny)]
+    decoder: DecoderKind,
 }
 
 fn run() -> Result<(), String> {
@@ -65,6 +69,7 @@ fn run() -> Result<(), String> {
         model_dir: args.model_dir.clone(),
         scale: args.scale,
         tile_overlap: args.tile_overlap,
+        decoder: args.decoder,
         ..EngineSettings::default()
     };
     let engine = Engine::<()>::new(settings.clone()).map_err(|e| e.to_string())?;
@@ -89,8 +94,9 @@ fn run() -> Result<(), String> {
         ..cpu.clone()
     };
     println!(
-        "model: {} DiT blocks, weights {} (f32)",
+        "model: {} DiT blocks, decoder {}, weights {} (f32)",
         cpu.dit.num_layers,
+        args.decoder,
         human_bytes(cpu.weight_bytes)
     );
     for (name, shape) in [("f32, CPU", &cpu), ("2-byte values, device", &device)] {

@@ -7,7 +7,8 @@
 #   gpu_check.xz     the `gpu_check` example built with `--features cuda`,
 #                    stripped and xz-compressed: probe, parity, make-model, bench
 #   cases.tar.xz     the golden cases in compact form (inputs, u8 output frames,
-#                    masks, the smaller intermediates, tolerances.txt)
+#                    masks, the smaller intermediates, tolerances.txt), and the
+#                    Wan decoder case tests/golden/wan-v1.1 as it is
 #   run.sh           the checks, in order, each with its own time limit
 #   BUNDLE.txt       what was built from which commit, for which GPUs, and the
 #                    libraries the binary needs at run time
@@ -97,6 +98,8 @@ for case in "${cases[@]}"; do
   fi
   "$cpu_bin" compact "$golden/$case" "$work/cases/$case"
 done
+# the Wan decoder's own case (decoder=wan) is small and lives in the repository
+cp -r tests/golden/wan-v1.1 "$work/cases/wan-v1.1"
 tar -C "$work" -cf - cases | xz -9 -T0 >"$bundle/cases.tar.xz"
 cp scripts/gpu-bundle-run.sh "$bundle/run.sh"
 chmod +x "$bundle/run.sh"
@@ -113,7 +116,7 @@ commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD
 built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)
 toolkit: $toolkit
 compute capability: $compute
-cases: ${cases[*]}
+cases: ${cases[*]} wan-v1.1 (decoder=wan)
 needs: $needed
 gpu_check: $(stat -c %s "$work/gpu_check") bytes stripped, $(stat -c %s "$bundle/gpu_check.xz") compressed
 EOF

@@ -14,6 +14,7 @@ fn cpu_f32() -> ModelOptions {
         dtype: DType::F32,
         kernels: KernelPath::Fast,
         attention: gstflashvsr::engine::AttentionKernel::Auto,
+        decoder: gstflashvsr::model::decoder::DecoderKind::Tiny,
     }
 }
 

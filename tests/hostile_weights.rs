@@ -50,6 +50,7 @@ fn child_loads_the_model_named_in_env() {
         dtype: DType::F32,
         kernels: KernelPath::Fast,
         attention: gstflashvsr::engine::AttentionKernel::Auto,
+        decoder: gstflashvsr::model::decoder::DecoderKind::Tiny,
     };
     match FlashVsrModel::load(Path::new(&dir), &options) {
         Ok(_) => println!("OUTCOME: loaded"),

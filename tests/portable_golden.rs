@@ -50,6 +50,7 @@ fn portable(dtype: DType, attention: AttentionKernel) -> ModelOptions {
         dtype,
         kernels: KernelPath::Portable,
         attention,
+        decoder: gstflashvsr::model::decoder::DecoderKind::Tiny,
     }
 }
 

@@ -17,6 +17,7 @@ fn first_chunks(case: &GoldenCase, dtype: DType) -> Result<Vec<Vec<u8>>> {
             dtype,
             kernels: KernelPath::Fast,
             attention: gstflashvsr::engine::AttentionKernel::Auto,
+            decoder: gstflashvsr::model::decoder::DecoderKind::Tiny,
         },
     )?;
     let mut state = model.new_sequence(&case.stream_config())?;

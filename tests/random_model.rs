@@ -1,15 +1,21 @@
 //! Random model folders: the released tensor and parameter counts, the released stored
-//! dtypes, and a small folder that loads and runs one chunk to sane frames.
+//! dtypes, a small folder that loads and runs one chunk to sane frames, and the Wan2.1
+//! VAE written on request.
 
 use candle_core::{DType, Device, Tensor};
 mod common;
 
 use common::Scratch;
-use gstflashvsr::devtools::random_model::{NormalSource, RandomModelSpec, write_model_dir};
+use gstflashvsr::devtools::random_model::{
+    NormalSource, RandomModelSpec, WanVaeSpec, write_model_dir,
+};
 use gstflashvsr::layers::kernels::KernelPath;
 use gstflashvsr::model::color_fix::ColorFix;
 use gstflashvsr::model::{FlashVsrModel, ModelOptions, ModelVersion, SequenceConfig};
-use gstflashvsr::weights::{DECODER_FILE, DIT_FILE, LQ_PROJ_FILE, PROMPT_FILE, WeightFile};
+use gstflashvsr::weights::{
+    DECODER_FILE, DIT_FILE, LQ_PROJ_FILE, PROMPT_FILE, WAN_VAE_DECODER_PREFIXES, WAN_VAE_FILE,
+    WeightFile,
+};
 
 /// Small widths (those of the tiny fixtures), two DiT blocks.
 fn small_spec() -> RandomModelSpec {
@@ -39,6 +45,22 @@ fn released_widths_give_the_released_counts() {
     // One block fewer removes exactly one block's 27 tensors.
     let one = RandomModelSpec::released(1).files();
     assert_eq!(one[0].tensors.len(), 825 - 29 * 27);
+    // The VAE only on request, then with the released VAE's counts (those of the
+    // official VideoVAE_(dim=96, z_dim=16), encoder included).
+    assert_eq!(files.len(), 4);
+    assert!(files.iter().all(|f| f.name != WAN_VAE_FILE));
+    let with_vae = RandomModelSpec {
+        wan_vae: Some(WanVaeSpec::released()),
+        ..RandomModelSpec::released(30)
+    };
+    with_vae.validate().unwrap();
+    let files = with_vae.files();
+    assert_eq!(files.len(), 5);
+    let vae = files.iter().find(|f| f.name == WAN_VAE_FILE).unwrap();
+    assert_eq!(
+        (vae.tensors.len(), vae.parameters(), vae.dtype),
+        (194, 126_892_531, DType::F32)
+    );
 }
 
 #[test]
@@ -91,6 +113,7 @@ fn small_model_loads_with_released_dtypes_and_runs_a_chunk() {
         dtype: DType::F32,
         kernels: KernelPath::Fast,
         attention: gstflashvsr::engine::AttentionKernel::Auto,
+        decoder: gstflashvsr::model::decoder::DecoderKind::Tiny,
     };
     let model = FlashVsrModel::load(&scratch.0, &opts).unwrap();
     let cfg = SequenceConfig {
@@ -173,4 +196,135 @@ fn unwritable_folder_is_an_error_naming_it() {
         err.contains(&format!("model folder '{}'", dir.display())) && err.contains("cannot create"),
         "{err}"
     );
+}
+
+/// The Wan2.1 VAE at base width 4 (decoder widths 16, 16, 8, 4): a torch.save archive
+/// of the whole official `VideoVAE_` in f32, encoder included, with the decoder's key
+/// names and shapes, and weights at the module's scales.
+#[test]
+fn wan_vae_is_a_torch_archive_of_the_whole_vae() {
+    let scratch = Scratch::new("wan-vae");
+    let spec = RandomModelSpec {
+        wan_vae: Some(WanVaeSpec::with_dim(4)),
+        ..small_spec()
+    };
+    assert_eq!(spec.wan_vae.unwrap().decoder_widths(), [16, 16, 8, 4]);
+    write_model_dir(&spec, &scratch.0).unwrap();
+    let path = scratch.0.join(WAN_VAE_FILE);
+    // A zip archive (torch.save's format), read through its pickle.
+    assert_eq!(&std::fs::read(&path).unwrap()[..4], b"PK\x03\x04");
+    let vae = WeightFile::open(&path).unwrap();
+    let names = vae.names();
+    assert_eq!(names.len(), 194);
+    let count = |prefix: &str| names.iter().filter(|n| n.starts_with(prefix)).count();
+    assert_eq!(
+        (
+            count("encoder."),
+            count("conv1."),
+            count("conv2."),
+            count("decoder.")
+        ),
+        (84, 2, 2, 106)
+    );
+    let decoder = names
+        .iter()
+        .filter(|n| WAN_VAE_DECODER_PREFIXES.iter().any(|p| n.starts_with(p)))
+        .count();
+    assert_eq!(decoder, 108);
+
+    // As the file list says, every tensor f32.
+    let expected = spec
+        .files()
+        .into_iter()
+        .find(|f| f.name == WAN_VAE_FILE)
+        .unwrap();
+    assert_eq!(expected.parameters(), 243_583);
+    let mut listed: Vec<String> = expected.tensors.iter().map(|t| t.name.clone()).collect();
+    listed.sort();
+    assert_eq!(names, listed);
+    for t in &expected.tensors {
+        assert_eq!(vae.shape(&t.name).unwrap(), t.shape, "{}", t.name);
+        assert_eq!(vae.stored_dtype(&t.name).unwrap(), DType::F32, "{}", t.name);
+    }
+
+    // The official names and shapes: causal 3-D convs [out, in, kt, kh, kw], video
+    // norms [C, 1, 1, 1], the attention's image norm [C, 1, 1], 2-D convs in the
+    // resamplings and the attention.
+    for (name, shape) in [
+        ("conv1.weight", &[32, 32, 1, 1, 1][..]),
+        ("conv2.weight", &[16, 16, 1, 1, 1]),
+        ("conv2.bias", &[16]),
+        ("decoder.conv1.weight", &[16, 16, 3, 3, 3]),
+        ("decoder.middle.0.residual.0.gamma", &[16, 1, 1, 1]),
+        ("decoder.middle.0.residual.2.weight", &[16, 16, 3, 3, 3]),
+        ("decoder.middle.0.residual.3.gamma", &[16, 1, 1, 1]),
+        ("decoder.middle.0.residual.6.bias", &[16]),
+        ("decoder.middle.1.norm.gamma", &[16, 1, 1]),
+        ("decoder.middle.1.to_qkv.weight", &[48, 16, 1, 1]),
+        ("decoder.middle.1.to_qkv.bias", &[48]),
+        ("decoder.middle.1.proj.weight", &[16, 16, 1, 1]),
+        ("decoder.middle.2.residual.6.weight", &[16, 16, 3, 3, 3]),
+        ("decoder.upsamples.2.residual.6.weight", &[16, 16, 3, 3, 3]),
+        ("decoder.upsamples.3.resample.1.weight", &[8, 16, 3, 3]),
+        ("decoder.upsamples.3.time_conv.weight", &[32, 16, 3, 1, 1]),
+        ("decoder.upsamples.3.time_conv.bias", &[32]),
+        ("decoder.upsamples.4.residual.0.gamma", &[8, 1, 1, 1]),
+        ("decoder.upsamples.4.residual.2.weight", &[16, 8, 3, 3, 3]),
+        ("decoder.upsamples.4.shortcut.weight", &[16, 8, 1, 1, 1]),
+        ("decoder.upsamples.7.time_conv.weight", &[32, 16, 3, 1, 1]),
+        ("decoder.upsamples.8.residual.2.weight", &[8, 8, 3, 3, 3]),
+        ("decoder.upsamples.11.resample.1.weight", &[4, 8, 3, 3]),
+        ("decoder.upsamples.12.residual.2.weight", &[4, 4, 3, 3, 3]),
+        ("decoder.upsamples.14.residual.6.weight", &[4, 4, 3, 3, 3]),
+        ("decoder.head.0.gamma", &[4, 1, 1, 1]),
+        ("decoder.head.2.weight", &[3, 4, 3, 3, 3]),
+        ("decoder.head.2.bias", &[3]),
+        ("encoder.conv1.weight", &[4, 3, 3, 3, 3]),
+        ("encoder.downsamples.2.resample.1.weight", &[4, 4, 3, 3]),
+        ("encoder.downsamples.3.shortcut.weight", &[8, 4, 1, 1, 1]),
+        ("encoder.downsamples.5.time_conv.weight", &[8, 8, 3, 1, 1]),
+        ("encoder.downsamples.8.time_conv.weight", &[16, 16, 3, 1, 1]),
+        ("encoder.middle.1.norm.gamma", &[16, 1, 1]),
+        ("encoder.head.2.weight", &[32, 16, 3, 3, 3]),
+    ] {
+        assert_eq!(vae.shape(name).unwrap(), shape, "{name}");
+    }
+    // No temporal conv in the 2-D resamplings, no shortcut where the widths match,
+    // nothing past the last stage.
+    for absent in [
+        "decoder.upsamples.11.time_conv.weight",
+        "encoder.downsamples.2.time_conv.weight",
+        "decoder.upsamples.8.shortcut.weight",
+        "decoder.middle.0.shortcut.weight",
+        "decoder.upsamples.15.resample.1.weight",
+        "decoder.middle.1.norm.bias",
+    ] {
+        assert!(!vae.contains(absent), "{absent}");
+    }
+
+    // Scales: gammas near 1, weights with std 1/sqrt(fan_in), the attention's output
+    // conv random (the official init zeroes it).
+    let values = |name: &str| {
+        vae.stored_tensor(name)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let moments = |v: &[f32]| {
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32;
+        (mean, var.sqrt())
+    };
+    let (mean, _) = moments(&values("decoder.middle.0.residual.0.gamma"));
+    assert!((mean - 1.0).abs() < 0.1, "gamma mean {mean}");
+    // fan-in 16 * 27 = 432 over 16 * 432 values
+    let (mean, std) = moments(&values("decoder.middle.0.residual.2.weight"));
+    assert!(mean.abs() < 0.01, "weight mean {mean}");
+    assert!((std * 432f32.sqrt() - 1.0).abs() < 0.05, "weight std {std}");
+    let (_, std) = moments(&values("decoder.middle.1.proj.weight"));
+    assert!((std * 4.0 - 1.0).abs() < 0.2, "proj std {std}");
+    let (_, std) = moments(&values("decoder.head.2.bias"));
+    assert!(std < 0.1, "bias std {std}");
 }

@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use gstflashvsr::devtools::random_model::{RandomModelSpec, WanVaeSpec, write_model_dir};
 use gstflashvsr::weights::pth::PthFile;
 use gstflashvsr::weights::{
     DECODER_FILE, DECODER_SAFETENSORS_FILE, DIT_FILE, LQ_PROJ_FILE, LQ_PROJ_SAFETENSORS_FILE,
-    ModelFiles, PROMPT_FILE, PROMPT_KEY, PROMPT_SAFETENSORS_FILE, WeightFile,
-    convert_to_safetensors,
+    ModelFiles, PROMPT_FILE, PROMPT_KEY, PROMPT_SAFETENSORS_FILE, WAN_VAE_DECODER_PREFIXES,
+    WAN_VAE_FILE, WAN_VAE_SAFETENSORS_FILE, WeightFile, convert_to_safetensors,
 };
 
 /// A writable copy of `<case>/model` (the fixtures are read-only), or `None` when the
@@ -245,6 +246,111 @@ fn convert_round_trip_keeps_names_dtypes_and_values() {
     let a = released.prompt_tensor(DType::F32, &cpu(), 64).unwrap();
     let b = converted.prompt_tensor(DType::F32, &cpu(), 64).unwrap();
     assert_eq!(a.to_vec3::<f32>().unwrap(), b.to_vec3::<f32>().unwrap());
+}
+
+/// A random model folder with the tiny fixture's sizes, with a Wan2.1 VAE of base width
+/// `vae_dim` when given.
+fn random_folder(tag: &str, vae_dim: Option<usize>) -> Scratch {
+    let scratch = Scratch::new(tag);
+    let spec = RandomModelSpec {
+        wan_vae: vae_dim.map(WanVaeSpec::with_dim),
+        ..RandomModelSpec::tiny_fixture(9)
+    };
+    write_model_dir(&spec, &scratch.0).unwrap();
+    scratch
+}
+
+/// The Wan2.1 VAE converts to its decoder part alone (`decoder.*` and `conv2.*`, the
+/// encoder left out), names, dtypes and values kept, and is then what the folder
+/// opens for the full-mode decoder.
+#[test]
+fn convert_keeps_the_wan_vae_decoder_only() {
+    let model = random_folder("wan-vae", Some(4));
+    let out = Scratch::created("wan-vae-converted");
+    let written = convert_to_safetensors(&model.0, &out.0).unwrap();
+    let expected: Vec<PathBuf> = [
+        LQ_PROJ_SAFETENSORS_FILE,
+        DECODER_SAFETENSORS_FILE,
+        PROMPT_SAFETENSORS_FILE,
+        WAN_VAE_SAFETENSORS_FILE,
+    ]
+    .iter()
+    .map(|name| out.0.join(name))
+    .collect();
+    assert_eq!(written, expected);
+    let leftovers = std::fs::read_dir(&out.0).unwrap().count();
+    assert_eq!(leftovers, 4, "nothing but the four files");
+
+    let source = WeightFile::open(&model.0.join(WAN_VAE_FILE)).unwrap();
+    let converted = WeightFile::open(&out.0.join(WAN_VAE_SAFETENSORS_FILE)).unwrap();
+    let is_decoder = |n: &String| WAN_VAE_DECODER_PREFIXES.iter().any(|p| n.starts_with(p));
+    let decoder: Vec<String> = source.names().into_iter().filter(is_decoder).collect();
+    assert_eq!(decoder.len(), 108);
+    assert_eq!(
+        source.names().len(),
+        194,
+        "the source holds the encoder too"
+    );
+    assert_eq!(converted.names(), decoder);
+    assert!(converted.contains("conv2.weight") && !converted.contains("conv1.weight"));
+    for name in &decoder {
+        let a = source.stored_tensor(name).unwrap();
+        let b = converted.stored_tensor(name).unwrap();
+        assert_eq!(b.dtype(), DType::F32, "{name}");
+        assert_eq!(a.dims(), b.dims(), "{name}");
+        let same = a.eq(&b).unwrap().to_dtype(DType::F32).unwrap();
+        assert_eq!(sum_f64(&same), a.elem_count() as f64, "{name} differs");
+    }
+
+    // Converted in place, the VAE's safetensors is preferred over the pickle.
+    assert!(
+        ModelFiles::open(&model.0)
+            .unwrap()
+            .open_wan_vae()
+            .unwrap()
+            .path()
+            .ends_with(WAN_VAE_FILE)
+    );
+    convert_to_safetensors(&model.0, &model.0).unwrap();
+    let vae = ModelFiles::open(&model.0).unwrap().open_wan_vae().unwrap();
+    assert!(vae.path().ends_with(WAN_VAE_SAFETENSORS_FILE));
+    assert_eq!(vae.names(), decoder);
+}
+
+/// The VAE is optional: a folder without it converts its three files and writes no VAE
+/// file.
+#[test]
+fn a_folder_without_the_wan_vae_still_converts() {
+    let model = random_folder("no-wan-vae", None);
+    let out = Scratch::created("no-wan-vae-converted");
+    let written = convert_to_safetensors(&model.0, &out.0).unwrap();
+    assert_eq!(written.len(), 3);
+    assert!(
+        written
+            .iter()
+            .all(|p| !p.ends_with(WAN_VAE_SAFETENSORS_FILE))
+    );
+    assert!(!out.0.join(WAN_VAE_SAFETENSORS_FILE).exists());
+    assert_eq!(std::fs::read_dir(&out.0).unwrap().count(), 3);
+}
+
+/// A file in the VAE's place without a single decoder tensor is refused by name, and no
+/// (empty) converted VAE is left for the loader to prefer.
+#[test]
+fn a_wan_vae_without_decoder_tensors_is_refused() {
+    let model = random_folder("not-a-vae", None);
+    std::fs::copy(model.0.join(PROMPT_FILE), model.0.join(WAN_VAE_FILE)).unwrap();
+    let msg = err_text(convert_to_safetensors(&model.0, &model.0));
+    let path = model.0.join(WAN_VAE_FILE);
+    assert_names(
+        &msg,
+        &[
+            &path.display().to_string(),
+            "no decoder tensors",
+            "'decoder.'",
+        ],
+    );
+    assert!(!model.0.join(WAN_VAE_SAFETENSORS_FILE).exists());
 }
 
 /// A bf16 file (as the released LQ projection and prompt are) converts to the requested

@@ -159,6 +159,14 @@ pub fn run(args: Cli) -> ExitCode {
         choice.kernels.to_string()
     };
     println!("attention: {attention} (setting {})", settings.attention);
+    if engine.device().is_cpu() {
+        // what each stage runs on this processor
+        let cpu = gstflashvsr::layers::CpuFeatures::detect();
+        println!("cpu: {}", cpu.summary());
+        for (stage, runs_on) in cpu.stages(settings.kernels, settings.precision.dtype()) {
+            println!("cpu stage {stage}: {runs_on}");
+        }
+    }
     for note in &choice.notes {
         println!("warning: {note}");
     }

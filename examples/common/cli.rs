@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use gstflashvsr::engine::{AttentionKernel, DeviceSpec, EngineSettings, Precision};
+use gstflashvsr::engine::{AttentionKernel, DecoderKind, DeviceSpec, EngineSettings, Precision};
 use gstflashvsr::layers::kernels::KernelPath;
 
 /// Where and in which floating-point type the model computes.
@@ -78,6 +78,11 @@ pub struct EngineArgs {
     /// Width, in 8x8-token blocks, of the spatial window attention may look at
     #[arg(long, value_name = "L", default_value_t = EngineSettings::default().local_range)]
     pub local_range: u32,
+
+    /// Decoder: "tiny" (the TCDecoder) or "wan" (the Wan2.1 VAE decoder, FlashVSR's
+    /// full mode; the folder must also hold Wan2.1_VAE.pth)
+    #[arg(long, value_name = "tiny|wan", default_value_t = DecoderKind::Tiny)]
+    pub decoder: DecoderKind,
 }
 
 impl EngineArgs {
@@ -91,6 +96,7 @@ impl EngineArgs {
             sparse_ratio: self.sparse_ratio,
             kv_ratio: self.kv_ratio,
             local_range: self.local_range,
+            decoder: self.decoder,
             ..EngineSettings::default()
         }
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use clap::Parser;
-use gstflashvsr::devtools::random_model::{RandomModelSpec, write_model_dir};
+use gstflashvsr::devtools::random_model::{RandomModelSpec, WanVaeSpec, write_model_dir};
 use gstflashvsr::layers::kernels::KernelPath;
 use gstflashvsr::model::{FlashVsrModel, ModelOptions};
 
@@ -27,6 +27,16 @@ pub struct Cli {
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
 
+    /// Also write the Wan2.1 VAE (Wan2.1_VAE.pth, the full-mode decoder's weights) at
+    /// the released width (base width 96, 127 M parameters, 508 MB)
+    #[arg(long)]
+    wan_vae: bool,
+
+    /// Also write the Wan2.1 VAE, at base width N (decoder widths 4N, 4N, 2N, N; the
+    /// release has 96)
+    #[arg(long, value_name = "N")]
+    wan_vae_dim: Option<usize>,
+
     /// Then load the folder on the CPU in f32 and print the sizes the loader read
     #[arg(long)]
     load: bool,
@@ -34,8 +44,14 @@ pub struct Cli {
 
 /// Runs the example on parsed arguments (also `gpu_check`'s subcommand).
 pub fn run(args: Cli) -> ExitCode {
+    let wan_vae = match (args.wan_vae, args.wan_vae_dim) {
+        (_, Some(dim)) => Some(WanVaeSpec::with_dim(dim)),
+        (true, None) => Some(WanVaeSpec::released()),
+        (false, None) => None,
+    };
     let spec = RandomModelSpec {
         seed: args.seed,
+        wan_vae,
         ..RandomModelSpec::released(args.blocks)
     };
     let start = Instant::now();
@@ -75,6 +91,7 @@ pub fn run(args: Cli) -> ExitCode {
             dtype: DType::F32,
             kernels: KernelPath::Fast,
             attention: gstflashvsr::engine::AttentionKernel::Auto,
+            decoder: gstflashvsr::model::decoder::DecoderKind::Tiny,
         };
         let start = Instant::now();
         match FlashVsrModel::load(&args.out, &opts) {
@@ -84,7 +101,7 @@ pub fn run(args: Cli) -> ExitCode {
                     start.elapsed().as_secs_f64(),
                     model.dit().config(),
                     model.lq_proj().config(),
-                    model.decoder().config()
+                    model.decoder()
                 );
             }
             Err(e) => {

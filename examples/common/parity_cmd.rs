@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use crate::cli;
 use clap::Parser;
-use gstflashvsr::devtools::parity::{self, GoldenCase, Tolerances};
+use gstflashvsr::devtools::parity::{self, DecoderCase, GoldenCase, Tolerances};
 use gstflashvsr::model::ModelOptions;
+use gstflashvsr::model::decoder::DecoderKind;
 
 /// Checks the model against a golden case of the official FlashVSR pipeline
 /// and prints PASS or FAIL.
@@ -26,6 +27,9 @@ pub struct Cli {
 
 /// Runs the example on parsed arguments (also `gpu_check`'s subcommand).
 pub fn run(cli: Cli) -> ExitCode {
+    if DecoderCase::is_decoder_case(&cli.case_dir) {
+        return run_decoder_case(&cli);
+    }
     let case = match GoldenCase::load(&cli.case_dir) {
         Ok(c) => c,
         Err(e) => {
@@ -45,6 +49,7 @@ pub fn run(cli: Cli) -> ExitCode {
         dtype: cli.compute.precision.dtype(),
         kernels: cli.kernels.path(),
         attention: cli.kernels.attention,
+        decoder: DecoderKind::Tiny,
     };
     println!(
         "device {}, precision {}, kernels {:?}; {}",
@@ -92,6 +97,50 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Some(name) => {
             println!("FAIL: {name}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A decoder case (tests/golden/wan-v1.1): the Wan decoder alone, chunk by
+/// chunk, from the case's latents.
+fn run_decoder_case(cli: &Cli) -> ExitCode {
+    let result = (|| -> candle_core::Result<Vec<parity::Comparison>> {
+        let case = DecoderCase::load(&cli.case_dir)?;
+        let device = cli
+            .compute
+            .device
+            .open()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let opts = ModelOptions {
+            device,
+            dtype: cli.compute.precision.dtype(),
+            kernels: cli.kernels.path(),
+            attention: cli.kernels.attention,
+            decoder: DecoderKind::Wan,
+        };
+        println!(
+            "decoder case: Wan2.1 VAE decoder; device {}, precision {}, kernels {:?}; {}",
+            cli.compute.device,
+            cli.compute.precision,
+            opts.kernels,
+            Tolerances::for_dtype(opts.dtype)
+        );
+        parity::check_decoder(&case, &opts, |c| println!("{c}"))
+    })();
+    match result {
+        Ok(all) => match all.iter().find(|c| !c.ok) {
+            None => {
+                println!("PASS");
+                ExitCode::SUCCESS
+            }
+            Some(c) => {
+                println!("FAIL: {}", c.name);
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            println!("FAIL: {e}");
             ExitCode::FAILURE
         }
     }

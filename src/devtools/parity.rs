@@ -15,10 +15,12 @@ use crate::pixels::{bicubic, frames};
 
 mod case_settings;
 mod compact;
+mod decoder_case;
 mod tolerances;
 
 pub use case_settings::CaseSettings;
 pub use compact::{CompactReport, write_compact};
+pub use decoder_case::{DecoderCase, check_decoder};
 pub use tolerances::{FrameTolerance, Tolerances};
 
 /// One golden case folder.

@@ -5,7 +5,9 @@
 //! The four files are written as released: the DiT as f32 safetensors, the LQ
 //! projection (`LQ_proj_in.ckpt`) as a bf16 torch.save state dict, the TCDecoder
 //! (`TCDecoder.ckpt`) as an f32 state dict, and the prompt (`posi_prompt.pth`) as a
-//! bare bf16 tensor [1, ctx_len, text_dim]. Values are seeded and well scaled (weights
+//! bare bf16 tensor [1, ctx_len, text_dim]. On request ([`RandomModelSpec::wan_vae`])
+//! the Wan2.1 VAE (`Wan2.1_VAE.pth`, the full-mode decoder's weights) is written too, as
+//! released: an f32 state dict of the whole VAE, encoder included. Values are seeded and well scaled (weights
 //! normal with std 1/sqrt(fan_in), biases and modulations small, norm scales near 1) so
 //! that activations stay finite and meaningful through any number of blocks. Data is
 //! generated while it is written, one tensor (or one 256 KiB chunk) at a time.
@@ -24,13 +26,15 @@ use crate::weights::pth::writer::{self, StorageRecord};
 use crate::weights::pth::{BARE_TENSOR_NAME, PthTensorInfo, message};
 use crate::weights::{
     DECODER_FILE, DECODER_SAFETENSORS_FILE, DIT_FILE, LQ_PROJ_FILE, LQ_PROJ_SAFETENSORS_FILE,
-    PROMPT_FILE, PROMPT_SAFETENSORS_FILE,
+    PROMPT_FILE, PROMPT_SAFETENSORS_FILE, WAN_VAE_FILE, WAN_VAE_SAFETENSORS_FILE,
 };
 
 mod safetensors_out;
 mod values;
+mod wan_vae;
 
 pub use values::{NormalSource, NormalValues, ValueEncoding};
+pub use wan_vae::WanVaeSpec;
 
 /// Width of the DiT's sinusoidal time embedding (fixed in every Wan model).
 pub const FREQ_DIM: usize = 256;
@@ -57,6 +61,9 @@ pub struct RandomModelSpec {
     pub lq_layers: usize,
     /// TCDecoder widths, first stage to last.
     pub tc_channels: [usize; 4],
+    /// The Wan2.1 VAE (`Wan2.1_VAE.pth`) to write as well, if any: the released
+    /// FlashVSR files do not include it, so the constructors leave it out.
+    pub wan_vae: Option<WanVaeSpec>,
     pub seed: u64,
 }
 
@@ -72,6 +79,7 @@ impl RandomModelSpec {
             lq_hidden: [2048, 3072],
             lq_layers: 1,
             tc_channels: [512, 256, 128, 128],
+            wan_vae: None,
             seed: 0,
         }
     }
@@ -102,6 +110,7 @@ impl RandomModelSpec {
             lq_hidden: [64, 96],
             lq_layers: 1,
             tc_channels: [64, 32, 16, 16],
+            wan_vae: None,
             seed,
         }
     }
@@ -137,12 +146,16 @@ impl RandomModelSpec {
                 self.lq_layers, self.dit_blocks
             )));
         }
+        if let Some(vae) = &self.wan_vae {
+            vae.validate()?;
+        }
         Ok(())
     }
 
-    /// The four files, with their tensors in the order torch registers them.
+    /// The four files (and the Wan2.1 VAE when asked for), with their tensors in the
+    /// order torch registers them.
     pub fn files(&self) -> Vec<RandomFile> {
-        vec![
+        let mut files = vec![
             RandomFile {
                 name: DIT_FILE,
                 format: FileFormat::Safetensors,
@@ -178,7 +191,21 @@ impl RandomModelSpec {
                     1.0,
                 )],
             },
-        ]
+        ];
+        if let Some(vae) = &self.wan_vae {
+            let (tensors, modules) = vae.layout();
+            files.push(RandomFile {
+                name: WAN_VAE_FILE,
+                format: FileFormat::TorchStateDict {
+                    // what torch.save names the archive of a file "Wan2.1_VAE.pth"
+                    top: "Wan2.1_VAE",
+                    modules,
+                },
+                dtype: DType::F32,
+                tensors,
+            });
+        }
+        files
     }
 
     fn dit_tensors(&self) -> Vec<RandomTensor> {
@@ -423,19 +450,25 @@ impl RandomTensor {
     }
 }
 
-/// Writes the four files of `spec` into `dir` (created if needed), each complete under a
-/// temporary name before it takes its real one. Converted variants of the torch files
-/// (e.g. `LQ_proj_in.safetensors`) left in `dir` by an earlier model would be preferred
-/// by the loader over the files written here, so they are removed.
+/// Writes the four files of `spec` (and its Wan2.1 VAE, if any) into `dir` (created if
+/// needed), each complete under a temporary name before it takes its real one.
+/// Converted variants of the torch files (e.g. `LQ_proj_in.safetensors`) left in `dir`
+/// by an earlier model would be preferred by the loader over the files written here, so
+/// they are removed; the VAE's (`Wan2.1_VAE.safetensors`) only when a VAE is written (a
+/// VAE already in the folder is otherwise left as it is, with its conversion).
 pub fn write_model_dir(spec: &RandomModelSpec, dir: &Path) -> Result<()> {
     spec.validate()?;
     let folder_error = |what: String| message(format!("model folder '{}': {what}", dir.display()));
     std::fs::create_dir_all(dir).map_err(|e| folder_error(format!("cannot create: {e}")))?;
+    let stale_vae = spec.wan_vae.map(|_| WAN_VAE_SAFETENSORS_FILE);
     for stale in [
         LQ_PROJ_SAFETENSORS_FILE,
         DECODER_SAFETENSORS_FILE,
         PROMPT_SAFETENSORS_FILE,
-    ] {
+    ]
+    .into_iter()
+    .chain(stale_vae)
+    {
         match std::fs::remove_file(dir.join(stale)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(folder_error(format!(

@@ -11,6 +11,7 @@ use super::settings::Precision;
 use crate::layers::attention_path::AttentionKernel;
 use crate::model::ModelVersion;
 use crate::model::color_fix::ColorFix;
+use crate::model::decoder::DecoderKind;
 
 /// One value of a [`Choice`] type.
 #[derive(Debug)]
@@ -165,6 +166,24 @@ impl Choice for AttentionKernel {
     ];
 }
 
+impl Choice for DecoderKind {
+    const SETTING: &'static str = "decoder";
+    const VALUES: &'static [ChoiceValue<Self>] = &[
+        ChoiceValue {
+            value: DecoderKind::Tiny,
+            nick: "tiny",
+            aliases: &["tcdecoder"],
+            description: "The tiny causal decoder (TCDecoder.ckpt): fast, little memory",
+        },
+        ChoiceValue {
+            value: DecoderKind::Wan,
+            nick: "wan",
+            aliases: &["full", "vae"],
+            description: "The Wan2.1 VAE decoder (Wan2.1_VAE.pth, FlashVSR's full mode): best quality, slower, more memory",
+        },
+    ];
+}
+
 /// `Display` (the nick) and `FromStr` (nick or alias) from the table.
 macro_rules! text_from_table {
     ($($ty:ty),*) => {$(
@@ -184,7 +203,13 @@ macro_rules! text_from_table {
     )*};
 }
 
-text_from_table!(ModelVersion, Precision, ColorFix, AttentionKernel);
+text_from_table!(
+    ModelVersion,
+    Precision,
+    ColorFix,
+    AttentionKernel,
+    DecoderKind
+);
 
 #[cfg(test)]
 mod tests {
@@ -212,6 +237,7 @@ mod tests {
         round_trips::<Precision>();
         round_trips::<ColorFix>();
         round_trips::<AttentionKernel>();
+        round_trips::<DecoderKind>();
     }
 
     #[test]

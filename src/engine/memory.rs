@@ -13,12 +13,14 @@
 //! (`estimate_tiled`).
 
 use crate::model::FlashVsrModel;
+use crate::model::decoder::Decoder;
 use crate::model::dit::DitConfig;
 use crate::model::lq_proj::{LqProjConfig, UNSHUFFLE};
 use crate::model::schedule::{
     FIRST_CHUNK_INPUT, FIRST_CHUNK_OUTPUT, LATENT_CHANNELS, chunk_noise_frames,
 };
 use crate::model::tcdecoder::{DecoderTiling, FRAMES_PER_LATENT, TcDecoderConfig};
+use crate::model::wan_decoder::{WAN_HALO, WanDecoderConfig};
 
 /// Output pixels per DiT token (one token per 2x2 latent patch of 8x8 pixels).
 const PIXELS_PER_TOKEN: f64 = 256.0;
@@ -30,7 +32,7 @@ const WINDOW_TOKENS: f64 = crate::layers::sparse_attention::WINDOW_TOKENS as f64
 pub struct ModelShape {
     pub dit: DitConfig,
     pub lq_proj: LqProjConfig,
-    pub decoder: TcDecoderConfig,
+    pub decoder: DecoderShape,
     /// Bytes per value of the DiT weights and activations (the precision).
     pub dtype_bytes: usize,
     /// Bytes per value of the convolutions (f32 on the CPU, the precision elsewhere).
@@ -52,13 +54,105 @@ pub struct ModelShape {
 /// The element limit of a tensor on a CUDA device: below 2^31.
 pub const ELEMENT_LIMIT_CUDA: u64 = 1 << 31;
 
+/// The loaded decoder's widths: what its memory terms read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecoderShape {
+    Tiny(TcDecoderConfig),
+    Wan(WanDecoderConfig),
+}
+
+impl DecoderShape {
+    /// Held between chunks, per output pixel of a region of `w x h` output
+    /// pixels (clamped to the `frame`), in values: the TCDecoder's MemBlocks
+    /// remember one frame of their input (3 per stage, at 1/8, 1/4 and 1/2
+    /// size); each of the Wan decoder's time-3 convolutions its last 2 input
+    /// frames, at its resolution. A decoder tile's region is wider at the
+    /// lower resolutions by that resolution's halo.
+    fn held_values(&self, w: usize, h: usize, frame: (usize, usize), tiled: bool) -> f64 {
+        let widened = |halo: &[usize; 4], level: usize| -> f64 {
+            if !tiled {
+                return (w * h) as f64;
+            }
+            let extra = 2 * (halo[level] - halo[3]);
+            ((w + extra).min(frame.0) * (h + extra).min(frame.1)) as f64
+        };
+        match self {
+            Self::Tiny(c) => {
+                let [c0, c1, c2, _] = c.channels.map(|c| c as f64);
+                let halo = &DecoderTiling::HALO;
+                3.0 * (c0 / 64.0 * widened(halo, 0)
+                    + c1 / 16.0 * widened(halo, 1)
+                    + c2 / 4.0 * widened(halo, 2))
+            }
+            Self::Wan(c) => c
+                .levels()
+                .iter()
+                .enumerate()
+                .map(|(level, l)| {
+                    let per_pixel = (1usize << (2 * level)) as f64 / 64.0;
+                    2.0 * l.cached_channels as f64 * per_pixel * widened(&WAN_HALO, level)
+                })
+                .sum(),
+        }
+    }
+
+    /// Values of the decoder's input for one chunk of `latents` latent frames
+    /// per output pixel: the TCDecoder's condition frames reordered beside
+    /// the latents; the Wan decoder's rescaled latents (twice).
+    fn input_values(&self, latents: f64) -> f64 {
+        match self {
+            Self::Tiny(c) => latents * c.in_channels as f64 / 64.0,
+            Self::Wan(c) => 2.0 * latents * c.z_dim as f64 / 64.0,
+        }
+    }
+
+    /// Values alive while one latent frame goes through the full-resolution
+    /// stages, per output pixel. TCDecoder: its 4 full-size frames in 5 live
+    /// tensors of the last widths, and 2 half-size frames through a MemBlock.
+    /// Wan decoder: the last upsampling's input at full size (twice, with its
+    /// padded copy) and output, then through a residual block the input, two
+    /// normalised copies, the convolutions' outputs and the sum (6 tensors of
+    /// the head's width), and one frame's stacked time taps (3x).
+    fn stage_values(&self) -> f64 {
+        match self {
+            Self::Tiny(c) => {
+                let [_, _, c2, c3] = c.channels.map(|c| c as f64);
+                FRAMES_PER_LATENT as f64 * 5.0 * c2.max(c3) + 2.0 * 8.0 * c2 / 4.0
+            }
+            Self::Wan(c) => {
+                let last = c.levels()[3];
+                let frames = last.frames as f64;
+                let head = c.head as f64;
+                (2.0 * last.widest as f64 + 6.0 * head) * frames + 3.0 * head
+            }
+        }
+    }
+
+    /// Elements of the decoder's largest activation on `width x height` frames:
+    /// one latent frame's output frames at the widest full-resolution width,
+    /// zero-padded by one pixel for a 3x3 convolution.
+    fn activation_elements(&self, width: usize, height: usize) -> f64 {
+        let (frames, widest) = match self {
+            Self::Tiny(c) => (FRAMES_PER_LATENT, c.channels[2].max(c.channels[3])),
+            Self::Wan(c) => {
+                let last = c.levels()[3];
+                (last.frames, last.widest)
+            }
+        };
+        frames as f64 * widest as f64 * (width + 2) as f64 * (height + 2) as f64
+    }
+}
+
 impl ModelShape {
     pub fn of(model: &FlashVsrModel) -> Self {
         let dtype_bytes = model.dtype().size_in_bytes();
         Self {
             dit: model.dit().config().clone(),
             lq_proj: model.lq_proj().config().clone(),
-            decoder: model.decoder().config().clone(),
+            decoder: match model.decoder() {
+                Decoder::Tiny(d) => DecoderShape::Tiny(d.config().clone()),
+                Decoder::Wan(d) => DecoderShape::Wan(d.config().clone()),
+            },
             dtype_bytes,
             conv_bytes: if model.device().is_cpu() {
                 4
@@ -343,7 +437,6 @@ impl SequenceParts {
         let d = &shape.dit;
         let dim = d.dim as f64;
         let layers = d.num_layers as f64;
-        let [c0, c1, c2, c3] = shape.decoder.channels.map(|c| c as f64);
         let first_latents = chunk_noise_frames(0).len() as f64;
         let lq_frames = FIRST_CHUNK_INPUT as f64;
         let out_frames = FIRST_CHUNK_OUTPUT as f64;
@@ -353,7 +446,11 @@ impl SequenceParts {
         // kept (chunk 0 leaves 3, each of 2 latent frames); the decoder MemBlocks' last inputs (3 per stage, at 1/8, 1/4 and 1/2 size).
         let windows = kv_time_windows.max(3) as f64;
         let kv = 2.0 * layers * 2.0 * windows * t * dim * e;
-        let decoder_memory = 3.0 * (c0 / 64.0 + c1 / 16.0 + c2 / 4.0) * p * ec;
+        let frame = (padded_width, padded_height);
+        let decoder_memory = shape
+            .decoder
+            .held_values(padded_width, padded_height, frame, false)
+            * ec;
         let lq_cache = 2.0 * (shape.lq_proj.hidden1 + shape.lq_proj.in_channels) as f64 * p
             / (UNSHUFFLE * UNSHUFFLE) as f64
             * ec;
@@ -383,16 +480,14 @@ impl SequenceParts {
             + 3.0 * d.heads as f64 * query_windows * key_windows * 4.0
             + 2.0 * 2.0 * (windows + 1.0) * t * dim * e;
 
-        // Decoder: the condition frames (padded to 24, then reordered), its input at
-        // latent size, per latent frame its 4 full-size frames in 5 live tensors of
-        // the last widths (4 and a padded copy), and 2 half-size frames through a
-        // MemBlock; then the decoded frames (collected, concatenated, rescaled twice,
-        // f32), the colour fix (up to 6 copies) and the RGB24 output (3 copies).
-        let cfull = c2.max(c3);
+        // Decoder: the condition frames (padded to 24), its input at latent size,
+        // one latent frame through the full-resolution stages
+        // (`DecoderShape::stage_values`); then the decoded frames (collected,
+        // concatenated, rescaled or clamped, f32), the colour fix (up to 6 copies)
+        // and the RGB24 output (3 copies).
         let decoder = 2.0 * decoded_frames * 3.0 * p * ec
-            + first_latents * shape.decoder.in_channels as f64 * p / 64.0 * ec
-            + FRAMES_PER_LATENT as f64 * 5.0 * cfull * p * ec
-            + 2.0 * 8.0 * c2 * p / 4.0 * ec
+            + shape.decoder.input_values(first_latents) * p * ec
+            + shape.decoder.stage_values() * p * ec
             + 4.0 * decoded_frames * 3.0 * p * 4.0;
         let output = 6.0 * out_frames * 3.0 * p * 4.0 + 3.0 * out_frames * 4.0 * p;
         // The largest single tensors: the decoder's last stage (one latent
@@ -408,11 +503,11 @@ impl SequenceParts {
         ]
         .into_iter()
         .fold(0.0, f64::max);
-        let largest_tensor = largest_besides_decoder.max(decoder_activation_elements(
-            &shape.decoder,
-            padded_width,
-            padded_height,
-        ));
+        let largest_tensor = largest_besides_decoder.max(
+            shape
+                .decoder
+                .activation_elements(padded_width, padded_height),
+        );
         Self {
             window: lq_frames * 3.0 * p,
             sequence_held: kv + decoder_memory + lq_cache,
@@ -442,23 +537,12 @@ impl SequenceParts {
     ) -> Self {
         let p = padded_width as f64 * padded_height as f64;
         let ec = shape.conv_bytes as f64;
-        // each stage's MemBlocks remember its input region: the tile widened by
+        // each stage's memories cover its input region: the tile widened by
         // that stage's halo (the regions given are widened by the last one)
-        let [c0, c1, c2, _] = shape.decoder.channels.map(|c| c as f64);
-        let per_stage = [(c0 / 64.0, 0), (c1 / 16.0, 1), (c2 / 4.0, 2)];
+        let frame = (padded_width, padded_height);
         let memory: f64 = regions
             .iter()
-            .map(|&(w, h)| {
-                per_stage
-                    .iter()
-                    .map(|&(values, stage)| {
-                        let extra = 2 * (DecoderTiling::HALO[stage] - DecoderTiling::HALO[3]);
-                        let widened =
-                            (w + extra).min(padded_width) * (h + extra).min(padded_height);
-                        3.0 * values * widened as f64 * ec
-                    })
-                    .sum::<f64>()
-            })
+            .map(|&(w, h)| shape.decoder.held_values(w, h, frame, true) * ec)
             .sum();
         let largest = regions
             .iter()
@@ -468,7 +552,7 @@ impl SequenceParts {
         let decoded_frames = FRAMES_PER_LATENT as f64 * first_latents;
         let decoded = decoded_frames * 3.0 * 4.0 * p;
         let whole_frame = 2.0 * decoded_frames * 3.0 * p * ec
-            + first_latents * shape.decoder.in_channels as f64 * p / 64.0 * ec
+            + shape.decoder.input_values(first_latents) * p * ec
             + 3.0 * decoded
             + 4.0 * decoded;
         self.sequence_held += memory - self.decoder_memory;
@@ -478,7 +562,7 @@ impl SequenceParts {
         // other tensors (the whole frame's decoded frames among them) remain
         self.largest_tensor = regions
             .iter()
-            .map(|&(w, h)| decoder_activation_elements(&shape.decoder, w, h))
+            .map(|&(w, h)| shape.decoder.activation_elements(w, h))
             .fold(self.largest_besides_decoder, f64::max);
         self
     }
@@ -493,14 +577,6 @@ impl SequenceParts {
             (names[3], self.output),
         ])
     }
-}
-
-/// Elements of the decoder's largest activation on `width x height` frames:
-/// the 4 output frames of one latent frame at the widest of the last two
-/// stages' channels, zero-padded by one pixel for a 3x3 convolution.
-fn decoder_activation_elements(decoder: &TcDecoderConfig, width: usize, height: usize) -> f64 {
-    let [_, _, c2, c3] = decoder.channels;
-    FRAMES_PER_LATENT as f64 * c2.max(c3) as f64 * (width + 2) as f64 * (height + 2) as f64
 }
 
 fn to_bytes(x: f64) -> u64 {
@@ -554,10 +630,11 @@ pub fn human_bytes(bytes: u64) -> String {
 /// Model shapes for the memory model's and the tile plan's tests.
 #[cfg(test)]
 pub(crate) mod test_shapes {
-    use super::ModelShape;
+    use super::{DecoderShape, ModelShape};
     use crate::model::dit::DitConfig;
     use crate::model::lq_proj::LqProjConfig;
     use crate::model::tcdecoder::TcDecoderConfig;
+    use crate::model::wan_decoder::WanDecoderConfig;
 
     /// The released FlashVSR v1.1 widths (`RandomModelSpec::released`) with `layers`
     /// DiT blocks, in f32 on the CPU; the weights as a 30-block model's, scaled.
@@ -580,15 +657,26 @@ pub(crate) mod test_shapes {
                 out_dim: 1536,
                 layers: 1,
             },
-            decoder: TcDecoderConfig {
+            decoder: DecoderShape::Tiny(TcDecoderConfig {
                 in_channels: 784,
                 channels: [512, 256, 128, 128],
-            },
+            }),
             dtype_bytes: 4,
             conv_bytes: 4,
             can_park: false,
             element_limit: None,
             weight_bytes: 1_300_000_000 + 170_000_000 * layers as u64,
+        }
+    }
+
+    /// [`released`] with the Wan2.1 VAE decoder at its released widths (its
+    /// 73 M parameters in f32 instead of the TCDecoder's).
+    pub(crate) fn released_wan(layers: usize) -> ModelShape {
+        let tiny = released(layers);
+        ModelShape {
+            decoder: DecoderShape::Wan(WanDecoderConfig::official(96)),
+            weight_bytes: tiny.weight_bytes + 220_000_000,
+            ..tiny
         }
     }
 }
@@ -597,7 +685,7 @@ pub(crate) mod test_shapes {
 mod tests {
     use super::*;
 
-    use super::test_shapes::released;
+    use super::test_shapes::{released, released_wan};
 
     #[test]
     fn grows_with_the_pixels_and_saturates() {
@@ -662,6 +750,50 @@ mod tests {
             estimate_tiled(&shape, 1920, 1152, &whole, 3, true),
             estimate_tiled(&shape, 1920, 1152, &whole, 3, false)
         );
+    }
+
+    /// The Wan decoder's causal caches hold 2 frames of every time-3
+    /// convolution's input, most of them at full resolution: at the released
+    /// widths 2,364.5 values per output pixel, against the TCDecoder's 168.
+    #[test]
+    fn the_wan_decoder_holds_its_caches_per_pixel() {
+        let (w, h) = (1920, 1152);
+        let tiny = estimate(&released(30), w, h, 3);
+        let wan = estimate(&released_wan(30), w, h, 3);
+        let per_pixel = |e: &MemoryEstimate| e.held as f64 / (w * h) as f64 / 4.0;
+        let (tiny_held, wan_held) = (per_pixel(&tiny), per_pixel(&wan));
+        assert_eq!(
+            wan_held - tiny_held,
+            2364.5 - 168.0,
+            "{tiny_held} {wan_held}"
+        );
+        assert!(wan.working > tiny.working);
+        // its largest tensor: the last upsampling's input, 4 frames of 192
+        // channels at full size, padded
+        assert_eq!(wan.largest_tensor, 4 * 192 * 1922 * 1154);
+        // decoder tiles shrink the working set, not the caches (each tile keeps
+        // its own, and halos add to them)
+        let tiled = estimate_tiled(
+            &released_wan(30),
+            w,
+            h,
+            &[SequenceShape {
+                width: w,
+                height: h,
+                decoder_regions: Some(
+                    DecoderTiling {
+                        tile: 512,
+                        overlap: DecoderTiling::OVERLAP,
+                    }
+                    .decoded_sizes(w, h)
+                    .unwrap(),
+                ),
+            }],
+            3,
+            false,
+        );
+        assert!(tiled.working < wan.working, "{tiled:?} {wan:?}");
+        assert!(tiled.held >= wan.held, "{tiled:?} {wan:?}");
     }
 
     #[test]

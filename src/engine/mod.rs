@@ -38,6 +38,7 @@ pub use crate::layers::attention_path::AttentionKernel;
 pub use crate::layers::kernels::KernelPath;
 pub use crate::model::ModelVersion;
 pub use crate::model::color_fix::ColorFix;
+pub use crate::model::decoder::DecoderKind;
 pub use crate::model::network::SIZE_MULTIPLE;
 pub use choices::{Choice, ChoiceValue};
 pub use cuda_device::PoolUsage;

@@ -25,6 +25,7 @@ use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 
 use super::{AttentionKernel, DeviceSpec, EngineError, EngineSettings, KernelPath, Precision};
+use crate::model::decoder::DecoderKind;
 use crate::model::{FlashVsrModel, ModelOptions};
 
 /// What the loaded weights depend on. The folder is canonical, so two
@@ -39,6 +40,7 @@ pub(crate) struct ModelKey {
     device: DeviceSpec,
     kernels: KernelPath,
     attention: AttentionKernel,
+    decoder: DecoderKind,
 }
 
 /// The regular files of `dir` as (name, size, modification time), by name;
@@ -71,6 +73,7 @@ impl ModelKey {
             device: settings.device_spec()?,
             kernels: settings.kernels,
             attention: settings.attention,
+            decoder: settings.decoder,
         })
     }
 
@@ -86,6 +89,7 @@ impl ModelKey {
             dtype: self.precision.dtype(),
             kernels: self.kernels,
             attention: self.attention,
+            decoder: self.decoder,
         };
         FlashVsrModel::load(&self.dir, &options).map_err(|e| {
             EngineError::model(format!("loading the model from {}", self.dir.display()), e)

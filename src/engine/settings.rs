@@ -11,6 +11,7 @@ use crate::layers::attention_path::AttentionKernel;
 use crate::layers::kernels::KernelPath;
 use crate::model::ModelVersion;
 use crate::model::color_fix::ColorFix;
+use crate::model::decoder::DecoderKind;
 
 /// The dtype the model computes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -135,6 +136,9 @@ pub struct EngineSettings {
     /// `Auto` checks the fused CUDA kernel at load and falls back to the
     /// gathered path; the others force a path.
     pub attention: AttentionKernel,
+    /// The decoder: the TCDecoder (`Tiny`, default) or the Wan2.1 VAE's (`Wan`,
+    /// FlashVSR's "full" mode; the folder must also hold `Wan2.1_VAE.pth`).
+    pub decoder: DecoderKind,
     /// Bytes a stream may take (`engine::memory`): a frame size whose estimate is
     /// larger runs in tiles, or is refused. `None`: `MemAvailable` when the
     /// stream starts, on the CPU; the device's free memory on CUDA.
@@ -171,6 +175,7 @@ impl Default for EngineSettings {
             noise_offset: 0,
             kernels: KernelPath::Fast,
             attention: AttentionKernel::Auto,
+            decoder: DecoderKind::Tiny,
             max_memory: None,
             tile_size: 0,
             tile_overlap: 64,

@@ -8,7 +8,7 @@ use gst::glib;
 use gst::glib::translate::{FromGlib, IntoGlib, ToGlibPtr, ToGlibPtrMut, TryFromGlib, from_glib};
 
 use super::late::LatePolicy;
-use crate::engine::{AttentionKernel, Choice, ColorFix, ModelVersion, Precision};
+use crate::engine::{AttentionKernel, Choice, ColorFix, DecoderKind, ModelVersion, Precision};
 
 /// Registers a GEnum named `type_name` whose values are `T::VALUES` (value =
 /// index, nick and name from the table). Called once per type.
@@ -123,6 +123,7 @@ choice_genum!(ModelVersion, "GstFlashVsrModelVersion");
 choice_genum!(Precision, "GstFlashVsrPrecision");
 choice_genum!(AttentionKernel, "GstFlashVsrAttention");
 choice_genum!(ColorFix, "GstFlashVsrColorFix");
+choice_genum!(DecoderKind, "GstFlashVsrDecoder");
 choice_genum!(LatePolicy, "GstFlashVsrLatePolicy");
 
 #[cfg(test)]
@@ -152,6 +153,7 @@ mod tests {
         check::<Precision>();
         check::<AttentionKernel>();
         check::<ColorFix>();
+        check::<DecoderKind>();
         check::<LatePolicy>();
         assert_eq!(
             ModelVersion::static_type().name(),

@@ -20,3 +20,5 @@ pub mod shape_log;
 pub mod softmax;
 pub mod sparse_attention;
 pub mod topk;
+
+pub use cpu::features::CpuFeatures;

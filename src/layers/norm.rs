@@ -10,7 +10,7 @@
 
 use candle_core::{D, DType, Result, Tensor};
 
-use super::cpu::norm::{FusedLayerNorm, FusedRmsNorm};
+use super::cpu::norm::{FusedChannelRmsNorm, FusedLayerNorm, FusedRmsNorm};
 use super::kernels;
 
 /// LayerNorm without affine parameters.
@@ -76,6 +76,35 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> 
         .broadcast_mul(weight)
 }
 
+/// The RMS norm over the channels (dim 1) of `[n, c, ...]` activations, as the
+/// Wan VAE and the LQ projection compute it: `x / max(||x||_2, 1e-12) * sqrt(c) *
+/// gamma` in f32 (`F.normalize` times `sqrt(c)`), then SiLU when `silu`; returned
+/// in `x`'s dtype. `gamma` holds one value per channel, in any shape.
+pub(crate) fn channel_rms_norm(x: &Tensor, gamma: &Tensor, silu: bool) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    if gamma.elem_count() != c {
+        candle_core::bail!(
+            "channel RMS norm: gamma {:?} for {c} channels",
+            gamma.dims()
+        )
+    }
+    if kernels::cpu_fast_path(x) {
+        let gamma = gamma.to_dtype(DType::F32)?.flatten_all()?;
+        return x
+            .contiguous()?
+            .apply_op2_no_bwd(&gamma, &FusedChannelRmsNorm { silu });
+    }
+    let mut gamma_shape = vec![1; x.rank()];
+    gamma_shape[1] = c;
+    let gamma = gamma.to_dtype(DType::F32)?.reshape(gamma_shape)?;
+    let x32 = x.to_dtype(DType::F32)?;
+    let norm = x32.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+    let y = (x32.broadcast_div(&norm)? * (c as f64).sqrt())?
+        .broadcast_mul(&gamma)?
+        .to_dtype(x.dtype())?;
+    if silu { y.silu() } else { Ok(y) }
+}
+
 /// The fused LayerNorm when `x` is f32 on the CPU; `None` otherwise.
 fn fused_layer_norm(
     x: &Tensor,
@@ -105,6 +134,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    use crate::layers::kernels::KernelPath;
     use crate::test_util::max_abs_diff as max_err;
 
     /// The fused CPU path against the candle-op path (run here on bf16 input,
@@ -165,6 +195,53 @@ mod tests {
         let y = rms_norm(&x, &w, 0.0)?.to_vec2::<f32>()?;
         let rms = (12.5f32).sqrt();
         assert!((y[0][0] - 6.0 / rms).abs() < 1e-6 && (y[0][1] - 4.0 / rms).abs() < 1e-6);
+        Ok(())
+    }
+
+    /// The channel norm on the fast path (f32) and the candle-op path (forced
+    /// portable) against its definition, on several images, with and without SiLU;
+    /// an all-zero pixel stays zero.
+    #[test]
+    fn channel_rms_norm_matches_its_definition_on_both_paths() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[3f32, 4.], &dev)?.reshape((1, 2, 1, 1))?;
+        let g = Tensor::ones((2, 1, 1, 1), DType::F32, &dev)?;
+        let silu = |v: f32| v / (1.0 + (-v).exp());
+        let s = 2f32.sqrt();
+        for path in [KernelPath::Fast, KernelPath::Portable] {
+            kernels::run_with(path, || -> Result<()> {
+                let y = channel_rms_norm(&x, &g, true)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                assert!((y[0] - silu(0.6 * s)).abs() < 1e-6, "{path:?} {y:?}");
+                assert!((y[1] - silu(0.8 * s)).abs() < 1e-6, "{path:?} {y:?}");
+                let zero = channel_rms_norm(&x.zeros_like()?, &g, true)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                assert!(zero.iter().all(|v| *v == 0.0));
+                Ok(())
+            })?;
+        }
+        // many pixels (more than one block of the norms pass), 3 images, 5 channels
+        let x = Tensor::randn(0f32, 2.0, (3, 5, 50, 97), &dev)?;
+        let g = Tensor::randn(1f32, 0.1, 5, &dev)?;
+        let reference = {
+            let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?;
+            (x.broadcast_div(&norm)? * 5f64.sqrt())?.broadcast_mul(&g.reshape((1, 5, 1, 1))?)?
+        };
+        for silu in [false, true] {
+            let want = if silu {
+                reference.silu()?
+            } else {
+                reference.clone()
+            };
+            let fast = channel_rms_norm(&x, &g, silu)?;
+            let portable =
+                kernels::run_with(KernelPath::Portable, || channel_rms_norm(&x, &g, silu))?;
+            assert!(max_err(&fast, &want)? < 1e-5);
+            assert!(max_err(&portable, &want)? < 1e-5);
+        }
+        assert!(channel_rms_norm(&x, &Tensor::ones(4, DType::F32, &dev)?, false).is_err());
         Ok(())
     }
 

@@ -106,20 +106,9 @@ fn stack_time_windows(x: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[pairs.narrow(0, 0, outs)?, pairs.narrow(0, 1, outs)?], 1)
 }
 
-/// `x / max(||x||_2, 1e-12) * sqrt(C) * gamma` over channels (dim 1), then SiLU.
+/// The RMS norm over channels, then SiLU.
 fn rms_norm_silu(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
-    let c = x.dim(1)?;
-    let norm = x
-        .to_dtype(DType::F32)?
-        .sqr()?
-        .sum_keepdim(1)?
-        .sqrt()?
-        .maximum(1e-12)?;
-    let y = x.to_dtype(DType::F32)?.broadcast_div(&norm)?;
-    (y * (c as f64).sqrt())?
-        .broadcast_mul(gamma)?
-        .to_dtype(x.dtype())?
-        .silu()
+    crate::layers::norm::channel_rms_norm(x, gamma, true)
 }
 
 /// Temporal state of the projection: what its causal convs remember.
@@ -319,22 +308,6 @@ mod tests {
         }
         assert!(stack_time_windows(&Tensor::zeros((5, c, h, w), DType::F32, &dev)?).is_err());
         assert!(stack_time_windows(&Tensor::zeros((2, c, h, w), DType::F32, &dev)?).is_err());
-        Ok(())
-    }
-
-    #[test]
-    fn rms_norm_over_channels() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Tensor::new(&[3f32, 4.], &dev)?.reshape((1, 2, 1, 1))?;
-        let g = Tensor::ones((1, 2, 1, 1), DType::F32, &dev)?;
-        let y = rms_norm_silu(&x, &g)?.flatten_all()?.to_vec1::<f32>()?;
-        let silu = |v: f32| v / (1.0 + (-v).exp());
-        let s = 2f32.sqrt();
-        assert!((y[0] - silu(0.6 * s)).abs() < 1e-6 && (y[1] - silu(0.8 * s)).abs() < 1e-6);
-        let zero = rms_norm_silu(&x.zeros_like()?, &g)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        assert!(zero.iter().all(|v| *v == 0.0));
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 pub mod attention_check;
 pub mod cancel;
 pub mod color_fix;
+pub mod decoder;
 pub mod dit;
 pub mod kv_cache;
 pub mod lq_proj;
@@ -14,6 +15,7 @@ pub mod rope;
 pub mod schedule;
 pub mod tcdecoder;
 pub mod tiling;
+pub mod wan_decoder;
 
 pub use cancel::CancelToken;
 

@@ -11,16 +11,18 @@ use candle_core::{DType, Device, Result, Tensor};
 use super::attention_check::{self, KernelChoice};
 use super::cancel::CancelToken;
 use super::color_fix::ColorFix;
+use super::decoder::{Decoder, DecoderKind, DecoderState};
 use super::dit::{Dit, DitConfig, DitState, DitTrace};
 use super::lq_proj::{LqProj, LqProjConfig, LqProjState};
 use super::profile::{self, Stage, StageTimes};
 use super::schedule;
-use super::tcdecoder::{DecoderTiling, TcDecoder, TcDecoderConfig, TcDecoderState};
+use super::tcdecoder::{DecoderTiling, TcDecoder, TcDecoderConfig};
+use super::wan_decoder::{WanDecoder, WanDecoderConfig};
 use crate::layers::attention_path::{self, AttentionKernel};
 use crate::layers::kernels::{self, KernelPath};
 use crate::layers::shape_log;
 use crate::layers::sparse_attention::SparseConfig;
-use crate::weights::ModelFiles;
+use crate::weights::{ModelFiles, WAN_VAE_DECODER_PREFIXES};
 
 /// Which release of the weights a model folder holds. Both have the same files
 /// and tensor names (so the files cannot tell); they differ only in how the LQ
@@ -44,6 +46,9 @@ pub struct ModelOptions {
     pub kernels: KernelPath,
     /// The portable path's block-sparse attention (`attention_check::resolve`).
     pub attention: AttentionKernel,
+    /// The decoder to load: the TCDecoder, or the Wan2.1 VAE's (which needs
+    /// `Wan2.1_VAE.pth` in the folder too).
+    pub decoder: DecoderKind,
 }
 
 /// Per-sequence settings. `height` and `width` are the (padded) output size, and
@@ -109,7 +114,7 @@ pub struct SequenceState {
     chunk: usize,
     lq: LqProjState,
     dit: DitState,
-    decoder: TcDecoderState,
+    decoder: DecoderState,
 }
 
 impl SequenceState {
@@ -187,7 +192,7 @@ pub struct FlashVsrModel {
     kernel_choice: KernelChoice,
     lq_proj: LqProj,
     dit: Dit,
-    decoder: TcDecoder,
+    decoder: Decoder,
     /// Bytes of the weights as loaded (see `weight_bytes`).
     weight_bytes: u64,
 }
@@ -231,34 +236,67 @@ impl FlashVsrModel {
         }
         let lq_proj = LqProj::new(lq_cfg, files.lq_proj.var_builder(dtype, device), conv_dtype)?;
 
-        let tc_cfg = TcDecoderConfig::from_shapes(|n| files.decoder.shape(n))
-            .map_err(|e| with_file(files.decoder.path(), e))?;
-        let expected_in = 3 * 4 * 64 + dit_cfg.out_channels;
-        if tc_cfg.in_channels != expected_in {
-            return Err(with_file(
-                files.decoder.path(),
-                candle_core::Error::Msg(format!(
-                    "tensor 'decoder.1.weight': expected {expected_in} input channels, found {}",
-                    tc_cfg.in_channels
-                )),
-            ));
-        }
-        let decoder = TcDecoder::new(tc_cfg, files.decoder.var_builder(conv_dtype, device))?;
+        // Values of the tensors of a file that are read.
+        let values =
+            |file: &crate::weights::WeightFile, read: &dyn Fn(&str) -> bool| -> Result<u64> {
+                file.names()
+                    .iter()
+                    .filter(|name| read(name))
+                    .try_fold(0u64, |sum, name| {
+                        let n: usize = file.shape(name)?.iter().product();
+                        Ok(sum.saturating_add(n as u64))
+                    })
+            };
+        let (decoder, decoder_values) = match opts.decoder {
+            DecoderKind::Tiny => {
+                let tc_cfg = TcDecoderConfig::from_shapes(|n| files.decoder.shape(n))
+                    .map_err(|e| with_file(files.decoder.path(), e))?;
+                let expected_in = 3 * 4 * 64 + dit_cfg.out_channels;
+                if tc_cfg.in_channels != expected_in {
+                    return Err(with_file(
+                        files.decoder.path(),
+                        candle_core::Error::Msg(format!(
+                            "tensor 'decoder.1.weight': expected {expected_in} input channels, found {}",
+                            tc_cfg.in_channels
+                        )),
+                    ));
+                }
+                let decoder =
+                    TcDecoder::new(tc_cfg, files.decoder.var_builder(conv_dtype, device))?;
+                (
+                    Decoder::Tiny(Box::new(decoder)),
+                    values(&files.decoder, &|_| true)?,
+                )
+            }
+            DecoderKind::Wan => {
+                let vae = files.open_wan_vae()?;
+                let names = vae.names();
+                let cfg = WanDecoderConfig::from_shapes(&names, |n| vae.shape(n))
+                    .map_err(|e| with_file(vae.path(), e))?;
+                if cfg.z_dim != dit_cfg.out_channels {
+                    return Err(with_file(
+                        vae.path(),
+                        candle_core::Error::Msg(format!(
+                            "tensor 'decoder.conv1.weight': {} latent channels, the DiT makes {}",
+                            cfg.z_dim, dit_cfg.out_channels
+                        )),
+                    ));
+                }
+                let decoder = WanDecoder::new(cfg, vae.var_builder(conv_dtype, device))?;
+                let read = |n: &str| WAN_VAE_DECODER_PREFIXES.iter().any(|p| n.starts_with(p));
+                (Decoder::Wan(Box::new(decoder)), values(&vae, &read)?)
+            }
+        };
         // Values of each file times the size they are held in: the DiT and the
         // prompt in the compute dtype, the LQ projection and the decoder in the
         // convolutions' (the larger of the two, for the LQ projection's linears).
-        let values = |file: &crate::weights::WeightFile| -> Result<u64> {
-            file.names().iter().try_fold(0u64, |sum, name| {
-                let n: usize = file.shape(name)?.iter().product();
-                Ok(sum.saturating_add(n as u64))
-            })
-        };
         let (size, conv_size) = (
             dtype.size_in_bytes() as u64,
             conv_dtype.size_in_bytes().max(dtype.size_in_bytes()) as u64,
         );
-        let weight_bytes = (values(&files.dit)? + values(&files.prompt)?) * size
-            + (values(&files.lq_proj)? + values(&files.decoder)?) * conv_size;
+        let all = |_: &str| true;
+        let weight_bytes = (values(&files.dit, &all)? + values(&files.prompt, &all)?) * size
+            + (values(&files.lq_proj, &all)? + decoder_values) * conv_size;
         let kernel_choice = attention_check::resolve(opts.attention, device, dtype)?;
         // The weights were uploaded from this thread; the model usually runs on
         // another (the element's model thread). Wait for every copy and
@@ -300,7 +338,7 @@ impl FlashVsrModel {
     pub fn lq_proj(&self) -> &LqProj {
         &self.lq_proj
     }
-    pub fn decoder(&self) -> &TcDecoder {
+    pub fn decoder(&self) -> &Decoder {
         &self.decoder
     }
 
@@ -318,7 +356,7 @@ impl FlashVsrModel {
             chunk: 0,
             lq: LqProjState::default(),
             dit: self.dit.new_state(),
-            decoder: TcDecoderState::new(cfg.decoder_tiling),
+            decoder: self.decoder.new_state(cfg.decoder_tiling),
         })
     }
 

@@ -235,6 +235,58 @@ impl Blender {
     }
 }
 
+/// Pixels cut off each side of an activation `[n, c, h, w]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Crop {
+    pub(crate) top: usize,
+    pub(crate) bottom: usize,
+    pub(crate) left: usize,
+    pub(crate) right: usize,
+}
+
+impl Crop {
+    pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if *self == Self::default() {
+            return Ok(x.clone());
+        }
+        let (_, _, h, w) = x.dims4()?;
+        if self.top + self.bottom >= h || self.left + self.right >= w {
+            candle_core::bail!("decoder: crop {self:?} leaves nothing of a {w}x{h} activation")
+        }
+        x.narrow(2, self.top, h - self.top - self.bottom)?
+            .narrow(3, self.left, w - self.left - self.right)?
+            .contiguous()
+    }
+}
+
+/// A tile widened by a halo and clamped to the frame, in output pixels.
+pub(crate) struct Region {
+    pub(crate) rows: Range<usize>,
+    pub(crate) cols: Range<usize>,
+}
+
+impl Region {
+    pub(crate) fn around(tile: &Tile, halo: usize, height: usize, width: usize) -> Self {
+        let widen =
+            |r: &Range<usize>, len: usize| r.start.saturating_sub(halo)..(r.end + halo).min(len);
+        Self {
+            rows: widen(&tile.rows, height),
+            cols: widen(&tile.cols, width),
+        }
+    }
+
+    /// What to cut off this region, at `scale` output pixels per activation
+    /// pixel, to leave `inner`.
+    pub(crate) fn crop_to(&self, inner: &Region, scale: usize) -> Crop {
+        Crop {
+            top: (inner.rows.start - self.rows.start) / scale,
+            bottom: (self.rows.end - inner.rows.end) / scale,
+            left: (inner.cols.start - self.cols.start) / scale,
+            right: (self.cols.end - inner.cols.end) / scale,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,14 @@ pub const DECODER_SAFETENSORS_FILE: &str = "TCDecoder.safetensors";
 pub const PROMPT_FILE: &str = "posi_prompt.pth";
 pub const PROMPT_SAFETENSORS_FILE: &str = "posi_prompt.safetensors";
 pub const PROMPT_KEY: &str = "posi_prompt";
+/// The Wan2.1 video VAE, as released with Wan2.1 (a torch.save state dict of the whole
+/// VAE); only its decoder is read, for `decoder=wan`. [`WAN_VAE_SAFETENSORS_FILE`]
+/// (written by `convert`: the decoder's tensors only) is preferred when present.
+pub const WAN_VAE_FILE: &str = "Wan2.1_VAE.pth";
+pub const WAN_VAE_SAFETENSORS_FILE: &str = "Wan2.1_VAE.safetensors";
+/// Tensor-name prefixes of the VAE file that the decoder reads: its decoder and the
+/// 1x1 conv in front of it. The encoder's tensors are never loaded.
+pub const WAN_VAE_DECODER_PREFIXES: [&str; 2] = ["decoder.", "conv2."];
 
 /// The files a model folder needs, as released, in the order messages name them.
 pub const RELEASED_FILES: [&str; 4] = [DIT_FILE, LQ_PROJ_FILE, DECODER_FILE, PROMPT_FILE];
@@ -41,6 +49,11 @@ pub fn released_files_phrase() -> String {
     let [first @ .., last] = RELEASED_FILES;
     format!("{} and {last}", first.join(", "))
 }
+
+/// Where the VAE comes from, appended to its "missing file" error.
+const HOW_TO_GET_WAN_VAE: &str = "decoder=wan needs the Wan2.1 VAE: download \
+     Wan2.1_VAE.pth (Wan-AI/Wan2.1-T2V-1.3B on Hugging Face, also in the FlashVSR \
+     repositories) into this folder, or use decoder=tiny; see README";
 
 /// Where the weights come from, appended to "missing file" errors.
 const HOW_TO_GET_WEIGHTS: &str = "download the FlashVSR weights from Hugging Face \
@@ -302,6 +315,10 @@ const PROMPT: FileChoice = FileChoice {
     released: PROMPT_FILE,
     converted: Some(PROMPT_SAFETENSORS_FILE),
 };
+const WAN_VAE: FileChoice = FileChoice {
+    released: WAN_VAE_FILE,
+    converted: Some(WAN_VAE_SAFETENSORS_FILE),
+};
 
 impl FileChoice {
     /// The first of the converted and the released file that exists; one that
@@ -384,6 +401,20 @@ impl ModelFiles {
         })
     }
 
+    /// Opens the folder's Wan2.1 VAE (converted file preferred), which only
+    /// `decoder=wan` needs; the error for a missing file names the folder and the file
+    /// and says where to get it.
+    pub fn open_wan_vae(&self) -> Result<Arc<WeightFile>> {
+        match WAN_VAE.resolve(&self.dir)? {
+            Some(path) => WeightFile::open(&path).map(Arc::new),
+            None => Err(message(format!(
+                "model folder '{}': missing {}; {HOW_TO_GET_WAN_VAE}",
+                self.dir.display(),
+                WAN_VAE.describe()
+            ))),
+        }
+    }
+
     /// The prompt tensor [1, ctx_len, text_dim] (the single tensor of the prompt file),
     /// its shape checked before anything is read: `text_dim` must be the DiT's text
     /// width and ctx_len at most [`MAX_PROMPT_LEN`].
@@ -440,9 +471,12 @@ fn single_tensor_name(file: &WeightFile) -> Result<String> {
 
 /// Converts the torch.save files of `model_dir` (LQ projection, TCDecoder, prompt) to
 /// safetensors in `out_dir` (created if needed), with the same tensor names (the prompt's
-/// under [`PROMPT_KEY`]) and stored dtypes. Each file is written under a temporary name
-/// and renamed when complete, so that a failed run never leaves a partial file that
-/// [`ModelFiles::open`] would prefer. Returns the paths written.
+/// under [`PROMPT_KEY`]) and stored dtypes. When the folder holds the Wan2.1 VAE
+/// ([`WAN_VAE_FILE`], optional: without it this step is skipped), its decoder's tensors
+/// (names starting with one of [`WAN_VAE_DECODER_PREFIXES`]; the encoder's are left out)
+/// are written to [`WAN_VAE_SAFETENSORS_FILE`] the same way. Each file is written under
+/// a temporary name and renamed when complete, so that a failed run never leaves a
+/// partial file that [`ModelFiles::open`] would prefer. Returns the paths written.
 pub fn convert_to_safetensors(model_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
     if let Err(e) = std::fs::create_dir_all(out_dir) {
         return Err(message(format!(
@@ -470,7 +504,58 @@ pub fn convert_to_safetensors(model_dir: &Path, out_dir: &Path) -> Result<Vec<Pa
         write_safetensors_atomically(&tensors, &target)?;
         written.push(target);
     }
+    if let Some(target) = convert_wan_vae_decoder(model_dir, out_dir)? {
+        written.push(target);
+    }
     Ok(written)
+}
+
+/// Writes the decoder part of `model_dir`'s [`WAN_VAE_FILE`] to `out_dir`'s
+/// [`WAN_VAE_SAFETENSORS_FILE`]; `None` when the folder has no VAE. A VAE without a
+/// single decoder tensor is an error rather than an empty file the loader would prefer.
+fn convert_wan_vae_decoder(model_dir: &Path, out_dir: &Path) -> Result<Option<PathBuf>> {
+    let released = model_dir.join(WAN_VAE_FILE);
+    match std::fs::metadata(&released) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(message(format!(
+                "weight file '{}' is not a regular file: remove it or replace it with the weight file",
+                released.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(message(format!(
+                "weight file '{}': {e}",
+                released.display()
+            )));
+        }
+    }
+    let source = WeightFile::open(&released)?;
+    let mut tensors = HashMap::new();
+    for name in source.names() {
+        if WAN_VAE_DECODER_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            let tensor = source.stored_tensor(&name)?;
+            tensors.insert(name, tensor);
+        }
+    }
+    if tensors.is_empty() {
+        return Err(message(format!(
+            "weight file '{}': no decoder tensors (names starting with {}) among its {} \
+             tensors: not the Wan2.1 VAE",
+            released.display(),
+            WAN_VAE_DECODER_PREFIXES
+                .map(|p| format!("'{p}'"))
+                .join(" or "),
+            source.names.len()
+        )));
+    }
+    let target = out_dir.join(WAN_VAE_SAFETENSORS_FILE);
+    write_safetensors_atomically(&tensors, &target)?;
+    Ok(Some(target))
 }
 
 fn write_safetensors_atomically(tensors: &HashMap<String, Tensor>, target: &Path) -> Result<()> {

@@ -129,6 +129,10 @@ fn invalid_specs_are_refused_by_name() {
         text.contains("3 LQ projection layers for 2 DiT blocks"),
         "{text}"
     );
+    let mut spec = tiny_v1_spec();
+    spec.wan_vae = Some(WanVaeSpec::with_dim(0));
+    let text = spec.validate().unwrap_err().to_string();
+    assert!(text.contains("Wan VAE dim"), "{text}");
     let dir = std::env::temp_dir().join("gst-flashvsr-never-written");
     assert!(write_model_dir(&spec, &dir).is_err());
     assert!(!dir.exists(), "nothing written for an invalid spec");

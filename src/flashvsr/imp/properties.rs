@@ -45,6 +45,14 @@ impl ObjectImpl for FlashVsr {
                     .blurb("Block-sparse attention on a GPU: auto (the fused kernel when its check at load passes, else gathered), fused, gathered or masked; the CPU's f32 path ignores it. Read at READY->PAUSED")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("decoder", defaults.decoder)
+                    .nick("Decoder")
+                    .blurb(&format!(
+                        "Decoder of the latents: tiny (the TCDecoder: fast, little memory) or wan (the Wan2.1 VAE decoder, FlashVSR's full mode: best quality, several times slower and larger; the model folder must also hold {}). Read at READY->PAUSED",
+                        weights::WAN_VAE_FILE
+                    ))
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("color-fix", defaults.color_fix)
                     .nick("Colour fix")
                     .blurb("Colour correction of the output towards the input. Read at READY->PAUSED")
@@ -161,6 +169,10 @@ impl ObjectImpl for FlashVsr {
                 engine.attention = value_as(v)?;
                 Ok(())
             }),
+            "decoder" => typed(&mut |v| {
+                engine.decoder = value_as(v)?;
+                Ok(())
+            }),
             "precision" => typed(&mut |v| {
                 engine.precision = value_as(v)?;
                 Ok(())
@@ -238,6 +250,7 @@ impl ObjectImpl for FlashVsr {
             "device" => engine.device.to_value(),
             "precision" => engine.precision.to_value(),
             "attention" => engine.attention.to_value(),
+            "decoder" => engine.decoder.to_value(),
             "color-fix" => engine.color_fix.to_value(),
             "sparse-ratio" => engine.sparse_ratio.to_value(),
             "kv-ratio" => engine.kv_ratio.to_value(),

@@ -5,6 +5,7 @@
 
 pub(crate) mod conv_taps;
 pub(crate) mod fast_math;
+pub mod features;
 pub(crate) mod gelu;
 pub(crate) mod gemm;
 pub(crate) mod norm;

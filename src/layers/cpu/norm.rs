@@ -75,6 +75,98 @@ impl CustomOp2 for FusedRmsNorm {
     }
 }
 
+/// The RMS norm over the channels of an image batch `[n, c, h, w]` (the Wan VAE's
+/// and the LQ projection's `F.normalize(x, dim=1) * sqrt(c) * gamma`), optionally
+/// followed by SiLU: one pass for the per-pixel norms (channel rows added pixel-wise),
+/// one that writes every row. Both run in parallel, over pixel blocks and over rows.
+pub(crate) struct FusedChannelRmsNorm {
+    pub(crate) silu: bool,
+}
+
+/// Pixels one task of the norms pass sums.
+const NORM_PIXELS: usize = 2048;
+
+impl CustomOp2 for FusedChannelRmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-channel-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        gamma: &CpuStorage,
+        gamma_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(x, x_layout, self.name(), "input")?;
+        let gamma = contiguous_f32(gamma, gamma_layout, self.name(), "gamma")?;
+        let dims = x_layout.shape().dims();
+        let [n, c, ..] = *dims else {
+            candle_core::bail!("channel RMS norm: input {dims:?} has no channel dimension")
+        };
+        if gamma.len() != c || c == 0 {
+            candle_core::bail!("channel RMS norm: {} scales for {c} channels", gamma.len())
+        }
+        let pixels = src.len() / (n * c).max(1);
+        // per image and pixel: sqrt(c) / max(||x||, 1e-12)
+        let mut scale = vec![0f32; n * pixels];
+        scale
+            .par_chunks_mut(pixels)
+            .enumerate()
+            .for_each(|(i, image)| {
+                let image_src = &src[i * c * pixels..(i + 1) * c * pixels];
+                image
+                    .par_chunks_mut(NORM_PIXELS)
+                    .enumerate()
+                    .for_each(|(b, dst)| {
+                        let start = b * NORM_PIXELS;
+                        channel_norms(image_src, pixels, start, c, dst)
+                    });
+            });
+        let mut out = vec![0f32; src.len()];
+        out.par_chunks_mut(pixels)
+            .zip(src.par_chunks(pixels))
+            .enumerate()
+            .for_each(|(row, (dst, x))| {
+                let image_scale = &scale[(row / c) * pixels..(row / c + 1) * pixels];
+                scale_row(x, image_scale, gamma[row % c], self.silu, dst)
+            });
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+}
+
+simd_kernel! {
+    fn channel_norms(image: &[f32], pixels: usize, start: usize, channels: usize, dst: &mut [f32]) {
+        let len = dst.len();
+        dst.fill(0.0);
+        for ch in 0..channels {
+            let row = &image[ch * pixels + start..ch * pixels + start + len];
+            for (s, &v) in dst.iter_mut().zip(row) {
+                *s += v * v;
+            }
+        }
+        let root = (channels as f32).sqrt();
+        for s in dst.iter_mut() {
+            *s = root / s.sqrt().max(1e-12);
+        }
+    }
+}
+
+simd_kernel! {
+    fn scale_row(x: &[f32], scale: &[f32], gamma: f32, silu: bool, dst: &mut [f32]) {
+        if silu {
+            for ((d, &v), &s) in dst.iter_mut().zip(x).zip(scale) {
+                let y = v * s * gamma;
+                *d = y / (1.0 + super::fast_math::exp(-y));
+            }
+        } else {
+            for ((d, &v), &s) in dst.iter_mut().zip(x).zip(scale) {
+                *d = v * s * gamma;
+            }
+        }
+    }
+}
+
 /// Lanes the row sums keep, so that they vectorise.
 const LANES: usize = 16;
 

@@ -14,8 +14,10 @@ use candle_nn::VarBuilder;
 
 use super::cancel::CancelToken;
 use crate::layers::conv::Conv2d;
+use crate::model::tiling::Crop;
 
 pub use tiled::DecoderTiling;
+pub(crate) use tiled::check_halo;
 
 /// LQ frames per latent frame (the decoder's 4x time upsampling).
 pub const FRAMES_PER_LATENT: usize = 4;
@@ -205,30 +207,6 @@ impl TcDecoderState {
             .iter_mut()
             .flat_map(|m| m.0.iter_mut())
             .try_for_each(|t| crate::model::move_held(t, device))
-    }
-}
-
-/// Pixels cut off each side of an activation `[n, c, h, w]`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Crop {
-    top: usize,
-    bottom: usize,
-    left: usize,
-    right: usize,
-}
-
-impl Crop {
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        if *self == Self::default() {
-            return Ok(x.clone());
-        }
-        let (_, _, h, w) = x.dims4()?;
-        if self.top + self.bottom >= h || self.left + self.right >= w {
-            candle_core::bail!("decoder: crop {self:?} leaves nothing of a {w}x{h} activation")
-        }
-        x.narrow(2, self.top, h - self.top - self.bottom)?
-            .narrow(3, self.left, w - self.left - self.right)?
-            .contiguous()
     }
 }
 

@@ -3,12 +3,11 @@
 //! memory, and the tiles, halo cropped off, are blended over their overlap.
 
 use crate::model::cancel::CancelToken;
-use std::ops::Range;
 
 use candle_core::{Result, Tensor};
 
-use super::{COND_UNSHUFFLE, Crop, FRAMES_PER_LATENT, Memory, TcDecoder, TcDecoderState};
-use crate::model::tiling::{self, Blender, Tile};
+use super::{COND_UNSHUFFLE, FRAMES_PER_LATENT, Memory, TcDecoder, TcDecoderState};
+use crate::model::tiling::{self, Blender, Crop, Region, Tile};
 
 /// Spatial tiling of the decoder, in output pixels: tiles of `tile x tile`,
 /// neighbours overlapping by `overlap`, blended over the overlap. Both are
@@ -109,7 +108,7 @@ impl DecoderTiling {
 
 /// Checks a halo schedule: multiples of 8 output pixels (whole latent pixels at
 /// every resolution), none larger than the one before (regions only narrow).
-pub(super) fn check_halo(halo: &[usize; 4]) -> Result<()> {
+pub(crate) fn check_halo(halo: &[usize; 4]) -> Result<()> {
     let whole = halo.iter().all(|h| h.is_multiple_of(COND_UNSHUFFLE));
     if !whole || halo.windows(2).any(|p| p[1] > p[0]) {
         candle_core::bail!(
@@ -117,34 +116,6 @@ pub(super) fn check_halo(halo: &[usize; 4]) -> Result<()> {
         )
     }
     Ok(())
-}
-
-/// A tile widened by a halo and clamped to the frame, in output pixels.
-struct Region {
-    rows: Range<usize>,
-    cols: Range<usize>,
-}
-
-impl Region {
-    fn around(tile: &Tile, halo: usize, height: usize, width: usize) -> Self {
-        let widen =
-            |r: &Range<usize>, len: usize| r.start.saturating_sub(halo)..(r.end + halo).min(len);
-        Self {
-            rows: widen(&tile.rows, height),
-            cols: widen(&tile.cols, width),
-        }
-    }
-
-    /// What to cut off this region, at `scale` output pixels per activation
-    /// pixel, to leave `inner`.
-    fn crop_to(&self, inner: &Region, scale: usize) -> Crop {
-        Crop {
-            top: (inner.rows.start - self.rows.start) / scale,
-            bottom: (self.rows.end - inner.rows.end) / scale,
-            left: (inner.cols.start - self.cols.start) / scale,
-            right: (self.cols.end - inner.cols.end) / scale,
-        }
-    }
 }
 
 impl TcDecoder {
