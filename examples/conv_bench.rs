@@ -36,6 +36,11 @@ struct Cli {
     #[arg(long, value_name = "S", default_value_t = 512)]
     size: usize,
 
+    /// Output tile side of the Winograd path timed: 2 for F(2x2, 3x3), 4 for
+    /// F(4x4, 3x3)
+    #[arg(long, value_name = "2|4", default_value_t = 2)]
+    tile: usize,
+
     /// Timed runs per path and shape; the best counts
     #[arg(long, value_name = "N", default_value_t = 3)]
     repeats: usize,
@@ -164,7 +169,12 @@ fn run(cli: &Cli) -> Result<()> {
             (Tensor::randn(0f32, 1.0, (shape.c_out, shape.c_in, 3, 3), &dev)? * f64::from(scale))?;
         let b = Tensor::randn(0f32, 1.0, shape.c_out, &dev)?;
         let taps = Conv2d::with_cpu_kernel(&wt, Some(b.clone()), CpuConvKernel::Taps)?;
-        let wino = Conv2d::with_cpu_kernel(&wt, Some(b), CpuConvKernel::Winograd)?;
+        let kernel = if cli.tile == 4 {
+            CpuConvKernel::Winograd4
+        } else {
+            CpuConvKernel::Winograd
+        };
+        let wino = Conv2d::with_cpu_kernel(&wt, Some(b), kernel)?;
         let (mut b_taps, mut b_wino, mut b_candle) = (Best::NONE, Best::NONE, Best::NONE);
         let mut err = 0f32;
         for _ in 0..cli.repeats.max(1) {

@@ -12,7 +12,8 @@
 //! (what `scripts/bench/wan_decoder_peer.py` wrote, so both sides decode the same);
 //! `--expect` compares the Wan decoder's last chunk with that script's
 //! `last_chunk.safetensors`. Prints `ours decoder=D chunk=K frames=M seconds=S`
-//! per chunk and `ours decoder=D steady_mean_s=S` (the chunks after the first).
+//! per chunk (with the process's peak resident memory since the decoder was
+//! loaded) and `ours decoder=D steady_mean_s=S` (the chunks after the first).
 //! `scripts/compare-wan-decoder.sh` runs both sides and prints the ratio.
 
 #[path = "common/cli.rs"]
@@ -84,6 +85,21 @@ fn seeded_latents(shape: (usize, usize, usize, usize, usize), device: &Device) -
     Tensor::from_vec(values, shape, device)
 }
 
+/// VmHWM of this process in MiB (Linux), the peak resident memory since the
+/// start or the last reset.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
 fn load(args: &Args, kind: &str, device: &Device, dtype: DType) -> Result<Decoder> {
     let files = ModelFiles::open(&args.model_dir);
     let conv_dtype = if device.is_cpu() { DType::F32 } else { dtype };
@@ -143,6 +159,12 @@ fn run(args: &Args) -> Result<()> {
     );
     for kind in kinds {
         let decoder = load(args, kind, &device, dtype)?;
+        // the decoder's own peak: from here (weights loaded), where the kernel allows
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        println!(
+            "ours decoder={kind} loaded peak_rss_mib={}",
+            peak_rss_mib().map_or("n/a".to_owned(), |m| format!("{m:.0}"))
+        );
         let mut state: DecoderState = decoder.new_state(None);
         let mut steady = Vec::new();
         let mut last = None;
@@ -160,8 +182,9 @@ fn run(args: &Args) -> Result<()> {
             device.synchronize()?;
             let seconds = started.elapsed().as_secs_f64();
             println!(
-                "ours decoder={kind} chunk={k} frames={} seconds={seconds:.3}",
-                out.dim(0)?
+                "ours decoder={kind} chunk={k} frames={} seconds={seconds:.3} peak_rss_mib={}",
+                out.dim(0)?,
+                peak_rss_mib().map_or("n/a".to_owned(), |m| format!("{m:.0}"))
             );
             if k > 0 {
                 steady.push(seconds);

@@ -18,8 +18,8 @@ names), OUT_DIR/io.safetensors and OUT_DIR/case.json (see tests/golden/README.md
 
 Usage (from the project root, with the peer venv that has torch, safetensors, einops, tqdm):
 
-    /root/.cache/flashvsr-peer/venv/bin/python scripts/golden/wan_decoder_case.py \\
-        /work/shared/peer/official /work/shared/golden/sparse-v1.1 tests/golden/wan-v1.1
+    ~/.cache/flashvsr-peer/venv/bin/python scripts/golden/wan_decoder_case.py \\
+        ../shared/peer/official ../shared/golden/sparse-v1.1 tests/golden/wan-v1.1
 """
 import hashlib
 import importlib.util

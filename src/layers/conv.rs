@@ -18,7 +18,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::cpu::{conv_taps, winograd, winograd_transforms};
+use super::cpu::{conv_taps, winograd, winograd_f4, winograd_transforms};
 use super::kernels;
 use super::shape_log::{self, ConvShape};
 
@@ -27,8 +27,8 @@ use super::shape_log::{self, ConvShape};
 enum Weight {
     /// CPU: `[k * k, c_out, c_in]`, tap `(dy, dx)` at index `dy * k + dx`.
     Taps(Tensor),
-    /// CPU, 3x3 kernels: the Winograd F(2x2, 3x3) weights `G g G^T`,
-    /// `[16, c_out, c_in]` (see [`winograd`]).
+    /// CPU, 3x3 kernels: the Winograd weights `G g G^T`, `[16, c_out, c_in]`
+    /// for F(2x2, 3x3) or `[36, c_out, c_in]` for F(4x4, 3x3) (see [`winograd`]).
     Winograd(Tensor),
     /// Other devices: `[c_out, c_in, k, k]`, as `conv2d` takes it.
     Kernel(Tensor),
@@ -54,9 +54,13 @@ impl Weight {
                     .contiguous()
             }
             Self::Winograd(u) => {
-                let (_, c_out, c_in) = u.dims3()?;
+                let (xis, c_out, c_in) = u.dims3()?;
                 let u = u.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let kernel = winograd_transforms::kernels_from_weights(&u, c_out, c_in);
+                let kernel = if xis == 16 {
+                    winograd_transforms::kernels_from_weights(&u, c_out, c_in)
+                } else {
+                    winograd_f4::kernels_from_weights(&u, c_out, c_in)
+                };
                 Tensor::from_vec(kernel, (c_out, c_in, 3, 3), weight_device(self))?
                     .to_dtype(self.dtype())
             }
@@ -81,6 +85,8 @@ pub enum CpuConvKernel {
     Taps,
     /// Winograd F(2x2, 3x3) ([`winograd`]); 3x3 kernels only.
     Winograd,
+    /// Winograd F(4x4, 3x3) ([`winograd`], [`winograd_f4`]); 3x3 kernels only.
+    Winograd4,
 }
 
 /// Whether a 3x3 layer runs faster as Winograd than as taps on the CPU. With
@@ -95,6 +101,18 @@ pub fn prefers_winograd(k: usize, c_in: usize, _c_out: usize) -> bool {
 
 /// Fewest input channels of a layer taking the Winograd path by default.
 const WINOGRAD_MIN_IN_CHANNELS: usize = 64;
+
+/// The output tile side of the default Winograd path: F(2x2, 3x3) for every
+/// layer. `conv_bench --tile 4` measured F(4x4, 3x3) against it on the
+/// TCDecoder's layers at 512x512 (2-core AMD EPYC, Zen 4): faster where both
+/// widths are at least 512 (1024 -> 512 and 512 -> 512 at 64x64: 0.73x and
+/// 0.78x the time), level at 512 -> 256, slower from 256 channels down (128 ->
+/// 128 at 512x512: 1.15x; 128 -> 3: 2.0x), 1.08x over a whole chunk; its error
+/// against the taps is 20x F(2x2)'s (1.3e-4 on unit-scale outputs) and its
+/// transformed weights take 36/16 of F(2x2)'s memory. The wide low-resolution
+/// layers where it wins are a few percent of a chunk, so it is not the default;
+/// `CpuConvKernel::Winograd4` picks it per layer.
+const DEFAULT_WINOGRAD_TILE: usize = 2;
 
 /// A stride-1, "same"-padded 2-D convolution with an odd square kernel.
 #[derive(Debug, Clone)]
@@ -134,22 +152,27 @@ impl Conv2d {
             candle_core::bail!("convolution kernel must be square and odd, found {k}x{k2}")
         }
         let winograd = match cpu_kernel {
-            CpuConvKernel::Auto => prefers_winograd(k, c_in, c_out),
-            CpuConvKernel::Taps => false,
-            CpuConvKernel::Winograd if k == 3 => true,
-            CpuConvKernel::Winograd => {
+            CpuConvKernel::Auto if prefers_winograd(k, c_in, c_out) => Some(DEFAULT_WINOGRAD_TILE),
+            CpuConvKernel::Auto | CpuConvKernel::Taps => None,
+            CpuConvKernel::Winograd if k == 3 => Some(2),
+            CpuConvKernel::Winograd4 if k == 3 => Some(winograd_f4::M),
+            CpuConvKernel::Winograd | CpuConvKernel::Winograd4 => {
                 candle_core::bail!("the Winograd convolution takes 3x3 kernels, found {k}x{k}")
             }
         };
         let dtype = compute_dtype(weight.device(), weight.dtype());
-        let weight = if weight.device().is_cpu() && winograd {
+        let weight = if let Some(tile) = winograd.filter(|_| weight.device().is_cpu()) {
             let kernel = weight
                 .to_dtype(DType::F32)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            let u = winograd_transforms::weights(&kernel, c_out, c_in);
+            let (u, xis) = if tile == winograd_f4::M {
+                (winograd_f4::weights(&kernel, c_out, c_in), 36)
+            } else {
+                (winograd_transforms::weights(&kernel, c_out, c_in), 16)
+            };
             Weight::Winograd(
-                Tensor::from_vec(u, (16, c_out, c_in), weight.device())?.to_dtype(dtype)?,
+                Tensor::from_vec(u, (xis, c_out, c_in), weight.device())?.to_dtype(dtype)?,
             )
         } else if weight.device().is_cpu() {
             Weight::Taps(
@@ -433,7 +456,9 @@ mod tests {
         Ok(())
     }
 
-    /// The Winograd path equals the tap path and candle's portable convolution:
+    /// The Winograd paths, F(2x2, 3x3) and F(4x4, 3x3), equal the tap path and
+    /// candle's portable convolution (F(4x4) within its larger rounding, on
+    /// unit-scale weights over up to 24 x 9 inputs):
     /// odd and even sizes (partial last tiles), frames smaller than a tile,
     /// batches (strips spanning frames), zero and caller padding, with and
     /// without bias, and frames wide enough for several strips.
@@ -451,11 +476,27 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (n, c_in, h, w), &dev)?;
             let wt = Tensor::randn(0f32, 1.0, (c_out, c_in, 3, 3), &dev)?;
             let padded = pad_replicate_hw(&x, 1)?;
-            for bias in [None, Some(Tensor::randn(0f32, 1.0, c_out, &dev)?)] {
+            for (bias, kernel) in [
+                (None, CpuConvKernel::Winograd),
+                (
+                    Some(Tensor::randn(0f32, 1.0, c_out, &dev)?),
+                    CpuConvKernel::Winograd,
+                ),
+                (None, CpuConvKernel::Winograd4),
+                (
+                    Some(Tensor::randn(0f32, 1.0, c_out, &dev)?),
+                    CpuConvKernel::Winograd4,
+                ),
+            ] {
                 let with_bias = bias.is_some();
-                let wino = Conv2d::with_cpu_kernel(&wt, bias.clone(), CpuConvKernel::Winograd)?;
+                let wino = Conv2d::with_cpu_kernel(&wt, bias.clone(), kernel)?;
                 let taps = Conv2d::with_cpu_kernel(&wt, bias, CpuConvKernel::Taps)?;
-                assert!(matches!(wino.weight, Weight::Winograd(_)));
+                let xis = if kernel == CpuConvKernel::Winograd4 {
+                    36
+                } else {
+                    16
+                };
+                assert!(matches!(&wino.weight, Weight::Winograd(u) if u.dim(0)? == xis));
                 for (input, zero_pad) in [(&x, true), (&padded, false)] {
                     let run = |c: &Conv2d| -> Result<Tensor> {
                         if zero_pad {
@@ -468,11 +509,12 @@ mod tests {
                     assert_eq!(fast.dims(), &[n, c_out, h, w]);
                     let by_taps = run(&taps)?;
                     let portable = kernels::run_with(KernelPath::Portable, || run(&wino))?;
+                    let bound = if xis == 36 { 2e-3 } else { 1e-4 };
                     for (name, y) in [("taps", &by_taps), ("portable", &portable)] {
                         let err = max_err(y, &fast)?;
                         assert!(
-                            err < 1e-4,
-                            "{name}: {c_in}->{c_out} n={n} {h}x{w} bias={with_bias} zero_pad={zero_pad}: {err}"
+                            err < bound,
+                            "{name} {kernel:?}: {c_in}->{c_out} n={n} {h}x{w} bias={with_bias} zero_pad={zero_pad}: {err}"
                         );
                     }
                 }

@@ -44,8 +44,12 @@ impl KvCache {
         let (k, v) = if windows / blocks_per_time_window > max_time_windows {
             let keep = windows - blocks_per_time_window;
             (
-                k.narrow(1, blocks_per_time_window, keep)?.contiguous()?,
-                v.narrow(1, blocks_per_time_window, keep)?.contiguous()?,
+                // copies of their own (`contiguous` would keep a view of a
+                // contiguous narrow, and with it the whole old cache)
+                k.narrow(1, blocks_per_time_window, keep)?
+                    .force_contiguous()?,
+                v.narrow(1, blocks_per_time_window, keep)?
+                    .force_contiguous()?,
             )
         } else {
             (k, v)

@@ -222,7 +222,10 @@ impl LqProj {
         let y = rms_norm_silu(&y, &self.norm1)?;
         if first {
             // Only primes conv2's cache with conv1's output.
-            state.conv2_cache = Some(y.narrow(0, y.dim(0)? - CACHE_T, CACHE_T)?);
+            state.conv2_cache = Some(
+                y.narrow(0, y.dim(0)? - CACHE_T, CACHE_T)?
+                    .force_contiguous()?,
+            );
             return Ok(None);
         }
         let z = self.conv_with_cache(&self.conv2, &y, variant, &mut state.conv2_cache)?;
@@ -246,7 +249,10 @@ impl LqProj {
         variant: ModelVersion,
         cache: &mut Option<Tensor>,
     ) -> Result<Tensor> {
-        let tail = x.narrow(0, x.dim(0)? - CACHE_T, CACHE_T)?;
+        // its own storage: a view would keep the whole clip alive in the cache
+        let tail = x
+            .narrow(0, x.dim(0)? - CACHE_T, CACHE_T)?
+            .force_contiguous()?;
         let front = match variant {
             // v1 overwrites its cache with the current input before using it.
             ModelVersion::V1 => tail.clone(),

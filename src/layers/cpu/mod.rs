@@ -12,4 +12,5 @@ pub(crate) mod norm;
 pub(crate) mod softmax;
 pub(crate) mod sparse_blocks;
 pub(crate) mod winograd;
+pub(crate) mod winograd_f4;
 pub(crate) mod winograd_transforms;

@@ -1,23 +1,26 @@
 //! CPU fast path of [`crate::layers::conv::Conv2d`] for stride-1 3x3 kernels:
-//! Winograd F(2x2, 3x3), 16 multiplications per 2x2 outputs instead of 36.
+//! Winograd F(2x2, 3x3), 16 multiplications per 2x2 outputs instead of 36, or
+//! F(4x4, 3x3), 36 per 4x4 outputs instead of 144.
 //!
-//! The padded frames are cut into 4x4 input tiles, 2 apart, each giving 2x2
-//! outputs. A strip of whole tile rows (possibly spanning frames, so that small
-//! frames still give long products) goes through
-//! 1. the input transform, to 16 matrices `V[xi]` `[c_in, tiles]`;
-//! 2. 16 products `M[xi] = U[xi] @ V[xi]`, `U[xi]` `[c_out, c_in]` being the
-//!    weights transformed once at load;
+//! The padded frames are cut into input tiles of `m + 2` pixels a side, `m`
+//! apart (`m` = 2 or 4), each giving `m x m` outputs. A strip of whole tile rows
+//! (possibly spanning frames, so that small frames still give long products)
+//! goes through
+//! 1. the input transform, to `(m + 2)^2` matrices `V[xi]` `[c_in, tiles]`;
+//! 2. as many products `M[xi] = U[xi] @ V[xi]`, `U[xi]` `[c_out, c_in]` being
+//!    the weights transformed once at load;
 //! 3. the output transform with the bias add, to the strip's output rows.
 //!
-//! The transforms are in [`winograd_transforms`]. Strips run in parallel (each
-//! product on one thread) when there are enough of them, otherwise one after the
-//! other with every thread in each product.
+//! The transforms are in [`winograd_transforms`] (F(2x2)) and [`winograd_f4`]
+//! (F(4x4)); the weights' first dimension (16 or 36) says which. Strips run in
+//! parallel (each product on one thread) when there are enough of them,
+//! otherwise one after the other with every thread in each product.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
-use super::winograd_transforms;
+use super::{winograd_f4, winograd_transforms};
 
 /// Bytes of transformed inputs and products one strip aims at, so that they
 /// stay near the caches between the transforms and the products.
@@ -27,7 +30,7 @@ const STRIP_BYTES: usize = 2 << 20;
 const MIN_STRIP_TILES: usize = 64;
 
 /// `[n, c_in, h, w]` (zero-padded by `pad` here) convolved with the transformed
-/// weights `[16, c_out, c_in]`, plus `bias`; returns `[n, c_out, h + 2 pad - 2, ...]`.
+/// weights `[16 or 36, c_out, c_in]`, plus `bias`; returns `[n, c_out, h + 2 pad - 2, ...]`.
 pub(crate) struct WinogradConv<'a> {
     pub pad: usize,
     pub bias: Option<&'a [f32]>,
@@ -51,12 +54,12 @@ impl CustomOp2 for WinogradConv<'_> {
         let (n, c_in, xh, xw) = x_layout.shape().dims4()?;
         let (xis, c_out, wc) = u_layout.shape().dims3()?;
         let (ph, pw) = (xh + 2 * self.pad, xw + 2 * self.pad);
-        if xis != 16
-            || wc != c_in
-            || ph < 3
-            || pw < 3
-            || self.bias.is_some_and(|b| b.len() != c_out)
-        {
+        let m = match xis {
+            16 => 2,
+            36 => winograd_f4::M,
+            _ => 0,
+        };
+        if m == 0 || wc != c_in || ph < 3 || pw < 3 || self.bias.is_some_and(|b| b.len() != c_out) {
             candle_core::bail!(
                 "winograd convolution: input {:?} does not fit weight {:?} with padding {}",
                 x_layout.shape().dims(),
@@ -69,8 +72,9 @@ impl CustomOp2 for WinogradConv<'_> {
             n,
             c_in,
             c_out,
-            th: h.div_ceil(2),
-            tw: w.div_ceil(2),
+            m,
+            th: h.div_ceil(m),
+            tw: w.div_ceil(m),
             xh,
             xw,
             pad: self.pad,
@@ -102,9 +106,9 @@ impl CustomOp2 for WinogradConv<'_> {
 }
 
 /// Buffers of one strip, kept from strip to strip so that each strip does not
-/// fault in fresh pages: 4 padded input rows, transformed inputs
-/// `[16, c_in, tiles]`, products `[16, c_out, tiles]` and outputs
-/// `[rows, c_out, 2, 2 tw]`.
+/// fault in fresh pages: `m + 2` padded input rows, transformed inputs
+/// `[(m + 2)^2, c_in, tiles]`, products `[(m + 2)^2, c_out, tiles]` and outputs
+/// `[rows, c_out, m, m tw]`.
 #[derive(Default)]
 struct Scratch {
     rows: Vec<f32>,
@@ -120,9 +124,10 @@ fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-/// The tiling of one call: `n` frames of `th x tw` tiles over `[n, c_in, xh,
-/// xw]` inputs zero-padded by `pad`.
+/// The tiling of one call: `n` frames of `th x tw` tiles of `m x m` outputs
+/// over `[n, c_in, xh, xw]` inputs zero-padded by `pad`.
 struct Tiles {
+    m: usize,
     n: usize,
     c_in: usize,
     c_out: usize,
@@ -134,36 +139,41 @@ struct Tiles {
 }
 
 impl Tiles {
-    /// Length of the tile-aligned padded rows that the input transform reads:
-    /// every tile's 4 columns lie inside them, the partial last tile's reading
-    /// zeros.
-    fn aligned_width(&self) -> usize {
-        2 * self.tw + 2
+    /// Input pixels per tile side.
+    fn alpha(&self) -> usize {
+        self.m + 2
     }
 
-    /// The 4 input rows of tile row `ty` of channel `c` of frame `f`, padded
-    /// with zeros (by `pad`, then up to the aligned width) into `rows`
-    /// `[4, aligned_width]`, each row split into its even columns then its odd
-    /// ones, so that the input transform reads every tile column contiguously.
-    /// Padding row by row here, rather than the whole input up front, keeps the
-    /// copy in the cache and the work in the threads.
+    /// Transformed values per tile.
+    fn xis(&self) -> usize {
+        self.alpha() * self.alpha()
+    }
+
+    /// Length of the tile-aligned padded rows that the input transform reads:
+    /// every tile's `m + 2` columns lie inside them, the partial last tile's
+    /// reading zeros.
+    fn aligned_width(&self) -> usize {
+        self.m * (self.tw + 1)
+    }
+
+    /// The `m + 2` input rows of tile row `ty` of channel `c` of frame `f`,
+    /// padded with zeros (by `pad`, then up to the aligned width) into `rows`
+    /// `[m + 2, aligned_width]`, each row split into its `m` column phases
+    /// (phase `p`: columns `m k + p`), so that the input transform reads every
+    /// tile column contiguously. Padding row by row here, rather than the whole
+    /// input up front, keeps the copy in the cache and the work in the threads.
     fn load_rows(&self, x: &[f32], f: usize, c: usize, ty: usize, rows: &mut [f32]) {
-        let Tiles { xh, xw, pad, .. } = *self;
+        let Tiles { m, xh, xw, pad, .. } = *self;
         let plane = &x[(f * self.c_in + c) * xh * xw..][..xh * xw];
-        let half = self.tw + 1;
+        let phase_len = self.tw + 1;
         rows.fill(0.0);
-        for (i, dst) in rows.chunks_exact_mut(2 * half).enumerate() {
-            let Some(sy) = (2 * ty + i).checked_sub(pad).filter(|&sy| sy < xh) else {
+        for (i, dst) in rows.chunks_exact_mut(m * phase_len).enumerate() {
+            let Some(sy) = (m * ty + i).checked_sub(pad).filter(|&sy| sy < xh) else {
                 continue;
             };
-            let (even, odd) = dst.split_at_mut(half);
             for (sx, &v) in plane[sy * xw..(sy + 1) * xw].iter().enumerate() {
                 let px = sx + pad;
-                if px % 2 == 0 {
-                    even[px / 2] = v;
-                } else {
-                    odd[px / 2] = v;
-                }
+                dst[(px % m) * phase_len + px / m] = v;
             }
         }
     }
@@ -171,7 +181,7 @@ impl Tiles {
     /// `(first global tile row, tile rows)` of each strip; global tile row
     /// `g` is row `g % th` of frame `g / th`.
     fn strips(&self) -> Vec<(usize, usize)> {
-        let per_tile = 16 * (self.c_in + self.c_out) * std::mem::size_of::<f32>();
+        let per_tile = self.xis() * (self.c_in + self.c_out) * std::mem::size_of::<f32>();
         let want_tiles = (STRIP_BYTES / per_tile).max(MIN_STRIP_TILES);
         let total = self.n * self.th;
         let rows = want_tiles.div_ceil(self.tw).clamp(1, total.max(1));
@@ -182,7 +192,7 @@ impl Tiles {
     }
 
     /// The outputs of tile rows `g0..g0 + rows` into `scratch.local` as
-    /// `[rows, c_out, 2, 2 tw]`.
+    /// `[rows, c_out, m, m tw]`.
     #[allow(clippy::too_many_arguments)]
     fn strip(
         &self,
@@ -195,34 +205,40 @@ impl Tiles {
         scratch: &mut Scratch,
     ) -> Result<()> {
         let Tiles {
+            m: size,
             c_in,
             c_out,
             th,
             tw,
             ..
         } = *self;
-        let aw = self.aligned_width();
+        let (aw, alpha, xis) = (self.aligned_width(), self.alpha(), self.xis());
         let t = rows * tw;
-        let padded_rows = resize(&mut scratch.rows, 4 * aw);
-        let v = resize(&mut scratch.v, 16 * c_in * t);
+        let padded_rows = resize(&mut scratch.rows, alpha * aw);
+        let v = resize(&mut scratch.v, xis * c_in * t);
         for c in 0..c_in {
             for r in 0..rows {
                 let (f, ty) = ((g0 + r) / th, (g0 + r) % th);
                 self.load_rows(input, f, c, ty, padded_rows);
                 let row = |i: usize| &padded_rows[i * aw..(i + 1) * aw];
-                winograd_transforms::input_tile_row(
-                    [row(0), row(1), row(2), row(3)],
-                    tw,
-                    &mut v[c * t + r * tw..],
-                    c_in * t,
-                );
+                let out = &mut v[c * t + r * tw..];
+                if size == winograd_f4::M {
+                    winograd_f4::input_tile_row(std::array::from_fn(row), tw, out, c_in * t);
+                } else {
+                    winograd_transforms::input_tile_row(
+                        [row(0), row(1), row(2), row(3)],
+                        tw,
+                        out,
+                        c_in * t,
+                    );
+                }
             }
         }
-        let m = resize(&mut scratch.m, 16 * c_out * t);
-        if u.len() != 16 * c_out * c_in {
+        let m = resize(&mut scratch.m, xis * c_out * t);
+        if u.len() != xis * c_out * c_in {
             candle_core::bail!("winograd convolution: weight of {} values", u.len())
         }
-        for xi in 0..16 {
+        for xi in 0..xis {
             let (dst, lhs, rhs) = (
                 &mut m[xi * c_out * t..(xi + 1) * c_out * t],
                 &u[xi * c_out * c_in..(xi + 1) * c_out * c_in],
@@ -255,41 +271,49 @@ impl Tiles {
                 )
             }
         }
-        let line = 2 * tw;
-        let local = resize(&mut scratch.local, rows * c_out * 2 * line);
-        for (r, tile_row) in local.chunks_exact_mut(c_out * 2 * line).enumerate() {
-            for (o, pair) in tile_row.chunks_exact_mut(2 * line).enumerate() {
-                let (top, bottom) = pair.split_at_mut(line);
-                winograd_transforms::output_tile_row(
-                    &m[o * t + r * tw..],
-                    c_out * t,
-                    tw,
-                    bias.map_or(0.0, |b| b[o]),
-                    top,
-                    bottom,
-                );
+        let line = size * tw;
+        let local = resize(&mut scratch.local, rows * c_out * size * line);
+        for (r, tile_row) in local.chunks_exact_mut(c_out * size * line).enumerate() {
+            for (o, lines) in tile_row.chunks_exact_mut(size * line).enumerate() {
+                let (products, b) = (&m[o * t + r * tw..], bias.map_or(0.0, |b| b[o]));
+                if size == winograd_f4::M {
+                    let [l0, l1, l2, l3] = split_lines(lines, line);
+                    winograd_f4::output_tile_row(products, c_out * t, tw, b, [l0, l1, l2, l3]);
+                } else {
+                    let (top, bottom) = lines.split_at_mut(line);
+                    winograd_transforms::output_tile_row(products, c_out * t, tw, b, top, bottom);
+                }
             }
         }
         Ok(())
     }
 
-    /// Copies a strip's `[rows, c_out, 2, 2 tw]` outputs into `out`
+    /// Copies a strip's `[rows, c_out, m, m tw]` outputs into `out`
     /// `[n, c_out, h, w]`, dropping what the partial last tiles computed beyond it.
     fn scatter(&self, local: &[f32], g0: usize, rows: usize, h: usize, w: usize, out: &mut [f32]) {
-        let (c_out, th, line) = (self.c_out, self.th, 2 * self.tw);
+        let (m, c_out, th) = (self.m, self.c_out, self.th);
+        let line = m * self.tw;
         for r in 0..rows {
             let (f, ty) = ((g0 + r) / th, (g0 + r) % th);
             for o in 0..c_out {
-                for dy in 0..2 {
-                    let y = 2 * ty + dy;
+                for dy in 0..m {
+                    let y = m * ty + dy;
                     if y >= h {
                         continue;
                     }
-                    let src = ((r * c_out + o) * 2 + dy) * line;
+                    let src = ((r * c_out + o) * m + dy) * line;
                     let dst = ((f * c_out + o) * h + y) * w;
                     out[dst..dst + w].copy_from_slice(&local[src..src + w]);
                 }
             }
         }
     }
+}
+
+/// The 4 output lines of `lines` (`4 * line` values), each `line` long.
+fn split_lines(lines: &mut [f32], line: usize) -> [&mut [f32]; 4] {
+    let (l0, rest) = lines.split_at_mut(line);
+    let (l1, rest) = rest.split_at_mut(line);
+    let (l2, l3) = rest.split_at_mut(line);
+    [l0, l1, l2, l3]
 }

@@ -102,7 +102,8 @@ impl MemBlock {
         } else {
             before
         };
-        *memory = Some(x.narrow(0, n - 1, 1)?);
+        // its own storage: a view would keep all `n` frames of `x` alive
+        *memory = Some(x.narrow(0, n - 1, 1)?.force_contiguous()?);
         let y = self.convs[0]
             .forward(&Tensor::cat(&[x, &past], 1)?)?
             .relu()?;

@@ -87,7 +87,9 @@ impl CausalConv3d {
             None => Tensor::zeros((CACHE_T, c, h, w), x.dtype(), x.device())?,
         };
         let frames = Tensor::cat(&[&before, x], 0)?;
-        *cache = Some(frames.narrow(0, t, CACHE_T)?);
+        // a copy of its own: a view (or `copy`, which clones the whole storage)
+        // would keep all of `frames` alive until the next chunk
+        *cache = Some(frames.narrow(0, t, CACHE_T)?.force_contiguous()?);
         let group = (STACK_ELEMENTS / (KERNEL_T * c * h * w).max(1)).clamp(1, t);
         let mut outputs = Vec::with_capacity(t.div_ceil(group));
         for start in (0..t).step_by(group) {
