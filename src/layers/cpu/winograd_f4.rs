@@ -123,9 +123,8 @@ simd_kernel! {
             for j in 0..ALPHA {
                 let (p, k) = (j % M, t + j / M);
                 let column = std::array::from_fn(|i| phase(i, p)[k]);
-                let y = input_1d(column);
-                for i in 0..ALPHA {
-                    r[i][j] = y[i];
+                for (row, y) in r.iter_mut().zip(input_1d(column)) {
+                    row[j] = y;
                 }
             }
             // (B^T d) B: along each row.
