@@ -118,6 +118,52 @@ pub(crate) fn check_halo(halo: &[usize; 4]) -> Result<()> {
     Ok(())
 }
 
+impl DecoderTiling {
+    /// Decodes the latent-resolution input `x` `[f, c, h, w]` tile by tile, for
+    /// either decoder: for each tile, its region widened by `halo[0]` goes to
+    /// `decode_region` with the tile's own state (`states`, one per tile, made
+    /// with `fresh` the first time) and the crops that narrow the activations
+    /// to `halo[k + 1]` after each of the decoder's three 2x upsamplings; the
+    /// tile's part of the result `[frames, 3, 8h', 8w']` is blended into
+    /// `[frames, 3, 8h, 8w]`. `cancel` is polled before every tile.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decode_tiles<S>(
+        &self,
+        x: &Tensor,
+        halo: &[usize; 4],
+        frames: usize,
+        states: &mut Vec<S>,
+        fresh: impl Fn() -> S,
+        cancel: &CancelToken,
+        mut decode_region: impl FnMut(&Tensor, &mut S, &[Crop; 3]) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let s = COND_UNSHUFFLE;
+        let (_, _, h, w) = x.dims4()?;
+        let (height, width) = (s * h, s * w);
+        let tiles = self.tiles(width, height)?;
+        // The frame size is fixed for the stream (checked by the decoders), so is the grid.
+        states.resize_with(tiles.len(), fresh);
+        let mut blender = Blender::new(frames, 3, height, width, x.device())?;
+        for (tile, state) in tiles.iter().zip(states.iter_mut()) {
+            cancel.check()?;
+            let regions = halo.map(|halo| Region::around(tile, halo, height, width));
+            let input = x
+                .narrow(2, regions[0].rows.start / s, regions[0].rows.len() / s)?
+                .narrow(3, regions[0].cols.start / s, regions[0].cols.len() / s)?;
+            // After upsampling k the activations have 2^(k+1) pixels per latent pixel.
+            let crops: [Crop; 3] =
+                std::array::from_fn(|k| regions[k].crop_to(&regions[k + 1], s >> (k + 1)));
+            let decoded = decode_region(&input, state, &crops)?;
+            let full = &regions[3];
+            let cropped = decoded
+                .narrow(2, tile.rows.start - full.rows.start, tile.height())?
+                .narrow(3, tile.cols.start - full.cols.start, tile.width())?;
+            blender.add(&cropped, tile)?;
+        }
+        blender.finish()
+    }
+}
+
 impl TcDecoder {
     /// Decodes `x` `[f, in_channels, h, w]` tile by tile with the state's tiling
     /// and halo, one memory per tile: `[4f, 3, 8h, 8w]` in [-1, 1], f32.
@@ -128,31 +174,15 @@ impl TcDecoder {
         state: &mut TcDecoderState,
         cancel: &CancelToken,
     ) -> Result<Tensor> {
-        let s = COND_UNSHUFFLE;
-        let (f, _, h, w) = x.dims4()?;
-        let (height, width) = (s * h, s * w);
-        let tiles = tiling.tiles(width, height)?;
-        // The frame size is fixed for the stream (checked by `decode`), so is the grid.
-        state.memories.resize_with(tiles.len(), Memory::default);
-        let mut blender = Blender::new(FRAMES_PER_LATENT * f, 3, height, width, x.device())?;
-        for (tile, memory) in tiles.iter().zip(state.memories.iter_mut()) {
-            cancel.check()?;
-            let regions = state
-                .halo
-                .map(|halo| Region::around(tile, halo, height, width));
-            let input = x
-                .narrow(2, regions[0].rows.start / s, regions[0].rows.len() / s)?
-                .narrow(3, regions[0].cols.start / s, regions[0].cols.len() / s)?;
-            // After stage k the activations have 2^(k+1) pixels per latent pixel.
-            let crops: [Crop; 3] =
-                std::array::from_fn(|k| regions[k].crop_to(&regions[k + 1], s >> (k + 1)));
-            let decoded = self.decode_region(&input, memory, &crops, cancel)?;
-            let full = &regions[3];
-            let cropped = decoded
-                .narrow(2, tile.rows.start - full.rows.start, tile.height())?
-                .narrow(3, tile.cols.start - full.cols.start, tile.width())?;
-            blender.add(&cropped, tile)?;
-        }
-        blender.finish()
+        let frames = FRAMES_PER_LATENT * x.dim(0)?;
+        tiling.decode_tiles(
+            x,
+            &state.halo,
+            frames,
+            &mut state.memories,
+            Memory::default,
+            cancel,
+            |input, memory, crops| self.decode_region(input, memory, crops, cancel),
+        )
     }
 }

@@ -5,10 +5,9 @@
 
 use candle_core::{Result, Tensor};
 
-use super::{SPATIAL_UPSAMPLES, WanDecoder, WanDecoderState};
+use super::{WanDecoder, WanDecoderState};
 use crate::model::cancel::CancelToken;
-use crate::model::tcdecoder::{COND_UNSHUFFLE, DecoderTiling, FRAMES_PER_LATENT};
-use crate::model::tiling::{Blender, Crop, Region};
+use crate::model::tcdecoder::{DecoderTiling, FRAMES_PER_LATENT};
 
 /// Context kept around each tile, in output pixels, at the decoder's input and
 /// after each of its three upsamplings. Counted in 3x3 convolutions
@@ -30,33 +29,16 @@ impl WanDecoder {
         state: &mut WanDecoderState,
         cancel: &CancelToken,
     ) -> Result<Tensor> {
-        let s = COND_UNSHUFFLE;
-        let (f, _, h, w) = x.dims4()?;
-        let (height, width) = (s * h, s * w);
-        let tiles = tiling.tiles(width, height)?;
-        state
-            .regions
-            .resize_with(tiles.len(), || vec![None; self.slots]);
-        let frames = FRAMES_PER_LATENT * f - if state.started { 0 } else { 3 };
-        let mut blender = Blender::new(frames, 3, height, width, x.device())?;
-        for (tile, caches) in tiles.iter().zip(state.regions.iter_mut()) {
-            cancel.check()?;
-            let regions = state
-                .halo
-                .map(|halo| Region::around(tile, halo, height, width));
-            let input = x
-                .narrow(2, regions[0].rows.start / s, regions[0].rows.len() / s)?
-                .narrow(3, regions[0].cols.start / s, regions[0].cols.len() / s)?;
-            // After upsampling k the activations have 2^(k+1) pixels per latent pixel.
-            let crops: [Crop; SPATIAL_UPSAMPLES] =
-                std::array::from_fn(|k| regions[k].crop_to(&regions[k + 1], s >> (k + 1)));
-            let decoded = self.decode_region(&input, caches, state.started, &crops, cancel)?;
-            let full = &regions[3];
-            let cropped = decoded
-                .narrow(2, tile.rows.start - full.rows.start, tile.height())?
-                .narrow(3, tile.cols.start - full.cols.start, tile.width())?;
-            blender.add(&cropped, tile)?;
-        }
-        blender.finish()
+        let started = state.started;
+        let frames = FRAMES_PER_LATENT * x.dim(0)? - if started { 0 } else { 3 };
+        tiling.decode_tiles(
+            x,
+            &state.halo,
+            frames,
+            &mut state.regions,
+            || vec![None; self.slots],
+            cancel,
+            |input, caches, crops| self.decode_region(input, caches, started, crops, cancel),
+        )
     }
 }
