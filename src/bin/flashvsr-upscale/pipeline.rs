@@ -307,14 +307,13 @@ fn link_decoded(
                 None => discard(&pipeline, pad),
             },
             StreamKind::Subtitle => match other.subtitles.pop() {
-                Some(mux_pad) if pad.can_link(&mux_pad) => pad
-                    .link(&mux_pad)
-                    .map(|_| ())
-                    .map_err(|e| format!("cannot keep a subtitle stream: {e:?}")),
+                Some(mux_pad) if pad.can_link(&mux_pad) => {
+                    link_subtitles(&pipeline, pad, &mux_pad, gst::PadLinkCheck::DEFAULT)
+                }
                 Some(mux_pad)
                     if is_markup(&caps) && mux_pad.query_caps(None).can_intersect(&utf8_caps()) =>
                 {
-                    link_markup_as_text(pad, &mux_pad)
+                    link_markup_as_text(&pipeline, pad, &mux_pad)
                 }
                 Some(mux_pad) => {
                     eprintln!(
@@ -351,7 +350,11 @@ fn is_markup(caps: &gst::CapsRef) -> bool {
 /// Links decoded subtitles in Pango markup (what the demuxers give for plain
 /// text subtitles) to a muxer pad that takes plain UTF-8 text: the caps say
 /// utf8 and each buffer's markup is reduced to its text.
-fn link_markup_as_text(pad: &gst::Pad, mux_pad: &gst::Pad) -> Result<(), String> {
+fn link_markup_as_text(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    mux_pad: &gst::Pad,
+) -> Result<(), String> {
     pad.add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
         |_, info| {
@@ -379,9 +382,41 @@ fn link_markup_as_text(pad: &gst::Pad, mux_pad: &gst::Pad) -> Result<(), String>
             gst::PadProbeReturn::Ok
         },
     );
-    pad.link_full(mux_pad, gst::PadLinkCheck::HIERARCHY)
+    // the caps are rewritten on the way: only the hierarchy is checked
+    link_subtitles(pipeline, pad, mux_pad, gst::PadLinkCheck::HIERARCHY)
+}
+
+/// Decoded subtitles into `mux_pad` through an unbounded queue: the muxer
+/// takes them only as fast as the slow video arrives, and a full queue in the
+/// decoder's multiqueue would stop the demuxer, and with it the video.
+fn link_subtitles(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    mux_pad: &gst::Pad,
+    check: gst::PadLinkCheck,
+) -> Result<(), String> {
+    let queue = unbounded_queue()?;
+    pipeline.add(&queue).map_err(|e| e.to_string())?;
+    let (sink, src) = (
+        queue.static_pad("sink").ok_or("queue without sink pad")?,
+        queue.static_pad("src").ok_or("queue without src pad")?,
+    );
+    src.link_full(mux_pad, check)
+        .map_err(|e| format!("cannot keep a subtitle stream: {e:?}"))?;
+    queue.sync_state_with_parent().map_err(|e| e.to_string())?;
+    pad.link_full(&sink, check)
         .map(|_| ())
         .map_err(|e| format!("cannot keep a subtitle stream: {e:?}"))
+}
+
+/// A queue with no limit of buffers, bytes or time.
+fn unbounded_queue() -> Result<gst::Element, String> {
+    let queue = make("queue")?;
+    for property in ["max-size-buffers", "max-size-bytes"] {
+        queue.set_property(property, 0u32);
+    }
+    queue.set_property("max-size-time", 0u64);
+    Ok(queue)
 }
 
 /// The text of Pango markup: tags removed, the five XML entities decoded.
@@ -421,13 +456,8 @@ pub fn discard(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), String> {
 /// Decoded audio re-encoded to AAC into `mux_pad`, through an unbounded queue
 /// (the muxer takes audio only as fast as the slow video arrives).
 fn link_audio(pipeline: &gst::Pipeline, pad: &gst::Pad, mux_pad: &gst::Pad) -> Result<(), String> {
-    let queue = make("queue")?;
-    for property in ["max-size-buffers", "max-size-bytes"] {
-        queue.set_property(property, 0u32);
-    }
-    queue.set_property("max-size-time", 0u64);
     let elements = [
-        queue,
+        unbounded_queue()?,
         make("audioconvert")?,
         make("audioresample")?,
         make("avenc_aac")?,
