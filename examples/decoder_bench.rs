@@ -89,15 +89,8 @@ fn seeded_latents(shape: (usize, usize, usize, usize, usize), device: &Device) -
 /// start or the last reset.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
+    let bytes = gstflashvsr::engine::memory::parse_meminfo(&status, "VmHWM:")?;
+    Some(bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn load(args: &Args, kind: &str, device: &Device, dtype: DType) -> Result<Decoder> {
