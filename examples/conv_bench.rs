@@ -21,6 +21,13 @@ use candle_core::{Device, Result, Tensor};
 use clap::{Parser, ValueEnum};
 use gstflashvsr::layers::conv::{Conv2d, CpuConvKernel};
 use gstflashvsr::layers::kernels::{self, KernelPath};
+use gstflashvsr::layers::products::{self, CpuProducts};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Products {
+    F32,
+    Bf16,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Which {
@@ -56,6 +63,11 @@ struct Cli {
     /// Skip candle's own conv2d (much slower than the other two)
     #[arg(long)]
     no_candle: bool,
+
+    /// Precision of the Winograd path's products: f32, or bf16 with f32 sums
+    /// (needs AVX512_BF16; F(2x2) only)
+    #[arg(long, value_enum, default_value_t = Products::F32)]
+    products: Products,
 
     /// Time only the shapes whose name contains this
     #[arg(long, value_name = "TEXT", default_value = "")]
@@ -156,6 +168,9 @@ fn max_err(a: &Tensor, b: &Tensor) -> Result<f32> {
 
 fn run(cli: &Cli) -> Result<()> {
     let dev = Device::Cpu;
+    if cli.products == Products::Bf16 && !products::bf16_available() {
+        candle_core::bail!("--products bf16: this processor has no AVX512_BF16")
+    }
     let (mut taps_total, mut wino_total, mut candle_total) = (0f64, 0f64, 0f64);
     let (mut taps_cpu, mut wino_cpu) = (0f64, 0f64);
     for shape in shapes(cli.size, cli.only)
@@ -174,7 +189,11 @@ fn run(cli: &Cli) -> Result<()> {
         } else {
             CpuConvKernel::Winograd
         };
-        let wino = Conv2d::with_cpu_kernel(&wt, Some(b), kernel)?;
+        let products = match cli.products {
+            Products::F32 => CpuProducts::F32,
+            Products::Bf16 => CpuProducts::Bf16,
+        };
+        let wino = products::load_with(products, || Conv2d::with_cpu_kernel(&wt, Some(b), kernel))?;
         let (mut b_taps, mut b_wino, mut b_candle) = (Best::NONE, Best::NONE, Best::NONE);
         let mut err = 0f32;
         for _ in 0..cli.repeats.max(1) {

@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release --example decoder_bench -- --model-dir DIR [--size WxH]
 //!  [--chunks C] [--decoder tiny|wan|both] [--latents FILE] [--expect FILE]
-//!  [--portable] [--device cpu|cuda:N] [--precision f32|bf16|f16]`
+//!  [--portable] [--device cpu|cuda:N] [--precision f32|bf16|f16] [--products f32|bf16]`
 //!
 //! The folder needs `TCDecoder.ckpt` for `tiny` and `Wan2.1_VAE.pth` (or its
 //! converted safetensors) for `wan`; `make_model --wan-vae` writes both at the
@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
 use clap::Parser;
+use gstflashvsr::layers::products::{self, CpuProducts};
 use gstflashvsr::model::CancelToken;
 use gstflashvsr::model::decoder::{Decoder, DecoderState};
 use gstflashvsr::model::tcdecoder::{TcDecoder, TcDecoderConfig};
@@ -64,6 +65,12 @@ struct Args {
 
     #[command(flatten)]
     kernels: cli::KernelArgs,
+
+    /// Precision of the CPU's Winograd products: f32 (what the model runs,
+    /// whatever `--precision`), or bf16 with f32 sums (needs AVX512_BF16), to
+    /// measure what the decoder would gain
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    products: String,
 }
 
 /// Seeded normal latents (Box-Muller over a xorshift generator).
@@ -150,8 +157,15 @@ fn run(args: &Args) -> Result<()> {
         args.compute.precision,
         args.kernels.path()
     );
+    let products = match args.products.as_str() {
+        "f32" => CpuProducts::F32,
+        "bf16" if products::bf16_available() && device.is_cpu() => CpuProducts::Bf16,
+        "bf16" => candle_core::bail!("--products bf16 needs the CPU and AVX512_BF16"),
+        other => candle_core::bail!("--products {other:?}: expected f32 or bf16"),
+    };
+    println!("cpu products: {products:?}");
     for kind in kinds {
-        let decoder = load(args, kind, &device, dtype)?;
+        let decoder = products::load_with(products, || load(args, kind, &device, dtype))?;
         // the decoder's own peak: from here (weights loaded), where the kernel allows
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         println!(

@@ -67,6 +67,39 @@ fn sparse_v1_1_matches_the_official_pipeline() -> Result<()> {
     assert_parity("sparse-v1.1")
 }
 
+/// bf16 on the CPU: with AVX512_BF16 the LQ projection's and the DiT's
+/// products run in bf16 (f32 sums, f32 activations) and the whole case stays
+/// within the bf16 bounds stated in `parity::Tolerances::BF16`; elsewhere bf16
+/// runs candle's ops, held to the same bounds.
+#[test]
+fn tiny_v1_in_bf16_stays_within_the_bf16_bounds() -> Result<()> {
+    let Some(dir) = common::golden_case("tiny-v1") else {
+        return Ok(());
+    };
+    let case = GoldenCase::load(&dir)?;
+    let opts = ModelOptions {
+        dtype: DType::BF16,
+        ..cpu_f32()
+    };
+    let model = FlashVsrModel::load(&case.model_dir(), &opts)?;
+    let want = if gstflashvsr::layers::products::bf16_available() {
+        gstflashvsr::layers::products::CpuProducts::Bf16
+    } else {
+        gstflashvsr::layers::products::CpuProducts::F32
+    };
+    assert_eq!(model.cpu_products(), want);
+    drop(model);
+    let results = parity::check_pipeline(&case, &opts, |c| println!("{c}"))?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.to_string())
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert!(results.iter().any(|c| c.name == "out.frames_u8"));
+    Ok(())
+}
+
 /// Runs chunk 0's DiT pass of the tiny-v1 case with its RoPE time positions
 /// starting at `time_offset`, on a fresh KV cache.
 fn dit_chunk0_at(model: &FlashVsrModel, case: &GoldenCase, time_offset: usize) -> Result<Tensor> {

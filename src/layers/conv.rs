@@ -16,10 +16,15 @@
 //! plus a broadcast bias add; see docs/device-path.md, section "Convolutions".
 //! Only one layout is kept, so memory holds each weight once.
 
-use candle_core::{DType, Device, Result, Tensor};
+use std::sync::Arc;
 
+use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+
+use super::cpu::bf16_gemm::PackedLhs;
+use super::cpu::epilogue::Epilogue;
 use super::cpu::{conv_taps, winograd, winograd_f4, winograd_transforms};
 use super::kernels;
+use super::products::{self, CpuProducts};
 use super::shape_log::{self, ConvShape};
 
 /// The weight in the layout its device's path reads.
@@ -30,14 +35,19 @@ enum Weight {
     /// CPU, 3x3 kernels: the Winograd weights `G g G^T`, `[16, c_out, c_in]`
     /// for F(2x2, 3x3) or `[36, c_out, c_in]` for F(4x4, 3x3) (see [`winograd`]).
     Winograd(Tensor),
+    /// CPU, 3x3 kernels, bf16 products (`layers::products`): the same Winograd
+    /// weights, one packed bf16 `c_out x c_in` operand per transformed position.
+    WinogradBf16(Arc<Vec<PackedLhs>>),
     /// Other devices: `[c_out, c_in, k, k]`, as `conv2d` takes it.
     Kernel(Tensor),
 }
 
 impl Weight {
+    /// The dtype of the activations the path takes.
     fn dtype(&self) -> DType {
         match self {
             Self::Taps(t) | Self::Winograd(t) | Self::Kernel(t) => t.dtype(),
+            Self::WinogradBf16(_) => DType::F32,
         }
     }
 
@@ -64,6 +74,21 @@ impl Weight {
                 Tensor::from_vec(kernel, (c_out, c_in, 3, 3), weight_device(self))?
                     .to_dtype(self.dtype())
             }
+            Self::WinogradBf16(packed) => {
+                let (c_out, c_in) = (packed[0].m, packed[0].k);
+                let mut u = Vec::with_capacity(packed.len() * c_out * c_in);
+                for xi in packed.iter() {
+                    for o in 0..c_out {
+                        u.extend((0..c_in).map(|i| xi.value(o, i)));
+                    }
+                }
+                let kernel = if packed.len() == 16 {
+                    winograd_transforms::kernels_from_weights(&u, c_out, c_in)
+                } else {
+                    winograd_f4::kernels_from_weights(&u, c_out, c_in)
+                };
+                Tensor::from_vec(kernel, (c_out, c_in, 3, 3), &Device::Cpu)
+            }
         }
     }
 }
@@ -72,6 +97,7 @@ impl Weight {
 fn weight_device(w: &Weight) -> &Device {
     match w {
         Weight::Taps(t) | Weight::Winograd(t) | Weight::Kernel(t) => t.device(),
+        Weight::WinogradBf16(_) => &Device::Cpu,
     }
 }
 
@@ -118,6 +144,22 @@ const WINOGRAD_MIN_IN_CHANNELS: usize = 64;
 /// layers where it wins are a few percent of a chunk, so it is not the default;
 /// `CpuConvKernel::Winograd4` picks it per layer.
 const DEFAULT_WINOGRAD_TILE: usize = 2;
+
+/// What [`Conv2d::forward_then`] applies after the bias: add `residual` (of the
+/// output's shape), then ReLU where `relu`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Then<'a> {
+    pub residual: Option<&'a Tensor>,
+    pub relu: bool,
+}
+
+impl Then<'_> {
+    /// ReLU only.
+    pub const RELU: Then<'static> = Then {
+        residual: None,
+        relu: true,
+    };
+}
 
 /// A stride-1, "same"-padded 2-D convolution with an odd square kernel.
 #[derive(Debug, Clone)]
@@ -176,9 +218,20 @@ impl Conv2d {
             } else {
                 (winograd_transforms::weights(&kernel, c_out, c_in), 16)
             };
-            Weight::Winograd(
-                Tensor::from_vec(u, (xis, c_out, c_in), weight.device())?.to_dtype(dtype)?,
-            )
+            // F(4x4)'s transforms grow the rounding of bf16 operands about
+            // 7x past F(2x2)'s (0.2 against 0.03 on unit-scale outputs in the
+            // tests): its products stay in f32.
+            if products::at_load() == CpuProducts::Bf16 && xis == 16 {
+                let packed = u
+                    .chunks_exact(c_out * c_in)
+                    .map(|ui| PackedLhs::pack(c_out, c_in, |o, i| ui[o * c_in + i]))
+                    .collect();
+                Weight::WinogradBf16(Arc::new(packed))
+            } else {
+                Weight::Winograd(
+                    Tensor::from_vec(u, (xis, c_out, c_in), weight.device())?.to_dtype(dtype)?,
+                )
+            }
         } else if weight.device().is_cpu() {
             Weight::Taps(
                 weight
@@ -224,17 +277,23 @@ impl Conv2d {
     /// `x`: `[n, c_in, h, w]`, zero-padded here; returns `[n, c_out, h, w]` in
     /// `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, self.k / 2)
+        self.run(x, self.k / 2, Then::default())
+    }
+
+    /// `relu(conv(x))`, or `relu(conv(x) + residual)` as `then` says, on the
+    /// CPU in the same pass that writes the outputs.
+    pub fn forward_then(&self, x: &Tensor, then: Then<'_>) -> Result<Tensor> {
+        self.run(x, self.k / 2, then)
     }
 
     /// `padded`: `[n, c_in, h + k - 1, w + k - 1]`, already padded by the caller
     /// (e.g. replicate padding); returns `[n, c_out, h, w]` in `padded`'s dtype.
     pub fn forward_padded(&self, padded: &Tensor) -> Result<Tensor> {
-        self.run(padded, 0)
+        self.run(padded, 0, Then::default())
     }
 
-    /// Convolves `x` zero-padded by `pad` on each side.
-    fn run(&self, x: &Tensor, pad: usize) -> Result<Tensor> {
+    /// Convolves `x` zero-padded by `pad` on each side, then applies `then`.
+    fn run(&self, x: &Tensor, pad: usize, then: Then<'_>) -> Result<Tensor> {
         let (n, c, xh, xw) = x.dims4()?;
         let (ph, pw) = (xh + 2 * pad, xw + 2 * pad);
         if c != self.c_in || ph < self.k || pw < self.k {
@@ -246,6 +305,15 @@ impl Conv2d {
             )
         }
         let (h, w) = (ph + 1 - self.k, pw + 1 - self.k);
+        if let Some(r) = then.residual
+            && r.dims() != [n, self.c_out, h, w]
+        {
+            candle_core::bail!(
+                "convolution residual {:?} does not match the output {:?}",
+                r.dims(),
+                [n, self.c_out, h, w]
+            )
+        }
         shape_log::log_conv(ConvShape {
             n,
             c_in: c,
@@ -257,27 +325,58 @@ impl Conv2d {
         });
         let dtype = x.dtype();
         let x = x.to_dtype(self.weight.dtype())?;
-        let y = match &self.weight {
-            Weight::Taps(taps) if kernels::cpu_fast_path(&x) => self.forward_cpu(&x, taps, pad)?,
-            Weight::Winograd(u) if kernels::cpu_fast_path(&x) => {
-                let op = winograd::WinogradConv {
-                    pad,
-                    bias: self.cpu_bias.as_deref(),
-                };
-                x.contiguous()?.apply_op2_no_bwd(u, &op)?
+        let fast = kernels::cpu_fast_path(&x) && !matches!(self.weight, Weight::Kernel(_));
+        if !fast {
+            let mut y = self.forward_portable(&x, pad)?;
+            if let Some(r) = then.residual {
+                let r = r.to_dtype(y.dtype())?;
+                y = (y + r)?;
             }
-            _ => self.forward_portable(&x, pad)?,
+            if then.relu {
+                y = y.relu()?;
+            }
+            return y.to_dtype(dtype);
+        }
+        // The residual as the CPU ops read it: contiguous f32 values.
+        let residual = then
+            .residual
+            .map(|r| r.to_dtype(DType::F32)?.contiguous())
+            .transpose()?;
+        let guard = residual.as_ref().map(|r| r.storage_and_layout());
+        let residual_values = match &guard {
+            Some((storage, layout)) => match (&**storage, layout.contiguous_offsets()) {
+                (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Some(&v[start..end]),
+                _ => candle_core::bail!("convolution residual: not f32 values on the CPU"),
+            },
+            None => None,
         };
-        y.to_dtype(dtype)
-    }
-
-    fn forward_cpu(&self, x: &Tensor, taps: &Tensor, pad: usize) -> Result<Tensor> {
-        let op = conv_taps::TapConv {
-            k: self.k,
+        let epilogue = Epilogue {
+            residual: residual_values,
+            relu: then.relu,
+        };
+        let conv = winograd::WinogradConv {
             pad,
             bias: self.cpu_bias.as_deref(),
+            epilogue,
         };
-        x.contiguous()?.apply_op2_no_bwd(taps, &op)
+        let x = x.contiguous()?;
+        let y = match &self.weight {
+            Weight::Taps(taps) => {
+                let op = conv_taps::TapConv {
+                    k: self.k,
+                    pad,
+                    bias: self.cpu_bias.as_deref(),
+                    epilogue,
+                };
+                x.apply_op2_no_bwd(taps, &op)?
+            }
+            Weight::Winograd(u) => x.apply_op2_no_bwd(u, &conv)?,
+            Weight::WinogradBf16(u) => {
+                x.apply_op1_no_bwd(&winograd::WinogradConvBf16 { conv, u })?
+            }
+            Weight::Kernel(_) => unreachable!("device weights take the portable path"),
+        };
+        y.to_dtype(dtype)
     }
 
     /// The whole batch in one candle `conv2d` (zero padding by `pad` included),
@@ -524,6 +623,96 @@ mod tests {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Built for bf16 products, an F(2x2) Winograd layer holds packed bf16
+    /// weights and stays within bf16 rounding of the f32 taps (partial tiles,
+    /// several strips, channel counts off the kernel's blocks), on the fast
+    /// path and on the portable path rebuilt from the packed weights; F(4x4)
+    /// keeps f32 products.
+    #[test]
+    fn bf16_winograd_stays_within_rounding() -> Result<()> {
+        if !products::bf16_available() {
+            eprintln!("skipped: this processor has no AVX512_BF16");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        for (c_in, c_out, n, h, w) in [(65, 13, 2, 9, 13), (64, 40, 1, 70, 300), (3, 2, 1, 1, 1)] {
+            let x = Tensor::randn(0f32, 1.0, (n, c_in, h, w), &dev)?;
+            let wt = (Tensor::randn(0f32, 1.0, (c_out, c_in, 3, 3), &dev)?
+                / (9.0 * c_in as f64).sqrt())?;
+            let b = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+            let taps = Conv2d::with_cpu_kernel(&wt, Some(b.clone()), CpuConvKernel::Taps)?;
+            let want = taps.forward(&x)?;
+            let f4 = products::load_with(CpuProducts::Bf16, || {
+                Conv2d::with_cpu_kernel(&wt, Some(b.clone()), CpuConvKernel::Winograd4)
+            })?;
+            assert!(matches!(&f4.weight, Weight::Winograd(_)));
+            let conv = products::load_with(CpuProducts::Bf16, || {
+                Conv2d::with_cpu_kernel(&wt, Some(b.clone()), CpuConvKernel::Winograd)
+            })?;
+            assert!(matches!(&conv.weight, Weight::WinogradBf16(_)));
+            {
+                // unit-scale outputs: bf16's relative step 2^-8 over 9 c_in
+                // terms, grown by the transforms
+                let bound = 0.03;
+                for path in [KernelPath::Fast, KernelPath::Portable] {
+                    let got = kernels::run_with(path, || conv.forward(&x))?;
+                    assert_eq!(got.dtype(), DType::F32);
+                    let err = max_err(&got, &want)?;
+                    eprintln!("bf16 winograd {path:?} {c_in}->{c_out} {h}x{w}: {err}");
+                    assert!(
+                        err > 0.0 && err < bound,
+                        "{path:?} {c_in}->{c_out} {h}x{w}: {err}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `forward_then` equals the convolution followed by candle's add and
+    /// ReLU, on the tap and Winograd paths and on the portable path, and
+    /// refuses a residual of another shape.
+    #[test]
+    fn fused_residual_and_relu_equal_separate_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, c_in, c_out, h, w) = (2, 5, 9, 11, 13);
+        let x = Tensor::randn(0f32, 1.0, (n, c_in, h, w), &dev)?;
+        let r = Tensor::randn(0f32, 1.0, (n, c_out, h, w), &dev)?;
+        let wt = Tensor::randn(0f32, 1.0, (c_out, c_in, 3, 3), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+        for kernel in [CpuConvKernel::Taps, CpuConvKernel::Winograd] {
+            let conv = Conv2d::with_cpu_kernel(&wt, Some(b.clone()), kernel)?;
+            let plain = conv.forward(&x)?;
+            for (residual, relu) in [(None, true), (Some(&r), false), (Some(&r), true)] {
+                let mut want = plain.clone();
+                if let Some(r) = residual {
+                    want = (want + r)?;
+                }
+                if relu {
+                    want = want.relu()?;
+                }
+                let then = Then { residual, relu };
+                for path in [KernelPath::Fast, KernelPath::Portable] {
+                    let got = kernels::run_with(path, || conv.forward_then(&x, then))?;
+                    let err = max_err(&got, &want)?;
+                    assert!(
+                        err < 1e-4,
+                        "{kernel:?} {path:?} residual={} relu={relu}: {err}",
+                        residual.is_some()
+                    );
+                }
+            }
+            let wrong = Tensor::zeros((n, c_out, h, w + 1), DType::F32, &dev)?;
+            let then = Then {
+                residual: Some(&wrong),
+                relu: true,
+            };
+            let err = conv.forward_then(&x, then).unwrap_err().to_string();
+            assert!(err.contains("residual"), "{err}");
         }
         Ok(())
     }

@@ -1,25 +1,53 @@
 //! The linear layer of every projection in the model. Plain candle ops, so it
 //! runs on every candle device; `forward_gelu` adds the fused CPU activation of
-//! `layers::activation` beside them.
+//! `layers::activation` beside them. A layer built for bf16 CPU products
+//! (`layers::products`) holds its weight packed in bf16 and multiplies f32
+//! inputs with `cpu::bf16_gemm`.
 
-use candle_core::{Module, Result, Tensor};
+use std::sync::Arc;
 
-use super::{activation, shape_log};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
+
+use super::cpu::bf16_gemm::{PackedLhs, PackedRhs, matmul};
+use super::cpu::gemm::contiguous_f32;
+use super::products::{self, CpuProducts};
+use super::{activation, kernels, shape_log};
+
+/// The weight, transposed once at load so that every forward is a plain product.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// `W^T` `[in, out]`, multiplied by candle's matmul.
+    Tensor(Tensor),
+    /// `W^T` packed in bf16 for the CPU's bf16 products.
+    CpuBf16(Arc<PackedRhs>),
+}
 
 /// A linear layer `x W^T + b` that accepts inputs of any rank.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    weight_t: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        // Transposed once at load so that every forward is a plain matmul.
-        Ok(Self {
-            weight_t: weight.t()?.contiguous()?,
-            bias,
-        })
+        let weight_t = weight.t()?.contiguous()?;
+        let weight = if weight_t.device().is_cpu() && products::at_load() == CpuProducts::Bf16 {
+            let (k, n) = weight_t.dims2()?;
+            let values = weight_t
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Weight::CpuBf16(Arc::new(PackedRhs::pack(&values, k, n)))
+        } else {
+            Weight::Tensor(weight_t)
+        };
+        // The bf16 products return f32: the bias joins them in f32.
+        let bias = match (&weight, bias) {
+            (Weight::CpuBf16(_), Some(b)) => Some(b.to_dtype(DType::F32)?),
+            (_, b) => b,
+        };
+        Ok(Self { weight, bias })
     }
 
     pub(crate) fn load(
@@ -44,11 +72,30 @@ impl Linear {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
-        // Inputs from f32-only stages (e.g. CPU convolutions) meet half-precision weights.
-        let x = x.to_dtype(self.weight_t.dtype())?;
-        let y = shape_log::matmul(&x.reshape((rows, in_dim))?, &self.weight_t)?;
+        let x = x.reshape((rows, in_dim))?;
+        let (y, out) = match &self.weight {
+            Weight::Tensor(weight_t) => {
+                // Inputs from f32-only stages (e.g. CPU convolutions) meet
+                // half-precision weights.
+                let x = x.to_dtype(weight_t.dtype())?;
+                (shape_log::matmul(&x, weight_t)?, weight_t.dim(1)?)
+            }
+            Weight::CpuBf16(packed) => {
+                let x = x.to_dtype(DType::F32)?;
+                let y = if kernels::cpu_fast_path(&x) {
+                    x.contiguous()?.apply_op1_no_bwd(&Bf16Product(packed))?
+                } else {
+                    // The portable path forced on a layer packed for the CPU
+                    // (tests): the packed values as a tensor, per call.
+                    let weight_t =
+                        Tensor::from_vec(packed.unpack(), (packed.k, packed.n), x.device())?;
+                    x.matmul(&weight_t)?
+                };
+                (y, packed.n)
+            }
+        };
         let mut out_dims = dims.to_vec();
-        out_dims[dims.len() - 1] = self.weight_t.dim(1)?;
+        out_dims[dims.len() - 1] = out;
         Ok((y, out_dims))
     }
 
@@ -70,6 +117,40 @@ impl Module for Linear {
     }
 }
 
+/// `x [rows, in] @ W^T` with `W^T` packed in bf16: the rows are packed per call
+/// and the sums come back in f32.
+struct Bf16Product<'a>(&'a PackedRhs);
+
+impl CustomOp1 for Bf16Product<'_> {
+    fn name(&self) -> &'static str {
+        "bf16-linear"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(x, layout, "bf16 linear", "input")?;
+        let (rows, k) = layout.shape().dims2()?;
+        let rhs = self.0.as_ref();
+        if k != rhs.k {
+            candle_core::bail!(
+                "bf16 linear: input of {k} features for a weight of {}",
+                rhs.k
+            )
+        }
+        let mut lhs = PackedLhs::default();
+        lhs.repack_rows(rows, k, x, k);
+        let mut y = vec![0f32; rows * rhs.n];
+        matmul(
+            &lhs,
+            rhs,
+            &mut y,
+            rhs.n,
+            false,
+            candle_core::utils::get_num_threads(),
+        );
+        Ok((CpuStorage::F32(y), Shape::from((rows, rhs.n))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +165,37 @@ mod tests {
         let y = lin.forward(&x)?;
         assert_eq!(y.dims(), &[1, 1, 3]);
         assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, vec![1., 4., 4.]);
+        Ok(())
+    }
+
+    /// Built for bf16 products, the layer returns f32 within bf16 rounding of
+    /// the f32 layer, on the fast and the forced portable path.
+    #[test]
+    fn bf16_products_stay_within_rounding() -> Result<()> {
+        if !products::bf16_available() {
+            eprintln!("skipped: this processor has no AVX512_BF16");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (70, 129), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 70, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 25, 129), &dev)?;
+        let f32_layer = Linear::new(w.clone(), Some(b.clone()))?;
+        let bf16_layer = products::load_with(CpuProducts::Bf16, || Linear::new(w, Some(b)))?;
+        assert!(matches!(bf16_layer.weight, Weight::CpuBf16(_)));
+        let want = f32_layer.forward(&x)?;
+        // bf16 keeps 8 bits: each of the 129 terms moves by up to 2^-8 of itself
+        let bound = 129f32.sqrt() * 3.0 * 2f32.powi(-8);
+        for path in [kernels::KernelPath::Fast, kernels::KernelPath::Portable] {
+            let got = kernels::run_with(path, || bf16_layer.forward(&x))?;
+            assert_eq!(got.dims(), &[2, 25, 70]);
+            assert_eq!(got.dtype(), DType::F32);
+            let err = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err > 0.0 && err < bound, "{path:?}: {err} (bound {bound})");
+            let gelu = kernels::run_with(path, || bf16_layer.forward_gelu(&x))?;
+            let err = (gelu - got.gelu()?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 1e-3, "{path:?}: gelu {err}");
+        }
         Ok(())
     }
 }

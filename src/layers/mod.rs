@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod linear;
 pub mod masked_attention;
 pub mod norm;
+pub mod products;
 pub mod shape_log;
 pub mod softmax;
 pub mod sparse_attention;

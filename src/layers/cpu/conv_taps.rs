@@ -12,6 +12,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
+use super::epilogue::Epilogue;
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
 
 /// Output columns computed per strip (`rows * pw`): the strip's accumulator
@@ -24,6 +25,8 @@ pub(crate) struct TapConv<'a> {
     pub k: usize,
     pub pad: usize,
     pub bias: Option<&'a [f32]>,
+    /// Applied as the outputs are written.
+    pub epilogue: Epilogue<'a>,
 }
 
 impl CustomOp2 for TapConv<'_> {
@@ -63,6 +66,17 @@ impl CustomOp2 for TapConv<'_> {
             w: pw + 1 - k,
         };
         let frame_out = c_out * geometry.h * geometry.w;
+        if self
+            .epilogue
+            .residual
+            .is_some_and(|r| r.len() != n * frame_out)
+        {
+            candle_core::bail!(
+                "tap convolution: residual does not match the output [{n}, {c_out}, {}, {}]",
+                geometry.h,
+                geometry.w
+            )
+        }
         let mut out = vec![0f32; n * frame_out];
         let mut padded = Vec::new();
         for (i, dst) in out.chunks_exact_mut(frame_out).enumerate() {
@@ -73,7 +87,14 @@ impl CustomOp2 for TapConv<'_> {
                 pad_zeros(src, c_in, h0, w0_, self.pad, &mut padded);
                 &padded[..]
             };
-            geometry.frame(frame, w, self.bias, dst)?;
+            let epilogue = Epilogue {
+                residual: self
+                    .epilogue
+                    .residual
+                    .map(|r| &r[i * frame_out..(i + 1) * frame_out]),
+                relu: self.epilogue.relu,
+            };
+            geometry.frame(frame, w, self.bias, epilogue, dst)?;
         }
         Ok((
             CpuStorage::F32(out),
@@ -115,6 +136,7 @@ impl Geometry {
         frame: &[f32],
         weight: &[f32],
         bias: Option<&[f32]>,
+        epilogue: Epilogue<'_>,
         out: &mut [f32],
     ) -> Result<()> {
         let Geometry { k, pw, h, w, .. } = *self;
@@ -147,7 +169,7 @@ impl Geometry {
             for (o, acc) in wide.chunks_exact(row_stride).take(self.c_out).enumerate() {
                 for r in 0..rows {
                     let dst = (o * h + r0 + r) * w;
-                    out[dst..dst + w].copy_from_slice(&acc[r * pw..r * pw + w]);
+                    epilogue.write(out, dst, &acc[r * pw..r * pw + w]);
                 }
             }
             r0 += rows;

@@ -104,17 +104,42 @@ impl CpuFeatures {
                 .map(|s| (s, all.clone()))
                 .collect();
         }
-        let (products, vector) = (self.matrix_products(), self.vector_kernels());
+        let (f32_products, vector) = (self.matrix_products(), self.vector_kernels());
+        if dtype == DType::BF16 && self.avx512bf16 {
+            // `FlashVsrModel::load`: bf16 products in the LQ projection and the
+            // DiT, f32 everywhere else.
+            let bf16 = "bf16 products with f32 sums (AVX512_BF16 vdpbf16ps)";
+            let convs = |products: &str| {
+                format!(
+                    "3x3 convs as Winograd F(2x2, 3x3) ({vector} transforms, {products}) and taps ({f32_products})"
+                )
+            };
+            return vec![
+                (
+                    "LQ projection",
+                    format!("{}; channel norms {vector}; linear on {bf16}", convs(bf16)),
+                ),
+                (
+                    "DiT",
+                    format!(
+                        "linears on {bf16}; attention on {f32_products}; norms, softmax, GELU {vector}; activations f32"
+                    ),
+                ),
+                (
+                    "decoder",
+                    format!(
+                        "{}; channel norms {vector}; f32 (bf16 products miss the golden bound)",
+                        convs(f32_products)
+                    ),
+                ),
+                ("colour fix", "candle's CPU ops".to_owned()),
+            ];
+        }
+        let products = f32_products;
         let half = match dtype {
             DType::F32 => String::new(),
-            _ => format!(
-                "; {dtype:?} on the CPU: candle ops (no half-precision fast path{})",
-                if self.avx512bf16 {
-                    ", AVX512_BF16 unused"
-                } else {
-                    ""
-                }
-            ),
+            DType::BF16 => "; BF16 on the CPU: candle ops (this CPU has no AVX512_BF16)".to_owned(),
+            _ => format!("; {dtype:?} on the CPU: candle ops (no fast path in {dtype:?})"),
         };
         let convs = format!(
             "3x3 convs as Winograd F(2x2, 3x3) ({vector} transforms) and taps, products on {products}"

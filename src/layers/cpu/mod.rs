@@ -3,7 +3,9 @@
 //! vectorised with [`fast_math`] (AVX-512, AVX2 + FMA or plain code, picked at
 //! run time) and multiply through the `gemm` crate ([`gemm`]).
 
+pub(crate) mod bf16_gemm;
 pub(crate) mod conv_taps;
+pub(crate) mod epilogue;
 pub(crate) mod fast_math;
 pub mod features;
 pub(crate) mod gelu;

@@ -16,9 +16,11 @@
 //! parallel (each product on one thread) when there are enough of them,
 //! otherwise one after the other with every thread in each product.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 
+use super::bf16_gemm::{self, PackedLhs, RhsRef, pack_rhs};
+use super::epilogue::Epilogue;
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
 use super::{winograd_f4, winograd_transforms};
 
@@ -34,6 +36,18 @@ const MIN_STRIP_TILES: usize = 64;
 pub(crate) struct WinogradConv<'a> {
     pub pad: usize,
     pub bias: Option<&'a [f32]>,
+    /// Applied as the outputs are written.
+    pub epilogue: Epilogue<'a>,
+}
+
+/// The transformed weights of a layer as the products read them.
+#[derive(Clone, Copy)]
+pub(crate) enum Products<'a> {
+    /// `[16 or 36, c_out, c_in]` f32, through `gemm`.
+    F32(&'a [f32]),
+    /// One packed bf16 `c_out x c_in` operand per transformed position, through
+    /// `bf16_gemm` (f32 sums).
+    Bf16(&'a [PackedLhs]),
 }
 
 impl CustomOp2 for WinogradConv<'_> {
@@ -48,61 +62,110 @@ impl CustomOp2 for WinogradConv<'_> {
         u: &CpuStorage,
         u_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        const OP: &str = "winograd convolution";
-        let x = contiguous_f32(x, x_layout, OP, "input")?;
         let u = contiguous_f32(u, u_layout, OP, "weight")?;
-        let (n, c_in, xh, xw) = x_layout.shape().dims4()?;
-        let (xis, c_out, wc) = u_layout.shape().dims3()?;
-        let (ph, pw) = (xh + 2 * self.pad, xw + 2 * self.pad);
-        let m = match xis {
-            16 => 2,
-            36 => winograd_f4::M,
-            _ => 0,
-        };
-        if m == 0 || wc != c_in || ph < 3 || pw < 3 || self.bias.is_some_and(|b| b.len() != c_out) {
-            candle_core::bail!(
-                "winograd convolution: input {:?} does not fit weight {:?} with padding {}",
-                x_layout.shape().dims(),
-                u_layout.shape().dims(),
-                self.pad
-            )
+        let (xis, c_out, c_in) = u_layout.shape().dims3()?;
+        if u.len() != xis * c_out * c_in {
+            candle_core::bail!("winograd convolution: weight of {} values", u.len())
         }
-        let (h, w) = (ph - 2, pw - 2);
-        let tiles = Tiles {
-            n,
-            c_in,
-            c_out,
-            m,
-            th: h.div_ceil(m),
-            tw: w.div_ceil(m),
-            xh,
-            xw,
-            pad: self.pad,
-        };
-        let mut out = vec![0f32; n * c_out * h * w];
-        let bias = self.bias;
-        let threads = candle_core::utils::get_num_threads();
-        let strips = tiles.strips();
-        if strips.len() >= threads && threads > 1 {
-            let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
-            for batch in strips.chunks(threads) {
-                batch
-                    .par_iter()
-                    .zip(scratch.par_iter_mut())
-                    .try_for_each(|(&(g0, rows), s)| tiles.strip(x, u, bias, g0, rows, 1, s))?;
-                for (&(g0, rows), s) in batch.iter().zip(&scratch) {
-                    tiles.scatter(&s.local, g0, rows, h, w, &mut out);
-                }
-            }
-        } else {
-            let mut s = Scratch::default();
-            for &(g0, rows) in &strips {
-                tiles.strip(x, u, bias, g0, rows, threads, &mut s)?;
-                tiles.scatter(&s.local, g0, rows, h, w, &mut out);
-            }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((n, c_out, h, w))))
+        convolve(self, x, x_layout, (xis, c_out, c_in), Products::F32(u))
     }
+}
+
+/// [`WinogradConv`] with the products in bf16: the weights packed at load,
+/// each strip's transformed inputs packed before its products.
+pub(crate) struct WinogradConvBf16<'a> {
+    pub conv: WinogradConv<'a>,
+    /// One `c_out x c_in` operand per transformed position (16 or 36).
+    pub u: &'a [PackedLhs],
+}
+
+impl CustomOp1 for WinogradConvBf16<'_> {
+    fn name(&self) -> &'static str {
+        "winograd-conv2d-bf16"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (c_out, c_in) = self.u.first().map_or((0, 0), |u| (u.m, u.k));
+        convolve(
+            &self.conv,
+            x,
+            x_layout,
+            (self.u.len(), c_out, c_in),
+            Products::Bf16(self.u),
+        )
+    }
+}
+
+const OP: &str = "winograd convolution";
+
+/// The convolution of `x` by weights of `(xis, c_out, c_in)` transformed values.
+fn convolve(
+    conv: &WinogradConv<'_>,
+    x: &CpuStorage,
+    x_layout: &Layout,
+    (xis, c_out, wc): (usize, usize, usize),
+    u: Products<'_>,
+) -> Result<(CpuStorage, Shape)> {
+    let x = contiguous_f32(x, x_layout, OP, "input")?;
+    let (n, c_in, xh, xw) = x_layout.shape().dims4()?;
+    let (ph, pw) = (xh + 2 * conv.pad, xw + 2 * conv.pad);
+    let m = match xis {
+        16 => 2,
+        36 => winograd_f4::M,
+        _ => 0,
+    };
+    if m == 0 || wc != c_in || ph < 3 || pw < 3 || conv.bias.is_some_and(|b| b.len() != c_out) {
+        candle_core::bail!(
+            "winograd convolution: input {:?} does not fit weight {:?} with padding {}",
+            x_layout.shape().dims(),
+            [xis, c_out, wc],
+            conv.pad
+        )
+    }
+    let (h, w) = (ph - 2, pw - 2);
+    if conv
+        .epilogue
+        .residual
+        .is_some_and(|r| r.len() != n * c_out * h * w)
+    {
+        candle_core::bail!(
+            "winograd convolution: residual does not match the output [{n}, {c_out}, {h}, {w}]"
+        )
+    }
+    let tiles = Tiles {
+        n,
+        c_in,
+        c_out,
+        m,
+        th: h.div_ceil(m),
+        tw: w.div_ceil(m),
+        xh,
+        xw,
+        pad: conv.pad,
+    };
+    let mut out = vec![0f32; n * c_out * h * w];
+    let bias = conv.bias;
+    let threads = candle_core::utils::get_num_threads();
+    let strips = tiles.strips();
+    if strips.len() >= threads && threads > 1 {
+        let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
+        for batch in strips.chunks(threads) {
+            batch
+                .par_iter()
+                .zip(scratch.par_iter_mut())
+                .for_each(|(&(g0, rows), s)| tiles.strip(x, u, bias, g0, rows, 1, s));
+            for (&(g0, rows), s) in batch.iter().zip(&scratch) {
+                tiles.scatter(&s.local, g0, rows, (h, w), conv.epilogue, &mut out);
+            }
+        }
+    } else {
+        let mut s = Scratch::default();
+        for &(g0, rows) in &strips {
+            tiles.strip(x, u, bias, g0, rows, threads, &mut s);
+            tiles.scatter(&s.local, g0, rows, (h, w), conv.epilogue, &mut out);
+        }
+    }
+    Ok((CpuStorage::F32(out), Shape::from((n, c_out, h, w))))
 }
 
 /// Buffers of one strip, kept from strip to strip so that each strip does not
@@ -113,6 +176,8 @@ impl CustomOp2 for WinogradConv<'_> {
 struct Scratch {
     rows: Vec<f32>,
     v: Vec<f32>,
+    /// One position's transformed inputs packed in bf16 (bf16 products only).
+    v_bf16: Vec<u32>,
     m: Vec<f32>,
     local: Vec<f32>,
 }
@@ -171,9 +236,14 @@ impl Tiles {
             let Some(sy) = (m * ty + i).checked_sub(pad).filter(|&sy| sy < xh) else {
                 continue;
             };
-            for (sx, &v) in plane[sy * xw..(sy + 1) * xw].iter().enumerate() {
-                let px = sx + pad;
-                dst[(px % m) * phase_len + px / m] = v;
+            let src = &plane[sy * xw..(sy + 1) * xw];
+            if m == 2 {
+                split_phases(src, pad, dst.split_at_mut(phase_len));
+            } else {
+                for (sx, &v) in src.iter().enumerate() {
+                    let px = sx + pad;
+                    dst[(px % m) * phase_len + px / m] = v;
+                }
             }
         }
     }
@@ -197,13 +267,13 @@ impl Tiles {
     fn strip(
         &self,
         input: &[f32],
-        u: &[f32],
+        u: Products<'_>,
         bias: Option<&[f32]>,
         g0: usize,
         rows: usize,
         threads: usize,
         scratch: &mut Scratch,
-    ) -> Result<()> {
+    ) {
         let Tiles {
             m: size,
             c_in,
@@ -235,40 +305,52 @@ impl Tiles {
             }
         }
         let m = resize(&mut scratch.m, xis * c_out * t);
-        if u.len() != xis * c_out * c_in {
-            candle_core::bail!("winograd convolution: weight of {} values", u.len())
-        }
         for xi in 0..xis {
-            let (dst, lhs, rhs) = (
+            let (dst, rhs) = (
                 &mut m[xi * c_out * t..(xi + 1) * c_out * t],
-                &u[xi * c_out * c_in..(xi + 1) * c_out * c_in],
                 &v[xi * c_in * t..(xi + 1) * c_in * t],
             );
-            // SAFETY: the three slices are exactly dst `c_out x t`, lhs
-            // `c_out x c_in` and rhs `c_in x t`, all row-major with unit column
-            // stride, so every element gemm touches lies inside them; `m` is a
-            // separate allocation from `u` and `v`.
-            unsafe {
-                gemm_f32(
-                    (c_out, t, c_in),
-                    Strided {
-                        ptr: dst.as_mut_ptr(),
-                        row_stride: t,
-                        col_stride: 1,
-                    },
-                    false,
-                    Strided {
-                        ptr: lhs.as_ptr(),
-                        row_stride: c_in,
-                        col_stride: 1,
-                    },
-                    Strided {
-                        ptr: rhs.as_ptr(),
-                        row_stride: t,
-                        col_stride: 1,
-                    },
-                    threads,
-                )
+            match u {
+                Products::F32(u) => {
+                    let lhs = &u[xi * c_out * c_in..(xi + 1) * c_out * c_in];
+                    // SAFETY: the three slices are exactly dst `c_out x t`, lhs
+                    // `c_out x c_in` and rhs `c_in x t`, all row-major with unit
+                    // column stride, so every element gemm touches lies inside
+                    // them; `m` is a separate allocation from `u` and `v`.
+                    unsafe {
+                        gemm_f32(
+                            (c_out, t, c_in),
+                            Strided {
+                                ptr: dst.as_mut_ptr(),
+                                row_stride: t,
+                                col_stride: 1,
+                            },
+                            false,
+                            Strided {
+                                ptr: lhs.as_ptr(),
+                                row_stride: c_in,
+                                col_stride: 1,
+                            },
+                            Strided {
+                                ptr: rhs.as_ptr(),
+                                row_stride: t,
+                                col_stride: 1,
+                            },
+                            threads,
+                        )
+                    }
+                }
+                Products::Bf16(u) => {
+                    scratch.v_bf16.resize(c_in.div_ceil(2) * t, 0);
+                    pack_rhs(rhs, c_in, t, t, &mut scratch.v_bf16);
+                    let rhs = RhsRef {
+                        data: &scratch.v_bf16,
+                        k: c_in,
+                        n: t,
+                        ld: t,
+                    };
+                    bf16_gemm::matmul(&u[xi], rhs, dst, t, false, threads);
+                }
             }
         }
         let line = size * tw;
@@ -285,12 +367,20 @@ impl Tiles {
                 }
             }
         }
-        Ok(())
     }
 
-    /// Copies a strip's `[rows, c_out, m, m tw]` outputs into `out`
-    /// `[n, c_out, h, w]`, dropping what the partial last tiles computed beyond it.
-    fn scatter(&self, local: &[f32], g0: usize, rows: usize, h: usize, w: usize, out: &mut [f32]) {
+    /// Writes a strip's `[rows, c_out, m, m tw]` outputs into `out`
+    /// `[n, c_out, h, w]` through `epilogue`, dropping what the partial last
+    /// tiles computed beyond it.
+    fn scatter(
+        &self,
+        local: &[f32],
+        g0: usize,
+        rows: usize,
+        (h, w): (usize, usize),
+        epilogue: Epilogue<'_>,
+        out: &mut [f32],
+    ) {
         let (m, c_out, th) = (self.m, self.c_out, self.th);
         let line = m * self.tw;
         for r in 0..rows {
@@ -303,10 +393,33 @@ impl Tiles {
                     }
                     let src = ((r * c_out + o) * m + dy) * line;
                     let dst = ((f * c_out + o) * h + y) * w;
-                    out[dst..dst + w].copy_from_slice(&local[src..src + w]);
+                    epilogue.write(out, dst, &local[src..src + w]);
                 }
             }
         }
+    }
+}
+
+/// Splits one input row, padded by `pad` on the left, into its even and odd
+/// padded columns (`even[i]` = padded column `2 i`): a deinterleave that
+/// vectorises, where the general loop divides per value.
+fn split_phases(src: &[f32], pad: usize, (even, odd): (&mut [f32], &mut [f32])) {
+    // Source column 2k is padded column 2k + pad, 2k + 1 the next one.
+    let (first, second, at0, at1) = if pad.is_multiple_of(2) {
+        (even, odd, pad / 2, pad / 2)
+    } else {
+        (odd, even, pad / 2, pad.div_ceil(2))
+    };
+    let pairs = src.chunks_exact(2);
+    let tail = pairs.remainder().first().copied();
+    let k = pairs.len();
+    let (a, b) = (&mut first[at0..at0 + k], &mut second[at1..at1 + k]);
+    for ((pair, x), y) in pairs.zip(a.iter_mut()).zip(b.iter_mut()) {
+        *x = pair[0];
+        *y = pair[1];
+    }
+    if let Some(v) = tail {
+        first[at0 + k] = v;
     }
 }
 

@@ -13,7 +13,7 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::cancel::CancelToken;
-use crate::layers::conv::Conv2d;
+use crate::layers::conv::{Conv2d, Then};
 use crate::model::tiling::Crop;
 
 pub use tiled::DecoderTiling;
@@ -71,6 +71,9 @@ impl Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.0.forward(x)
     }
+    fn forward_then(&self, x: &Tensor, then: Then<'_>) -> Result<Tensor> {
+        self.0.forward_then(x, then)
+    }
 }
 
 /// `relu(conv(relu(conv(relu(conv(cat[x, past]))))) + x)`.
@@ -104,11 +107,13 @@ impl MemBlock {
         };
         // its own storage: a view would keep all `n` frames of `x` alive
         *memory = Some(x.narrow(0, n - 1, 1)?.force_contiguous()?);
-        let y = self.convs[0]
-            .forward(&Tensor::cat(&[x, &past], 1)?)?
-            .relu()?;
-        let y = self.convs[1].forward(&y)?.relu()?;
-        (self.convs[2].forward(&y)? + x)?.relu()
+        let y = self.convs[0].forward_then(&Tensor::cat(&[x, &past], 1)?, Then::RELU)?;
+        let y = self.convs[1].forward_then(&y, Then::RELU)?;
+        let skip = Then {
+            residual: Some(x),
+            relu: true,
+        };
+        self.convs[2].forward_then(&y, skip)
     }
 }
 
@@ -372,24 +377,34 @@ impl TcDecoder {
     ) -> Result<Tensor> {
         cancel.check()?;
         let x = ((x / 3.0)?.tanh()? * 3.0)?;
-        let mut x = self
-            .conv_in2
-            .forward(&self.conv_in.forward(&x)?.relu()?)?
-            .relu()?;
+        let x = self.conv_in.forward_then(&x, Then::RELU)?;
+        let mut x = self.conv_in2.forward_then(&x, Then::RELU)?;
+        let last = self.stages.len() - 1;
         for (s, stage) in self.stages.iter().enumerate() {
             cancel.check()?;
             for (m, block) in stage.mem.iter().enumerate() {
                 x = block.forward(&x, &mut memory.0[3 * s + m])?;
             }
-            x = stage.conv.forward(
-                &stage
-                    .grow
-                    .forward(&x.upsample_nearest2d(x.dim(2)? * 2, x.dim(3)? * 2)?)?,
+            // The reference upsamples, then grows; a 1x1 conv and a nearest
+            // upsampling commute, so growing first is the same values for a
+            // quarter of the products and no upsampled copy of the input.
+            let grown = stage.grow.forward(&x)?;
+            // The output layers start with a ReLU: done by the last stage's
+            // conv as it writes (the crop takes whole pixels, so the order
+            // does not matter).
+            let then = if s == last {
+                Then::RELU
+            } else {
+                Then::default()
+            };
+            x = stage.conv.forward_then(
+                &grown.upsample_nearest2d(grown.dim(2)? * 2, grown.dim(3)? * 2)?,
+                then,
             )?;
             x = crops[s].apply(&x)?;
         }
         cancel.check()?;
-        self.conv_out2
-            .forward(&self.conv_out1.forward(&x.relu()?)?.relu()?)
+        let x = self.conv_out1.forward_then(&x, Then::RELU)?;
+        self.conv_out2.forward(&x)
     }
 }
