@@ -150,15 +150,18 @@ pub fn run(args: Cli) -> ExitCode {
         settings.kv_ratio
     );
     let choice = engine.kernel_choice();
+    // bf16 products keep the activations in f32, and with them the CPU path
     let cpu_fast = settings.kernels == KernelPath::Fast
         && settings.device == "cpu"
-        && settings.precision == Precision::F32;
+        && (settings.precision == Precision::F32
+            || engine.cpu_products() == gstflashvsr::layers::products::CpuProducts::Bf16);
     let attention = if cpu_fast {
         "CPU fast path (kept blocks read in place)".to_owned()
     } else {
         choice.kernels.to_string()
     };
     println!("attention: {attention} (setting {})", settings.attention);
+    println!("cpu products: {:?}", engine.cpu_products());
     if engine.device().is_cpu() {
         // what each stage runs on this processor
         let cpu = gstflashvsr::layers::CpuFeatures::detect();

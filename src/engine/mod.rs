@@ -173,6 +173,12 @@ impl<T> Engine<T> {
         self.model.kernel_choice()
     }
 
+    /// The precision of the CPU's large products in the loaded model (bf16 for
+    /// `precision=bf16` where the processor has AVX512_BF16).
+    pub fn cpu_products(&self) -> crate::layers::products::CpuProducts {
+        self.model.cpu_products()
+    }
+
     /// Output size for an input frame size: exactly `scale` times larger.
     pub fn output_size(&self, width: u32, height: u32) -> Option<(u32, u32)> {
         Some((
