@@ -18,6 +18,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::attention_path::{self, AttentionPath};
 use super::cpu::sparse_blocks;
+use super::products::{self, CpuProducts};
 use super::{
     device_kernels, gathered_attention, kernels, masked_attention, shape_log, softmax, topk,
 };
@@ -204,6 +205,19 @@ pub fn sparse_attention(
     v_win: &Tensor,
     mask: &Tensor,
 ) -> Result<Tensor> {
+    sparse_attention_with(q_win, k_win, v_win, mask, CpuProducts::F32)
+}
+
+/// [`sparse_attention`] with the CPU fast path's two products in `products`'
+/// precision (bf16: bf16 operands, f32 sums and softmax; the layers of a
+/// model loaded for bf16 products pass it). Other paths ignore it.
+pub fn sparse_attention_with(
+    q_win: &Tensor,
+    k_win: &Tensor,
+    v_win: &Tensor,
+    mask: &Tensor,
+    products: CpuProducts,
+) -> Result<Tensor> {
     if !kernels::cpu_fast_path(q_win) {
         return match attention_path::current().attention {
             AttentionPath::Fused => {
@@ -234,6 +248,7 @@ pub fn sparse_attention(
     let q_rows = (q_win.reshape((heads * nq, wt, d))? / (d as f64).sqrt())?;
     let op = sparse_blocks::BlockSparseAttention {
         batches: sparse_blocks::batches(&rows),
+        bf16: products == CpuProducts::Bf16 && products::bf16_available(),
     };
     op.log_products(wt, d);
     let k = k_win.reshape((heads * nk, wt, d))?.contiguous()?;
@@ -380,6 +395,37 @@ mod tests {
         assert!(err < 1e-5, "portable path: max error {err}");
         let empty = dense.get(0)?.get(1)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert_eq!(empty, 0.0);
+        Ok(())
+    }
+
+    /// With bf16 products (a model loaded for them on a CPU with AVX512_BF16)
+    /// the CPU path stays within bf16 rounding of the dense f32 reference, on
+    /// runs, batches, an odd head size and a query window without keys.
+    #[test]
+    fn bf16_products_stay_within_rounding() -> Result<()> {
+        if !products::bf16_available() {
+            eprintln!("skipped: this processor has no AVX512_BF16");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let (heads, nq, nk) = (2, 7, 11);
+        for d in [16, 9] {
+            let q = Tensor::randn(0f32, 1.0, (heads, nq, 128, d), &dev)?;
+            let k = Tensor::randn(0f32, 1.0, (heads, nk, 128, d), &dev)?;
+            let v = Tensor::randn(0f32, 1.0, (heads, nk, 128, d), &dev)?;
+            let mut bits: Vec<u8> = (0..heads * nq * nk)
+                .map(|i| ((i * 7 + i / 5) % 3 != 0 || i >= nq * nk) as u8)
+                .collect();
+            bits[nk..2 * nk].fill(0);
+            let mask = Tensor::from_vec(bits, (heads, nq, nk), &dev)?;
+            let dense = dense_masked_attention(&q, &k, &v, &mask)?;
+            let bf16 = sparse_attention_with(&q, &k, &v, &mask, CpuProducts::Bf16)?;
+            let err = (&bf16 - &dense)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            // unit-scale values: scores and averages move by a few 2^-8
+            assert!(err > 0.0 && err < 3e-2, "d={d}: max error {err}");
+            let empty = bf16.get(0)?.get(1)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(empty, 0.0);
+        }
         Ok(())
     }
 

@@ -100,24 +100,36 @@ impl PackedLhs {
         }
     }
 
-    /// Packs the rows of a row-major f32 matrix (`row_stride` apart) quickly:
-    /// the activations of a linear layer, packed per call.
+    /// Packs the rows of a row-major f32 matrix (`row_stride` apart) quickly,
+    /// panels in parallel: the activations of a linear layer, packed per call.
     pub(crate) fn repack_rows(&mut self, m: usize, k: usize, src: &[f32], row_stride: usize) {
+        self.repack_rows_on(m, k, src, row_stride, true)
+    }
+
+    /// As [`PackedLhs::repack_rows`], on the caller's thread only (for callers
+    /// that already run in parallel).
+    pub(crate) fn repack_rows_here(&mut self, m: usize, k: usize, src: &[f32], row_stride: usize) {
+        self.repack_rows_on(m, k, src, row_stride, false)
+    }
+
+    fn repack_rows_on(&mut self, m: usize, k: usize, src: &[f32], row_stride: usize, par: bool) {
         let kp = k.div_ceil(2);
         let panels = m.div_ceil(MR);
         self.m = m;
         self.k = k;
         self.data.clear();
         self.data.resize(panels * kp * MR, 0);
-        let data = &mut self.data;
-        data.par_chunks_mut(kp * MR)
-            .enumerate()
-            .for_each(|(panel, block)| {
-                for r in 0..MR.min(m - panel * MR) {
-                    let row = &src[(panel * MR + r) * row_stride..][..k];
-                    pack_row_into_panel(row, block, r);
-                }
-            });
+        let pack = |(panel, block): (usize, &mut [u32])| {
+            for r in 0..MR.min(m - panel * MR) {
+                let row = &src[(panel * MR + r) * row_stride..][..k];
+                pack_row_into_panel(row, block, r);
+            }
+        };
+        if par {
+            self.data.par_chunks_mut(kp * MR).enumerate().for_each(pack);
+        } else {
+            self.data.chunks_mut(kp * MR).enumerate().for_each(pack);
+        }
     }
 
     /// The f32 value at `(row, col)` (bf16-rounded), for the portable path.
@@ -147,7 +159,9 @@ super::fast_math::simd_kernel! {
     }
 }
 
-/// A right operand `k x n` as `[k / 2, ld]` row pairs (`ld >= n`).
+/// A right operand `k x n` as `[k / 2, ld]` row pairs (`ld >= n`); `data`
+/// starts at its first column (a view into a wider packed matrix may end
+/// `ld - n` values early).
 #[derive(Clone, Copy)]
 pub(crate) struct RhsRef<'a> {
     pub data: &'a [u32],
@@ -245,7 +259,7 @@ pub(crate) fn matmul(
     assert!(available(), "bf16 products need AVX512_BF16");
     assert_eq!(rhs.k, k, "bf16 product: inner sizes differ");
     assert!(
-        rhs.ld >= n && rhs.data.len() >= kp * rhs.ld,
+        rhs.ld >= n && (kp == 0 || rhs.data.len() >= (kp - 1) * rhs.ld + n),
         "bf16 product: short rhs"
     );
     assert!(

@@ -13,6 +13,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
+use super::bf16_gemm::{self, PackedLhs, RhsRef, bf16_bits, pack_rhs};
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
 use super::softmax;
 use crate::layers::shape_log::{self, MatmulShape};
@@ -62,6 +63,10 @@ pub(crate) fn batches(rows: &[Vec<u32>]) -> Vec<Batch> {
 /// `[key windows, wt, d]`, all contiguous f32; output `[rows, wt, d]`.
 pub(crate) struct BlockSparseAttention {
     pub batches: Vec<Batch>,
+    /// Both products with bf16 operands and f32 sums (`bf16_gemm`): keys and
+    /// values packed once per call, queries and probabilities per batch; the
+    /// softmax stays f32. Needs an even `wt` (value rows are packed in pairs).
+    pub bf16: bool,
 }
 
 impl BlockSparseAttention {
@@ -127,13 +132,56 @@ impl CustomOp3 for BlockSparseAttention {
             at = b.first + b.count;
         }
         let dims = Dims { wt, d };
-        slices
-            .into_par_iter()
-            .for_each_init(Vec::new, |scores, (b, dst)| {
-                dims.batch(b, &q[b.first * window..], k, v, scores, dst)
-            });
+        if self.bf16 && wt % 2 == 0 {
+            let packed = PackedKeysValues::pack(k, v, d);
+            slices
+                .into_par_iter()
+                .for_each_init(Bf16Scratch::default, |scratch, (b, dst)| {
+                    dims.batch_bf16(b, &q[b.first * window..], &packed, scratch, dst)
+                });
+        } else {
+            slices
+                .into_par_iter()
+                .for_each_init(Vec::new, |scores, (b, dst)| {
+                    dims.batch(b, &q[b.first * window..], k, v, scores, dst)
+                });
+        }
         Ok((CpuStorage::F32(out), Shape::from((rows, wt, d))))
     }
+}
+
+/// Keys as `K^T` row pairs `[d / 2, keys]` and values as row pairs
+/// `[keys / 2, d]`, in bf16, for every key row of the call.
+struct PackedKeysValues {
+    kt: Vec<u32>,
+    v: Vec<u32>,
+    keys: usize,
+}
+
+impl PackedKeysValues {
+    fn pack(k: &[f32], v: &[f32], d: usize) -> Self {
+        let keys = k.len() / d.max(1);
+        let dp = d.div_ceil(2);
+        let mut kt = vec![0u32; dp * keys];
+        for (j, row) in k.chunks_exact(d).enumerate() {
+            for p in 0..dp {
+                let lo = bf16_bits(row[2 * p]);
+                let hi = row.get(2 * p + 1).map_or(0, |&x| bf16_bits(x));
+                kt[p * keys + j] = lo | (hi << 16);
+            }
+        }
+        let mut vp = vec![0u32; keys.div_ceil(2) * d];
+        pack_rhs(v, keys, d, d, &mut vp);
+        Self { kt, v: vp, keys }
+    }
+}
+
+/// The per-worker buffers of the bf16 batches.
+#[derive(Default)]
+struct Bf16Scratch {
+    scores: Vec<f32>,
+    q: PackedLhs,
+    probs: PackedLhs,
 }
 
 #[derive(Clone, Copy)]
@@ -220,6 +268,61 @@ impl Dims {
                     1,
                 )
             }
+            col += n;
+        }
+    }
+}
+
+impl Dims {
+    /// [`Dims::batch`] with bf16 operands: the same runs, the products through
+    /// `bf16_gemm` on this thread.
+    fn batch_bf16(
+        self,
+        b: &Batch,
+        q: &[f32],
+        kv: &PackedKeysValues,
+        scratch: &mut Bf16Scratch,
+        dst: &mut [f32],
+    ) {
+        let Dims { wt, d } = self;
+        let m = b.count * wt;
+        let keys: usize = b.runs.iter().map(|r| r.1).sum::<usize>() * wt;
+        if keys == 0 {
+            return; // no key window kept: the output stays zero
+        }
+        let Bf16Scratch {
+            scores,
+            q: q_packed,
+            probs,
+        } = scratch;
+        q_packed.repack_rows_here(m, d, q, d);
+        scores.clear();
+        scores.resize(m * keys, 0.0);
+        let mut col = 0;
+        for &(first, count) in &b.runs {
+            let n = count * wt;
+            let kt = RhsRef {
+                data: &kv.kt[first * wt..],
+                k: d,
+                n,
+                ld: kv.keys,
+            };
+            bf16_gemm::matmul(q_packed, kt, &mut scores[col..], keys, false, 1);
+            col += n;
+        }
+        scores.chunks_exact_mut(keys).for_each(softmax::softmax_row);
+        let mut col = 0;
+        for &(first, count) in &b.runs {
+            let n = count * wt;
+            probs.repack_rows_here(m, n, &scores[col..], keys);
+            // `wt` is even, so the run's first value row starts a pair.
+            let values = RhsRef {
+                data: &kv.v[first * wt / 2 * d..],
+                k: n,
+                n: d,
+                ld: d,
+            };
+            bf16_gemm::matmul(probs, values, dst, d, col > 0, 1);
             col += n;
         }
     }

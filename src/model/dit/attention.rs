@@ -9,6 +9,7 @@ use super::{EPS, HEAD_DIM};
 use crate::layers::attention::{attention, merge_heads, split_heads};
 use crate::layers::linear::Linear;
 use crate::layers::norm;
+use crate::layers::products::{self, CpuProducts};
 use crate::layers::sparse_attention::{self, SparseConfig, TokenGrid};
 use crate::model::kv_cache::KvCache;
 use crate::model::profile::{self, Stage, StageTimes};
@@ -82,11 +83,14 @@ pub(crate) struct SelfAttention {
     norm_q: Tensor,
     norm_k: Tensor,
     heads: usize,
+    /// The precision of the attention's CPU products, as the linears' (`layers::products`).
+    products: CpuProducts,
 }
 
 impl SelfAttention {
     pub fn new(dim: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
+            products: products::at_load(),
             q: Linear::load(&vb.pp("q"), dim, dim, true)?,
             k: Linear::load(&vb.pp("k"), dim, dim, true)?,
             v: Linear::load(&vb.pp("v"), dim, dim, true)?,
@@ -123,7 +127,7 @@ impl SelfAttention {
             sparse_attention::block_mask(&q, &k_all, &bias, grid, sparse.topk_ratio)
         })?;
         let attn = profile::timed(times, Stage::Attention, &ctx.device, || {
-            sparse_attention::sparse_attention(&q, &k_all, &v_all, &mask)
+            sparse_attention::sparse_attention_with(&q, &k_all, &v_all, &mask, self.products)
         })?;
         cache.store(
             k_all,
