@@ -22,6 +22,7 @@ use gstflashvsr::layers::attention_path::{self, AttentionPath, DeviceKernels};
 use gstflashvsr::layers::gathered_attention::{RowChunks, gathered_attention, kept_counts};
 use gstflashvsr::layers::kernels::{self, KernelPath};
 use gstflashvsr::layers::masked_attention::SCORE_BUDGET_BYTES;
+use gstflashvsr::layers::products::{self, CpuProducts};
 use gstflashvsr::layers::sparse_attention::{self, SparseConfig, TokenGrid};
 
 /// Times every block-sparse attention path of one steady chunk against the
@@ -60,7 +61,8 @@ pub struct Cli {
     #[arg(long, value_name = "f32|bf16|f16", default_value_t = Precision::F32)]
     precision: Precision,
 
-    /// Paths to time, comma-separated, among fast (the CPU's, f32), masked,
+    /// Paths to time, comma-separated, among fast (the CPU's, f32), fast-bf16
+    /// (the CPU's with bf16 products, f32 inputs; needs AVX512_BF16), masked,
     /// gathered, fused (CUDA, bf16/f16) and dense (every key, no mask);
     /// default: every path the device and precision have, without dense
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
@@ -180,6 +182,9 @@ fn bench(cli: &Cli) -> Result<bool> {
     let default_paths: Vec<&str> = match (device.is_cuda(), dtype) {
         (true, DType::F32) => vec!["masked", "gathered"],
         (true, _) => vec!["masked", "gathered", "fused"],
+        (false, DType::F32) if products::bf16_available() => {
+            vec!["fast", "fast-bf16", "gathered", "masked"]
+        }
         (false, DType::F32) => vec!["fast", "gathered", "masked"],
         (false, _) => vec!["gathered", "masked"],
     };
@@ -203,6 +208,11 @@ fn bench(cli: &Cli) -> Result<bool> {
                     sparse_attention::sparse_attention(&q, &k, &v, &mask)
                 })
             }),
+            "fast-bf16" => timed(&device, cli.reps, &|| {
+                kernels::run_with(KernelPath::Fast, || {
+                    sparse_attention::sparse_attention_with(&q, &k, &v, &mask, CpuProducts::Bf16)
+                })
+            }),
             "masked" => timed(&device, cli.reps, &|| run(AttentionPath::Masked)),
             "gathered" => timed(&device, cli.reps, &|| run(AttentionPath::Gathered)),
             "fused" => timed(&device, cli.reps, &|| run(AttentionPath::Fused)),
@@ -210,7 +220,7 @@ fn bench(cli: &Cli) -> Result<bool> {
                 sparse_attention::dense_attention(&q, &k, &v)
             }),
             other => candle_core::bail!(
-                "unknown path {other:?}: expected fast, masked, gathered, fused or dense"
+                "unknown path {other:?}: expected fast, fast-bf16, masked, gathered, fused or dense"
             ),
         };
         let (ms, out) = match result {
@@ -228,7 +238,13 @@ fn bench(cli: &Cli) -> Result<bool> {
                 .max_all()?
                 .to_scalar::<f32>()?;
             println!("{path}_max_abs_error={err:.3e}");
-            let bound = if dtype == DType::F32 { 1e-4 } else { 5e-2 };
+            // bf16 operands (the half types, or the CPU's bf16 products)
+            // round values of unit scale at 2^-8
+            let bound = if dtype == DType::F32 && path != "fast-bf16" {
+                1e-4
+            } else {
+                5e-2
+            };
             ok &= err <= bound;
         }
         times.push((path, ms));
