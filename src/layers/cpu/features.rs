@@ -122,7 +122,7 @@ impl CpuFeatures {
                 (
                     "DiT",
                     format!(
-                        "linears on {bf16}; attention on {f32_products}; norms, softmax, GELU {vector}; activations f32"
+                        "linears and block-sparse self-attention on {bf16}; cross-attention on {f32_products}; norms, softmax, GELU {vector}; activations f32"
                     ),
                 ),
                 (
