@@ -205,10 +205,11 @@ impl FlashVsrModel {
     /// come from the tensor shapes. Errors name the folder, file and tensor.
     ///
     /// bf16 on the CPU's fast path, where the processor has AVX512_BF16, runs
-    /// the linear layers' and the Winograd convolutions' products in bf16 (f32
-    /// sums) on weights held in bf16, and everything else in f32: candle's CPU
-    /// ops in bf16 are slower than in f32. Elsewhere the model computes in
-    /// `opts.dtype` (the CPU without AVX512_BF16 keeps f32 convolutions, as
+    /// the DiT's and the LQ projection's products (linear layers, block-sparse
+    /// self-attention, Winograd convolutions) in bf16 with f32 sums, on weights
+    /// held in bf16, and everything else in f32, the decoder included: candle's
+    /// CPU ops in bf16 are slower than in f32. Elsewhere the model computes in
+    /// `opts.dtype` (a CPU without AVX512_BF16 keeps f32 convolutions, as
     /// before).
     pub fn load(dir: &Path, opts: &ModelOptions) -> Result<Self> {
         if !matches!(opts.dtype, DType::F32 | DType::BF16 | DType::F16) {

@@ -72,19 +72,8 @@ impl PackedLhs {
     /// Packs `m x k` f32 values read at `at(row, col)`.
     pub(crate) fn pack(m: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Self {
         let mut packed = Self::default();
-        packed.repack(m, k, at);
-        packed
-    }
-
-    /// As [`PackedLhs::pack`], reusing this buffer.
-    pub(crate) fn repack(&mut self, m: usize, k: usize, at: impl Fn(usize, usize) -> f32) {
-        let kp = k.div_ceil(2);
-        let panels = m.div_ceil(MR);
-        self.m = m;
-        self.k = k;
-        self.data.clear();
-        self.data.resize(panels * kp * MR, 0);
-        for (panel, block) in self.data.chunks_exact_mut(kp * MR).enumerate() {
+        let kp = packed.reset(m, k);
+        for (panel, block) in packed.data.chunks_exact_mut(kp * MR).enumerate() {
             for r in 0..MR.min(m - panel * MR) {
                 let row = panel * MR + r;
                 for p in 0..kp {
@@ -98,6 +87,17 @@ impl PackedLhs {
                 }
             }
         }
+        packed
+    }
+
+    /// Sizes the buffer for `m x k` values, all zero; returns the pairs per row.
+    fn reset(&mut self, m: usize, k: usize) -> usize {
+        let kp = k.div_ceil(2);
+        self.m = m;
+        self.k = k;
+        self.data.clear();
+        self.data.resize(m.div_ceil(MR) * kp * MR, 0);
+        kp
     }
 
     /// Packs the rows of a row-major f32 matrix (`row_stride` apart) quickly,
@@ -113,12 +113,7 @@ impl PackedLhs {
     }
 
     fn repack_rows_on(&mut self, m: usize, k: usize, src: &[f32], row_stride: usize, par: bool) {
-        let kp = k.div_ceil(2);
-        let panels = m.div_ceil(MR);
-        self.m = m;
-        self.k = k;
-        self.data.clear();
-        self.data.resize(panels * kp * MR, 0);
+        let kp = self.reset(m, k);
         let pack = |(panel, block): (usize, &mut [u32])| {
             for r in 0..MR.min(m - panel * MR) {
                 let row = &src[(panel * MR + r) * row_stride..][..k];
