@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor};
 
 use super::cpu::bf16_gemm::PackedLhs;
 use super::cpu::epilogue::Epilogue;
@@ -277,24 +277,67 @@ impl Conv2d {
     /// `x`: `[n, c_in, h, w]`, zero-padded here; returns `[n, c_out, h, w]` in
     /// `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, self.k / 2, Then::default())
+        self.run(x, self.k / 2, Then::default(), None)
     }
 
     /// `relu(conv(x))`, or `relu(conv(x) + residual)` as `then` says, on the
     /// CPU in the same pass that writes the outputs.
     pub fn forward_then(&self, x: &Tensor, then: Then<'_>) -> Result<Tensor> {
-        self.run(x, self.k / 2, then)
+        self.run(x, self.k / 2, then, None)
+    }
+
+    /// `conv(cat([x, previous], channels))` then `then`, where `previous` is
+    /// `x` one frame later with `before` `[1, C, h, w]` first: a causal
+    /// block's input and its memory. The CPU's Winograd path reads the frames
+    /// where they lie; other paths build the concatenation.
+    pub fn forward_with_previous(
+        &self,
+        x: &Tensor,
+        before: &Tensor,
+        then: Then<'_>,
+    ) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        if before.dims() != [1, c, h, w] {
+            candle_core::bail!(
+                "convolution: previous frame {:?} for frames {:?}",
+                before.dims(),
+                x.dims()
+            )
+        }
+        let winograd = matches!(self.weight, Weight::Winograd(_) | Weight::WinogradBf16(_));
+        if winograd && kernels::cpu_fast_path(x) && 2 * c == self.c_in {
+            return self.run(x, self.k / 2, then, Some(before));
+        }
+        let past = if n > 1 {
+            Tensor::cat(&[before, &x.narrow(0, 0, n - 1)?], 0)?
+        } else {
+            before.clone()
+        };
+        self.run(&Tensor::cat(&[x, &past], 1)?, self.k / 2, then, None)
     }
 
     /// `padded`: `[n, c_in, h + k - 1, w + k - 1]`, already padded by the caller
     /// (e.g. replicate padding); returns `[n, c_out, h, w]` in `padded`'s dtype.
     pub fn forward_padded(&self, padded: &Tensor) -> Result<Tensor> {
-        self.run(padded, 0, Then::default())
+        self.run(padded, 0, Then::default(), None)
     }
 
-    /// Convolves `x` zero-padded by `pad` on each side, then applies `then`.
-    fn run(&self, x: &Tensor, pad: usize, then: Then<'_>) -> Result<Tensor> {
-        let (n, c, xh, xw) = x.dims4()?;
+    /// Convolves `x` zero-padded by `pad` on each side, then applies `then`;
+    /// with `previous`, `x` stands for the concatenation of
+    /// [`Conv2d::forward_with_previous`] (the CPU's Winograd path only).
+    fn run(
+        &self,
+        x: &Tensor,
+        pad: usize,
+        then: Then<'_>,
+        previous: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (n, x_channels, xh, xw) = x.dims4()?;
+        let c = if previous.is_some() {
+            2 * x_channels
+        } else {
+            x_channels
+        };
         let (ph, pw) = (xh + 2 * pad, xw + 2 * pad);
         if c != self.c_in || ph < self.k || pw < self.k {
             candle_core::bail!(
@@ -326,6 +369,13 @@ impl Conv2d {
         let dtype = x.dtype();
         let x = x.to_dtype(self.weight.dtype())?;
         let fast = kernels::cpu_fast_path(&x) && !matches!(self.weight, Weight::Kernel(_));
+        if previous.is_some()
+            && !(fast && matches!(self.weight, Weight::Winograd(_) | Weight::WinogradBf16(_)))
+        {
+            candle_core::bail!(
+                "convolution: only the CPU's Winograd path reads previous frames in place"
+            )
+        }
         if !fast {
             let mut y = self.forward_portable(&x, pad)?;
             if let Some(r) = then.residual {
@@ -337,27 +387,22 @@ impl Conv2d {
             }
             return y.to_dtype(dtype);
         }
-        // The residual as the CPU ops read it: contiguous f32 values.
-        let residual = then
-            .residual
-            .map(|r| r.to_dtype(DType::F32)?.contiguous())
-            .transpose()?;
-        let guard = residual.as_ref().map(|r| r.storage_and_layout());
-        let residual_values = match &guard {
-            Some((storage, layout)) => match (&**storage, layout.contiguous_offsets()) {
-                (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Some(&v[start..end]),
-                _ => candle_core::bail!("convolution residual: not f32 values on the CPU"),
-            },
-            None => None,
-        };
+        // The residual and the previous frame as the CPU ops read them:
+        // contiguous f32 values.
+        let as_f32 =
+            |t: Option<&Tensor>| t.map(|t| t.to_dtype(DType::F32)?.contiguous()).transpose();
+        let (residual, previous) = (as_f32(then.residual)?, as_f32(previous)?);
+        let residual_guard = residual.as_ref().map(|r| r.storage_and_layout());
+        let previous_guard = previous.as_ref().map(|p| p.storage_and_layout());
         let epilogue = Epilogue {
-            residual: residual_values,
+            residual: cpu_values(&residual_guard, "residual")?,
             relu: then.relu,
         };
         let conv = winograd::WinogradConv {
             pad,
             bias: self.cpu_bias.as_deref(),
             epilogue,
+            previous: cpu_values(&previous_guard, "previous frame")?,
         };
         let x = x.contiguous()?;
         let y = match &self.weight {
@@ -419,6 +464,20 @@ impl Conv2d {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor's storage, held by `guard`.
+fn cpu_values<'a, G: std::ops::Deref<Target = Storage>>(
+    guard: &'a Option<(G, &Layout)>,
+    what: &str,
+) -> Result<Option<&'a [f32]>> {
+    match guard {
+        Some((storage, layout)) => match (&**storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Ok(Some(&v[start..end])),
+            _ => candle_core::bail!("convolution {what}: not contiguous f32 values on the CPU"),
+        },
+        None => Ok(None),
     }
 }
 
@@ -713,6 +772,59 @@ mod tests {
             };
             let err = conv.forward_then(&x, then).unwrap_err().to_string();
             assert!(err.contains("residual"), "{err}");
+        }
+        Ok(())
+    }
+
+    /// `forward_with_previous` equals the convolution of the concatenated
+    /// input (x, then x one frame later behind `before`) on the Winograd path
+    /// that reads the frames in place (f32 and bf16 products), on the taps and
+    /// on the portable path, and refuses a previous frame of another shape.
+    #[test]
+    fn previous_frames_read_in_place_equal_the_concatenation() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, c, c_out, h, w) = (3, 4, 6, 9, 7);
+        let x = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev)?;
+        let before = Tensor::randn(0f32, 1.0, (1, c, h, w), &dev)?;
+        // unit-scale outputs, for the bf16 bound
+        let wt =
+            (Tensor::randn(0f32, 1.0, (c_out, 2 * c, 3, 3), &dev)? / (18.0 * c as f64).sqrt())?;
+        let b = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+        let past = Tensor::cat(&[&before, &x.narrow(0, 0, n - 1)?], 0)?;
+        let input = Tensor::cat(&[&x, &past], 1)?;
+        let mut convs = vec![
+            (
+                Conv2d::with_cpu_kernel(&wt, Some(b.clone()), CpuConvKernel::Winograd)?,
+                1e-4,
+            ),
+            (
+                Conv2d::with_cpu_kernel(&wt, Some(b.clone()), CpuConvKernel::Taps)?,
+                1e-4,
+            ),
+        ];
+        if products::bf16_available() {
+            let bf16 = products::load_with(CpuProducts::Bf16, || {
+                Conv2d::with_cpu_kernel(&wt, Some(b.clone()), CpuConvKernel::Winograd)
+            })?;
+            convs.push((bf16, 3e-2));
+        }
+        for (conv, bound) in &convs {
+            let want = conv.forward_then(&input, Then::RELU)?;
+            for path in [KernelPath::Fast, KernelPath::Portable] {
+                let got = kernels::run_with(path, || {
+                    conv.forward_with_previous(&x, &before, Then::RELU)
+                })?;
+                let err = max_err(&got, &want)?;
+                assert!(err < *bound, "{path:?}: {err}");
+            }
+            let one = conv.forward_with_previous(&x.narrow(0, 1, 1)?, &before, Then::default())?;
+            let err = max_err(
+                &one,
+                &conv.forward(&Tensor::cat(&[&x.narrow(0, 1, 1)?, &before], 1)?)?,
+            )?;
+            assert!(err < *bound, "one frame: {err}");
+            let wrong = Tensor::zeros((1, c, h, w + 1), DType::F32, &dev)?;
+            assert!(conv.forward_with_previous(&x, &wrong, Then::RELU).is_err());
         }
         Ok(())
     }

@@ -38,6 +38,10 @@ pub(crate) struct WinogradConv<'a> {
     pub bias: Option<&'a [f32]>,
     /// Applied as the outputs are written.
     pub epilogue: Epilogue<'a>,
+    /// `[1, C, h, w]`: when given, the input `x` `[n, C, h, w]` stands for
+    /// `cat([x, previous frames], channels)`, the previous frame of frame 0
+    /// being this one (a causal block's input with its memory), read in place.
+    pub previous: Option<&'a [f32]>,
 }
 
 /// The transformed weights of a layer as the products read them.
@@ -107,7 +111,16 @@ fn convolve(
     u: Products<'_>,
 ) -> Result<(CpuStorage, Shape)> {
     let x = contiguous_f32(x, x_layout, OP, "input")?;
-    let (n, c_in, xh, xw) = x_layout.shape().dims4()?;
+    let (n, x_channels, xh, xw) = x_layout.shape().dims4()?;
+    let c_in = match conv.previous {
+        Some(p) if p.len() != x_channels * xh * xw => candle_core::bail!(
+            "winograd convolution: previous frame of {} values for frames {:?}",
+            p.len(),
+            x_layout.shape().dims()
+        ),
+        Some(_) => 2 * x_channels,
+        None => x_channels,
+    };
     let (ph, pw) = (xh + 2 * conv.pad, xw + 2 * conv.pad);
     let m = match xis {
         16 => 2,
@@ -133,6 +146,9 @@ fn convolve(
         )
     }
     let tiles = Tiles {
+        x,
+        previous: conv.previous,
+        x_channels,
         n,
         c_in,
         c_out,
@@ -153,7 +169,7 @@ fn convolve(
             batch
                 .par_iter()
                 .zip(scratch.par_iter_mut())
-                .for_each(|(&(g0, rows), s)| tiles.strip(x, u, bias, g0, rows, 1, s));
+                .for_each(|(&(g0, rows), s)| tiles.strip(u, bias, g0, rows, 1, s));
             for (&(g0, rows), s) in batch.iter().zip(&scratch) {
                 tiles.scatter(&s.local, g0, rows, (h, w), conv.epilogue, &mut out);
             }
@@ -161,7 +177,7 @@ fn convolve(
     } else {
         let mut s = Scratch::default();
         for &(g0, rows) in &strips {
-            tiles.strip(x, u, bias, g0, rows, threads, &mut s);
+            tiles.strip(u, bias, g0, rows, threads, &mut s);
             tiles.scatter(&s.local, g0, rows, (h, w), conv.epilogue, &mut out);
         }
     }
@@ -190,8 +206,13 @@ fn resize(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 /// The tiling of one call: `n` frames of `th x tw` tiles of `m x m` outputs
-/// over `[n, c_in, xh, xw]` inputs zero-padded by `pad`.
-struct Tiles {
+/// over `[n, c_in, xh, xw]` inputs zero-padded by `pad`: `x`'s channels, then
+/// with `previous` as many again from the frame before (see
+/// [`WinogradConv::previous`]).
+struct Tiles<'a> {
+    x: &'a [f32],
+    previous: Option<&'a [f32]>,
+    x_channels: usize,
     m: usize,
     n: usize,
     c_in: usize,
@@ -203,7 +224,7 @@ struct Tiles {
     pad: usize,
 }
 
-impl Tiles {
+impl Tiles<'_> {
     /// Input pixels per tile side.
     fn alpha(&self) -> usize {
         self.m + 2
@@ -227,9 +248,9 @@ impl Tiles {
     /// (phase `p`: columns `m k + p`), so that the input transform reads every
     /// tile column contiguously. Padding row by row here, rather than the whole
     /// input up front, keeps the copy in the cache and the work in the threads.
-    fn load_rows(&self, x: &[f32], f: usize, c: usize, ty: usize, rows: &mut [f32]) {
+    fn load_rows(&self, f: usize, c: usize, ty: usize, rows: &mut [f32]) {
         let Tiles { m, xh, xw, pad, .. } = *self;
-        let plane = &x[(f * self.c_in + c) * xh * xw..][..xh * xw];
+        let plane = self.plane(f, c);
         let phase_len = self.tw + 1;
         rows.fill(0.0);
         for (i, dst) in rows.chunks_exact_mut(m * phase_len).enumerate() {
@@ -245,6 +266,17 @@ impl Tiles {
                     dst[(px % m) * phase_len + px / m] = v;
                 }
             }
+        }
+    }
+
+    /// Input channel `c` of frame `f`, `xh * xw` values.
+    fn plane(&self, f: usize, c: usize) -> &[f32] {
+        let (cx, hw) = (self.x_channels, self.xh * self.xw);
+        match (c.checked_sub(cx), f.checked_sub(1), self.previous) {
+            (None, _, _) => &self.x[(f * cx + c) * hw..][..hw],
+            (Some(pc), Some(pf), _) => &self.x[(pf * cx + pc) * hw..][..hw],
+            (Some(pc), None, Some(previous)) => &previous[pc * hw..][..hw],
+            (Some(_), None, None) => unreachable!("c_in is x's channels without `previous`"),
         }
     }
 
@@ -266,7 +298,6 @@ impl Tiles {
     #[allow(clippy::too_many_arguments)]
     fn strip(
         &self,
-        input: &[f32],
         u: Products<'_>,
         bias: Option<&[f32]>,
         g0: usize,
@@ -289,7 +320,7 @@ impl Tiles {
         for c in 0..c_in {
             for r in 0..rows {
                 let (f, ty) = ((g0 + r) / th, (g0 + r) % th);
-                self.load_rows(input, f, c, ty, padded_rows);
+                self.load_rows(f, c, ty, padded_rows);
                 let row = |i: usize| &padded_rows[i * aw..(i + 1) * aw];
                 let out = &mut v[c * t + r * tw..];
                 if size == winograd_f4::M {

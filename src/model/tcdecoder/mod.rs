@@ -100,14 +100,13 @@ impl MemBlock {
             Some(m) => m,
             None => x.narrow(0, 0, 1)?.zeros_like()?,
         };
-        let past = if n > 1 {
-            Tensor::cat(&[&before, &x.narrow(0, 0, n - 1)?], 0)?
-        } else {
-            before
-        };
         // its own storage: a view would keep all `n` frames of `x` alive
         *memory = Some(x.narrow(0, n - 1, 1)?.force_contiguous()?);
-        let y = self.convs[0].forward_then(&Tensor::cat(&[x, &past], 1)?, Then::RELU)?;
+        // conv(cat([x, each frame's previous frame])), without the copy where
+        // the conv can read the frames in place
+        let y = self.convs[0]
+            .0
+            .forward_with_previous(x, &before, Then::RELU)?;
         let y = self.convs[1].forward_then(&y, Then::RELU)?;
         let skip = Then {
             residual: Some(x),
