@@ -43,6 +43,11 @@ enum Weight {
 }
 
 impl Weight {
+    /// Whether the CPU's Winograd path runs this weight (f32 or bf16 products).
+    fn is_cpu_winograd(&self) -> bool {
+        matches!(self, Self::Winograd(_) | Self::WinogradBf16(_))
+    }
+
     /// The dtype of the activations the path takes.
     fn dtype(&self) -> DType {
         match self {
@@ -304,8 +309,7 @@ impl Conv2d {
                 x.dims()
             )
         }
-        let winograd = matches!(self.weight, Weight::Winograd(_) | Weight::WinogradBf16(_));
-        if winograd && kernels::cpu_fast_path(x) && 2 * c == self.c_in {
+        if self.weight.is_cpu_winograd() && kernels::cpu_fast_path(x) && 2 * c == self.c_in {
             return self.run(x, self.k / 2, then, Some(before));
         }
         let past = if n > 1 {
@@ -369,9 +373,7 @@ impl Conv2d {
         let dtype = x.dtype();
         let x = x.to_dtype(self.weight.dtype())?;
         let fast = kernels::cpu_fast_path(&x) && !matches!(self.weight, Weight::Kernel(_));
-        if previous.is_some()
-            && !(fast && matches!(self.weight, Weight::Winograd(_) | Weight::WinogradBf16(_)))
-        {
+        if previous.is_some() && !(fast && self.weight.is_cpu_winograd()) {
             candle_core::bail!(
                 "convolution: only the CPU's Winograd path reads previous frames in place"
             )

@@ -7,7 +7,7 @@ use candle_core::{Result, Tensor};
 
 use super::{WanDecoder, WanDecoderState};
 use crate::model::cancel::CancelToken;
-use crate::model::tcdecoder::{DecoderTiling, FRAMES_PER_LATENT};
+use crate::model::tcdecoder::{DecoderTiling, FIRST_CHUNK_TRIM, FRAMES_PER_LATENT};
 
 /// Context kept around each tile, in output pixels, at the decoder's input and
 /// after each of its three upsamplings. Counted in 3x3 convolutions
@@ -30,7 +30,7 @@ impl WanDecoder {
         cancel: &CancelToken,
     ) -> Result<Tensor> {
         let started = state.started;
-        let frames = FRAMES_PER_LATENT * x.dim(0)? - if started { 0 } else { 3 };
+        let frames = FRAMES_PER_LATENT * x.dim(0)? - if started { 0 } else { FIRST_CHUNK_TRIM };
         tiling.decode_tiles(
             x,
             &state.halo,
