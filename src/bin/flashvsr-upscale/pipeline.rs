@@ -307,9 +307,7 @@ fn link_decoded(
                 None => discard(&pipeline, pad),
             },
             StreamKind::Subtitle => match other.subtitles.pop() {
-                Some(mux_pad) if pad.can_link(&mux_pad) => {
-                    link_subtitles(&pipeline, pad, &mux_pad, gst::PadLinkCheck::DEFAULT)
-                }
+                Some(mux_pad) if pad.can_link(&mux_pad) => link_subtitles(&pipeline, pad, &mux_pad),
                 Some(mux_pad)
                     if is_markup(&caps) && mux_pad.query_caps(None).can_intersect(&utf8_caps()) =>
                 {
@@ -350,12 +348,46 @@ fn is_markup(caps: &gst::CapsRef) -> bool {
 /// Links decoded subtitles in Pango markup (what the demuxers give for plain
 /// text subtitles) to a muxer pad that takes plain UTF-8 text: the caps say
 /// utf8 and each buffer's markup is reduced to its text.
+///
+/// The rewrite sits on the subtitle queue's source pad, which this function
+/// owns from the start, and not on decodebin's pad: decodebin can expose its
+/// pad before the markup caps event has crossed it, and that event's
+/// accept-caps check (carried through the queue to the muxer) would then fail
+/// before any probe on decodebin's pad saw it, leaving the stream
+/// not-negotiated and the muxer waiting for it forever.
 fn link_markup_as_text(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
     mux_pad: &gst::Pad,
 ) -> Result<(), String> {
-    pad.add_probe(
+    let queue = unbounded_queue()?;
+    let src = queue.static_pad("src").ok_or("queue without src pad")?;
+    let mux_for_queries = mux_pad.clone();
+    src.add_probe(gst::PadProbeType::QUERY_DOWNSTREAM, move |_, info| {
+        let Some(query) = info.query_mut() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        match query.view_mut() {
+            gst::QueryViewMut::AcceptCaps(q) if is_markup(q.caps()) => {
+                q.set_result(true);
+                gst::PadProbeReturn::Handled
+            }
+            gst::QueryViewMut::Caps(q) => {
+                let mut caps = mux_for_queries.query_caps(None);
+                caps.make_mut().append(markup_caps());
+                let caps = match q.filter() {
+                    Some(filter) => {
+                        filter.intersect_with_mode(&caps, gst::CapsIntersectMode::First)
+                    }
+                    None => caps,
+                };
+                q.set_result(&caps);
+                gst::PadProbeReturn::Handled
+            }
+            _ => gst::PadProbeReturn::Ok,
+        }
+    });
+    src.add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
         |_, info| {
             match &info.data {
@@ -382,8 +414,14 @@ fn link_markup_as_text(
             gst::PadProbeReturn::Ok
         },
     );
-    // the caps are rewritten on the way: only the hierarchy is checked
-    link_subtitles(pipeline, pad, mux_pad, gst::PadLinkCheck::HIERARCHY)
+    // the caps change on the way: only the hierarchy is checked
+    link_through_queue(pipeline, queue, pad, mux_pad, gst::PadLinkCheck::HIERARCHY)
+}
+
+fn markup_caps() -> gst::Caps {
+    gst::Caps::builder("text/x-raw")
+        .field("format", "pango-markup")
+        .build()
 }
 
 /// Decoded subtitles into `mux_pad` through an unbounded queue: the muxer
@@ -393,9 +431,24 @@ fn link_subtitles(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
     mux_pad: &gst::Pad,
+) -> Result<(), String> {
+    link_through_queue(
+        pipeline,
+        unbounded_queue()?,
+        pad,
+        mux_pad,
+        gst::PadLinkCheck::DEFAULT,
+    )
+}
+
+/// `pad` -> `queue` -> `mux_pad`, the queue added to `pipeline` and started.
+fn link_through_queue(
+    pipeline: &gst::Pipeline,
+    queue: gst::Element,
+    pad: &gst::Pad,
+    mux_pad: &gst::Pad,
     check: gst::PadLinkCheck,
 ) -> Result<(), String> {
-    let queue = unbounded_queue()?;
     pipeline.add(&queue).map_err(|e| e.to_string())?;
     let (sink, src) = (
         queue.static_pad("sink").ok_or("queue without sink pad")?,
@@ -615,6 +668,63 @@ pub fn join(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The markup's caps event crosses the linked pad only after the link,
+    /// as when decodebin exposes a pad from the demuxer's thread: the pad is
+    /// a ghost pad of a bin whose subparse (held to markup, as a demuxer
+    /// gives) starts only when the pipeline plays, so the accept-caps check
+    /// runs through the subtitle queue.
+    #[test]
+    fn markup_caps_that_arrive_after_the_link_still_reach_the_muxer_as_text() {
+        gst::init().unwrap();
+        let dir = std::env::temp_dir().join(format!("flashvsr-markup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (srt, mkv) = (dir.join("in.srt"), dir.join("out.mkv"));
+        std::fs::write(
+            &srt,
+            "1\n00:00:00,000 --> 00:00:00,800\n<i>hello</i> & bye\n\n",
+        )
+        .unwrap();
+        let subtitles = gst::parse::bin_from_description(
+            &format!(
+                "filesrc location=\"{}\" ! subparse ! capsfilter caps=text/x-raw,format=pango-markup",
+                srt.display()
+            ),
+            true,
+        )
+        .unwrap();
+        let pipeline = gst::Pipeline::new();
+        let mux = make("matroskamux").unwrap();
+        let sink = make("filesink").unwrap();
+        sink.set_property("location", mkv.to_string_lossy().as_ref());
+        pipeline
+            .add_many([subtitles.upcast_ref(), &mux, &sink])
+            .unwrap();
+        mux.link(&sink).unwrap();
+        let mux_pad = mux.request_pad_simple("subtitle_%u").unwrap();
+        assert!(
+            !mux_pad.query_caps(None).can_intersect(&markup_caps()),
+            "matroskamux takes only plain text here"
+        );
+        let pad = subtitles.static_pad("src").unwrap();
+        assert!(
+            pad.current_caps().is_none(),
+            "no caps crossed before the link"
+        );
+        link_markup_as_text(&pipeline, &pad, &mux_pad).unwrap();
+
+        let result = run_to_end(&pipeline, None);
+        pipeline.set_state(gst::State::Null).unwrap();
+        result.unwrap();
+        let written = std::fs::read(&mkv).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let has = |needle: &[u8]| written.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            has(b"hello &") && has(b" bye"),
+            "the subtitle's text is in the file"
+        );
+        assert!(!has(b"<i>") && !has(b"</i>"), "its markup is not");
+    }
 
     #[test]
     fn markup_becomes_its_text() {
