@@ -279,6 +279,15 @@ impl Conv2d {
         self.c_out
     }
 
+    /// The precision of this layer's CPU products: bf16 where its weights
+    /// were packed for them (`layers::products`), f32 otherwise.
+    pub fn cpu_products(&self) -> CpuProducts {
+        match self.weight {
+            Weight::WinogradBf16(_) => CpuProducts::Bf16,
+            _ => CpuProducts::F32,
+        }
+    }
+
     /// `x`: `[n, c_in, h, w]`, zero-padded here; returns `[n, c_out, h, w]` in
     /// `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -206,9 +206,10 @@ impl FlashVsrModel {
     ///
     /// bf16 on the CPU's fast path, where the processor has AVX512_BF16, runs
     /// the DiT's and the LQ projection's products (linear layers, block-sparse
-    /// self-attention, Winograd convolutions) in bf16 with f32 sums, on weights
-    /// held in bf16, and everything else in f32, the decoder included: candle's
-    /// CPU ops in bf16 are slower than in f32. Elsewhere the model computes in
+    /// self-attention, Winograd convolutions) and those of the TCDecoder's
+    /// middle stage in bf16 with f32 sums, on weights held in
+    /// bf16, and everything else in f32: candle's CPU ops in bf16 are slower
+    /// than in f32. Elsewhere the model computes in
     /// `opts.dtype` (a CPU without AVX512_BF16 keeps f32 convolutions, as
     /// before).
     pub fn load(dir: &Path, opts: &ModelOptions) -> Result<Self> {
@@ -281,12 +282,14 @@ impl FlashVsrModel {
                         Ok(sum.saturating_add(n as u64))
                     })
             };
-        // The decoder keeps f32 products whatever the precision: with its
-        // Winograd products in bf16, the tiny-v1 golden case's frames had
-        // 97.5% of values within 1 level of the fixture (the bf16 bound asks
-        // for 99%; mean 0.36 levels, max 9), against 99.9999% with the DiT's
-        // and the LQ projection's products alone in bf16 (README.md, "Performance").
-        let (decoder, decoder_values) = products::load_with(CpuProducts::F32, || -> Result<_> {
+        // The TCDecoder takes the model's products in its middle stage only
+        // (`TcDecoder::new`, which says why). The Wan decoder keeps f32
+        // products: no golden case measures it with bf16 ones.
+        let decoder_products = match opts.decoder {
+            DecoderKind::Tiny => products,
+            DecoderKind::Wan => CpuProducts::F32,
+        };
+        let (decoder, decoder_values) = products::load_with(decoder_products, || -> Result<_> {
             Ok(match opts.decoder {
                 DecoderKind::Tiny => {
                     let tc_cfg = TcDecoderConfig::from_shapes(|n| files.decoder.shape(n))

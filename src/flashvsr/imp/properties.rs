@@ -37,7 +37,7 @@ impl ObjectImpl for FlashVsr {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("precision", defaults.precision)
                     .nick("Precision")
-                    .blurb("Floating-point type the network runs in (bf16/f16 for GPUs; on a CPU with AVX512_BF16, bf16 runs the DiT and LQ projection products in bf16). Read at READY->PAUSED")
+                    .blurb("Floating-point type the network runs in (bf16/f16 for GPUs; on a CPU with AVX512_BF16, bf16 runs the DiT, LQ projection and middle decoder stage products in bf16). Read at READY->PAUSED")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("attention", defaults.attention)

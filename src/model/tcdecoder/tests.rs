@@ -65,6 +65,48 @@ fn random_decoder(c: usize) -> Result<TcDecoder> {
     )
 }
 
+/// Under bf16 products only the middle stage takes them: the input convs, the
+/// first and last stages and the output convs stay f32.
+#[test]
+fn bf16_products_go_to_the_middle_stage_only() -> Result<()> {
+    if !products::bf16_available() {
+        eprintln!("skipped: this CPU has no AVX512_BF16");
+        return Ok(());
+    }
+    // 64 channels: every 3x3 layer but the one to RGB takes the Winograd path
+    let dec = products::load_with(CpuProducts::Bf16, || random_decoder(64))?;
+    let stage_products = |stage: &Stage| {
+        let mut all: Vec<CpuProducts> = stage
+            .mem
+            .iter()
+            .flat_map(|m| m.convs.iter().map(|c| c.0.cpu_products()))
+            .collect();
+        all.push(stage.conv.0.cpu_products());
+        all
+    };
+    for conv in [&dec.conv_in, &dec.conv_in2, &dec.conv_out1, &dec.conv_out2] {
+        assert_eq!(conv.0.cpu_products(), CpuProducts::F32);
+    }
+    for (s, want) in [CpuProducts::F32, CpuProducts::Bf16, CpuProducts::F32]
+        .into_iter()
+        .enumerate()
+    {
+        assert!(
+            stage_products(&dec.stages[s]).iter().all(|&p| p == want),
+            "stage {s}: {want:?}"
+        );
+    }
+    // the same decoder loaded for f32 products has none in bf16
+    let f32_dec = random_decoder(64)?;
+    assert!(
+        f32_dec.stages[1..]
+            .iter()
+            .flat_map(stage_products)
+            .all(|p| p == CpuProducts::F32)
+    );
+    Ok(())
+}
+
 #[test]
 fn memory_carries_across_chunks() -> Result<()> {
     let dec = random_decoder(4)?;
