@@ -2,9 +2,12 @@
 //! element. `layers` and `model` are the network, `weights` reads its files,
 //! `pixels` converts frames, `engine` turns the network into frames in / frames
 //! out, `flashvsr` is the element; `devtools` (feature `devtools`) holds the
-//! parity check, random model folders and benchmark replays.
+//! parity check, random model folders and benchmark replays. `block_reuse` is
+//! the global allocator: large freed blocks kept for the next of their size.
 
 use gst::glib;
+
+pub mod block_reuse;
 
 #[cfg(feature = "devtools")]
 pub mod devtools;
@@ -17,6 +20,14 @@ pub mod weights;
 
 #[cfg(test)]
 mod test_util;
+
+#[global_allocator]
+static ALLOCATOR: block_reuse::BlockReuse = block_reuse::BlockReuse::new();
+
+/// What the global allocator's cache of large blocks has done so far.
+pub fn allocator_stats() -> block_reuse::Stats {
+    ALLOCATOR.stats()
+}
 
 pub use engine::{ColorFix, ModelVersion, Precision};
 pub use flashvsr::{FlashVsr, MODEL_DIR_ENV};

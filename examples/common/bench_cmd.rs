@@ -296,6 +296,15 @@ pub fn run(args: Cli) -> ExitCode {
         }
         None => println!("peak_rss_mib=n/a (no VmHWM in /proc/self/status)"),
     }
+    let blocks = gstflashvsr::allocator_stats();
+    println!(
+        "large_blocks reused={} fresh={} kept_mib={} (cap {} MiB, {})",
+        blocks.hits,
+        blocks.misses,
+        blocks.kept_bytes >> 20,
+        gstflashvsr::block_reuse::cache_cap() >> 20,
+        gstflashvsr::block_reuse::CAP_ENV
+    );
     if let (Some(loaded), Some(now)) = (
         device_after_loading,
         memory::device_pool_usage(engine.device()),

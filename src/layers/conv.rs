@@ -127,7 +127,10 @@ pub enum CpuConvKernel {
 /// keep the taps, and so do the layers to RGB: with the AVX-512 `gemm` kernels
 /// the TCDecoder's 128 -> 3 layer took 1.18x-1.19x the taps' time as Winograd
 /// at 512x512 (1.8x the processor time; 2-core AMD EPYC, Zen 4, 2026-12-05),
-/// its few products no longer paying for the transforms.
+/// its few products no longer paying for the transforms. Measured in the whole
+/// decoder since (`decoder_bench`, f32, alternating), that layer as Winograd
+/// gave 16.38 s and 15.56 s per steady chunk against the taps' 15.71 s and
+/// 15.65 s: no difference beyond the noise, so it keeps the taps.
 pub fn prefers_winograd(k: usize, c_in: usize, c_out: usize) -> bool {
     k == 3 && c_in >= WINOGRAD_MIN_IN_CHANNELS && c_out >= WINOGRAD_MIN_OUT_CHANNELS
 }
