@@ -54,6 +54,9 @@ pub struct BlockReuse {
     cache: Mutex<Cache>,
     /// The cap in bytes, computed on first use (0: not yet).
     cap: AtomicUsize,
+    /// While above 0 freed blocks go straight back to the system
+    /// ([`BlockReuse::without_keeping`]).
+    suspended: AtomicUsize,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -67,6 +70,8 @@ pub struct Stats {
     pub misses: u64,
     /// Bytes held in kept blocks now.
     pub kept_bytes: usize,
+    /// The most bytes it holds ([`cache_cap`]).
+    pub cap: usize,
 }
 
 impl BlockReuse {
@@ -78,6 +83,7 @@ impl BlockReuse {
                 clock: 0,
             }),
             cap: AtomicUsize::new(0),
+            suspended: AtomicUsize::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -96,6 +102,47 @@ impl BlockReuse {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             kept_bytes: self.lock().bytes,
+            cap: self.cap(),
+        }
+    }
+
+    /// Runs `f` with no freed block kept (in any thread), then sends the kept
+    /// ones back: for loading weights, whose temporaries come in sizes no
+    /// stream asks for again, and would otherwise add to the load's peak.
+    pub fn without_keeping<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Resume<'a>(&'a AtomicUsize);
+        impl Drop for Resume<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.suspended.fetch_add(1, Ordering::AcqRel);
+        self.release_kept();
+        let resume = Resume(&self.suspended);
+        let out = f();
+        drop(resume);
+        out
+    }
+
+    /// Sends every kept block back to the system: when a stream ends, so
+    /// that what it freed is not held while idle.
+    pub fn release_kept(&self) {
+        let mut released: [Option<Kept>; SLOTS] = [None; SLOTS];
+        {
+            let mut cache = self.lock();
+            for (slot, out) in cache.slots.iter_mut().zip(released.iter_mut()) {
+                *out = slot.take();
+            }
+            cache.bytes = 0;
+        }
+        for kept in released.into_iter().flatten() {
+            // SAFETY: the cache owned the block, allocated with this layout.
+            unsafe {
+                System.dealloc(
+                    kept.ptr,
+                    Layout::from_size_align_unchecked(kept.size, kept.align),
+                )
+            };
         }
     }
 
@@ -132,7 +179,7 @@ impl BlockReuse {
     /// kept blocks back to the system to stay within the cap and the slots.
     unsafe fn keep(&self, ptr: *mut u8, layout: Layout) {
         let cap = self.cap();
-        if layout.size() > cap {
+        if layout.size() > cap || self.suspended.load(Ordering::Acquire) > 0 {
             unsafe { System.dealloc(ptr, layout) };
             return;
         }
@@ -298,22 +345,6 @@ mod tests {
 
     const MB: usize = 1 << 20;
 
-    impl BlockReuse {
-        /// Sends every kept block back to the system (tests' own instances).
-        unsafe fn release_all(&self) {
-            let mut cache = self.lock();
-            for kept in cache.slots.iter_mut().filter_map(Option::take) {
-                unsafe {
-                    System.dealloc(
-                        kept.ptr,
-                        Layout::from_size_align_unchecked(kept.size, kept.align),
-                    )
-                };
-            }
-            cache.bytes = 0;
-        }
-    }
-
     fn layout(size: usize) -> Layout {
         Layout::from_size_align(size, 64).unwrap()
     }
@@ -370,7 +401,7 @@ mod tests {
             let stats = a.stats();
             assert_eq!((stats.hits, stats.misses), (2, 2));
             assert!(stats.kept_bytes >= 88 * MB);
-            a.release_all();
+            a.release_kept();
         }
     }
 
@@ -396,7 +427,26 @@ mod tests {
             for p in [blocks[2], blocks[1], fresh] {
                 a.dealloc(p, layout(40 * MB));
             }
-            a.release_all();
+            a.release_kept();
+        }
+    }
+
+    #[test]
+    fn nothing_is_kept_while_suspended() {
+        let a = BlockReuse::with_cap(1 << 30);
+        unsafe {
+            let before = a.alloc(layout(40 * MB));
+            a.dealloc(before, layout(40 * MB));
+            a.without_keeping(|| {
+                assert_eq!(a.stats().kept_bytes, 0, "what was kept went back first");
+                let p = a.alloc(layout(40 * MB));
+                a.dealloc(p, layout(40 * MB));
+                assert_eq!(a.stats().kept_bytes, 0);
+            });
+            let p = a.alloc(layout(40 * MB));
+            a.dealloc(p, layout(40 * MB));
+            assert!(a.stats().kept_bytes > 0, "kept again afterwards");
+            a.release_kept();
         }
     }
 
@@ -414,7 +464,7 @@ mod tests {
             let data = std::slice::from_raw_parts(back, MB);
             assert!(data.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
             a.dealloc(back, layout(2 * MB));
-            a.release_all();
+            a.release_kept();
         }
     }
 
@@ -432,7 +482,7 @@ mod tests {
             assert_eq!(p, r);
             a.dealloc(q, layout(40 * MB));
             a.dealloc(r, wide);
-            a.release_all();
+            a.release_kept();
         }
     }
 }

@@ -29,6 +29,16 @@ pub fn allocator_stats() -> block_reuse::Stats {
     ALLOCATOR.stats()
 }
 
+/// Sends the large blocks the global allocator keeps back to the system.
+pub fn release_kept_blocks() {
+    ALLOCATOR.release_kept();
+}
+
+/// Runs `f` with the global allocator keeping no freed block.
+pub fn without_keeping_blocks<T>(f: impl FnOnce() -> T) -> T {
+    ALLOCATOR.without_keeping(f)
+}
+
 pub use engine::{ColorFix, ModelVersion, Precision};
 pub use flashvsr::{FlashVsr, MODEL_DIR_ENV};
 

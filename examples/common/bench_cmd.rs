@@ -302,7 +302,7 @@ pub fn run(args: Cli) -> ExitCode {
         blocks.hits,
         blocks.misses,
         blocks.kept_bytes >> 20,
-        gstflashvsr::block_reuse::cache_cap() >> 20,
+        blocks.cap >> 20,
         gstflashvsr::block_reuse::CAP_ENV
     );
     if let (Some(loaded), Some(now)) = (

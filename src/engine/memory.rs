@@ -584,11 +584,16 @@ fn to_bytes(x: f64) -> u64 {
     x.ceil() as u64
 }
 
-/// `MemAvailable` of /proc/meminfo in bytes: what the kernel can give without
-/// swapping. `None` where it cannot be read (not Linux).
+/// `MemAvailable` of /proc/meminfo in bytes (what the kernel can give without
+/// swapping), less what the allocator's cache of freed blocks may still grow
+/// by (`block_reuse`): a stream's plan counts its live memory only. `None`
+/// where it cannot be read (not Linux).
 pub fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_meminfo(&text, "MemAvailable:")
+    let available = parse_meminfo(&text, "MemAvailable:")?;
+    let blocks = crate::allocator_stats();
+    let growth = blocks.cap.saturating_sub(blocks.kept_bytes) as u64;
+    Some(available.saturating_sub(growth))
 }
 
 /// Memory of the GPU `device` runs on that a stream may still use, in bytes

@@ -301,6 +301,9 @@ impl<T> Engine<T> {
             Some(mut stream) => {
                 let out = stream.finish(self.model.as_ref(), self.noise.as_mut());
                 self.profiles.extend(stream.take_profiles());
+                drop(stream);
+                // an ended stream's blocks are not held while the engine idles
+                crate::release_kept_blocks();
                 out
             }
             None => Ok(Vec::new()),
@@ -342,6 +345,7 @@ impl<T> Engine<T> {
     /// starts a new stream, exactly as on a new engine.
     pub fn reset(&mut self) {
         self.stream = None;
+        crate::release_kept_blocks();
     }
 
     /// New settings. Pending frames are dropped (call `finish` first to keep them).

@@ -91,7 +91,9 @@ impl ModelKey {
             attention: self.attention,
             decoder: self.decoder,
         };
-        FlashVsrModel::load(&self.dir, &options).map_err(|e| {
+        // the loader's freed temporaries are not what a stream reuses
+        let loaded = crate::without_keeping_blocks(|| FlashVsrModel::load(&self.dir, &options));
+        loaded.map_err(|e| {
             EngineError::model(format!("loading the model from {}", self.dir.display()), e)
         })
     }
