@@ -40,6 +40,20 @@ struct Kept {
     freed: u64,
 }
 
+impl Kept {
+    /// Back to the system.
+    fn release(self) {
+        // SAFETY: the cache owned the block, which the system allocated with
+        // this size and alignment.
+        unsafe {
+            System.dealloc(
+                self.ptr,
+                Layout::from_size_align_unchecked(self.size, self.align),
+            )
+        };
+    }
+}
+
 struct Cache {
     slots: [Option<Kept>; SLOTS],
     bytes: usize,
@@ -136,13 +150,7 @@ impl BlockReuse {
             cache.bytes = 0;
         }
         for kept in released.into_iter().flatten() {
-            // SAFETY: the cache owned the block, allocated with this layout.
-            unsafe {
-                System.dealloc(
-                    kept.ptr,
-                    Layout::from_size_align_unchecked(kept.size, kept.align),
-                )
-            };
+            kept.release();
         }
     }
 
@@ -213,12 +221,7 @@ impl BlockReuse {
         }
         // back to the system outside the lock
         for kept in released.into_iter().flatten() {
-            unsafe {
-                System.dealloc(
-                    kept.ptr,
-                    Layout::from_size_align_unchecked(kept.size, kept.align),
-                )
-            };
+            kept.release();
         }
     }
 }
