@@ -4,9 +4,9 @@
 //! glibc maps every block above 32 MiB afresh and unmaps it when freed, so each
 //! first touch of each of its pages is a page fault in which the kernel zeroes
 //! the page. The decoder allocates and frees tensors of a few hundred MB per
-//! frame, in the same sizes frame after frame: on a 2-core Zen 4 the faults were
-//! a fifth of the TCDecoder's time at 512x512 (`decoder_bench`; README.md,
-//! "Performance"). Blocks from [`MIN_KEPT`] up are rounded to a size class (at
+//! frame, in the same sizes frame after frame: on a 2-core Zen 4 the faults cost
+//! nearly a quarter of the TCDecoder's time at 512x512 (`decoder_bench`;
+//! README.md, "Performance"). Blocks from [`MIN_KEPT`] up are rounded to a size class (at
 //! most 1/16 larger than asked for) and, when freed, kept in a small cache while
 //! it holds at most [`cache_cap`] bytes; the oldest go back to the system first.
 //! Smaller blocks are the system allocator's, untouched.
@@ -120,9 +120,9 @@ impl BlockReuse {
         }
     }
 
-    /// Runs `f` with no freed block kept (in any thread), then sends the kept
-    /// ones back: for loading weights, whose temporaries come in sizes no
-    /// stream asks for again, and would otherwise add to the load's peak.
+    /// Sends the kept blocks back, then runs `f` with no freed block kept (in
+    /// any thread): for loading weights, whose temporaries come in sizes no
+    /// stream asks for again and would otherwise add to the load's peak.
     pub fn without_keeping<T>(&self, f: impl FnOnce() -> T) -> T {
         struct Resume<'a>(&'a AtomicUsize);
         impl Drop for Resume<'_> {
