@@ -171,12 +171,6 @@ fn main() -> ExitCode {
     println!("element_fps={element:.4}");
     println!("engine_fps={engine:.4}");
     println!("element_over_engine={:.3}", element / engine);
-    let blocks = gstflashvsr::allocator_stats();
-    println!(
-        "large_blocks reused={} fresh={} (cap {} MiB)",
-        blocks.hits,
-        blocks.misses,
-        blocks.cap >> 20
-    );
+    println!("large_blocks {}", gstflashvsr::allocator_stats());
     ExitCode::SUCCESS
 }

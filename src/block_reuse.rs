@@ -88,6 +88,21 @@ pub struct Stats {
     pub cap: usize,
 }
 
+/// `reused=H fresh=M kept_mib=K (cap C MiB, FLASHVSR_BLOCK_CACHE_MIB)`, as
+/// the benchmarks print it.
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reused={} fresh={} kept_mib={} (cap {} MiB, {CAP_ENV})",
+            self.hits,
+            self.misses,
+            self.kept_bytes >> 20,
+            self.cap >> 20
+        )
+    }
+}
+
 impl BlockReuse {
     pub const fn new() -> Self {
         Self {
@@ -245,7 +260,12 @@ fn size_class(layout: Layout) -> Option<Layout> {
 }
 
 /// The environment variable that sets the cap in MiB (0: keep no block).
-pub const CAP_ENV: &str = "FLASHVSR_BLOCK_CACHE_MIB";
+pub const CAP_ENV: &str = match CAP_ENV_C.to_str() {
+    Ok(name) => name,
+    Err(_) => panic!("an ASCII name"),
+};
+/// [`CAP_ENV`] as `getenv` takes it.
+const CAP_ENV_C: &std::ffi::CStr = c"FLASHVSR_BLOCK_CACHE_MIB";
 
 /// The most bytes held in freed blocks: [`CAP_ENV`] when set to a number, else
 /// an eighth of physical memory, at most 4 GiB.
@@ -275,7 +295,7 @@ pub fn cache_cap() -> usize {
 fn cap_from_env() -> Option<usize> {
     // SAFETY: a NUL-terminated name; the value is read before anything can
     // change the environment in this call.
-    let value = unsafe { libc::getenv(c"FLASHVSR_BLOCK_CACHE_MIB".as_ptr()) };
+    let value = unsafe { libc::getenv(CAP_ENV_C.as_ptr()) };
     if value.is_null() {
         return None;
     }

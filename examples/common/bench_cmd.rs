@@ -296,15 +296,7 @@ pub fn run(args: Cli) -> ExitCode {
         }
         None => println!("peak_rss_mib=n/a (no VmHWM in /proc/self/status)"),
     }
-    let blocks = gstflashvsr::allocator_stats();
-    println!(
-        "large_blocks reused={} fresh={} kept_mib={} (cap {} MiB, {})",
-        blocks.hits,
-        blocks.misses,
-        blocks.kept_bytes >> 20,
-        blocks.cap >> 20,
-        gstflashvsr::block_reuse::CAP_ENV
-    );
+    println!("large_blocks {}", gstflashvsr::allocator_stats());
     if let (Some(loaded), Some(now)) = (
         device_after_loading,
         memory::device_pool_usage(engine.device()),

@@ -719,10 +719,8 @@ mod tests {
         let written = std::fs::read(&mkv).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         let has = |needle: &[u8]| written.windows(needle.len()).any(|w| w == needle);
-        assert!(
-            has(b"hello &") && has(b" bye"),
-            "the subtitle's text is in the file"
-        );
+        // subparse gives the '&' as "&amp;" in its markup
+        assert!(has(b"hello & bye"), "the subtitle's text is in the file");
         assert!(!has(b"<i>") && !has(b"</i>"), "its markup is not");
     }
 

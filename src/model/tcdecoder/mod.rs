@@ -256,16 +256,19 @@ impl TcDecoder {
         // the frames kept 99.80% of values within 1 level of the fixture with
         // this stage in bf16, 98.35% with every layer after the first stage
         // (docs/architecture.md, "bf16 products on the CPU").
-        let f32_products =
-            |load: &dyn Fn() -> Result<Conv>| products::load_with(CpuProducts::F32, load);
-        let first = products::load_with(CpuProducts::F32, || stage(5, c0, 1, c1))?;
-        let last = products::load_with(CpuProducts::F32, || stage(17, c2, 2, c3))?;
+        fn f32_products<T>(load: impl FnOnce() -> Result<T>) -> Result<T> {
+            products::load_with(CpuProducts::F32, load)
+        }
         Ok(Self {
             dtype: vb.dtype(),
-            conv_in: f32_products(&|| Conv::load(d.pp(1), cfg.in_channels, c0, 3, true))?,
-            conv_in2: f32_products(&|| Conv::load(d.pp(3), c0, c0, 3, false))?,
-            stages: [first, stage(11, c1, 2, c2)?, last],
-            conv_out1: f32_products(&|| Conv::load(d.pp(24), c3, c3, 3, false))?,
+            conv_in: f32_products(|| Conv::load(d.pp(1), cfg.in_channels, c0, 3, true))?,
+            conv_in2: f32_products(|| Conv::load(d.pp(3), c0, c0, 3, false))?,
+            stages: [
+                f32_products(|| stage(5, c0, 1, c1))?,
+                stage(11, c1, 2, c2)?,
+                f32_products(|| stage(17, c2, 2, c3))?,
+            ],
+            conv_out1: f32_products(|| Conv::load(d.pp(24), c3, c3, 3, false))?,
             conv_out2: Conv::load(d.pp(26), c3, 3, 3, true)?,
             cfg,
         })
