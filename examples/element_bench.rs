@@ -7,7 +7,8 @@
 //! as fast as it goes, and the engine alone on the same number of frames of the
 //! same size, `--rounds` times each, alternating which goes first (a run after
 //! another finds the process warmer: its allocator's memory mapped, its caches
-//! filled), and prints every run, then `element_fps=<mean>`,
+//! filled), and prints every run (with the process's minor page faults and
+//! CPU seconds in it), then `element_fps=<mean>`,
 //! `engine_fps=<mean>` and their ratio. Both clocks start at the first frame,
 //! after the model is loaded (the element loads it going to PAUSED, before the
 //! source streams), and stop at the last frame out.
@@ -132,6 +133,15 @@ fn engine_fps(a: &Args) -> Result<f64, String> {
     Ok(a.frames as f64 / start.elapsed().as_secs_f64())
 }
 
+/// The process's minor page faults and CPU seconds (user, system) so far.
+fn usage() -> (i64, f64, f64) {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    (ru.ru_minflt, secs(ru.ru_utime), secs(ru.ru_stime))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     println!(
@@ -146,6 +156,7 @@ fn main() -> ExitCode {
             [false, true]
         };
         for run_element in order {
+            let before = usage();
             let result = if run_element {
                 element_fps(&args).map(|fps| element.push(fps))
             } else {
@@ -160,6 +171,14 @@ fn main() -> ExitCode {
                 eprintln!("{what} failed: {e}");
                 return ExitCode::FAILURE;
             }
+            let after = usage();
+            println!(
+                "  {}: minor_faults={} user_s={:.1} sys_s={:.1}",
+                if run_element { "element" } else { "engine" },
+                after.0 - before.0,
+                after.1 - before.1,
+                after.2 - before.2
+            );
         }
         println!(
             "round {round}: element {:.4} fps, engine {:.4} fps",

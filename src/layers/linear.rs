@@ -145,7 +145,7 @@ impl CustomOp1 for Bf16Product<'_> {
             &mut y,
             rhs.n,
             false,
-            candle_core::utils::get_num_threads(),
+            crate::layers::cpu::threads(),
         );
         Ok((CpuStorage::F32(y), Shape::from((rows, rhs.n))))
     }

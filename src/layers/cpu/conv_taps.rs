@@ -218,7 +218,7 @@ impl Geometry {
                     row_stride: image_rows,
                     col_stride: 1,
                 },
-                candle_core::utils::get_num_threads(),
+                super::threads(),
             )
         }
         Ok(())

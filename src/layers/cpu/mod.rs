@@ -16,3 +16,13 @@ pub(crate) mod sparse_blocks;
 pub(crate) mod winograd;
 pub(crate) mod winograd_f4;
 pub(crate) mod winograd_transforms;
+
+/// The threads the fast paths split their work over: candle's own count
+/// (`RAYON_NUM_THREADS`, else the physical cores), asked once. candle answers
+/// by reading /proc/cpuinfo at every call, and the convolutions ask once per
+/// tap product: about 59,000 reads per 41-frame 704x576 stream of the fixture
+/// model (`element_bench`), a few percent of the run in the kernel.
+pub(crate) fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}

@@ -161,7 +161,7 @@ fn convolve(
     };
     let mut out = vec![0f32; n * c_out * h * w];
     let bias = conv.bias;
-    let threads = candle_core::utils::get_num_threads();
+    let threads = super::threads();
     let strips = tiles.strips();
     if strips.len() >= threads && threads > 1 {
         let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
