@@ -11,6 +11,7 @@
 //! accumulate, which is why this path calls `gemm` directly.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
+use rayon::prelude::*;
 
 use super::epilogue::Epilogue;
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
@@ -94,7 +95,7 @@ impl CustomOp2 for TapConv<'_> {
                     .map(|r| &r[i * frame_out..(i + 1) * frame_out]),
                 relu: self.epilogue.relu,
             };
-            geometry.frame(frame, w, self.bias, epilogue, dst)?;
+            geometry.frame(frame, w, self.bias, epilogue, dst, super::threads())?;
         }
         Ok((
             CpuStorage::F32(out),
@@ -130,7 +131,15 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// `frame`: `[c_in, ph, pw]`; `weight`: `[k * k, c_out, c_in]`; `out`: `[c_out, h, w]`.
+    /// `frame`: `[c_in, ph, pw]`; `weight`: `[k * k, c_out, c_in]`; `out`: `[c_out, h, w]`;
+    /// on `threads` threads.
+    ///
+    /// The frame is cut into strips of output rows. With at least as many
+    /// strips as threads, each thread takes whole strips, its `k * k` products
+    /// on its own (one hand-out per `threads` strips rather than one per
+    /// product, and each accumulator stays in its own core's cache); the
+    /// strips left over, and frames with fewer strips, split each product
+    /// between the threads instead.
     fn frame(
         &self,
         frame: &[f32],
@@ -138,47 +147,88 @@ impl Geometry {
         bias: Option<&[f32]>,
         epilogue: Epilogue<'_>,
         out: &mut [f32],
+        threads: usize,
     ) -> Result<()> {
-        let Geometry { k, pw, h, w, .. } = *self;
-        let strip_rows = (STRIP_COLUMNS / pw).clamp(1, h);
-        let mut wide = vec![0f32; self.c_out * strip_rows * pw];
-        let mut r0 = 0;
-        while r0 < h {
-            let rows = strip_rows.min(h - r0);
-            // The last row needs only its `w` valid columns, which keeps every
-            // tap's reads inside the frame.
-            let cols = (rows - 1) * pw + w;
-            let row_stride = rows * pw;
-            if let Some(bias) = bias {
-                for (acc, &b) in wide.chunks_exact_mut(row_stride).zip(bias) {
-                    acc[..cols].fill(b);
-                }
-            }
-            for tap in 0..k * k {
-                let (dy, dx) = (tap / k, tap % k);
-                let start = (r0 + dy) * pw + dx;
-                self.accumulate(
-                    &mut wide,
-                    row_stride,
-                    cols,
-                    &weight[tap * self.c_out * self.c_in..(tap + 1) * self.c_out * self.c_in],
-                    &frame[start..],
-                    bias.is_some() || tap > 0,
+        let strip_rows = (STRIP_COLUMNS / self.pw).clamp(1, self.h);
+        let strips: Vec<(usize, usize)> = (0..self.h)
+            .step_by(strip_rows)
+            .map(|r0| (r0, strip_rows.min(self.h - r0)))
+            .collect();
+        let wide_len = self.c_out * strip_rows * self.pw;
+        let mut wides: Vec<Vec<f32>> = (0..threads.max(1)).map(|_| vec![0f32; wide_len]).collect();
+        for batch in strips.chunks(threads.max(1)) {
+            if threads > 1 && batch.len() == threads {
+                batch.par_iter().zip(wides.par_iter_mut()).try_for_each(
+                    |(&(r0, rows), wide)| self.strip(frame, weight, bias, r0, rows, wide, 1),
                 )?;
-            }
-            for (o, acc) in wide.chunks_exact(row_stride).take(self.c_out).enumerate() {
-                for r in 0..rows {
-                    let dst = (o * h + r0 + r) * w;
-                    epilogue.write(out, dst, &acc[r * pw..r * pw + w]);
+                for (&(r0, rows), wide) in batch.iter().zip(&wides) {
+                    self.write(wide, r0, rows, epilogue, out);
+                }
+            } else {
+                for &(r0, rows) in batch {
+                    self.strip(frame, weight, bias, r0, rows, &mut wides[0], threads)?;
+                    self.write(&wides[0], r0, rows, epilogue, out);
                 }
             }
-            r0 += rows;
         }
         Ok(())
     }
 
+    /// Output rows `r0..r0 + rows` before the epilogue, into `wide` as
+    /// `[c_out, rows * pw]` (the last `k - 1` columns of each row are not
+    /// outputs), with each product split between `threads` threads.
+    #[allow(clippy::too_many_arguments)]
+    fn strip(
+        &self,
+        frame: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        r0: usize,
+        rows: usize,
+        wide: &mut [f32],
+        threads: usize,
+    ) -> Result<()> {
+        let Geometry { k, pw, w, .. } = *self;
+        // The last row needs only its `w` valid columns, which keeps every
+        // tap's reads inside the frame.
+        let cols = (rows - 1) * pw + w;
+        let row_stride = rows * pw;
+        if let Some(bias) = bias {
+            for (acc, &b) in wide.chunks_exact_mut(row_stride).zip(bias) {
+                acc[..cols].fill(b);
+            }
+        }
+        for tap in 0..k * k {
+            let (dy, dx) = (tap / k, tap % k);
+            let start = (r0 + dy) * pw + dx;
+            self.accumulate(
+                wide,
+                row_stride,
+                cols,
+                &weight[tap * self.c_out * self.c_in..(tap + 1) * self.c_out * self.c_in],
+                &frame[start..],
+                bias.is_some() || tap > 0,
+                threads,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A strip's accumulators (`wide`, from [`Geometry::strip`]) through the
+    /// epilogue into output rows `r0..r0 + rows` of `out`.
+    fn write(&self, wide: &[f32], r0: usize, rows: usize, epilogue: Epilogue<'_>, out: &mut [f32]) {
+        let Geometry { pw, h, w, .. } = *self;
+        for (o, acc) in wide.chunks_exact(rows * pw).take(self.c_out).enumerate() {
+            for r in 0..rows {
+                let dst = (o * h + r0 + r) * w;
+                epilogue.write(out, dst, &acc[r * pw..r * pw + w]);
+            }
+        }
+    }
+
     /// `wide[:, ..cols] (+)= weight @ image[:, ..cols]`, where `image` rows are
-    /// `ph * pw` apart.
+    /// `ph * pw` apart, on `threads` threads.
+    #[allow(clippy::too_many_arguments)]
     fn accumulate(
         &self,
         wide: &mut [f32],
@@ -187,6 +237,7 @@ impl Geometry {
         weight: &[f32],
         image: &[f32],
         add: bool,
+        threads: usize,
     ) -> Result<()> {
         let image_rows = self.ph * self.pw;
         if wide.len() < (self.c_out - 1) * row_stride + cols
@@ -218,8 +269,60 @@ impl Geometry {
                     row_stride: image_rows,
                     col_stride: 1,
                 },
-                super::threads(),
+                threads,
             )
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Strips handed out whole to the threads (with a leftover strip whose
+    /// products are split instead) give what one thread gives, through the
+    /// bias and the epilogue.
+    #[test]
+    fn strips_split_between_threads_equal_one_thread() -> Result<()> {
+        let (k, c_in, c_out) = (3, 3, 5);
+        // 302 columns a row: 54 rows a strip, so 3 strips of 54, 54 and 12 rows
+        let (ph, pw) = (122, 302);
+        let geometry = Geometry {
+            k,
+            c_in,
+            c_out,
+            ph,
+            pw,
+            h: ph + 1 - k,
+            w: pw + 1 - k,
+        };
+        let value = |i: usize| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5;
+        let frame: Vec<f32> = (0..c_in * ph * pw).map(value).collect();
+        let weight: Vec<f32> = (0..k * k * c_out * c_in).map(|i| value(i + 11)).collect();
+        let bias: Vec<f32> = (0..c_out).map(|i| value(i + 5)).collect();
+        let frame_out = c_out * geometry.h * geometry.w;
+        let residual: Vec<f32> = (0..frame_out).map(|i| value(i + 3)).collect();
+        let epilogue = Epilogue {
+            residual: Some(&residual),
+            relu: true,
+        };
+        let run = |threads: usize| -> Result<Vec<f32>> {
+            let mut out = vec![f32::NAN; frame_out];
+            geometry.frame(&frame, &weight, Some(&bias), epilogue, &mut out, threads)?;
+            Ok(out)
+        };
+        let one = run(1)?;
+        assert!(one.iter().all(|v| v.is_finite() && *v >= 0.0));
+        assert!(one.iter().any(|v| *v > 0.0));
+        for threads in [2, 3, 4] {
+            let split = run(threads)?;
+            let err = one
+                .iter()
+                .zip(&split)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-5, "{threads} threads: {err}");
         }
         Ok(())
     }
