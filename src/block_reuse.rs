@@ -6,9 +6,14 @@
 //! the page. The decoder allocates and frees tensors of a few hundred MB per
 //! frame, in the same sizes frame after frame: on a 2-core Zen 4 the faults cost
 //! nearly a quarter of the TCDecoder's time at 512x512 (`decoder_bench`;
-//! README.md, "Performance"). Blocks from [`MIN_KEPT`] up are rounded to a size class (at
-//! most 1/16 larger than asked for) and, when freed, kept in a small cache while
-//! it holds at most [`cache_cap`] bytes; the oldest go back to the system first.
+//! README.md, "Performance"). A thread other than the process's first (the
+//! element's model thread) fares worse: glibc serves it from an arena that
+//! grows in heaps of 64 MiB, and blocks of a quarter of that and up come and go
+//! with fresh pages there (`element_bench`: about 20 % more faults than the
+//! same run on the main thread, 2-3 % of its time). Blocks from [`MIN_KEPT`]
+//! up are rounded to a size class (at most 1/16 larger than asked for) and,
+//! when freed, kept in a small cache while it holds at most [`cache_cap`]
+//! bytes; the oldest go back to the system first.
 //! Smaller blocks are the system allocator's, untouched.
 //!
 //! The cache lives in the process: in a GStreamer application it serves this
@@ -18,12 +23,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// The smallest block kept for reuse. glibc itself reuses blocks below its
-/// largest mmap threshold (32 MiB) from its heap.
-pub const MIN_KEPT: usize = 32 << 20;
+/// The smallest block kept for reuse: glibc maps blocks above 32 MiB afresh,
+/// and a thread's own arena (64 MiB heaps) does no better from 16 MiB.
+pub const MIN_KEPT: usize = 16 << 20;
 
 /// Freed blocks held at most at once.
-const SLOTS: usize = 16;
+const SLOTS: usize = 32;
 
 /// At most this share of physical memory is held in freed blocks, and at most
 /// [`MAX_CAP`].
