@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 pub const MIN_KEPT: usize = 16 << 20;
 
 /// Freed blocks held at most at once.
-const SLOTS: usize = 32;
+const SLOTS: usize = 16;
 
 /// At most this share of physical memory is held in freed blocks, and at most
 /// [`MAX_CAP`].
