@@ -57,15 +57,7 @@ impl CustomOp2 for TapConv<'_> {
                 self.pad
             )
         }
-        let geometry = Geometry {
-            k,
-            c_in,
-            c_out,
-            ph,
-            pw,
-            h: ph + 1 - k,
-            w: pw + 1 - k,
-        };
+        let geometry = Geometry::new(k, c_in, c_out, ph, pw);
         let frame_out = c_out * geometry.h * geometry.w;
         if self
             .epilogue
@@ -131,6 +123,19 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// A `k x k` kernel over a padded `ph x pw` frame: `(ph + 1 - k) x (pw + 1 - k)` outputs.
+    fn new(k: usize, c_in: usize, c_out: usize, ph: usize, pw: usize) -> Self {
+        Geometry {
+            k,
+            c_in,
+            c_out,
+            ph,
+            pw,
+            h: ph + 1 - k,
+            w: pw + 1 - k,
+        }
+    }
+
     /// `frame`: `[c_in, ph, pw]`; `weight`: `[k * k, c_out, c_in]`; `out`: `[c_out, h, w]`;
     /// on `threads` threads.
     ///
@@ -154,10 +159,14 @@ impl Geometry {
             .step_by(strip_rows)
             .map(|r0| (r0, strip_rows.min(self.h - r0)))
             .collect();
+        let whole_strips = threads > 1 && strips.len() >= threads;
+        // one accumulator per thread that takes whole strips
         let wide_len = self.c_out * strip_rows * self.pw;
-        let mut wides: Vec<Vec<f32>> = (0..threads.max(1)).map(|_| vec![0f32; wide_len]).collect();
+        let mut wides: Vec<Vec<f32>> = (0..if whole_strips { threads } else { 1 })
+            .map(|_| vec![0f32; wide_len])
+            .collect();
         for batch in strips.chunks(threads.max(1)) {
-            if threads > 1 && batch.len() == threads {
+            if whole_strips && batch.len() == threads {
                 batch.par_iter().zip(wides.par_iter_mut()).try_for_each(
                     |(&(r0, rows), wide)| self.strip(frame, weight, bias, r0, rows, wide, 1),
                 )?;
@@ -288,15 +297,7 @@ mod tests {
         let (k, c_in, c_out) = (3, 3, 5);
         // 302 columns a row: 54 rows a strip, so 3 strips of 54, 54 and 12 rows
         let (ph, pw) = (122, 302);
-        let geometry = Geometry {
-            k,
-            c_in,
-            c_out,
-            ph,
-            pw,
-            h: ph + 1 - k,
-            w: pw + 1 - k,
-        };
+        let geometry = Geometry::new(k, c_in, c_out, ph, pw);
         let value = |i: usize| ((i * 7919 % 1013) as f32 / 1013.0) - 0.5;
         let frame: Vec<f32> = (0..c_in * ph * pw).map(value).collect();
         let weight: Vec<f32> = (0..k * k * c_out * c_in).map(|i| value(i + 11)).collect();
