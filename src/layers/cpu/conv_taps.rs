@@ -11,7 +11,6 @@
 //! accumulate, which is why this path calls `gemm` directly.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
-use rayon::prelude::*;
 
 use super::epilogue::Epilogue;
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
@@ -137,14 +136,8 @@ impl Geometry {
     }
 
     /// `frame`: `[c_in, ph, pw]`; `weight`: `[k * k, c_out, c_in]`; `out`: `[c_out, h, w]`;
-    /// on `threads` threads.
-    ///
-    /// The frame is cut into strips of output rows. With at least as many
-    /// strips as threads, each thread takes whole strips, its `k * k` products
-    /// on its own (one hand-out per `threads` strips rather than one per
-    /// product, and each accumulator stays in its own core's cache); the
-    /// strips left over, and frames with fewer strips, split each product
-    /// between the threads instead.
+    /// on `threads` threads, in strips of output rows handed out by
+    /// [`super::strips_on_threads`].
     fn frame(
         &self,
         frame: &[f32],
@@ -159,28 +152,16 @@ impl Geometry {
             .step_by(strip_rows)
             .map(|r0| (r0, strip_rows.min(self.h - r0)))
             .collect();
-        let whole_strips = threads > 1 && strips.len() >= threads;
-        // one accumulator per thread that takes whole strips
         let wide_len = self.c_out * strip_rows * self.pw;
-        let mut wides: Vec<Vec<f32>> = (0..if whole_strips { threads } else { 1 })
-            .map(|_| vec![0f32; wide_len])
-            .collect();
-        for batch in strips.chunks(threads.max(1)) {
-            if whole_strips && batch.len() == threads {
-                batch.par_iter().zip(wides.par_iter_mut()).try_for_each(
-                    |(&(r0, rows), wide)| self.strip(frame, weight, bias, r0, rows, wide, 1),
-                )?;
-                for (&(r0, rows), wide) in batch.iter().zip(&wides) {
-                    self.write(wide, r0, rows, epilogue, out);
-                }
-            } else {
-                for &(r0, rows) in batch {
-                    self.strip(frame, weight, bias, r0, rows, &mut wides[0], threads)?;
-                    self.write(&wides[0], r0, rows, epilogue, out);
-                }
-            }
-        }
-        Ok(())
+        super::strips_on_threads(
+            &strips,
+            threads,
+            |&(r0, rows), wide: &mut Vec<f32>, threads| {
+                wide.resize(wide_len, 0.0);
+                self.strip(frame, weight, bias, r0, rows, wide, threads)
+            },
+            |&(r0, rows), wide| self.write(wide, r0, rows, epilogue, out),
+        )
     }
 
     /// Output rows `r0..r0 + rows` before the epilogue, into `wide` as

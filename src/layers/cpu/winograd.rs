@@ -17,7 +17,6 @@
 //! otherwise one after the other with every thread in each product.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
-use rayon::prelude::*;
 
 use super::bf16_gemm::{self, PackedLhs, RhsRef, pack_rhs};
 use super::epilogue::Epilogue;
@@ -162,25 +161,15 @@ fn convolve(
     let mut out = vec![0f32; n * c_out * h * w];
     let bias = conv.bias;
     let threads = super::threads();
-    let strips = tiles.strips();
-    if strips.len() >= threads && threads > 1 {
-        let mut scratch: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
-        for batch in strips.chunks(threads) {
-            batch
-                .par_iter()
-                .zip(scratch.par_iter_mut())
-                .for_each(|(&(g0, rows), s)| tiles.strip(u, bias, g0, rows, 1, s));
-            for (&(g0, rows), s) in batch.iter().zip(&scratch) {
-                tiles.scatter(&s.local, g0, rows, (h, w), conv.epilogue, &mut out);
-            }
-        }
-    } else {
-        let mut s = Scratch::default();
-        for &(g0, rows) in &strips {
-            tiles.strip(u, bias, g0, rows, threads, &mut s);
-            tiles.scatter(&s.local, g0, rows, (h, w), conv.epilogue, &mut out);
-        }
-    }
+    super::strips_on_threads(
+        &tiles.strips(),
+        threads,
+        |&(g0, rows), s: &mut Scratch, threads| {
+            tiles.strip(u, bias, g0, rows, threads, s);
+            Ok(())
+        },
+        |&(g0, rows), s| tiles.scatter(&s.local, g0, rows, (h, w), conv.epilogue, &mut out),
+    )?;
     Ok((CpuStorage::F32(out), Shape::from((n, c_out, h, w))))
 }
 
