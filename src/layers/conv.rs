@@ -153,6 +153,24 @@ const WINOGRAD_MIN_IN_CHANNELS: usize = 64;
 /// `CpuConvKernel::Winograd4` picks it per layer.
 const DEFAULT_WINOGRAD_TILE: usize = 2;
 
+/// What a convolution's input stands for beyond its own values, read in
+/// place by the CPU's Winograd path ([`winograd::WinogradConv`]).
+#[derive(Clone, Copy)]
+struct Fused<'a> {
+    /// See [`Conv2d::forward_with_previous`].
+    previous: Option<&'a Tensor>,
+    /// See [`Conv2d::forward_upsampled_then`].
+    upsample: bool,
+}
+
+impl Fused<'_> {
+    /// The input is what it holds.
+    const NONE: Fused<'static> = Fused {
+        previous: None,
+        upsample: false,
+    };
+}
+
 /// What [`Conv2d::forward_then`] applies after the bias: add `residual` (of the
 /// output's shape), then ReLU where `relu`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -294,13 +312,29 @@ impl Conv2d {
     /// `x`: `[n, c_in, h, w]`, zero-padded here; returns `[n, c_out, h, w]` in
     /// `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, self.k / 2, Then::default(), None)
+        self.run(x, self.k / 2, Then::default(), Fused::NONE)
     }
 
     /// `relu(conv(x))`, or `relu(conv(x) + residual)` as `then` says, on the
     /// CPU in the same pass that writes the outputs.
     pub fn forward_then(&self, x: &Tensor, then: Then<'_>) -> Result<Tensor> {
-        self.run(x, self.k / 2, then, None)
+        self.run(x, self.k / 2, then, Fused::NONE)
+    }
+
+    /// `conv(upsample_nearest2d(x, 2 h, 2 w))` then `then`: `x` `[n, c_in, h,
+    /// w]`, the output `[n, c_out, 2 h, 2 w]`. The CPU's Winograd path reads
+    /// each pixel of `x` in place for its 4 copies; other paths build the
+    /// upsampled frames.
+    pub fn forward_upsampled_then(&self, x: &Tensor, then: Then<'_>) -> Result<Tensor> {
+        if self.weight.is_cpu_winograd() && kernels::cpu_fast_path(x) {
+            let fused = Fused {
+                previous: None,
+                upsample: true,
+            };
+            return self.run(x, self.k / 2, then, fused);
+        }
+        let (_, _, h, w) = x.dims4()?;
+        self.forward_then(&x.upsample_nearest2d(2 * h, 2 * w)?, then)
     }
 
     /// `conv(cat([x, previous], channels))` then `then`, where `previous` is
@@ -322,33 +356,33 @@ impl Conv2d {
             )
         }
         if self.weight.is_cpu_winograd() && kernels::cpu_fast_path(x) && 2 * c == self.c_in {
-            return self.run(x, self.k / 2, then, Some(before));
+            let fused = Fused {
+                previous: Some(before),
+                upsample: false,
+            };
+            return self.run(x, self.k / 2, then, fused);
         }
         let past = if n > 1 {
             Tensor::cat(&[before, &x.narrow(0, 0, n - 1)?], 0)?
         } else {
             before.clone()
         };
-        self.run(&Tensor::cat(&[x, &past], 1)?, self.k / 2, then, None)
+        self.run(&Tensor::cat(&[x, &past], 1)?, self.k / 2, then, Fused::NONE)
     }
 
     /// `padded`: `[n, c_in, h + k - 1, w + k - 1]`, already padded by the caller
     /// (e.g. replicate padding); returns `[n, c_out, h, w]` in `padded`'s dtype.
     pub fn forward_padded(&self, padded: &Tensor) -> Result<Tensor> {
-        self.run(padded, 0, Then::default(), None)
+        self.run(padded, 0, Then::default(), Fused::NONE)
     }
 
     /// Convolves `x` zero-padded by `pad` on each side, then applies `then`;
-    /// with `previous`, `x` stands for the concatenation of
-    /// [`Conv2d::forward_with_previous`] (the CPU's Winograd path only).
-    fn run(
-        &self,
-        x: &Tensor,
-        pad: usize,
-        then: Then<'_>,
-        previous: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    /// `x` stands for more than its values as `fused` says (the CPU's Winograd
+    /// path only).
+    fn run(&self, x: &Tensor, pad: usize, then: Then<'_>, fused: Fused<'_>) -> Result<Tensor> {
+        let Fused { previous, upsample } = fused;
         let (n, x_channels, xh, xw) = x.dims4()?;
+        let (xh, xw) = if upsample { (2 * xh, 2 * xw) } else { (xh, xw) };
         let c = if previous.is_some() {
             2 * x_channels
         } else {
@@ -385,9 +419,9 @@ impl Conv2d {
         let dtype = x.dtype();
         let x = x.to_dtype(self.weight.dtype())?;
         let fast = kernels::cpu_fast_path(&x) && !matches!(self.weight, Weight::Kernel(_));
-        if previous.is_some() && !(fast && self.weight.is_cpu_winograd()) {
+        if (previous.is_some() || upsample) && !(fast && self.weight.is_cpu_winograd()) {
             candle_core::bail!(
-                "convolution: only the CPU's Winograd path reads previous frames in place"
+                "convolution: only the CPU's Winograd path reads previous or upsampled frames in place"
             )
         }
         if !fast {
@@ -417,6 +451,7 @@ impl Conv2d {
             bias: self.cpu_bias.as_deref(),
             epilogue,
             previous: cpu_values(&previous_guard, "previous frame")?,
+            upsample,
         };
         let x = x.contiguous()?;
         let y = match &self.weight {
@@ -839,6 +874,59 @@ mod tests {
             assert!(err < *bound, "one frame: {err}");
             let wrong = Tensor::zeros((1, c, h, w + 1), DType::F32, &dev)?;
             assert!(conv.forward_with_previous(&x, &wrong, Then::RELU).is_err());
+        }
+        Ok(())
+    }
+
+    /// `forward_upsampled_then` equals the same layer on the upsampled input
+    /// on the Winograd paths that read it in place (F(2x2) in f32 and bf16,
+    /// F(4x4)), with partial last tiles, a residual and the ReLU, and on the
+    /// taps and the portable path, which upsample first; the f32 paths agree
+    /// with candle's own convolution of the upsampled input.
+    #[test]
+    fn upsampled_frames_read_in_place_equal_the_upsampling() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, c, c_out, h, w) = (2, 5, 6, 5, 7);
+        let x = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev)?;
+        let up = x.upsample_nearest2d(2 * h, 2 * w)?;
+        let wt = (Tensor::randn(0f32, 1.0, (c_out, c, 3, 3), &dev)? / (9.0 * c as f64).sqrt())?;
+        let b = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+        let residual = Tensor::randn(0f32, 1.0, (n, c_out, 2 * h, 2 * w), &dev)?;
+        let then = Then {
+            residual: Some(&residual),
+            relu: true,
+        };
+        let conv = |kernel| Conv2d::with_cpu_kernel(&wt, Some(b.clone()), kernel);
+        let reference = kernels::run_with(KernelPath::Portable, || {
+            conv(CpuConvKernel::Taps)?.forward_then(&up, then)
+        })?;
+        // (layer, bound against candle's convolution: none for bf16 products)
+        let mut convs = vec![
+            (conv(CpuConvKernel::Winograd)?, Some(1e-4)),
+            (conv(CpuConvKernel::Winograd4)?, Some(1e-3)),
+            (conv(CpuConvKernel::Taps)?, Some(1e-4)),
+        ];
+        if products::bf16_available() {
+            let bf16 = products::load_with(CpuProducts::Bf16, || conv(CpuConvKernel::Winograd))?;
+            convs.push((bf16, None));
+        }
+        for (conv, bound) in &convs {
+            for path in [KernelPath::Fast, KernelPath::Portable] {
+                let (got, want) = kernels::run_with(path, || -> Result<_> {
+                    Ok((
+                        conv.forward_upsampled_then(&x, then)?,
+                        conv.forward_then(&up, then)?,
+                    ))
+                })?;
+                assert_eq!(got.dims(), [n, c_out, 2 * h, 2 * w]);
+                // the same values through the same products
+                let err = max_err(&got, &want)?;
+                assert!(err < 1e-6, "{path:?}, against the same layer: {err}");
+                if let Some(bound) = bound {
+                    let err = max_err(&got, &reference)?;
+                    assert!(err < *bound, "{path:?}, against candle: {err}");
+                }
+            }
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape};
 
+use super::StripOutput;
 use super::epilogue::Epilogue;
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
 
@@ -69,9 +70,11 @@ impl CustomOp2 for TapConv<'_> {
                 geometry.w
             )
         }
-        let mut out = vec![0f32; n * frame_out];
+        let len = n * frame_out;
+        let mut values = Vec::new();
+        let out = StripOutput::new(&mut values, len);
         let mut padded = Vec::new();
-        for (i, dst) in out.chunks_exact_mut(frame_out).enumerate() {
+        for i in 0..n {
             let src = &x[i * c_in * h0 * w0_..(i + 1) * c_in * h0 * w0_];
             let frame = if self.pad == 0 {
                 src
@@ -86,10 +89,15 @@ impl CustomOp2 for TapConv<'_> {
                     .map(|r| &r[i * frame_out..(i + 1) * frame_out]),
                 relu: self.epilogue.relu,
             };
-            geometry.frame(frame, w, self.bias, epilogue, dst, super::threads())?;
+            let at = i * frame_out;
+            geometry.frame(frame, w, self.bias, epilogue, (&out, at), super::threads())?;
         }
+        // SAFETY: each frame's strips cover its output rows `0..h`, and
+        // `Geometry::write` writes all `w` values of each of them for every
+        // output channel: every value of every frame.
+        unsafe { super::assume_written(&mut values, len) };
         Ok((
-            CpuStorage::F32(out),
+            CpuStorage::F32(values),
             Shape::from((n, c_out, geometry.h, geometry.w)),
         ))
     }
@@ -135,16 +143,18 @@ impl Geometry {
         }
     }
 
-    /// `frame`: `[c_in, ph, pw]`; `weight`: `[k * k, c_out, c_in]`; `out`: `[c_out, h, w]`;
-    /// on `threads` threads, in strips of output rows handed out by
+    /// `frame`: `[c_in, ph, pw]`; `weight`: `[k * k, c_out, c_in]`; the
+    /// output `[c_out, h, w]` is written to `out` from value `out_at` on; on
+    /// `threads` threads, in strips of output rows handed out by
     /// [`super::strips_on_threads`].
+    #[allow(clippy::too_many_arguments)]
     fn frame(
         &self,
         frame: &[f32],
         weight: &[f32],
         bias: Option<&[f32]>,
         epilogue: Epilogue<'_>,
-        out: &mut [f32],
+        (out, out_at): (&StripOutput<'_>, usize),
         threads: usize,
     ) -> Result<()> {
         let strip_rows = (STRIP_COLUMNS / self.pw).clamp(1, self.h);
@@ -160,7 +170,7 @@ impl Geometry {
                 wide.resize(wide_len, 0.0);
                 self.strip(frame, weight, bias, r0, rows, wide, threads)
             },
-            |&(r0, rows), wide| self.write(wide, r0, rows, epilogue, out),
+            |&(r0, rows), wide| self.write(wide, r0, rows, epilogue, (out, out_at)),
         )
     }
 
@@ -206,12 +216,21 @@ impl Geometry {
 
     /// A strip's accumulators (`wide`, from [`Geometry::strip`]) through the
     /// epilogue into output rows `r0..r0 + rows` of `out`.
-    fn write(&self, wide: &[f32], r0: usize, rows: usize, epilogue: Epilogue<'_>, out: &mut [f32]) {
+    fn write(
+        &self,
+        wide: &[f32],
+        r0: usize,
+        rows: usize,
+        epilogue: Epilogue<'_>,
+        (out, out_at): (&StripOutput<'_>, usize),
+    ) {
         let Geometry { pw, h, w, .. } = *self;
         for (o, acc) in wide.chunks_exact(rows * pw).take(self.c_out).enumerate() {
             for r in 0..rows {
                 let dst = (o * h + r0 + r) * w;
-                epilogue.write(out, dst, &acc[r * pw..r * pw + w]);
+                // SAFETY: output rows `r0..r0 + rows` belong to this strip alone.
+                let row = unsafe { out.range(out_at + dst, w) };
+                epilogue.write(row, dst, &acc[r * pw..r * pw + w]);
             }
         }
     }
@@ -290,8 +309,10 @@ mod tests {
             relu: true,
         };
         let run = |threads: usize| -> Result<Vec<f32>> {
+            // NaN wherever a value was left unwritten
             let mut out = vec![f32::NAN; frame_out];
-            geometry.frame(&frame, &weight, Some(&bias), epilogue, &mut out, threads)?;
+            let to = StripOutput::over(&mut out);
+            geometry.frame(&frame, &weight, Some(&bias), epilogue, (&to, 0), threads)?;
             Ok(out)
         };
         let one = run(1)?;

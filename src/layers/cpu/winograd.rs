@@ -18,8 +18,10 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 
+use super::StripOutput;
 use super::bf16_gemm::{self, PackedLhs, RhsRef, pack_rhs};
 use super::epilogue::Epilogue;
+use super::fast_math::simd_kernel;
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
 use super::{winograd_f4, winograd_transforms};
 
@@ -41,6 +43,9 @@ pub(crate) struct WinogradConv<'a> {
     /// `cat([x, previous frames], channels)`, the previous frame of frame 0
     /// being this one (a causal block's input with its memory), read in place.
     pub previous: Option<&'a [f32]>,
+    /// The input (and `previous`) stands for its nearest 2x upsampling,
+    /// `[n, C, 2h, 2w]`, each pixel read in place for its 4 copies.
+    pub upsample: bool,
 }
 
 /// The transformed weights of a layer as the products read them.
@@ -110,9 +115,11 @@ fn convolve(
     u: Products<'_>,
 ) -> Result<(CpuStorage, Shape)> {
     let x = contiguous_f32(x, x_layout, OP, "input")?;
-    let (n, x_channels, xh, xw) = x_layout.shape().dims4()?;
+    let (n, x_channels, sh, sw) = x_layout.shape().dims4()?;
+    let up = if conv.upsample { 2 } else { 1 };
+    let (xh, xw) = (up * sh, up * sw);
     let c_in = match conv.previous {
-        Some(p) if p.len() != x_channels * xh * xw => candle_core::bail!(
+        Some(p) if p.len() != x_channels * sh * sw => candle_core::bail!(
             "winograd convolution: previous frame of {} values for frames {:?}",
             p.len(),
             x_layout.shape().dims()
@@ -156,9 +163,12 @@ fn convolve(
         tw: w.div_ceil(m),
         xh,
         xw,
+        up,
         pad: conv.pad,
     };
-    let mut out = vec![0f32; n * c_out * h * w];
+    let len = n * c_out * h * w;
+    let mut values = Vec::new();
+    let out = StripOutput::new(&mut values, len);
     let bias = conv.bias;
     let threads = super::threads();
     super::strips_on_threads(
@@ -168,9 +178,13 @@ fn convolve(
             tiles.strip(u, bias, g0, rows, threads, s);
             Ok(())
         },
-        |&(g0, rows), s| tiles.scatter(&s.local, g0, rows, (h, w), conv.epilogue, &mut out),
+        |&(g0, rows), s| tiles.scatter(&s.local, g0, rows, (h, w), conv.epilogue, &out),
     )?;
-    Ok((CpuStorage::F32(out), Shape::from((n, c_out, h, w))))
+    // SAFETY: the strips cover every tile row of every frame, and `scatter`
+    // writes all `w` values of each of their output rows below `h`, for every
+    // output channel: every value of the output.
+    unsafe { super::assume_written(&mut values, len) };
+    Ok((CpuStorage::F32(values), Shape::from((n, c_out, h, w))))
 }
 
 /// Buffers of one strip, kept from strip to strip so that each strip does not
@@ -208,8 +222,11 @@ struct Tiles<'a> {
     c_out: usize,
     th: usize,
     tw: usize,
+    /// The input's size as the convolution sees it (upsampled where `up` is 2).
     xh: usize,
     xw: usize,
+    /// 2 where the input planes stand for their nearest 2x upsampling, else 1.
+    up: usize,
     pad: usize,
 }
 
@@ -238,29 +255,33 @@ impl Tiles<'_> {
     /// tile column contiguously. Padding row by row here, rather than the whole
     /// input up front, keeps the copy in the cache and the work in the threads.
     fn load_rows(&self, f: usize, c: usize, ty: usize, rows: &mut [f32]) {
-        let Tiles { m, xh, xw, pad, .. } = *self;
+        let Tiles {
+            m, xh, xw, up, pad, ..
+        } = *self;
         let plane = self.plane(f, c);
-        let phase_len = self.tw + 1;
+        let (sw, phase_len) = (xw / up, self.tw + 1);
         rows.fill(0.0);
         for (i, dst) in rows.chunks_exact_mut(m * phase_len).enumerate() {
-            let Some(sy) = (m * ty + i).checked_sub(pad).filter(|&sy| sy < xh) else {
+            let Some(y) = (m * ty + i).checked_sub(pad).filter(|&y| y < xh) else {
                 continue;
             };
-            let src = &plane[sy * xw..(sy + 1) * xw];
-            if m == 2 {
-                split_phases(src, pad, dst.split_at_mut(phase_len));
-            } else {
-                for (sx, &v) in src.iter().enumerate() {
-                    let px = sx + pad;
-                    dst[(px % m) * phase_len + px / m] = v;
+            let src = &plane[(y / up) * sw..(y / up + 1) * sw];
+            match (m, up) {
+                (2, 1) => split_phases(src, pad, dst.split_at_mut(phase_len)),
+                (2, _) => upsampled_phases(src, pad, dst.split_at_mut(phase_len)),
+                _ => {
+                    for x in 0..xw {
+                        let px = x + pad;
+                        dst[(px % m) * phase_len + px / m] = src[x / up];
+                    }
                 }
             }
         }
     }
 
-    /// Input channel `c` of frame `f`, `xh * xw` values.
+    /// Input channel `c` of frame `f`: its `(xh / up) * (xw / up)` values.
     fn plane(&self, f: usize, c: usize) -> &[f32] {
-        let (cx, hw) = (self.x_channels, self.xh * self.xw);
+        let (cx, hw) = (self.x_channels, (self.xh / self.up) * (self.xw / self.up));
         match (c.checked_sub(cx), f.checked_sub(1), self.previous) {
             (None, _, _) => &self.x[(f * cx + c) * hw..][..hw],
             (Some(pc), Some(pf), _) => &self.x[(pf * cx + pc) * hw..][..hw],
@@ -391,7 +412,8 @@ impl Tiles<'_> {
 
     /// Writes a strip's `[rows, c_out, m, m tw]` outputs into `out`
     /// `[n, c_out, h, w]` through `epilogue`, dropping what the partial last
-    /// tiles computed beyond it.
+    /// tiles computed beyond it. Only this strip's output rows are written, so
+    /// strips may scatter from several threads at once.
     fn scatter(
         &self,
         local: &[f32],
@@ -399,7 +421,7 @@ impl Tiles<'_> {
         rows: usize,
         (h, w): (usize, usize),
         epilogue: Epilogue<'_>,
-        out: &mut [f32],
+        out: &StripOutput<'_>,
     ) {
         let (m, c_out, th) = (self.m, self.c_out, self.th);
         let line = m * self.tw;
@@ -413,7 +435,10 @@ impl Tiles<'_> {
                     }
                     let src = ((r * c_out + o) * m + dy) * line;
                     let dst = ((f * c_out + o) * h + y) * w;
-                    epilogue.write(out, dst, &local[src..src + w]);
+                    // SAFETY: output row `y` of frame `f` comes from tile
+                    // row `g0 + r`, which belongs to this strip alone.
+                    let row = unsafe { out.range(dst, w) };
+                    epilogue.write(row, dst, &local[src..src + w]);
                 }
             }
         }
@@ -430,16 +455,35 @@ fn split_phases(src: &[f32], pad: usize, (even, odd): (&mut [f32], &mut [f32])) 
     } else {
         (odd, even, pad / 2, pad.div_ceil(2))
     };
-    let pairs = src.chunks_exact(2);
-    let tail = pairs.remainder().first().copied();
-    let k = pairs.len();
-    let (a, b) = (&mut first[at0..at0 + k], &mut second[at1..at1 + k]);
-    for ((pair, x), y) in pairs.zip(a.iter_mut()).zip(b.iter_mut()) {
-        *x = pair[0];
-        *y = pair[1];
+    let k = src.len() / 2;
+    deinterleave(
+        &src[..2 * k],
+        &mut first[at0..at0 + k],
+        &mut second[at1..at1 + k],
+    );
+    if src.len() % 2 == 1 {
+        first[at0 + k] = src[2 * k];
     }
-    if let Some(v) = tail {
-        first[at0 + k] = v;
+}
+
+/// One source row of an input that stands for its nearest 2x upsampling,
+/// padded by `pad` on the left, into the even and odd padded columns of the
+/// upsampled row: upsampled column `x` is `src[x / 2]`, so each phase is
+/// `src` itself, the odd one from padded column `pad / 2`, the even one from
+/// `pad.div_ceil(2)`.
+fn upsampled_phases(src: &[f32], pad: usize, (even, odd): (&mut [f32], &mut [f32])) {
+    let n = src.len();
+    even[pad.div_ceil(2)..][..n].copy_from_slice(src);
+    odd[pad / 2..][..n].copy_from_slice(src);
+}
+
+simd_kernel! {
+    /// `src`'s even values into `first`, its odd ones into `second`.
+    fn deinterleave(src: &[f32], first: &mut [f32], second: &mut [f32]) {
+        for ((pair, x), y) in src.chunks_exact(2).zip(first.iter_mut()).zip(second.iter_mut()) {
+            *x = pair[0];
+            *y = pair[1];
+        }
     }
 }
 
@@ -449,4 +493,26 @@ fn split_lines(lines: &mut [f32], line: usize) -> [&mut [f32]; 4] {
     let (l1, rest) = rest.split_at_mut(line);
     let (l2, l3) = rest.split_at_mut(line);
     [l0, l1, l2, l3]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The even and odd phases of an upsampled row are those of the row
+    /// upsampled first, for even and odd paddings.
+    #[test]
+    fn upsampled_phases_equal_the_upsampled_row() {
+        let src: Vec<f32> = (1..=5).map(|v| v as f32).collect();
+        let up: Vec<f32> = src.iter().flat_map(|&v| [v, v]).collect();
+        for pad in 0..4 {
+            let half = (up.len() + 2 * pad).div_ceil(2) + 1;
+            let (mut want, mut got) = (vec![0f32; 2 * half], vec![0f32; 2 * half]);
+            let (even, odd) = want.split_at_mut(half);
+            split_phases(&up, pad, (even, odd));
+            let (even, odd) = got.split_at_mut(half);
+            upsampled_phases(&src, pad, (even, odd));
+            assert_eq!(got, want, "pad {pad}");
+        }
+    }
 }

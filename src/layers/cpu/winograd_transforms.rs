@@ -72,36 +72,89 @@ pub(crate) fn kernels_from_weights(u: &[f32], c_out: usize, c_in: usize) -> Vec<
     kernel
 }
 
+/// Tiles the input transform takes at once: one AVX-512 vector of each value.
+const LANES: usize = 16;
+
 simd_kernel! {
     /// One tile row of one channel: `rows` are the 4 input rows of the tiles,
     /// each as its `tiles + 1` even columns then its `tiles + 1` odd ones; tile
     /// `t` reads columns `2 t..2 t + 4`, i.e. even `t`, odd `t`, even `t + 1`,
     /// odd `t + 1`. Writes `V` of tile `t` to `out[xi * stride + t]` for the 16 `xi`.
+    ///
+    /// Runs [`LANES`] tiles at a time through fixed-size arrays, each of the 16
+    /// results then stored as one run: written tile by tile, with 16 stores a
+    /// tile into one slice, the compiler kept a scalar loop for most calls.
     pub(crate) fn input_tile_row(rows: [&[f32]; 4], tiles: usize, out: &mut [f32], stride: usize) {
         let half = tiles + 1;
-        let (e0, o0) = rows[0][..2 * half].split_at(half);
-        let (e1, o1) = rows[1][..2 * half].split_at(half);
-        let (e2, o2) = rows[2][..2 * half].split_at(half);
-        let (e3, o3) = rows[3][..2 * half].split_at(half);
+        let [r0, r1, r2, r3] = rows;
+        let phases = [
+            r0[..2 * half].split_at(half),
+            r1[..2 * half].split_at(half),
+            r2[..2 * half].split_at(half),
+            r3[..2 * half].split_at(half),
+        ];
         let out = &mut out[..15 * stride + tiles];
-        for t in 0..tiles {
-            let column = |e: &[f32], o: &[f32]| [e[t], o[t], e[t + 1], o[t + 1]];
-            let (d0, d1, d2, d3) = (column(e0, o0), column(e1, o1), column(e2, o2), column(e3, o3));
-            // B^T d: down the tile's 4 columns.
-            let mut r = [[0f32; 4]; 4];
-            for j in 0..4 {
-                r[0][j] = d0[j] - d2[j];
-                r[1][j] = d1[j] + d2[j];
-                r[2][j] = d2[j] - d1[j];
-                r[3][j] = d1[j] - d3[j];
-            }
-            // (B^T d) B: along each row.
-            for (i, r) in r.iter().enumerate() {
-                let v = [r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3]];
-                for (j, v) in v.into_iter().enumerate() {
-                    out[(4 * i + j) * stride + t] = v;
+        let mut t = 0;
+        while t < tiles {
+            let n = LANES.min(tiles - t);
+            let mut v = [[0f32; LANES]; 16];
+            if n == LANES {
+                // constant lengths: one vector per value, stores the compiler inlines
+                transform_lanes(&phases, t, LANES, &mut v);
+                for (xi, v) in v.iter().enumerate() {
+                    let at = xi * stride + t;
+                    out[at..at + LANES].copy_from_slice(v);
+                }
+            } else {
+                transform_lanes(&phases, t, n, &mut v);
+                for (xi, v) in v.iter().enumerate() {
+                    let at = xi * stride + t;
+                    out[at..at + n].copy_from_slice(&v[..n]);
                 }
             }
+            t += n;
+        }
+    }
+}
+
+/// `V = B^T d B` of tiles `t..t + n` (`n <= LANES`) of one tile row
+/// ([`input_tile_row`]'s `(even, odd)` column phases of the 4 input rows),
+/// tile `t + l` into lane `l` of `v[4 i + j]`.
+#[inline(always)]
+fn transform_lanes(phases: &[(&[f32], &[f32]); 4], t: usize, n: usize, v: &mut [[f32; LANES]; 16]) {
+    let [(e0, o0), (e1, o1), (e2, o2), (e3, o3)] = *phases;
+    let (e0, o0, e1, o1) = (
+        &e0[t..t + n + 1],
+        &o0[t..t + n + 1],
+        &e1[t..t + n + 1],
+        &o1[t..t + n + 1],
+    );
+    let (e2, o2, e3, o3) = (
+        &e2[t..t + n + 1],
+        &o2[t..t + n + 1],
+        &e3[t..t + n + 1],
+        &o3[t..t + n + 1],
+    );
+    for l in 0..n {
+        // the tile's 4x4 inputs, row by row
+        let d0 = [e0[l], o0[l], e0[l + 1], o0[l + 1]];
+        let d1 = [e1[l], o1[l], e1[l + 1], o1[l + 1]];
+        let d2 = [e2[l], o2[l], e2[l + 1], o2[l + 1]];
+        let d3 = [e3[l], o3[l], e3[l + 1], o3[l + 1]];
+        // B^T d: down the tile's 4 columns.
+        let mut r = [[0f32; 4]; 4];
+        for j in 0..4 {
+            r[0][j] = d0[j] - d2[j];
+            r[1][j] = d1[j] + d2[j];
+            r[2][j] = d2[j] - d1[j];
+            r[3][j] = d1[j] - d3[j];
+        }
+        // (B^T d) B: along each row.
+        for (i, r) in r.iter().enumerate() {
+            v[4 * i][l] = r[0] - r[2];
+            v[4 * i + 1][l] = r[1] + r[2];
+            v[4 * i + 2][l] = r[2] - r[1];
+            v[4 * i + 3][l] = r[1] - r[3];
         }
     }
 }
@@ -112,21 +165,51 @@ simd_kernel! {
     /// `top[2 t..2 t + 2]` and `bottom[2 t..2 t + 2]` (each `2 * tiles` long).
     pub(crate) fn output_tile_row(m: &[f32], stride: usize, tiles: usize, bias: f32, top: &mut [f32], bottom: &mut [f32]) {
         let (top, bottom) = (&mut top[..2 * tiles], &mut bottom[..2 * tiles]);
-        for t in 0..tiles {
-            let at = |xi: usize| m[xi * stride + t];
-            // A^T M: rows 0 + 1 + 2 and 1 - 2 - 3, per column j.
-            let mut s = [0f32; 4];
-            let mut d = [0f32; 4];
-            for j in 0..4 {
-                let (a, b, c, e) = (at(j), at(4 + j), at(8 + j), at(12 + j));
-                s[j] = a + b + c;
-                d[j] = b - c - e;
+        let mut t = 0;
+        while t < tiles {
+            let n = LANES.min(tiles - t);
+            // m[xi][lane]: the products of LANES tiles side by side
+            let mut block = [[0f32; LANES]; 16];
+            let mut y = [[0f32; 2 * LANES]; 2];
+            if n == LANES {
+                // constant lengths: whole vectors, copies the compiler inlines
+                for (xi, b) in block.iter_mut().enumerate() {
+                    b.copy_from_slice(&m[xi * stride + t..][..LANES]);
+                }
+                inverse_lanes(&block, LANES, bias, &mut y);
+                top[2 * t..][..2 * LANES].copy_from_slice(&y[0]);
+                bottom[2 * t..][..2 * LANES].copy_from_slice(&y[1]);
+            } else {
+                for (xi, b) in block.iter_mut().enumerate() {
+                    b[..n].copy_from_slice(&m[xi * stride + t..][..n]);
+                }
+                inverse_lanes(&block, n, bias, &mut y);
+                top[2 * t..][..2 * n].copy_from_slice(&y[0][..2 * n]);
+                bottom[2 * t..][..2 * n].copy_from_slice(&y[1][..2 * n]);
             }
-            top[2 * t] = s[0] + s[1] + s[2] + bias;
-            top[2 * t + 1] = s[1] - s[2] - s[3] + bias;
-            bottom[2 * t] = d[0] + d[1] + d[2] + bias;
-            bottom[2 * t + 1] = d[1] - d[2] - d[3] + bias;
+            t += n;
         }
+    }
+}
+
+/// `A^T M A + bias` of the first `n` lanes of `m` (`m[xi][lane]`): the top
+/// and bottom output rows of each tile, its two columns side by side
+/// (`y[row][2 lane + column]`).
+#[inline(always)]
+fn inverse_lanes(m: &[[f32; LANES]; 16], n: usize, bias: f32, y: &mut [[f32; 2 * LANES]; 2]) {
+    for l in 0..n {
+        // A^T M: rows 0 + 1 + 2 and 1 - 2 - 3, per column j.
+        let mut s = [0f32; 4];
+        let mut d = [0f32; 4];
+        for j in 0..4 {
+            let (a, b, c, e) = (m[j][l], m[4 + j][l], m[8 + j][l], m[12 + j][l]);
+            s[j] = a + b + c;
+            d[j] = b - c - e;
+        }
+        y[0][2 * l] = s[0] + s[1] + s[2] + bias;
+        y[0][2 * l + 1] = s[1] - s[2] - s[3] + bias;
+        y[1][2 * l] = d[0] + d[1] + d[2] + bias;
+        y[1][2 * l + 1] = d[1] - d[2] - d[3] + bias;
     }
 }
 
@@ -141,6 +224,95 @@ mod tests {
         let back = kernels_from_weights(&weights(&kernel, 2, 3), 2, 3);
         for (a, b) in kernel.iter().zip(&back) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    /// The input transform of a row of tiles, in whole vectors of tiles and a
+    /// shorter last one, equals `B^T d B` tile by tile.
+    #[test]
+    fn input_tile_row_equals_each_tile_transformed() {
+        const BT: [[f32; 4]; 4] = [
+            [1.0, 0.0, -1.0, 0.0],
+            [0.0, 1.0, 1.0, 0.0],
+            [0.0, -1.0, 1.0, 0.0],
+            [0.0, 1.0, 0.0, -1.0],
+        ];
+        let tiles = 2 * LANES + 5;
+        let width = 2 * (tiles + 1);
+        let rows: Vec<Vec<f32>> = (0..4)
+            .map(|r| {
+                (0..width)
+                    .map(|x| ((r * width + x) as f32 * 0.37).sin())
+                    .collect()
+            })
+            .collect();
+        // each row as its even then its odd columns
+        let phased: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .step_by(2)
+                    .chain(row.iter().skip(1).step_by(2))
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        let stride = tiles + 3;
+        let mut out = vec![f32::NAN; 16 * stride];
+        input_tile_row(
+            [&phased[0], &phased[1], &phased[2], &phased[3]],
+            tiles,
+            &mut out,
+            stride,
+        );
+        for t in 0..tiles {
+            let d = |i: usize, j: usize| rows[i][2 * t + j];
+            for i in 0..4 {
+                for j in 0..4 {
+                    let want: f32 = (BT[i].iter().enumerate())
+                        .map(|(a, &ia)| {
+                            let row = BT[j].iter().enumerate();
+                            row.map(|(b, &jb)| ia * d(a, b) * jb).sum::<f32>()
+                        })
+                        .sum();
+                    let got = out[(4 * i + j) * stride + t];
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "tile {t}, ({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The output transform of a row of tiles, in whole vectors of tiles and
+    /// a shorter last one, equals `A^T M A + bias` tile by tile.
+    #[test]
+    fn output_tile_row_equals_each_tile_transformed() {
+        const AT: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+        let tiles = 2 * LANES + 5;
+        let stride = tiles + 3;
+        let m: Vec<f32> = (0..16 * stride).map(|i| (i as f32 * 0.61).cos()).collect();
+        let (mut top, mut bottom) = (vec![f32::NAN; 2 * tiles], vec![f32::NAN; 2 * tiles]);
+        output_tile_row(&m, stride, tiles, 0.25, &mut top, &mut bottom);
+        for t in 0..tiles {
+            for (y, row) in [&top, &bottom].into_iter().enumerate() {
+                for x in 0..2 {
+                    let want: f32 = (AT[y].iter().enumerate())
+                        .map(|(i, &yi)| {
+                            let cols = AT[x].iter().enumerate();
+                            cols.map(|(j, &xj)| yi * m[(4 * i + j) * stride + t] * xj)
+                                .sum::<f32>()
+                        })
+                        .sum::<f32>()
+                        + 0.25;
+                    let got = row[2 * t + x];
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "tile {t}, ({y}, {x}): {got} vs {want}"
+                    );
+                }
+            }
         }
     }
 

@@ -75,6 +75,10 @@ impl Conv {
     fn forward_then(&self, x: &Tensor, then: Then<'_>) -> Result<Tensor> {
         self.0.forward_then(x, then)
     }
+    /// Of `x` upsampled 2x (nearest).
+    fn forward_upsampled_then(&self, x: &Tensor, then: Then<'_>) -> Result<Tensor> {
+        self.0.forward_upsampled_then(x, then)
+    }
 }
 
 /// `relu(conv(relu(conv(relu(conv(cat[x, past]))))) + x)`.
@@ -397,7 +401,8 @@ impl TcDecoder {
             }
             // The reference upsamples, then grows; a 1x1 conv and a nearest
             // upsampling commute, so growing first is the same values for a
-            // quarter of the products and no upsampled copy of the input.
+            // quarter of the products. The conv reads the upsampling in place
+            // where it can, so no upsampled copy is made either.
             let grown = stage.grow.forward(&x)?;
             // The output layers start with a ReLU: done by the last stage's
             // conv as it writes (the crop takes whole pixels, so the order
@@ -407,10 +412,7 @@ impl TcDecoder {
             } else {
                 Then::default()
             };
-            x = stage.conv.forward_then(
-                &grown.upsample_nearest2d(grown.dim(2)? * 2, grown.dim(3)? * 2)?,
-                then,
-            )?;
+            x = stage.conv.forward_upsampled_then(&grown, then)?;
             x = crops[s].apply(&x)?;
         }
         cancel.check()?;
