@@ -109,7 +109,8 @@ fn weight_device(w: &Weight) -> &Device {
 /// Which CPU fast path a layer runs (other devices ignore it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CpuConvKernel {
-    /// Winograd where [`prefers_winograd`] says so, taps otherwise.
+    /// Winograd where [`prefers_winograd`] says so (F(4x4) or F(2x2) as
+    /// [`default_winograd_tile`] picks), taps otherwise.
     #[default]
     Auto,
     /// One matrix product per kernel tap ([`conv_taps`]).
@@ -141,17 +142,34 @@ const WINOGRAD_MIN_OUT_CHANNELS: usize = 8;
 /// Fewest input channels of a layer taking the Winograd path by default.
 const WINOGRAD_MIN_IN_CHANNELS: usize = 64;
 
-/// The output tile side of the default Winograd path: F(2x2, 3x3) for every
-/// layer. `conv_bench --tile 4` measured F(4x4, 3x3) against it on the
-/// TCDecoder's layers at 512x512 (2-core AMD EPYC, Zen 4): faster where both
-/// widths are at least 512 (1024 -> 512 and 512 -> 512 at 64x64: 0.73x and
-/// 0.78x the time), level at 512 -> 256, slower from 256 channels down (128 ->
-/// 128 at 512x512: 1.15x; 128 -> 3: 2.0x), 1.08x over a whole chunk; its error
-/// against the taps is 20x F(2x2)'s (1.3e-4 on unit-scale outputs) and its
-/// transformed weights take 36/16 of F(2x2)'s memory. The wide low-resolution
-/// layers where it wins are a few percent of a chunk, so it is not the default;
-/// `CpuConvKernel::Winograd4` picks it per layer.
-const DEFAULT_WINOGRAD_TILE: usize = 2;
+/// The output tile side of the default Winograd path for a `c_in -> c_out`
+/// layer built now: F(4x4, 3x3) for layers whose transformed f32 weights stay
+/// within [`WINOGRAD4_MAX_WEIGHT_BYTES`] (every TCDecoder layer), F(2x2, 3x3)
+/// for wider ones and wherever the layer takes bf16 products (F(4x4)'s
+/// transforms grow bf16's rounding about 7x, so its products stay f32).
+///
+/// `conv_bench --tile 4` against `--tile 2` at 512x512 (2-core AMD EPYC, Zen
+/// 4, 2026-12-05), once both transforms ran 16 tiles at a time: F(4x4) took
+/// 0.58x-0.77x F(2x2)'s time on every TCDecoder layer (0.63x at 512 -> 512,
+/// 0.72x at 128 -> 128 at 512x512), 0.67x over a steady chunk (7.1 s against
+/// 10.6 s), and 0.59x on the LQ projection's two layers; its error against the
+/// taps is about 20x F(2x2)'s (1.2e-4 against 6e-6 on unit-scale outputs).
+/// Before that, F(4x4)'s transforms ran a scalar loop and made it slower below
+/// 512 channels.
+fn default_winograd_tile(c_in: usize, c_out: usize) -> usize {
+    let f4_bytes = 36 * c_in * c_out * std::mem::size_of::<f32>();
+    if products::at_load() == CpuProducts::Bf16 || f4_bytes > WINOGRAD4_MAX_WEIGHT_BYTES {
+        2
+    } else {
+        winograd_f4::M
+    }
+}
+
+/// Most memory a layer's F(4x4) weights take by default: 36/16 of F(2x2)'s.
+/// The TCDecoder's widest layer (1024 -> 512) takes 75 MB. The LQ projection's
+/// two layers would take 0.9 and 3.6 GB (2.5 GB more than as F(2x2)) for
+/// about 8 % of an f32 chunk, so they keep F(2x2).
+const WINOGRAD4_MAX_WEIGHT_BYTES: usize = 256 << 20;
 
 /// What a convolution's input stands for beyond its own values, read in
 /// place by the CPU's Winograd path ([`winograd::WinogradConv`]).
@@ -225,7 +243,9 @@ impl Conv2d {
             candle_core::bail!("convolution kernel must be square and odd, found {k}x{k2}")
         }
         let winograd = match cpu_kernel {
-            CpuConvKernel::Auto if prefers_winograd(k, c_in, c_out) => Some(DEFAULT_WINOGRAD_TILE),
+            CpuConvKernel::Auto if prefers_winograd(k, c_in, c_out) => {
+                Some(default_winograd_tile(c_in, c_out))
+            }
             CpuConvKernel::Auto | CpuConvKernel::Taps => None,
             CpuConvKernel::Winograd if k == 3 => Some(2),
             CpuConvKernel::Winograd4 if k == 3 => Some(winograd_f4::M),

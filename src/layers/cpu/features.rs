@@ -109,15 +109,12 @@ impl CpuFeatures {
             // `FlashVsrModel::load`: bf16 products in the LQ projection and the
             // DiT, f32 everywhere else.
             let bf16 = "bf16 products with f32 sums (AVX512_BF16 vdpbf16ps)";
-            let convs = |products: &str| {
-                format!(
-                    "3x3 convs as Winograd F(2x2, 3x3) ({vector} transforms, {products}) and taps ({f32_products})"
-                )
-            };
             return vec![
                 (
                     "LQ projection",
-                    format!("{}; channel norms {vector}; linear on {bf16}", convs(bf16)),
+                    format!(
+                        "3x3 convs as Winograd F(2x2, 3x3) ({vector} transforms, {bf16}) and taps ({f32_products}); channel norms {vector}; linear on {bf16}"
+                    ),
                 ),
                 (
                     "DiT",
@@ -128,8 +125,7 @@ impl CpuFeatures {
                 (
                     "decoder",
                     format!(
-                        "{}; channel norms {vector}; f32 (bf16 products miss the golden bound)",
-                        convs(f32_products)
+                        "3x3 convs as Winograd F(4x4, 3x3) ({vector} transforms, {f32_products}), the middle stage's as F(2x2, 3x3) with {bf16} (the other stages' bf16 rounding misses the golden bound), and taps ({f32_products}); channel norms {vector}"
                     ),
                 ),
                 ("colour fix", "candle's CPU ops".to_owned()),
@@ -141,19 +137,28 @@ impl CpuFeatures {
             DType::BF16 => "; BF16 on the CPU: candle ops (this CPU has no AVX512_BF16)".to_owned(),
             _ => format!("; {dtype:?} on the CPU: candle ops (no fast path in {dtype:?})"),
         };
-        let convs = format!(
-            "3x3 convs as Winograd F(2x2, 3x3) ({vector} transforms) and taps, products on {products}"
-        );
+        // `layers::conv::default_winograd_tile`: F(4x4) within its weight cap
+        let convs = |tile: &str| {
+            format!(
+                "3x3 convs as Winograd {tile} ({vector} transforms) and taps, products on {products}"
+            )
+        };
         vec![
             (
                 "LQ projection",
-                format!("{convs}; channel norms {vector}; linear on {products}"),
+                format!(
+                    "{}; channel norms {vector}; linear on {products}",
+                    convs("F(2x2, 3x3)")
+                ),
             ),
             (
                 "DiT",
                 format!("linears and attention on {products}; norms, softmax, GELU {vector}{half}"),
             ),
-            ("decoder", format!("{convs}; channel norms {vector}{half}")),
+            (
+                "decoder",
+                format!("{}; channel norms {vector}{half}", convs("F(4x4, 3x3)")),
+            ),
             ("colour fix", "candle's CPU ops".to_owned()),
         ]
     }

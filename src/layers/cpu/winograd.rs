@@ -199,6 +199,8 @@ struct Scratch {
     v_bf16: Vec<u32>,
     m: Vec<f32>,
     local: Vec<f32>,
+    /// One upsampled input row (F(4x4) on an upsampled input only).
+    upsampled_row: Vec<f32>,
 }
 
 /// Sets `buf` to `len` values without clearing them: every caller overwrites
@@ -254,7 +256,12 @@ impl Tiles<'_> {
     /// (phase `p`: columns `m k + p`), so that the input transform reads every
     /// tile column contiguously. Padding row by row here, rather than the whole
     /// input up front, keeps the copy in the cache and the work in the threads.
-    fn load_rows(&self, f: usize, c: usize, ty: usize, rows: &mut [f32]) {
+    fn load_rows(
+        &self,
+        (f, c, ty): (usize, usize, usize),
+        rows: &mut [f32],
+        upsampled: &mut Vec<f32>,
+    ) {
         let Tiles {
             m, xh, xw, up, pad, ..
         } = *self;
@@ -269,11 +276,12 @@ impl Tiles<'_> {
             match (m, up) {
                 (2, 1) => split_phases(src, pad, dst.split_at_mut(phase_len)),
                 (2, _) => upsampled_phases(src, pad, dst.split_at_mut(phase_len)),
+                (_, 1) => split_phases4(src, pad, dst, phase_len),
                 _ => {
-                    for x in 0..xw {
-                        let px = x + pad;
-                        dst[(px % m) * phase_len + px / m] = src[x / up];
-                    }
+                    // the upsampled row first (a row, in the cache), then as above
+                    upsampled.clear();
+                    upsampled.extend(src.iter().flat_map(|&v| [v, v]));
+                    split_phases4(upsampled, pad, dst, phase_len);
                 }
             }
         }
@@ -330,7 +338,7 @@ impl Tiles<'_> {
         for c in 0..c_in {
             for r in 0..rows {
                 let (f, ty) = ((g0 + r) / th, (g0 + r) % th);
-                self.load_rows(f, c, ty, padded_rows);
+                self.load_rows((f, c, ty), padded_rows, &mut scratch.upsampled_row);
                 let row = |i: usize| &padded_rows[i * aw..(i + 1) * aw];
                 let out = &mut v[c * t + r * tw..];
                 if size == winograd_f4::M {
@@ -466,6 +474,44 @@ fn split_phases(src: &[f32], pad: usize, (even, odd): (&mut [f32], &mut [f32])) 
     }
 }
 
+/// One input row, padded by `pad` on the left, into its 4 column phases of
+/// `phase_len` values each in `dst` (phase `p`: padded columns `4 k + p`), the
+/// rest of `dst` left as it is (zero).
+fn split_phases4(src: &[f32], pad: usize, dst: &mut [f32], phase_len: usize) {
+    let mut phases = dst.chunks_exact_mut(phase_len);
+    let mut next = || phases.next().expect("4 phases");
+    let mut by_phase: [&mut [f32]; 4] = [next(), next(), next(), next()];
+    // Source column 4 k + q is padded column 4 (k + (q + pad) / 4) + (q + pad) % 4.
+    by_phase.rotate_left(pad % 4);
+    let [p0, p1, p2, p3] = by_phase;
+    let at = |q: usize| (q + pad) / 4;
+    let k = src.len() / 4;
+    deinterleave4(
+        &src[..4 * k],
+        &mut p0[at(0)..at(0) + k],
+        &mut p1[at(1)..at(1) + k],
+        &mut p2[at(2)..at(2) + k],
+        &mut p3[at(3)..at(3) + k],
+    );
+    let tail: [&mut [f32]; 3] = [p0, p1, p2];
+    for (q, (dst, &v)) in tail.into_iter().zip(&src[4 * k..]).enumerate() {
+        dst[at(q) + k] = v;
+    }
+}
+
+simd_kernel! {
+    /// `src[4 k + q]` into `q`'s output at `k`.
+    fn deinterleave4(src: &[f32], d0: &mut [f32], d1: &mut [f32], d2: &mut [f32], d3: &mut [f32]) {
+        let outs = d0.iter_mut().zip(d1.iter_mut()).zip(d2.iter_mut()).zip(d3.iter_mut());
+        for (quad, (((a, b), c), d)) in src.chunks_exact(4).zip(outs) {
+            *a = quad[0];
+            *b = quad[1];
+            *c = quad[2];
+            *d = quad[3];
+        }
+    }
+}
+
 /// One source row of an input that stands for its nearest 2x upsampling,
 /// padded by `pad` on the left, into the even and odd padded columns of the
 /// upsampled row: upsampled column `x` is `src[x / 2]`, so each phase is
@@ -498,6 +544,26 @@ fn split_lines(lines: &mut [f32], line: usize) -> [&mut [f32]; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 4 column phases of a padded row, for every padding modulo 4 and
+    /// every length modulo 4.
+    #[test]
+    fn four_phases_hold_every_fourth_padded_column() {
+        for len in 9usize..13 {
+            let src: Vec<f32> = (1..=len).map(|v| v as f32).collect();
+            for pad in 0..5 {
+                let phase_len = (len + 2 * pad).div_ceil(4) + 1;
+                let mut got = vec![0f32; 4 * phase_len];
+                split_phases4(&src, pad, &mut got, phase_len);
+                let mut want = vec![0f32; 4 * phase_len];
+                for (x, &v) in src.iter().enumerate() {
+                    let px = x + pad;
+                    want[(px % 4) * phase_len + px / 4] = v;
+                }
+                assert_eq!(got, want, "{len} values, pad {pad}");
+            }
+        }
+    }
 
     /// The even and odd phases of an upsampled row are those of the row
     /// upsampled first, for even and odd paddings.

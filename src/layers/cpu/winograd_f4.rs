@@ -107,31 +107,77 @@ fn output_1d(m: [f32; ALPHA]) -> [f32; M] {
     ]
 }
 
+/// Tiles the transforms take at once: one AVX-512 vector of each value.
+const LANES: usize = 16;
+
 simd_kernel! {
     /// One tile row of one channel: `rows` are the 6 input rows of the tiles,
     /// each split into its 4 column phases of `tiles + 1` values (phase `p`
     /// holds columns `4 k + p`); tile `t` reads columns `4 t..4 t + 6`, i.e.
     /// phases 0-3 at `t` and 0-1 at `t + 1`. Writes `V` of tile `t` to
     /// `out[xi * stride + t]` for the 36 `xi`.
+    ///
+    /// Runs [`LANES`] tiles at a time through fixed-size arrays, each result
+    /// stored as one run (as the F(2x2) transforms do, and for the same
+    /// reason: tile by tile, the compiler kept a scalar loop).
     pub(crate) fn input_tile_row(rows: [&[f32]; ALPHA], tiles: usize, out: &mut [f32], stride: usize) {
-        let n = tiles + 1;
-        let phase = |r: usize, p: usize| &rows[r][p * n..(p + 1) * n];
+        let np = tiles + 1;
         let out = &mut out[..(ALPHA * ALPHA - 1) * stride + tiles];
-        for t in 0..tiles {
-            // B^T d: down each of the tile's 6 columns.
-            let mut r = [[0f32; ALPHA]; ALPHA];
-            for j in 0..ALPHA {
-                let (p, k) = (j % M, t + j / M);
-                let column = std::array::from_fn(|i| phase(i, p)[k]);
-                for (row, y) in r.iter_mut().zip(input_1d(column)) {
-                    row[j] = y;
+        let mut t = 0;
+        while t < tiles {
+            let n = LANES.min(tiles - t);
+            // d[row][column][lane]: the tiles' 6x6 inputs side by side
+            let mut d = [[[0f32; LANES]; ALPHA]; ALPHA];
+            let mut v = [[0f32; LANES]; ALPHA * ALPHA];
+            if n == LANES {
+                // constant lengths: whole vectors, copies the compiler inlines
+                for (d, row) in d.iter_mut().zip(rows) {
+                    for (j, d) in d.iter_mut().enumerate() {
+                        d.copy_from_slice(&row[(j % M) * np + t + j / M..][..LANES]);
+                    }
+                }
+                transform_lanes(&d, LANES, &mut v);
+                for (xi, v) in v.iter().enumerate() {
+                    out[xi * stride + t..][..LANES].copy_from_slice(v);
+                }
+            } else {
+                for (d, row) in d.iter_mut().zip(rows) {
+                    for (j, d) in d.iter_mut().enumerate() {
+                        d[..n].copy_from_slice(&row[(j % M) * np + t + j / M..][..n]);
+                    }
+                }
+                transform_lanes(&d, n, &mut v);
+                for (xi, v) in v.iter().enumerate() {
+                    out[xi * stride + t..][..n].copy_from_slice(&v[..n]);
                 }
             }
-            // (B^T d) B: along each row.
-            for (i, row) in r.iter().enumerate() {
-                for (j, v) in input_1d(*row).into_iter().enumerate() {
-                    out[(ALPHA * i + j) * stride + t] = v;
-                }
+            t += n;
+        }
+    }
+}
+
+/// `B^T d B` of the first `n` lanes: `d[i][j][lane]`, into `v[6 i + j][lane]`.
+#[inline(always)]
+fn transform_lanes(
+    d: &[[[f32; LANES]; ALPHA]; ALPHA],
+    n: usize,
+    v: &mut [[f32; LANES]; ALPHA * ALPHA],
+) {
+    for l in 0..n {
+        // B^T d: down each of the tile's 6 columns.
+        let mut r = [[0f32; ALPHA]; ALPHA];
+        for j in 0..ALPHA {
+            let column = [
+                d[0][j][l], d[1][j][l], d[2][j][l], d[3][j][l], d[4][j][l], d[5][j][l],
+            ];
+            for (row, y) in r.iter_mut().zip(input_1d(column)) {
+                row[j] = y;
+            }
+        }
+        // (B^T d) B: along each row.
+        for (i, row) in r.iter().enumerate() {
+            for (j, y) in input_1d(*row).into_iter().enumerate() {
+                v[ALPHA * i + j][l] = y;
             }
         }
     }
@@ -144,19 +190,55 @@ simd_kernel! {
     pub(crate) fn output_tile_row(m: &[f32], stride: usize, tiles: usize, bias: f32, out: [&mut [f32]; M]) {
         let [o0, o1, o2, o3] = out;
         let mut lines = [&mut o0[..M * tiles], &mut o1[..M * tiles], &mut o2[..M * tiles], &mut o3[..M * tiles]];
-        for t in 0..tiles {
-            // A^T M: per column j.
-            let mut s = [[0f32; ALPHA]; M];
-            for j in 0..ALPHA {
-                let column = std::array::from_fn(|i| m[(ALPHA * i + j) * stride + t]);
-                for (y, v) in output_1d(column).into_iter().enumerate() {
-                    s[y][j] = v;
+        let mut t = 0;
+        while t < tiles {
+            let n = LANES.min(tiles - t);
+            // block[xi][lane]: the products of LANES tiles side by side
+            let mut block = [[0f32; LANES]; ALPHA * ALPHA];
+            let mut y = [[0f32; M * LANES]; M];
+            if n == LANES {
+                for (xi, b) in block.iter_mut().enumerate() {
+                    b.copy_from_slice(&m[xi * stride + t..][..LANES]);
+                }
+                inverse_lanes(&block, LANES, bias, &mut y);
+                for (line, y) in lines.iter_mut().zip(&y) {
+                    line[M * t..][..M * LANES].copy_from_slice(y);
+                }
+            } else {
+                for (xi, b) in block.iter_mut().enumerate() {
+                    b[..n].copy_from_slice(&m[xi * stride + t..][..n]);
+                }
+                inverse_lanes(&block, n, bias, &mut y);
+                for (line, y) in lines.iter_mut().zip(&y) {
+                    line[M * t..][..M * n].copy_from_slice(&y[..M * n]);
                 }
             }
-            for (y, line) in lines.iter_mut().enumerate() {
-                for (x, v) in output_1d(s[y]).into_iter().enumerate() {
-                    line[M * t + x] = v + bias;
-                }
+            t += n;
+        }
+    }
+}
+
+/// `A^T M A + bias` of the first `n` lanes of `m` (`m[xi][lane]`): output row
+/// `y` of each tile, its 4 columns side by side (`out[y][4 lane + x]`).
+#[inline(always)]
+fn inverse_lanes(
+    m: &[[f32; LANES]; ALPHA * ALPHA],
+    n: usize,
+    bias: f32,
+    out: &mut [[f32; M * LANES]; M],
+) {
+    for l in 0..n {
+        // A^T M: per column j.
+        let mut s = [[0f32; ALPHA]; M];
+        for j in 0..ALPHA {
+            let column = std::array::from_fn(|i| m[ALPHA * i + j][l]);
+            for (y, v) in output_1d(column).into_iter().enumerate() {
+                s[y][j] = v;
+            }
+        }
+        for (y, line) in out.iter_mut().enumerate() {
+            for (x, v) in output_1d(s[y]).into_iter().enumerate() {
+                line[M * l + x] = v + bias;
             }
         }
     }
