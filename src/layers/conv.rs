@@ -150,8 +150,8 @@ const WINOGRAD_MIN_IN_CHANNELS: usize = 64;
 ///
 /// `conv_bench --tile 4` against `--tile 2` at 512x512 (2-core AMD EPYC, Zen
 /// 4, 2026-12-05), once both transforms ran 16 tiles at a time: F(4x4) took
-/// 0.58x-0.77x F(2x2)'s time on every TCDecoder layer (0.63x at 512 -> 512,
-/// 0.72x at 128 -> 128 at 512x512), 0.67x over a steady chunk (7.1 s against
+/// 0.57x-0.75x F(2x2)'s time on every TCDecoder layer (0.57x at 512 -> 512,
+/// 0.71x at 128 -> 128 at 512x512), 0.67x over a steady chunk (7.1 s against
 /// 10.6 s), and 0.59x on the LQ projection's two layers; its error against the
 /// taps is about 20x F(2x2)'s (1.2e-4 against 6e-6 on unit-scale outputs).
 /// Before that, F(4x4)'s transforms ran a scalar loop and made it slower below
