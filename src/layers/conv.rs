@@ -968,7 +968,7 @@ mod tests {
     fn winograd_is_chosen_for_wide_3x3_layers() -> Result<()> {
         let dev = Device::Cpu;
         let wide = Conv2d::new(&Tensor::zeros((64, 64, 3, 3), DType::F32, &dev)?, None)?;
-        assert!(matches!(wide.weight, Weight::Winograd(_)));
+        assert!(matches!(&wide.weight, Weight::Winograd(u) if u.dim(0)? == 36));
         let to_rgb = Conv2d::new(&Tensor::zeros((3, 64, 3, 3), DType::F32, &dev)?, None)?;
         assert!(matches!(to_rgb.weight, Weight::Taps(_)));
         let narrow = Conv2d::new(&Tensor::zeros((64, 8, 3, 3), DType::F32, &dev)?, None)?;
@@ -977,6 +977,22 @@ mod tests {
         assert!(matches!(Conv2d::new(&point, None)?.weight, Weight::Taps(_)));
         assert!(Conv2d::with_cpu_kernel(&point, None, CpuConvKernel::Winograd).is_err());
         Ok(())
+    }
+
+    /// F(4x4) by default up to its weight cap (the TCDecoder's widest layer
+    /// within, the LQ projection's beyond), F(2x2) for layers with bf16 products.
+    #[test]
+    fn default_tile_is_f4_within_its_weight_cap() {
+        assert_eq!(default_winograd_tile(1024, 512), winograd_f4::M);
+        assert_eq!(default_winograd_tile(128, 128), winograd_f4::M);
+        assert_eq!(default_winograd_tile(3 * 1024, 2048), 2);
+        let bf16_tile = products::load_with(CpuProducts::Bf16, || default_winograd_tile(128, 128));
+        let want = if products::bf16_available() {
+            2
+        } else {
+            winograd_f4::M
+        };
+        assert_eq!(bf16_tile, want);
     }
 
     /// The CPU taps turn back into exactly the loaded `[c_out, c_in, k, k]` weight.
