@@ -486,9 +486,7 @@ fn split_phases(src: &[f32], pad: usize, (even, odd): (&mut [f32], &mut [f32])) 
 /// `phase_len` values each in `dst` (phase `p`: padded columns `4 k + p`), the
 /// rest of `dst` left as it is (zero).
 fn split_phases4(src: &[f32], pad: usize, dst: &mut [f32], phase_len: usize) {
-    let mut phases = dst.chunks_exact_mut(phase_len);
-    let mut next = || phases.next().expect("4 phases");
-    let mut by_phase: [&mut [f32]; 4] = [next(), next(), next(), next()];
+    let mut by_phase = split_lines(dst, phase_len);
     // Source column 4 k + q is padded column 4 (k + (q + pad) / 4) + (q + pad) % 4.
     by_phase.rotate_left(pad % 4);
     let [p0, p1, p2, p3] = by_phase;
@@ -551,7 +549,8 @@ simd_kernel! {
     }
 }
 
-/// The 4 output lines of `lines` (`4 * line` values), each `line` long.
+/// The 4 lines of `lines` (`4 * line` values), each `line` long: a tile row's
+/// output lines, or an input row's column phases.
 fn split_lines(lines: &mut [f32], line: usize) -> [&mut [f32]; 4] {
     let (l0, rest) = lines.split_at_mut(line);
     let (l1, rest) = rest.split_at_mut(line);

@@ -17,6 +17,7 @@
 //! `conv_bench`), still far inside the golden tolerances.
 
 use super::fast_math::simd_kernel;
+use super::winograd_transforms::LANES;
 
 /// Output pixels per tile side.
 pub(crate) const M: usize = 4;
@@ -106,9 +107,6 @@ fn output_1d(m: [f32; ALPHA]) -> [f32; M] {
         d12 + 8.0 * d34 + m5,
     ]
 }
-
-/// Tiles the transforms take at once: one AVX-512 vector of each value.
-const LANES: usize = 16;
 
 simd_kernel! {
     /// One tile row of one channel: `rows` are the 6 input rows of the tiles,

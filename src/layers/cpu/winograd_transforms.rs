@@ -72,8 +72,9 @@ pub(crate) fn kernels_from_weights(u: &[f32], c_out: usize, c_in: usize) -> Vec<
     kernel
 }
 
-/// Tiles the input transform takes at once: one AVX-512 vector of each value.
-const LANES: usize = 16;
+/// Tiles the transforms (F(2x2)'s and F(4x4)'s) take at once: one AVX-512
+/// vector of each value.
+pub(super) const LANES: usize = 16;
 
 simd_kernel! {
     /// One tile row of one channel: `rows` are the 4 input rows of the tiles,
