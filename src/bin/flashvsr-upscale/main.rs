@@ -18,11 +18,12 @@ mod progress;
 mod records;
 mod settings;
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
 use gst::prelude::*;
@@ -382,7 +383,7 @@ fn render(
     )
     .map_err(|e| format!("segment {}: {e}", segment.index))?;
     let frames = counts.frames.load(Ordering::Relaxed);
-    let span = *counts.first_last.lock().unwrap();
+    let span = *counts.first_last.lock();
     let want = (
         segment.owned() as u64,
         Some((plan.pts(segment.start), plan.pts(segment.end - 1))),
@@ -456,23 +457,23 @@ fn run_all(work: &Path, devices: &[String]) -> Result<(), String> {
                 let holder = match hold_weights(&settings) {
                     Ok(h) => h,
                     Err(e) => {
-                        errors.lock().unwrap().push(format!("{device}: {e}"));
+                        errors.lock().push(format!("{device}: {e}"));
                         return;
                     }
                 };
                 loop {
-                    let Some(index) = queue.lock().unwrap().pop_front() else {
+                    let Some(index) = queue.lock().pop_front() else {
                         break;
                     };
                     if let Err(e) = render(work, &plan, &plan.segments[index], &settings) {
-                        errors.lock().unwrap().push(format!("{device}: {e}"));
+                        errors.lock().push(format!("{device}: {e}"));
                     }
                 }
                 let _ = holder.set_state(gst::State::Null);
             });
         }
     });
-    let errors = errors.lock().unwrap();
+    let errors = errors.lock();
     if errors.is_empty() {
         println!("every segment is finished: join them with 'flashvsr-upscale join'");
         Ok(())

@@ -2,9 +2,10 @@
 //! element to an encoded file (the whole file, or one segment's frames), and
 //! the join of the segments with the source's audio and subtitles.
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
 
@@ -218,7 +219,7 @@ impl Transcode<'_> {
                 return DROP;
             }
             counts.frames.fetch_add(1, Ordering::Relaxed);
-            let mut span = counts.first_last.lock().unwrap();
+            let mut span = counts.first_last.lock();
             *span = Some(span.map_or((pts, pts), |(first, _)| (first, pts)));
             gst::PadProbeReturn::Ok
         });
@@ -293,7 +294,7 @@ fn link_decoded(
             return;
         };
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-        let mut other = other.lock().unwrap();
+        let mut other = other.lock();
         let linked = match StreamKind::of(&caps) {
             StreamKind::Video => match &video_sink {
                 Some(sink) if !sink.is_linked() => pad

@@ -2,8 +2,9 @@
 //! frame's presentation timestamp, the keyframes, the rate and size, read from
 //! the parsed (not decoded) stream.
 
+use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use gst::prelude::*;
 use serde_json::{Value, json};
@@ -174,7 +175,7 @@ pub fn probe(input: &Path) -> Result<Probe, String> {
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
         let kind = StreamKind::of(&caps);
         let is_video = kind == StreamKind::Video;
-        let mut state = seen_pads.lock().unwrap();
+        let mut state = seen_pads.lock();
         match kind {
             StreamKind::Audio => state.audio += 1,
             StreamKind::Subtitle => state.subtitles += 1,
@@ -187,7 +188,7 @@ pub fn probe(input: &Path) -> Result<Probe, String> {
             // on the pad itself, before it is linked: no frame passes unseen
             pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
                 if let Some(buffer) = info.buffer() {
-                    let mut seen = frames.lock().unwrap();
+                    let mut seen = frames.lock();
                     match buffer.pts() {
                         Some(pts) => {
                             let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
@@ -210,7 +211,7 @@ pub fn probe(input: &Path) -> Result<Probe, String> {
     let _ = pipeline.set_state(gst::State::Null);
     result.map_err(|e| format!("reading {}: {e}", input.display()))?;
 
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let seen = std::mem::take(&mut *seen.lock());
     if !seen.linked_video {
         return Err(format!("{} has no video stream", input.display()));
     }
