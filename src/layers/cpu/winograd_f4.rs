@@ -121,36 +121,39 @@ simd_kernel! {
     pub(crate) fn input_tile_row(rows: [&[f32]; ALPHA], tiles: usize, out: &mut [f32], stride: usize) {
         let np = tiles + 1;
         let out = &mut out[..(ALPHA * ALPHA - 1) * stride + tiles];
-        let mut t = 0;
-        while t < tiles {
-            let n = LANES.min(tiles - t);
-            // d[row][column][lane]: the tiles' 6x6 inputs side by side
-            let mut d = [[[0f32; LANES]; ALPHA]; ALPHA];
-            let mut v = [[0f32; LANES]; ALPHA * ALPHA];
-            if n == LANES {
-                // constant lengths: whole vectors, copies the compiler inlines
-                for (d, row) in d.iter_mut().zip(rows) {
-                    for (j, d) in d.iter_mut().enumerate() {
-                        d.copy_from_slice(&row[(j % M) * np + t + j / M..][..LANES]);
-                    }
-                }
-                transform_lanes(&d, LANES, &mut v);
-                for (xi, v) in v.iter().enumerate() {
-                    out[xi * stride + t..][..LANES].copy_from_slice(v);
-                }
-            } else {
-                for (d, row) in d.iter_mut().zip(rows) {
-                    for (j, d) in d.iter_mut().enumerate() {
-                        d[..n].copy_from_slice(&row[(j % M) * np + t + j / M..][..n]);
-                    }
-                }
-                transform_lanes(&d, n, &mut v);
-                for (xi, v) in v.iter().enumerate() {
-                    out[xi * stride + t..][..n].copy_from_slice(&v[..n]);
-                }
-            }
-            t += n;
+        let whole = tiles - tiles % LANES;
+        for t in (0..whole).step_by(LANES) {
+            // a constant length: whole vectors, copies the compiler inlines
+            input_block(&rows, np, t, LANES, out, stride);
         }
+        if whole < tiles {
+            input_block(&rows, np, whole, tiles - whole, out, stride);
+        }
+    }
+}
+
+/// Tiles `t..t + n` of [`input_tile_row`] (rows in phases of `np` values),
+/// stored one run per value.
+#[inline(always)]
+fn input_block(
+    rows: &[&[f32]; ALPHA],
+    np: usize,
+    t: usize,
+    n: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    // d[row][column][lane]: the tiles' 6x6 inputs side by side
+    let mut d = [[[0f32; LANES]; ALPHA]; ALPHA];
+    for (d, row) in d.iter_mut().zip(rows) {
+        for (j, d) in d.iter_mut().enumerate() {
+            d[..n].copy_from_slice(&row[(j % M) * np + t + j / M..][..n]);
+        }
+    }
+    let mut v = [[0f32; LANES]; ALPHA * ALPHA];
+    transform_lanes(&d, n, &mut v);
+    for (xi, v) in v.iter().enumerate() {
+        out[xi * stride + t..][..n].copy_from_slice(&v[..n]);
     }
 }
 
@@ -188,31 +191,36 @@ simd_kernel! {
     pub(crate) fn output_tile_row(m: &[f32], stride: usize, tiles: usize, bias: f32, out: [&mut [f32]; M]) {
         let [o0, o1, o2, o3] = out;
         let mut lines = [&mut o0[..M * tiles], &mut o1[..M * tiles], &mut o2[..M * tiles], &mut o3[..M * tiles]];
-        let mut t = 0;
-        while t < tiles {
-            let n = LANES.min(tiles - t);
-            // block[xi][lane]: the products of LANES tiles side by side
-            let mut block = [[0f32; LANES]; ALPHA * ALPHA];
-            let mut y = [[0f32; M * LANES]; M];
-            if n == LANES {
-                for (xi, b) in block.iter_mut().enumerate() {
-                    b.copy_from_slice(&m[xi * stride + t..][..LANES]);
-                }
-                inverse_lanes(&block, LANES, bias, &mut y);
-                for (line, y) in lines.iter_mut().zip(&y) {
-                    line[M * t..][..M * LANES].copy_from_slice(y);
-                }
-            } else {
-                for (xi, b) in block.iter_mut().enumerate() {
-                    b[..n].copy_from_slice(&m[xi * stride + t..][..n]);
-                }
-                inverse_lanes(&block, n, bias, &mut y);
-                for (line, y) in lines.iter_mut().zip(&y) {
-                    line[M * t..][..M * n].copy_from_slice(&y[..M * n]);
-                }
-            }
-            t += n;
+        let whole = tiles - tiles % LANES;
+        for t in (0..whole).step_by(LANES) {
+            // a constant length: whole vectors, copies the compiler inlines
+            output_block(m, stride, t, LANES, bias, &mut lines);
         }
+        if whole < tiles {
+            output_block(m, stride, whole, tiles - whole, bias, &mut lines);
+        }
+    }
+}
+
+/// Tiles `t..t + n` of [`output_tile_row`], read one run per value.
+#[inline(always)]
+fn output_block(
+    m: &[f32],
+    stride: usize,
+    t: usize,
+    n: usize,
+    bias: f32,
+    lines: &mut [&mut [f32]; M],
+) {
+    // block[xi][lane]: the products of the tiles side by side
+    let mut block = [[0f32; LANES]; ALPHA * ALPHA];
+    for (xi, b) in block.iter_mut().enumerate() {
+        b[..n].copy_from_slice(&m[xi * stride + t..][..n]);
+    }
+    let mut y = [[0f32; M * LANES]; M];
+    inverse_lanes(&block, n, bias, &mut y);
+    for (line, y) in lines.iter_mut().zip(&y) {
+        line[M * t..][..M * n].copy_from_slice(&y[..M * n]);
     }
 }
 

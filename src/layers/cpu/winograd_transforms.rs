@@ -95,26 +95,24 @@ simd_kernel! {
             r3[..2 * half].split_at(half),
         ];
         let out = &mut out[..15 * stride + tiles];
-        let mut t = 0;
-        while t < tiles {
-            let n = LANES.min(tiles - t);
-            let mut v = [[0f32; LANES]; 16];
-            if n == LANES {
-                // constant lengths: one vector per value, stores the compiler inlines
-                transform_lanes(&phases, t, LANES, &mut v);
-                for (xi, v) in v.iter().enumerate() {
-                    let at = xi * stride + t;
-                    out[at..at + LANES].copy_from_slice(v);
-                }
-            } else {
-                transform_lanes(&phases, t, n, &mut v);
-                for (xi, v) in v.iter().enumerate() {
-                    let at = xi * stride + t;
-                    out[at..at + n].copy_from_slice(&v[..n]);
-                }
-            }
-            t += n;
+        let whole = tiles - tiles % LANES;
+        for t in (0..whole).step_by(LANES) {
+            // a constant length: one vector per value, stores the compiler inlines
+            input_block(&phases, t, LANES, out, stride);
         }
+        if whole < tiles {
+            input_block(&phases, whole, tiles - whole, out, stride);
+        }
+    }
+}
+
+/// Tiles `t..t + n` of [`input_tile_row`], stored one run per value.
+#[inline(always)]
+fn input_block(phases: &[(&[f32], &[f32]); 4], t: usize, n: usize, out: &mut [f32], stride: usize) {
+    let mut v = [[0f32; LANES]; 16];
+    transform_lanes(phases, t, n, &mut v);
+    for (xi, v) in v.iter().enumerate() {
+        out[xi * stride + t..][..n].copy_from_slice(&v[..n]);
     }
 }
 
@@ -166,31 +164,36 @@ simd_kernel! {
     /// `top[2 t..2 t + 2]` and `bottom[2 t..2 t + 2]` (each `2 * tiles` long).
     pub(crate) fn output_tile_row(m: &[f32], stride: usize, tiles: usize, bias: f32, top: &mut [f32], bottom: &mut [f32]) {
         let (top, bottom) = (&mut top[..2 * tiles], &mut bottom[..2 * tiles]);
-        let mut t = 0;
-        while t < tiles {
-            let n = LANES.min(tiles - t);
-            // m[xi][lane]: the products of LANES tiles side by side
-            let mut block = [[0f32; LANES]; 16];
-            let mut y = [[0f32; 2 * LANES]; 2];
-            if n == LANES {
-                // constant lengths: whole vectors, copies the compiler inlines
-                for (xi, b) in block.iter_mut().enumerate() {
-                    b.copy_from_slice(&m[xi * stride + t..][..LANES]);
-                }
-                inverse_lanes(&block, LANES, bias, &mut y);
-                top[2 * t..][..2 * LANES].copy_from_slice(&y[0]);
-                bottom[2 * t..][..2 * LANES].copy_from_slice(&y[1]);
-            } else {
-                for (xi, b) in block.iter_mut().enumerate() {
-                    b[..n].copy_from_slice(&m[xi * stride + t..][..n]);
-                }
-                inverse_lanes(&block, n, bias, &mut y);
-                top[2 * t..][..2 * n].copy_from_slice(&y[0][..2 * n]);
-                bottom[2 * t..][..2 * n].copy_from_slice(&y[1][..2 * n]);
-            }
-            t += n;
+        let whole = tiles - tiles % LANES;
+        for t in (0..whole).step_by(LANES) {
+            // a constant length: whole vectors, copies the compiler inlines
+            output_block(m, stride, t, LANES, bias, (top, bottom));
+        }
+        if whole < tiles {
+            output_block(m, stride, whole, tiles - whole, bias, (top, bottom));
         }
     }
+}
+
+/// Tiles `t..t + n` of [`output_tile_row`], read one run per value.
+#[inline(always)]
+fn output_block(
+    m: &[f32],
+    stride: usize,
+    t: usize,
+    n: usize,
+    bias: f32,
+    (top, bottom): (&mut [f32], &mut [f32]),
+) {
+    // block[xi][lane]: the products of the tiles side by side
+    let mut block = [[0f32; LANES]; 16];
+    for (xi, b) in block.iter_mut().enumerate() {
+        b[..n].copy_from_slice(&m[xi * stride + t..][..n]);
+    }
+    let mut y = [[0f32; 2 * LANES]; 2];
+    inverse_lanes(&block, n, bias, &mut y);
+    top[2 * t..][..2 * n].copy_from_slice(&y[0][..2 * n]);
+    bottom[2 * t..][..2 * n].copy_from_slice(&y[1][..2 * n]);
 }
 
 /// `A^T M A + bias` of the first `n` lanes of `m` (`m[xi][lane]`): the top
