@@ -21,7 +21,7 @@ use rayon::prelude::*;
 /// Rows of a left panel: the kernel's block of sums is `MR x NR`.
 pub(crate) const MR: usize = 12;
 /// Columns of the kernel's block of sums: two vectors of 16 f32.
-const NR: usize = 32;
+pub(crate) const NR: usize = 32;
 /// Columns one thread takes per job when a product is split between threads.
 const NC: usize = 256;
 /// Left panels one thread takes per job when a product is split.
@@ -90,14 +90,33 @@ impl PackedLhs {
         packed
     }
 
-    /// Sizes the buffer for `m x k` values, all zero; returns the pairs per row.
+    /// Sizes the buffer for `m x k` values; returns the pairs per row. The
+    /// packers write every pair of rows `..m` (an odd `k`'s last pair with a
+    /// zero high half), and the kernel never reads the padding rows of the last
+    /// panel, so the buffer is not cleared.
     fn reset(&mut self, m: usize, k: usize) -> usize {
         let kp = k.div_ceil(2);
         self.m = m;
         self.k = k;
-        self.data.clear();
         self.data.resize(m.div_ceil(MR) * kp * MR, 0);
         kp
+    }
+
+    /// Sizes the panels for `m x k` values and has `fill(row, block, r)` write
+    /// each row, on this thread: its `k.div_ceil(2)` pairs go to
+    /// `block[p * MR + r]` (an odd `k`'s last pair with a zero high half).
+    pub(crate) fn fill_rows(
+        &mut self,
+        m: usize,
+        k: usize,
+        mut fill: impl FnMut(usize, &mut [u32], usize),
+    ) {
+        let kp = self.reset(m, k);
+        for (panel, block) in self.data.chunks_mut(kp * MR).enumerate() {
+            for r in 0..MR.min(m - panel * MR) {
+                fill(panel * MR + r, block, r);
+            }
+        }
     }
 
     /// Packs the rows of a row-major f32 matrix (`row_stride` apart) quickly,
@@ -139,54 +158,195 @@ impl PackedLhs {
     }
 }
 
-super::fast_math::simd_kernel! {
-    /// Writes one f32 row (`k` values) as bf16 pairs into row `r` of a panel.
-    fn pack_row_into_panel(row: &[f32], block: &mut [u32], r: usize) {
-        let pairs = row.chunks_exact(2);
-        let last = pairs.remainder().first().map(|&x| bf16_bits(x));
-        let kp = pairs.len();
-        for (p, pair) in pairs.enumerate() {
-            block[p * MR + r] = bf16_bits(pair[0]) | (bf16_bits(pair[1]) << 16);
+/// Writes one f32 row (`k` values) as bf16 pairs into row `r` of a panel.
+fn pack_row_into_panel(row: &[f32], block: &mut [u32], r: usize) {
+    map_row_into_panel(row, block, r, |x| x);
+}
+
+/// Writes `f(x)` of each value `x` of `row` as bf16 pairs into row `r` of a
+/// left panel (pair `p` at `block[p * MR + r]`, an odd length's last pair with
+/// a zero high half) and returns the sum of the `f(x)` in f32: the packing of
+/// a linear layer's input, and the attention's exponentials packed as they are
+/// computed.
+///
+/// Panics unless `r < MR` and `block` holds the row's pairs.
+#[inline(always)]
+pub(crate) fn map_row_into_panel(
+    row: &[f32],
+    block: &mut [u32],
+    r: usize,
+    f: impl Fn(f32) -> f32,
+) -> f32 {
+    assert!(
+        r < MR && row.len().div_ceil(2) * MR <= block.len(),
+        "bf16 panel: row out of place"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX-512F and AVX512_BF16 were detected; the panel holds the
+        // row's pairs (asserted).
+        return unsafe { convert::map_row_into_panel(row, block, r, f) };
+    }
+    map_row_into_panel_scalar(row, block, r, 0, f)
+}
+
+/// [`map_row_into_panel`] one value at a time, from pair `first_pair` on
+/// (`row` starting there too).
+#[inline(always)]
+fn map_row_into_panel_scalar(
+    row: &[f32],
+    block: &mut [u32],
+    r: usize,
+    first_pair: usize,
+    f: impl Fn(f32) -> f32,
+) -> f32 {
+    let mut sum = 0.0;
+    for (p, pair) in row.chunks(2).enumerate() {
+        let lo = f(pair[0]);
+        let (hi, hi_bits) = match pair.get(1) {
+            Some(&x) => {
+                let hi = f(x);
+                (hi, bf16_bits(hi))
+            }
+            None => (0.0, 0),
+        };
+        sum += lo + hi;
+        block[(first_pair + p) * MR + r] = bf16_bits(lo) | (hi_bits << 16);
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod convert {
+    use std::arch::x86_64::*;
+
+    use super::MR;
+
+    /// Values converted per step: two vectors, one vector of pairs.
+    const STEP: usize = 32;
+
+    /// [`super::map_row_into_panel`] 32 values at a time: `f` inlined and
+    /// vectorised, `vcvtne2ps2bf16` rounding two vectors (nearest, ties to
+    /// even, as `bf16_bits`) into 16 pairs in order, scattered `MR` apart.
+    ///
+    /// # Safety
+    /// The processor has AVX-512F and AVX512_BF16; `r < MR` and `block` holds
+    /// `row.len().div_ceil(2)` pairs of `MR` rows.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn map_row_into_panel(
+        row: &[f32],
+        block: &mut [u32],
+        r: usize,
+        f: impl Fn(f32) -> f32,
+    ) -> f32 {
+        let offsets = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(MR as i32),
+        );
+        let mut sums = _mm512_setzero_ps();
+        let mut chunks = row.chunks_exact(STEP);
+        for (c, chunk) in (&mut chunks).enumerate() {
+            let mut values = [0f32; STEP];
+            for (v, &x) in values.iter_mut().zip(chunk) {
+                *v = f(x);
+            }
+            // SAFETY: `values` holds 32 f32; pairs `16 c .. 16 c + 16` of row
+            // `r` lie inside `block` (the caller's guarantee).
+            unsafe {
+                let lo = _mm512_loadu_ps(values.as_ptr());
+                let hi = _mm512_loadu_ps(values.as_ptr().add(16));
+                sums = _mm512_add_ps(sums, _mm512_add_ps(lo, hi));
+                let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                let at = block.as_mut_ptr().add(c * (STEP / 2) * MR + r);
+                _mm512_i32scatter_epi32::<4>(at.cast(), offsets, pairs);
+            }
         }
-        if let Some(lo) = last {
-            block[kp * MR + r] = lo;
-        }
+        let done = row.len() - chunks.remainder().len();
+        _mm512_reduce_add_ps(sums)
+            + super::map_row_into_panel_scalar(chunks.remainder(), block, r, done / 2, f)
     }
 }
 
-/// A right operand `k x n` as `[k / 2, ld]` row pairs (`ld >= n`); `data`
-/// starts at its first column (a view into a wider packed matrix may end
-/// `ld - n` values early).
+/// A right operand `k x n` in bf16 row pairs (rows `2p` and `2p + 1` of a
+/// column in one `u32`), in panels of [`NR`] columns: panel `c` starts at
+/// `data[c * panel_stride]` and holds its `k / 2` row pairs `NR` apart, as
+/// [`pack_rhs_panels`] writes them. The kernel streams each panel from
+/// consecutive addresses; with plain `[k / 2, n]` row pairs it stepped one
+/// row a page and more apart for wide operands (a TLB miss per step that the
+/// prefetcher did not hide: the DiT's linear layers ran at 240-280 GFLOP/s
+/// instead of 400 on a 2-core Zen 4).
 #[derive(Clone, Copy)]
 pub(crate) struct RhsRef<'a> {
-    pub data: &'a [u32],
+    data: &'a [u32],
     pub k: usize,
     pub n: usize,
-    pub ld: usize,
+    panel_stride: usize,
+}
+
+impl<'a> RhsRef<'a> {
+    /// Panels from `data`'s start, `panel_stride` apart: `k.div_ceil(2) * NR`
+    /// for a whole packed operand; a view of row pairs from the middle of
+    /// packed panels starts at its first row pair of the first panel and keeps
+    /// the whole operand's stride.
+    pub(crate) fn panels(data: &'a [u32], k: usize, n: usize, panel_stride: usize) -> Self {
+        Self {
+            data,
+            k,
+            n,
+            panel_stride,
+        }
+    }
+
+    /// Whether `data` holds every row pair of every column the kernel reads.
+    fn fits(&self) -> bool {
+        let kp = self.k.div_ceil(2);
+        if kp == 0 || self.n == 0 {
+            return true;
+        }
+        let panels = self.n.div_ceil(NR);
+        let last_cols = self.n - (panels - 1) * NR;
+        // With panels at least NR apart, the last one reads furthest.
+        self.panel_stride >= NR
+            && self.data.len() >= (panels - 1) * self.panel_stride + (kp - 1) * NR + last_cols
+    }
 }
 
 super::fast_math::simd_kernel! {
     /// Packs `k x n` f32 values (row `i` at `src[i * src_stride..][..n]`) into
-    /// `dst` as `[k / 2, n]` row pairs, the layout [`RhsRef`] reads with `ld = n`.
-    pub(crate) fn pack_rhs(src: &[f32], k: usize, n: usize, src_stride: usize, dst: &mut [u32]) {
-        for (p, out) in dst[..k.div_ceil(2) * n].chunks_exact_mut(n).enumerate() {
-            let lo = &src[2 * p * src_stride..][..n];
-            if 2 * p + 1 < k {
-                let hi = &src[(2 * p + 1) * src_stride..][..n];
-                for ((o, &a), &b) in out.iter_mut().zip(lo).zip(hi) {
-                    *o = bf16_bits(a) | (bf16_bits(b) << 16);
+    /// `dst` as panels of [`NR`] columns, each `[k / 2, NR]` row pairs (the
+    /// layout [`RhsRef::panels`] reads with a stride of `k / 2 * NR`), the last
+    /// panel padded with zero columns.
+    pub(crate) fn pack_rhs_panels(src: &[f32], k: usize, n: usize, src_stride: usize, dst: &mut [u32]) {
+        let kp = k.div_ceil(2);
+        for (panel, out) in dst[..n.div_ceil(NR) * kp * NR].chunks_exact_mut(kp * NR).enumerate() {
+            let col = panel * NR;
+            let cols = NR.min(n - col);
+            for (p, pairs) in out.chunks_exact_mut(NR).enumerate() {
+                let lo = &src[2 * p * src_stride + col..][..cols];
+                if 2 * p + 1 < k {
+                    let hi = &src[(2 * p + 1) * src_stride + col..][..cols];
+                    for ((o, &a), &b) in pairs.iter_mut().zip(lo).zip(hi) {
+                        *o = bf16_bits(a) | (bf16_bits(b) << 16);
+                    }
+                } else {
+                    for (o, &a) in pairs.iter_mut().zip(lo) {
+                        *o = bf16_bits(a);
+                    }
                 }
-            } else {
-                for (o, &a) in out.iter_mut().zip(lo) {
-                    *o = bf16_bits(a);
-                }
+                pairs[cols..].fill(0);
             }
         }
     }
 }
 
-/// A right operand packed once (a linear layer's weight): `[k / 2, n]` row
-/// pairs.
+/// The `u32`s [`pack_rhs_panels`] writes for `k x n`.
+pub(crate) fn panels_len(k: usize, n: usize) -> usize {
+    n.div_ceil(NR) * k.div_ceil(2) * NR
+}
+
+/// A right operand packed once (a linear layer's weight): panels of [`NR`]
+/// columns, each `[k / 2, NR]` row pairs (the last panel padded with zero
+/// columns), so that the kernel streams it.
 #[derive(Debug, Clone)]
 pub(crate) struct PackedRhs {
     pub k: usize,
@@ -197,26 +357,22 @@ pub(crate) struct PackedRhs {
 impl PackedRhs {
     /// Packs a row-major `k x n` f32 matrix.
     pub(crate) fn pack(src: &[f32], k: usize, n: usize) -> Self {
-        let mut data = vec![0u32; k.div_ceil(2) * n];
-        pack_rhs(src, k, n, n, &mut data);
+        let mut data = vec![0u32; panels_len(k, n)];
+        pack_rhs_panels(src, k, n, n, &mut data);
         Self { k, n, data }
     }
 
     pub(crate) fn as_ref(&self) -> RhsRef<'_> {
-        RhsRef {
-            data: &self.data,
-            k: self.k,
-            n: self.n,
-            ld: self.n,
-        }
+        RhsRef::panels(&self.data, self.k, self.n, self.k.div_ceil(2) * NR)
     }
 
     /// The row-major `k x n` f32 values (bf16-rounded), for the portable path.
     pub(crate) fn unpack(&self) -> Vec<f32> {
+        let kp = self.k.div_ceil(2);
         let mut out = vec![0f32; self.k * self.n];
         for (i, row) in out.chunks_exact_mut(self.n).enumerate() {
-            let pairs = &self.data[(i / 2) * self.n..][..self.n];
-            for (o, &pair) in row.iter_mut().zip(pairs) {
+            for (j, o) in row.iter_mut().enumerate() {
+                let pair = self.data[((j / NR) * kp + i / 2) * NR + j % NR];
                 *o = bf16_value(if i % 2 == 0 {
                     pair & 0xffff
                 } else {
@@ -253,10 +409,7 @@ pub(crate) fn matmul(
     let kp = k.div_ceil(2);
     assert!(available(), "bf16 products need AVX512_BF16");
     assert_eq!(rhs.k, k, "bf16 product: inner sizes differ");
-    assert!(
-        rhs.ld >= n && (kp == 0 || rhs.data.len() >= (kp - 1) * rhs.ld + n),
-        "bf16 product: short rhs"
-    );
+    assert!(rhs.fits(), "bf16 product: short rhs");
     assert!(
         m == 0 || n == 0 || dst.len() >= (m - 1) * ldc + n,
         "bf16 product: short dst"
@@ -274,17 +427,16 @@ pub(crate) fn matmul(
             for panel in panel0..panel1 {
                 let rows = MR.min(m - panel * MR);
                 let a = &lhs.data[panel * kp * MR..(panel + 1) * kp * MR];
-                // SAFETY: `a` holds `kp` pairs of `MR` rows; rows `col..col +
-                // cols` of each of `rhs`'s `kp` pair rows lie inside its data
-                // (`ld >= n`, length checked above); the destination block
-                // `rows x cols` at `(panel * MR, col)` lies inside `dst` (checked
-                // above) and no other job writes it.
+                // SAFETY: `a` holds `kp` pairs of `MR` rows; the `cols` columns
+                // of `rhs`'s panel `col / NR`, `kp` row pairs `NR` apart, lie
+                // inside its data (`fits`, checked above); the destination
+                // block `rows x cols` at `(panel * MR, col)` lies inside `dst`
+                // (checked above) and no other job writes it.
                 unsafe {
                     kernel::block(
                         kp,
                         a.as_ptr(),
-                        rhs.data.as_ptr().add(col),
-                        rhs.ld,
+                        rhs.data.as_ptr().add((col / NR) * rhs.panel_stride),
                         dst.0.add(panel * MR * ldc + col),
                         ldc,
                         rows,
@@ -329,19 +481,18 @@ mod kernel {
     use super::{MR, NR};
 
     /// One `rows x cols` block (at most `MR x NR`) of `dst`: the sums over `kp`
-    /// pairs of `a` (a packed panel) and `b` (row pairs `ldb` apart), added to
+    /// pairs of `a` (a packed panel) and `b` (a panel: row pairs `NR` apart), added to
     /// `dst` when `accumulate`.
     ///
     /// # Safety
     /// The processor has AVX-512F and AVX512_BF16; `a` holds `kp * MR` values;
-    /// `b + p * ldb + j` is readable for `p < kp`, `j < cols`; `dst + i * ldc + j`
+    /// `b + p * NR + j` is readable for `p < kp`, `j < cols`; `dst + i * ldc + j`
     /// is writable for `i < rows`, `j < cols`.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block(
         kp: usize,
         a: *const u32,
         b: *const u32,
-        ldb: usize,
         dst: *mut f32,
         ldc: usize,
         rows: usize,
@@ -351,18 +502,18 @@ mod kernel {
         // SAFETY: forwarded; each instance only touches `rows` rows.
         unsafe {
             match rows {
-                12 => sums::<12>(kp, a, b, ldb, dst, ldc, cols, accumulate),
-                11 => sums::<11>(kp, a, b, ldb, dst, ldc, cols, accumulate),
-                10 => sums::<10>(kp, a, b, ldb, dst, ldc, cols, accumulate),
-                9 => sums::<9>(kp, a, b, ldb, dst, ldc, cols, accumulate),
-                8 => sums::<8>(kp, a, b, ldb, dst, ldc, cols, accumulate),
-                7 => sums::<7>(kp, a, b, ldb, dst, ldc, cols, accumulate),
-                6 => sums::<6>(kp, a, b, ldb, dst, ldc, cols, accumulate),
-                5 => sums::<5>(kp, a, b, ldb, dst, ldc, cols, accumulate),
-                4 => sums::<4>(kp, a, b, ldb, dst, ldc, cols, accumulate),
-                3 => sums::<3>(kp, a, b, ldb, dst, ldc, cols, accumulate),
-                2 => sums::<2>(kp, a, b, ldb, dst, ldc, cols, accumulate),
-                1 => sums::<1>(kp, a, b, ldb, dst, ldc, cols, accumulate),
+                12 => sums::<12>(kp, a, b, dst, ldc, cols, accumulate),
+                11 => sums::<11>(kp, a, b, dst, ldc, cols, accumulate),
+                10 => sums::<10>(kp, a, b, dst, ldc, cols, accumulate),
+                9 => sums::<9>(kp, a, b, dst, ldc, cols, accumulate),
+                8 => sums::<8>(kp, a, b, dst, ldc, cols, accumulate),
+                7 => sums::<7>(kp, a, b, dst, ldc, cols, accumulate),
+                6 => sums::<6>(kp, a, b, dst, ldc, cols, accumulate),
+                5 => sums::<5>(kp, a, b, dst, ldc, cols, accumulate),
+                4 => sums::<4>(kp, a, b, dst, ldc, cols, accumulate),
+                3 => sums::<3>(kp, a, b, dst, ldc, cols, accumulate),
+                2 => sums::<2>(kp, a, b, dst, ldc, cols, accumulate),
+                1 => sums::<1>(kp, a, b, dst, ldc, cols, accumulate),
                 _ => {}
             }
         }
@@ -381,7 +532,6 @@ mod kernel {
         kp: usize,
         a: *const u32,
         b: *const u32,
-        ldb: usize,
         dst: *mut f32,
         ldc: usize,
         cols: usize,
@@ -401,7 +551,7 @@ mod kernel {
                 }
             }
             for p in 0..kp {
-                let bp = b.add(p * ldb);
+                let bp = b.add(p * NR);
                 let b0: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi32(m0, bp.cast()));
                 let b1: __m512bh =
                     std::mem::transmute(_mm512_maskz_loadu_epi32(m1, bp.add(16).cast()));
@@ -430,7 +580,6 @@ mod kernel {
         _: usize,
         _: *const u32,
         _: *const u32,
-        _: usize,
         _: *mut f32,
         _: usize,
         _: usize,
@@ -507,14 +656,9 @@ mod tests {
                 let mut packed_rows = PackedLhs::default();
                 packed_rows.repack_rows(m, k, &a, k);
                 assert_eq!(packed_rows.data, lhs.data);
-                let mut rb = vec![0u32; k.div_ceil(2) * n];
-                pack_rhs(&b, k, n, n, &mut rb);
-                let rhs = RhsRef {
-                    data: &rb,
-                    k,
-                    n,
-                    ld: n,
-                };
+                let mut rb = vec![u32::MAX; panels_len(k, n)];
+                pack_rhs_panels(&b, k, n, n, &mut rb);
+                let rhs = RhsRef::panels(&rb, k, n, k.div_ceil(2) * NR);
                 let ldc = n + 3;
                 let mut dst = vec![f32::NAN; m * ldc];
                 matmul(&lhs, rhs, &mut dst, ldc, false, threads);
@@ -544,5 +688,68 @@ mod tests {
                 assert_eq!(lhs.value(m - 1, k - 1), bf16_value(bf16_bits(a[m * k - 1])));
             }
         }
+    }
+
+    #[test]
+    fn mapped_rows_land_in_their_panel_row_rounded_to_nearest_even() {
+        // whole steps of 32 values, partial ones and an odd last value
+        for len in [1, 2, 31, 32, 33, 64, 71] {
+            let row = values(len, len as u32);
+            let kp = len.div_ceil(2);
+            for r in [0, 5, MR - 1] {
+                let mut block = vec![u32::MAX; kp * MR];
+                let sum = map_row_into_panel(&row, &mut block, r, |x| 3.0 * x);
+                for p in 0..kp {
+                    let lo = bf16_bits(3.0 * row[2 * p]);
+                    let hi = row.get(2 * p + 1).map_or(0, |&x| bf16_bits(3.0 * x));
+                    assert_eq!(block[p * MR + r], lo | (hi << 16), "len {len} pair {p}");
+                    // the other rows' places are left alone
+                    assert!(
+                        (0..MR)
+                            .filter(|&i| i != r)
+                            .all(|i| block[p * MR + i] == u32::MAX)
+                    );
+                }
+                let want: f32 = row.iter().map(|&x| 3.0 * x).sum();
+                assert!(
+                    (sum - want).abs() <= 1e-4 * len as f32,
+                    "len {len}: {sum} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn views_into_panels_multiply_their_rows_and_columns_only() {
+        if !available() {
+            eprintln!("skipped: this processor has no AVX512_BF16");
+            return;
+        }
+        // A 40 x 100 operand in panels; the view takes rows 10..30 (row pairs
+        // 5..15) and columns 32..96 (panels 1 and 2), as the attention reads
+        // a run of values and of keys.
+        let (k, n, m) = (40, 100, 7);
+        let b = values(k * n, 3);
+        let mut rb = vec![0u32; panels_len(k, n)];
+        pack_rhs_panels(&b, k, n, n, &mut rb);
+        let stride = k.div_ceil(2) * NR;
+        let (r0, rows, c0, cols) = (10, 20, 32, 64);
+        let view = RhsRef::panels(&rb[(c0 / NR) * stride + r0 / 2 * NR..], rows, cols, stride);
+        let a = values(m * rows, 4);
+        let lhs = PackedLhs::pack(m, rows, |i, p| a[i * rows + p]);
+        let sub: Vec<f32> = (0..rows)
+            .flat_map(|i| b[(r0 + i) * n + c0..][..cols].to_vec())
+            .collect();
+        let want = reference(&a, &sub, m, cols, rows);
+        let mut dst = vec![0f32; m * cols];
+        matmul(&lhs, view, &mut dst, cols, false, 2);
+        for (got, w) in dst.iter().zip(&want) {
+            assert!((f64::from(*got) - w).abs() <= 1e-5 * (1.0 + w.abs()));
+        }
+        // the whole operand unpacks to its bf16-rounded values
+        let packed = PackedRhs::pack(&b, k, n);
+        let rounded: Vec<f32> = b.iter().map(|&x| bf16_value(bf16_bits(x))).collect();
+        assert_eq!(packed.unpack(), rounded);
+        assert_eq!(packed.data, rb);
     }
 }

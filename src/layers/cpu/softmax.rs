@@ -32,23 +32,30 @@ impl InplaceOp1 for SoftmaxInPlace {
 }
 
 /// Lanes the row reductions keep, so that they vectorise.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
+
+/// The largest value of `row` (`-inf` for an empty row), in `LANES` lanes so
+/// that it vectorises where it is inlined.
+#[inline(always)]
+pub(crate) fn max_of(row: &[f32]) -> f32 {
+    let mut maxes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &v) in maxes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&maxes)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
 
 simd_kernel! {
     /// Softmax of one row, in place.
     pub(crate) fn softmax_row(row: &mut [f32]) {
-        let mut maxes = [f32::NEG_INFINITY; LANES];
-        let mut chunks = row.chunks_exact(LANES);
-        for c in &mut chunks {
-            for (m, &v) in maxes.iter_mut().zip(c) {
-                *m = if v > *m { v } else { *m };
-            }
-        }
-        let max = chunks
-            .remainder()
-            .iter()
-            .chain(&maxes)
-            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let max = max_of(row);
         if max == f32::NEG_INFINITY {
             // every entry masked out: no probability mass anywhere
             row.fill(0.0);

@@ -13,9 +13,11 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
-use super::bf16_gemm::{self, PackedLhs, RhsRef, bf16_bits, pack_rhs};
+use super::bf16_gemm::{
+    self, NR, PackedLhs, RhsRef, bf16_bits, map_row_into_panel, pack_rhs_panels, panels_len,
+};
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
-use super::softmax;
+use super::{fast_math, softmax};
 use crate::layers::shape_log::{self, MatmulShape};
 
 /// Query windows per batch at most, so that a batch's score buffer stays small
@@ -65,7 +67,9 @@ pub(crate) struct BlockSparseAttention {
     pub batches: Vec<Batch>,
     /// Both products with bf16 operands and f32 sums (`bf16_gemm`): keys and
     /// values packed once per call, queries and probabilities per batch; the
-    /// softmax stays f32. Needs an even `wt` (value rows are packed in pairs).
+    /// softmax stays f32. Needs a `wt` that is a multiple of
+    /// `bf16_gemm::NR` (runs start whole panels of packed keys); with another,
+    /// the f32 products run.
     pub bf16: bool,
 }
 
@@ -132,7 +136,7 @@ impl CustomOp3 for BlockSparseAttention {
             at = b.first + b.count;
         }
         let dims = Dims { wt, d };
-        if self.bf16 && wt % 2 == 0 {
+        if self.bf16 && wt.is_multiple_of(NR) {
             let packed = PackedKeysValues::pack(k, v, d);
             slices
                 .into_par_iter()
@@ -150,31 +154,58 @@ impl CustomOp3 for BlockSparseAttention {
     }
 }
 
-/// Keys as `K^T` row pairs `[d / 2, keys]` and values as row pairs
-/// `[keys / 2, d]`, in bf16, for every key row of the call.
+/// Keys as `K^T` and values, in bf16 row pairs, for every key row of the
+/// call, both in panels of [`NR`] columns (`bf16_gemm`'s streamed layout):
+/// `K^T` `[keys / NR, d / 2, NR]`, so that a run of key windows (a multiple of
+/// `NR` keys) starts a panel; values `[d / NR, keys / 2, NR]`, a run starting
+/// at its first row pair of every panel.
 struct PackedKeysValues {
     kt: Vec<u32>,
     v: Vec<u32>,
     keys: usize,
+    d: usize,
 }
 
 impl PackedKeysValues {
+    /// Needs an even count of key rows that is a multiple of [`NR`] (whole
+    /// windows of a `wt` that is).
     fn pack(k: &[f32], v: &[f32], d: usize) -> Self {
         let keys = k.len() / d.max(1);
         let dp = d.div_ceil(2);
-        let mut kt = vec![0u32; dp * keys];
+        let mut kt = vec![0u32; keys.div_ceil(NR) * dp * NR];
         for (j, row) in k.chunks_exact(d).enumerate() {
+            let panel = &mut kt[(j / NR) * dp * NR + j % NR..];
             for p in 0..dp {
                 let lo = bf16_bits(row[2 * p]);
                 let hi = row.get(2 * p + 1).map_or(0, |&x| bf16_bits(x));
-                kt[p * keys + j] = lo | (hi << 16);
+                panel[p * NR] = lo | (hi << 16);
             }
         }
-        let mut vp = vec![0u32; keys.div_ceil(2) * d];
-        pack_rhs(v, keys, d, d, &mut vp);
-        Self { kt, v: vp, keys }
+        let mut vp = vec![0u32; panels_len(keys, d)];
+        pack_rhs_panels(v, keys, d, d, &mut vp);
+        Self { kt, v: vp, keys, d }
+    }
+
+    /// `K^T` of the `n` keys from key row `first` (a multiple of [`NR`]).
+    fn keys_t(&self, first: usize, n: usize) -> RhsRef<'_> {
+        let dp = self.d.div_ceil(2);
+        RhsRef::panels(&self.kt[first * dp..], self.d, n, dp * NR)
+    }
+
+    /// The `n` value rows from row `first` (even).
+    fn values(&self, first: usize, n: usize) -> RhsRef<'_> {
+        RhsRef::panels(
+            &self.v[first / 2 * NR..],
+            n,
+            self.d,
+            self.keys.div_ceil(2) * NR,
+        )
     }
 }
+
+/// Keys a bf16 batch takes at a time: the scores of 4 query windows against
+/// them (512 x 256 f32, 512 KiB) stay in the L2 cache.
+const KEY_CHUNK: usize = 256;
 
 /// The per-worker buffers of the bf16 batches.
 #[derive(Default)]
@@ -182,6 +213,10 @@ struct Bf16Scratch {
     scores: Vec<f32>,
     q: PackedLhs,
     probs: PackedLhs,
+    /// Per query row: the largest score so far, and the sum of the
+    /// exponentials against it.
+    maxes: Vec<f32>,
+    sums: Vec<f32>,
 }
 
 #[derive(Clone, Copy)]
@@ -274,8 +309,14 @@ impl Dims {
 }
 
 impl Dims {
-    /// [`Dims::batch`] with bf16 operands: the same runs, the products through
-    /// `bf16_gemm` on this thread.
+    /// [`Dims::batch`] with bf16 operands, on this thread, the keys taken
+    /// [`KEY_CHUNK`] at a time with a running softmax: per chunk, the scores
+    /// `Q K^T` (f32 sums), each row's exponentials against its running maximum
+    /// packed straight into bf16 panels, the output so far rescaled where a
+    /// row's maximum rose, and the chunk's `P V` added to it; the rows divided
+    /// by their sums at the end. So the scores of a batch never exist whole:
+    /// over thousands of keys they ran to tens of MiB per batch, and the
+    /// softmax, its normalisation and the packing each went through memory.
     fn batch_bf16(
         self,
         b: &Batch,
@@ -286,44 +327,47 @@ impl Dims {
     ) {
         let Dims { wt, d } = self;
         let m = b.count * wt;
-        let keys: usize = b.runs.iter().map(|r| r.1).sum::<usize>() * wt;
-        if keys == 0 {
+        if b.runs.is_empty() {
             return; // no key window kept: the output stays zero
         }
         let Bf16Scratch {
             scores,
             q: q_packed,
             probs,
+            maxes,
+            sums,
         } = scratch;
         q_packed.repack_rows_here(m, d, q, d);
-        scores.clear();
-        scores.resize(m * keys, 0.0);
-        let mut col = 0;
+        maxes.clear();
+        maxes.resize(m, f32::NEG_INFINITY);
+        sums.clear();
+        sums.resize(m, 0.0);
+        scores.resize(m * KEY_CHUNK, 0.0);
+        let mut started = false;
         for &(first, count) in &b.runs {
-            let n = count * wt;
-            let kt = RhsRef {
-                data: &kv.kt[first * wt..],
-                k: d,
-                n,
-                ld: kv.keys,
-            };
-            bf16_gemm::matmul(q_packed, kt, &mut scores[col..], keys, false, 1);
-            col += n;
+            let end = (first + count) * wt;
+            for key0 in (first * wt..end).step_by(KEY_CHUNK) {
+                let n = KEY_CHUNK.min(end - key0);
+                let scores = &mut scores[..m * n];
+                bf16_gemm::matmul(q_packed, kv.keys_t(key0, n), scores, n, false, 1);
+                probs.fill_rows(m, n, |i, block, r| {
+                    let row = &scores[i * n..][..n];
+                    let max = maxes[i].max(softmax::max_of(row));
+                    if started && max > maxes[i] {
+                        let scale = fast_math::exp(maxes[i] - max);
+                        sums[i] *= scale;
+                        dst[i * d..][..d].iter_mut().for_each(|x| *x *= scale);
+                    }
+                    maxes[i] = max;
+                    sums[i] += map_row_into_panel(row, block, r, |x| fast_math::exp(x - max));
+                });
+                bf16_gemm::matmul(probs, kv.values(key0, n), dst, d, started, 1);
+                started = true;
+            }
         }
-        scores.chunks_exact_mut(keys).for_each(softmax::softmax_row);
-        let mut col = 0;
-        for &(first, count) in &b.runs {
-            let n = count * wt;
-            probs.repack_rows_here(m, n, &scores[col..], keys);
-            // `wt` is even, so the run's first value row starts a pair.
-            let values = RhsRef {
-                data: &kv.v[first * wt / 2 * d..],
-                k: n,
-                n: d,
-                ld: d,
-            };
-            bf16_gemm::matmul(probs, values, dst, d, col > 0, 1);
-            col += n;
+        for (row, &sum) in dst.chunks_exact_mut(d).zip(sums.iter()) {
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            row.iter_mut().for_each(|x| *x *= inv);
         }
     }
 }

@@ -19,7 +19,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 
 use super::StripOutput;
-use super::bf16_gemm::{self, PackedLhs, RhsRef, pack_rhs};
+use super::bf16_gemm::{self, NR, PackedLhs, RhsRef, pack_rhs_panels, panels_len};
 use super::epilogue::Epilogue;
 use super::fast_math::simd_kernel;
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
@@ -398,14 +398,9 @@ impl Tiles<'_> {
                     }
                 }
                 Products::Bf16(u) => {
-                    scratch.v_bf16.resize(c_in.div_ceil(2) * t, 0);
-                    pack_rhs(rhs, c_in, t, t, &mut scratch.v_bf16);
-                    let rhs = RhsRef {
-                        data: &scratch.v_bf16,
-                        k: c_in,
-                        n: t,
-                        ld: t,
-                    };
+                    scratch.v_bf16.resize(panels_len(c_in, t), 0);
+                    pack_rhs_panels(rhs, c_in, t, t, &mut scratch.v_bf16);
+                    let rhs = RhsRef::panels(&scratch.v_bf16, c_in, t, c_in.div_ceil(2) * NR);
                     bf16_gemm::matmul(&u[xi], rhs, dst, t, false, threads);
                 }
             }
