@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 
-use super::cpu::bf16_gemm::{PackedLhs, PackedRhs, matmul};
+use super::cpu::bf16_gemm::{PackedLhs, PackedRhs, Start, matmul};
 use super::cpu::gemm::contiguous_f32;
 use super::products::{self, CpuProducts};
 use super::{activation, kernels, shape_log};
@@ -18,8 +18,12 @@ use super::{activation, kernels, shape_log};
 enum Weight {
     /// `W^T` `[in, out]`, multiplied by candle's matmul.
     Tensor(Tensor),
-    /// `W^T` packed in bf16 for the CPU's bf16 products.
-    CpuBf16(Arc<PackedRhs>),
+    /// `W^T` packed in bf16 for the CPU's bf16 products, and the bias's values,
+    /// which the product starts its sums from.
+    CpuBf16 {
+        packed: Arc<PackedRhs>,
+        bias: Option<Arc<[f32]>>,
+    },
 }
 
 /// A linear layer `x W^T + b` that accepts inputs of any rank.
@@ -32,22 +36,36 @@ pub(crate) struct Linear {
 impl Linear {
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let weight_t = weight.t()?.contiguous()?;
-        let weight = if weight_t.device().is_cpu() && products::at_load() == CpuProducts::Bf16 {
-            let (k, n) = weight_t.dims2()?;
-            let values = weight_t
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            Weight::CpuBf16(Arc::new(PackedRhs::pack(&values, k, n)))
-        } else {
-            Weight::Tensor(weight_t)
-        };
+        if !(weight_t.device().is_cpu() && products::at_load() == CpuProducts::Bf16) {
+            return Ok(Self {
+                weight: Weight::Tensor(weight_t),
+                bias,
+            });
+        }
+        let (k, n) = weight_t.dims2()?;
+        let weight_values = weight_t
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         // The bf16 products return f32: the bias joins them in f32.
-        let bias = match (&weight, bias) {
-            (Weight::CpuBf16(_), Some(b)) => Some(b.to_dtype(DType::F32)?),
-            (_, b) => b,
-        };
-        Ok(Self { weight, bias })
+        let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
+        let bias_values = bias
+            .as_ref()
+            .map(|b| b.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        if bias_values.as_ref().is_some_and(|b| b.len() != n) {
+            candle_core::bail!(
+                "linear: a bias of {:?} for {n} outputs",
+                bias.map(|b| b.shape().clone())
+            )
+        }
+        Ok(Self {
+            weight: Weight::CpuBf16 {
+                packed: Arc::new(PackedRhs::pack(&weight_values, k, n)),
+                bias: bias_values.map(Arc::from),
+            },
+            bias,
+        })
     }
 
     pub(crate) fn load(
@@ -67,49 +85,59 @@ impl Linear {
 }
 
 impl Linear {
-    /// `x W^T` as `[rows, out]`, and the output shape for `x`'s leading dims.
-    fn product(&self, x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+    /// `x W^T` as `[rows, out]`, the output shape for `x`'s leading dims, and
+    /// whether the bias is in (the CPU's bf16 product starts from it).
+    fn product(&self, x: &Tensor) -> Result<(Tensor, Vec<usize>, bool)> {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
         let x = x.reshape((rows, in_dim))?;
-        let (y, out) = match &self.weight {
+        let (y, out, biased) = match &self.weight {
             Weight::Tensor(weight_t) => {
                 // Inputs from f32-only stages (e.g. CPU convolutions) meet
                 // half-precision weights.
                 let x = x.to_dtype(weight_t.dtype())?;
-                (shape_log::matmul(&x, weight_t)?, weight_t.dim(1)?)
+                (shape_log::matmul(&x, weight_t)?, weight_t.dim(1)?, false)
             }
-            Weight::CpuBf16(packed) => {
+            Weight::CpuBf16 { packed, bias } => {
                 let x = x.to_dtype(DType::F32)?;
-                let y = if kernels::cpu_fast_path(&x) {
-                    x.contiguous()?.apply_op1_no_bwd(&Bf16Product(packed))?
+                if kernels::cpu_fast_path(&x) {
+                    let op = Bf16Product {
+                        weight: packed,
+                        bias: bias.as_deref(),
+                    };
+                    let y = x.contiguous()?.apply_op1_no_bwd(&op)?;
+                    (y, packed.n, bias.is_some())
                 } else {
                     // The portable path forced on a layer packed for the CPU
                     // (tests): the packed values as a tensor, per call.
                     let weight_t =
                         Tensor::from_vec(packed.unpack(), (packed.k, packed.n), x.device())?;
-                    x.matmul(&weight_t)?
-                };
-                (y, packed.n)
+                    (x.matmul(&weight_t)?, packed.n, false)
+                }
             }
         };
         let mut out_dims = dims.to_vec();
         out_dims[dims.len() - 1] = out;
-        Ok((y, out_dims))
+        Ok((y, out_dims, biased))
+    }
+
+    /// The bias, where the product has not added it.
+    fn bias_left(&self, biased: bool) -> Option<&Tensor> {
+        if biased { None } else { self.bias.as_ref() }
     }
 
     /// `gelu_tanh(x W^T + b)`, the bias and activation fused on the CPU.
     pub(crate) fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        let (y, out_dims) = self.product(x)?;
-        activation::bias_gelu_in_place(y, self.bias.as_ref())?.reshape(out_dims)
+        let (y, out_dims, biased) = self.product(x)?;
+        activation::bias_gelu_in_place(y, self.bias_left(biased))?.reshape(out_dims)
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (y, out_dims) = self.product(x)?;
-        let y = match &self.bias {
+        let (y, out_dims, biased) = self.product(x)?;
+        let y = match self.bias_left(biased) {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
@@ -117,9 +145,12 @@ impl Module for Linear {
     }
 }
 
-/// `x [rows, in] @ W^T` with `W^T` packed in bf16: the rows are packed per call
-/// and the sums come back in f32.
-struct Bf16Product<'a>(&'a PackedRhs);
+/// `x [rows, in] @ W^T (+ bias)` with `W^T` packed in bf16: the rows are
+/// packed per call and the sums, started from the bias, come back in f32.
+struct Bf16Product<'a> {
+    weight: &'a PackedRhs,
+    bias: Option<&'a [f32]>,
+}
 
 impl CustomOp1 for Bf16Product<'_> {
     fn name(&self) -> &'static str {
@@ -129,7 +160,7 @@ impl CustomOp1 for Bf16Product<'_> {
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(x, layout, "bf16 linear", "input")?;
         let (rows, k) = layout.shape().dims2()?;
-        let rhs = self.0.as_ref();
+        let rhs = self.weight.as_ref();
         if k != rhs.k {
             candle_core::bail!(
                 "bf16 linear: input of {k} features for a weight of {}",
@@ -144,7 +175,7 @@ impl CustomOp1 for Bf16Product<'_> {
             rhs,
             &mut y,
             rhs.n,
-            false,
+            self.bias.map_or(Start::Zero, Start::Bias),
             crate::layers::cpu::threads(),
         );
         Ok((CpuStorage::F32(y), Shape::from((rows, rhs.n))))
@@ -191,7 +222,10 @@ mod tests {
         let x = Tensor::from_vec(values(2 * 25 * 129, 3), (2, 25, 129), &dev)?;
         let f32_layer = Linear::new(w.clone(), Some(b.clone()))?;
         let bf16_layer = products::load_with(CpuProducts::Bf16, || Linear::new(w, Some(b)))?;
-        assert!(matches!(bf16_layer.weight, Weight::CpuBf16(_)));
+        assert!(matches!(
+            bf16_layer.weight,
+            Weight::CpuBf16 { bias: Some(_), .. }
+        ));
         let want = f32_layer.forward(&x)?;
         // bf16 keeps 8 bits: each of the 129 terms moves by up to 2^-8 of itself
         let bound = 129f32.sqrt() * 3.0 * 2f32.powi(-8);

@@ -17,6 +17,7 @@ pub mod linear;
 pub mod masked_attention;
 pub mod norm;
 pub mod products;
+pub(crate) mod residual;
 pub mod shape_log;
 pub mod softmax;
 pub mod sparse_attention;

@@ -87,6 +87,21 @@ impl TokenGrid {
     pub fn time_windows(&self) -> usize {
         self.frames / WINDOW_T
     }
+    /// The token (in (t, y, x) order) at position `p` of window `w`, as
+    /// [`to_windows`] places them.
+    pub fn window_token(&self, w: usize, p: usize) -> usize {
+        let (br, bc) = (self.rows / WINDOW_HW, self.cols / WINDOW_HW);
+        let (tw, b) = (w / (br * bc), w % (br * bc));
+        let (t, y, x) = (
+            p / (WINDOW_HW * WINDOW_HW),
+            (p / WINDOW_HW) % WINDOW_HW,
+            p % WINDOW_HW,
+        );
+        let frame = tw * WINDOW_T + t;
+        let row = (b / bc) * WINDOW_HW + y;
+        let col = (b % bc) * WINDOW_HW + x;
+        (frame * self.rows + row) * self.cols + col
+    }
 }
 
 /// Rearranges `[tokens, heads, head_dim]` (tokens in (t, y, x) order) into windows:
@@ -166,12 +181,24 @@ pub fn block_mask(
 ) -> Result<Tensor> {
     let head_dim = q_win.dim(3)?;
     let nb = grid.blocks_per_time_window();
-    let pooled_q = q_win.to_dtype(DType::F32)?.mean(2)?;
-    let pooled_k = k_win.to_dtype(DType::F32)?.mean(2)?;
+    let pooled_q = window_mean(q_win)?;
+    let pooled_k = window_mean(k_win)?;
     let scores = (shape_log::matmul_named("block_mask.scores", &pooled_q, &pooled_k.t()?)?
         / (head_dim as f64).sqrt())?;
     let probs = softmax::softmax_last_dim_in_place(scores.broadcast_add(bias)?)?;
     keep_top_k(&probs, nb, topk_ratio)
+}
+
+/// The mean over each window's tokens, `[heads, windows, 128, d]` to
+/// `[heads, windows, d]`, in f32: on the CPU fast path as vector sums.
+fn window_mean(x: &Tensor) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    if kernels::cpu_fast_path(&x) {
+        return x
+            .contiguous()?
+            .apply_op1_no_bwd(&super::cpu::window_mean::WindowMean);
+    }
+    x.mean(2)
 }
 
 /// The top-k step of [`block_mask`] on its probabilities `[heads, nq, nk]`,
@@ -366,6 +393,18 @@ mod tests {
         let b = local_bias(GRID, 6, 6, 2, &Device::Cpu)?.to_vec2::<f32>()?;
         let row: Vec<bool> = b[5].iter().map(|v| v.is_finite()).collect();
         assert_eq!(row, vec![false, true, true, false, true, true]);
+        Ok(())
+    }
+
+    /// The CPU's window pooling of the block mask equals candle's mean.
+    #[test]
+    fn window_mean_matches_candle_mean() -> Result<()> {
+        let x = Tensor::randn(0f32, 1.0, (3, 5, 128, 20), &Device::Cpu)?;
+        let fast = window_mean(&x)?;
+        let want = x.mean(2)?;
+        assert_eq!(fast.dims(), &[3, 5, 20]);
+        let err = (fast - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-6, "{err}");
         Ok(())
     }
 

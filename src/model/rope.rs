@@ -10,6 +10,9 @@
 use candle_core::{DType, Device, Result, Tensor};
 use parking_lot::Mutex;
 
+use crate::layers::kernels;
+use crate::layers::sparse_attention::{self, TokenGrid};
+
 /// Sizes of the time, row and column parts of a head of `head_dim` dims.
 pub fn rope_part_dims(head_dim: usize) -> [usize; 3] {
     let hw = 2 * (head_dim / 6);
@@ -129,6 +132,43 @@ static SPATIAL_CACHE: Mutex<Vec<SpatialEntry>> = Mutex::new(Vec::new());
 /// Rotates `x` of shape `[tokens, heads, head_dim]` (any float dtype) with tables
 /// from [`rope_tables`]; the product is formed in f32.
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if let Some(fast) = cpu_rope(x, cos, sin, None)? {
+        return Ok(fast);
+    }
+    portable_rope(x, cos, sin)
+}
+
+/// [`apply_rope`], then `sparse_attention::to_windows`: on the CPU fast path
+/// in one pass that writes the windows directly.
+pub fn apply_rope_to_windows(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    grid: TokenGrid,
+) -> Result<Tensor> {
+    if let Some(fast) = cpu_rope(x, cos, sin, Some(grid))? {
+        return Ok(fast);
+    }
+    sparse_attention::to_windows(&portable_rope(x, cos, sin)?, grid)
+}
+
+/// The CPU's one-pass rotation, where the fast path applies.
+fn cpu_rope(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    windows: Option<TokenGrid>,
+) -> Result<Option<Tensor>> {
+    if !kernels::cpu_fast_path(x) || cos.dtype() != DType::F32 || sin.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let op = crate::layers::cpu::rope::Rope { windows };
+    x.contiguous()?
+        .apply_op3_no_bwd(&cos.contiguous()?, &sin.contiguous()?, &op)
+        .map(Some)
+}
+
+fn portable_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (tokens, heads, head_dim) = x.dims3()?;
     let dtype = x.dtype();
     let pairs = x
@@ -148,6 +188,36 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CPU's one-pass rotation gives the portable candle ops' result.
+    #[test]
+    fn cpu_fast_path_matches_the_portable_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let (cos, sin) = rope_tables(128, 5, 2, 3, 4, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (24, 3, 128), &dev)?;
+        let fast = apply_rope(&x, &cos, &sin)?;
+        let portable =
+            kernels::run_with(kernels::KernelPath::Portable, || apply_rope(&x, &cos, &sin))?;
+        assert_eq!(fast.dims(), &[24, 3, 128]);
+        let err = (fast - portable)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err <= 1e-6, "max difference {err}");
+        // straight into attention windows: 2 frames of 16 x 24 tokens
+        let grid = TokenGrid {
+            frames: 2,
+            rows: 16,
+            cols: 24,
+        };
+        let (cos, sin) = rope_tables(128, 5, 2, 16, 24, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2 * 16 * 24, 3, 128), &dev)?;
+        let fast = apply_rope_to_windows(&x, &cos, &sin, grid)?;
+        let portable = kernels::run_with(kernels::KernelPath::Portable, || {
+            apply_rope_to_windows(&x, &cos, &sin, grid)
+        })?;
+        assert_eq!(fast.dims(), &[3, 6, 128, 128]);
+        let err = (fast - portable)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err <= 1e-6, "max difference in windows {err}");
+        Ok(())
+    }
 
     #[test]
     fn head_split_matches_wan() {

@@ -392,8 +392,21 @@ struct DstPtr(*mut f32);
 unsafe impl Send for DstPtr {}
 unsafe impl Sync for DstPtr {}
 
-/// `dst = lhs @ rhs` (or `dst += ...` when `accumulate`), `dst` being `m x n`
-/// row-major with rows `ldc` apart, on `threads` threads (1: the caller's).
+/// What the sums of a product start from.
+#[derive(Clone, Copy)]
+pub(crate) enum Start<'a> {
+    /// Zero: `dst = lhs @ rhs`.
+    Zero,
+    /// The destination's values: `dst += lhs @ rhs`.
+    Dst,
+    /// A bias per column (`n` values): `dst = lhs @ rhs + bias`, a linear
+    /// layer's bias added in the kernel's registers rather than in a pass of
+    /// its own over the output.
+    Bias(&'a [f32]),
+}
+
+/// `dst = start + lhs @ rhs`, `dst` being `m x n` row-major with rows `ldc`
+/// apart, on `threads` threads (1: the caller's).
 ///
 /// Panics if the operands' sizes disagree or `dst` is too short, and where the
 /// processor lacks AVX512_BF16 ([`available`] says).
@@ -402,7 +415,7 @@ pub(crate) fn matmul(
     rhs: RhsRef<'_>,
     dst: &mut [f32],
     ldc: usize,
-    accumulate: bool,
+    start: Start<'_>,
     threads: usize,
 ) {
     let (m, n, k) = (lhs.m, rhs.n, lhs.k);
@@ -415,6 +428,9 @@ pub(crate) fn matmul(
         "bf16 product: short dst"
     );
     assert!(ldc >= n || m <= 1, "bf16 product: rows overlap");
+    if let Start::Bias(bias) = start {
+        assert!(bias.len() >= n, "bf16 product: short bias");
+    }
     if m == 0 || n == 0 {
         return;
     }
@@ -441,7 +457,13 @@ pub(crate) fn matmul(
                         ldc,
                         rows,
                         cols,
-                        accumulate,
+                        match start {
+                            Start::Zero => kernel::Init::Zero,
+                            Start::Dst => kernel::Init::Dst,
+                            // SAFETY (of the kernel's read): `bias` holds `n`
+                            // values (asserted), so `cols` from `col`.
+                            Start::Bias(bias) => kernel::Init::Row(bias[col..].as_ptr()),
+                        },
                     )
                 }
             }
@@ -480,14 +502,25 @@ mod kernel {
 
     use super::{MR, NR};
 
+    /// What a block's sums start from.
+    #[derive(Clone, Copy)]
+    pub(super) enum Init {
+        Zero,
+        /// The destination's values.
+        Dst,
+        /// The same `cols` values for every row.
+        Row(*const f32),
+    }
+
     /// One `rows x cols` block (at most `MR x NR`) of `dst`: the sums over `kp`
-    /// pairs of `a` (a packed panel) and `b` (a panel: row pairs `NR` apart), added to
-    /// `dst` when `accumulate`.
+    /// pairs of `a` (a packed panel) and `b` (a panel: row pairs `NR` apart),
+    /// started from `init`.
     ///
     /// # Safety
     /// The processor has AVX-512F and AVX512_BF16; `a` holds `kp * MR` values;
     /// `b + p * NR + j` is readable for `p < kp`, `j < cols`; `dst + i * ldc + j`
-    /// is writable for `i < rows`, `j < cols`.
+    /// is writable (and readable, with `Init::Dst`) for `i < rows`, `j < cols`;
+    /// with `Init::Row(r)`, `r + j` is readable for `j < cols`.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block(
         kp: usize,
@@ -497,23 +530,23 @@ mod kernel {
         ldc: usize,
         rows: usize,
         cols: usize,
-        accumulate: bool,
+        init: Init,
     ) {
         // SAFETY: forwarded; each instance only touches `rows` rows.
         unsafe {
             match rows {
-                12 => sums::<12>(kp, a, b, dst, ldc, cols, accumulate),
-                11 => sums::<11>(kp, a, b, dst, ldc, cols, accumulate),
-                10 => sums::<10>(kp, a, b, dst, ldc, cols, accumulate),
-                9 => sums::<9>(kp, a, b, dst, ldc, cols, accumulate),
-                8 => sums::<8>(kp, a, b, dst, ldc, cols, accumulate),
-                7 => sums::<7>(kp, a, b, dst, ldc, cols, accumulate),
-                6 => sums::<6>(kp, a, b, dst, ldc, cols, accumulate),
-                5 => sums::<5>(kp, a, b, dst, ldc, cols, accumulate),
-                4 => sums::<4>(kp, a, b, dst, ldc, cols, accumulate),
-                3 => sums::<3>(kp, a, b, dst, ldc, cols, accumulate),
-                2 => sums::<2>(kp, a, b, dst, ldc, cols, accumulate),
-                1 => sums::<1>(kp, a, b, dst, ldc, cols, accumulate),
+                12 => sums::<12>(kp, a, b, dst, ldc, cols, init),
+                11 => sums::<11>(kp, a, b, dst, ldc, cols, init),
+                10 => sums::<10>(kp, a, b, dst, ldc, cols, init),
+                9 => sums::<9>(kp, a, b, dst, ldc, cols, init),
+                8 => sums::<8>(kp, a, b, dst, ldc, cols, init),
+                7 => sums::<7>(kp, a, b, dst, ldc, cols, init),
+                6 => sums::<6>(kp, a, b, dst, ldc, cols, init),
+                5 => sums::<5>(kp, a, b, dst, ldc, cols, init),
+                4 => sums::<4>(kp, a, b, dst, ldc, cols, init),
+                3 => sums::<3>(kp, a, b, dst, ldc, cols, init),
+                2 => sums::<2>(kp, a, b, dst, ldc, cols, init),
+                1 => sums::<1>(kp, a, b, dst, ldc, cols, init),
                 _ => {}
             }
         }
@@ -535,7 +568,7 @@ mod kernel {
         dst: *mut f32,
         ldc: usize,
         cols: usize,
-        accumulate: bool,
+        init: Init,
     ) {
         const { assert!(R <= MR && NR == 32) };
         let (m0, m1) = (lanes(cols, 0), lanes(cols, 1));
@@ -543,11 +576,21 @@ mod kernel {
         // SAFETY (all pointer reads and writes below): within the bounds the
         // caller guarantees; masked lanes are neither read nor written.
         unsafe {
-            if accumulate {
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let d = dst.add(i * ldc);
-                    row[0] = _mm512_maskz_loadu_ps(m0, d);
-                    row[1] = _mm512_maskz_loadu_ps(m1, d.add(16));
+            match init {
+                Init::Zero => {}
+                Init::Dst => {
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let d = dst.add(i * ldc);
+                        row[0] = _mm512_maskz_loadu_ps(m0, d);
+                        row[1] = _mm512_maskz_loadu_ps(m1, d.add(16));
+                    }
+                }
+                Init::Row(r) => {
+                    let start = [
+                        _mm512_maskz_loadu_ps(m0, r),
+                        _mm512_maskz_loadu_ps(m1, r.add(16)),
+                    ];
+                    acc = [start; R];
                 }
             }
             for p in 0..kp {
@@ -574,6 +617,14 @@ mod kernel {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod kernel {
+    /// What a block's sums start from (as on x86-64).
+    #[derive(Clone, Copy)]
+    pub(super) enum Init {
+        Zero,
+        Dst,
+        Row(*const f32),
+    }
+
     /// Never called: [`super::available`] is false off x86-64.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block(
@@ -584,7 +635,7 @@ mod kernel {
         _: usize,
         _: usize,
         _: usize,
-        _: bool,
+        _: Init,
     ) {
         unreachable!("bf16 products need AVX512_BF16")
     }
@@ -661,7 +712,7 @@ mod tests {
                 let rhs = RhsRef::panels(&rb, k, n, k.div_ceil(2) * NR);
                 let ldc = n + 3;
                 let mut dst = vec![f32::NAN; m * ldc];
-                matmul(&lhs, rhs, &mut dst, ldc, false, threads);
+                matmul(&lhs, rhs, &mut dst, ldc, Start::Zero, threads);
                 let want = reference(&a, &b, m, n, k);
                 for i in 0..m {
                     for j in 0..n {
@@ -675,7 +726,7 @@ mod tests {
                     assert!(dst[i * ldc + n..(i + 1) * ldc].iter().all(|x| x.is_nan()));
                 }
                 let before = dst.clone();
-                matmul(&lhs, rhs, &mut dst, ldc, true, threads);
+                matmul(&lhs, rhs, &mut dst, ldc, Start::Dst, threads);
                 for i in 0..m {
                     for j in 0..n {
                         let idx = i * ldc + j;
@@ -742,7 +793,7 @@ mod tests {
             .collect();
         let want = reference(&a, &sub, m, cols, rows);
         let mut dst = vec![0f32; m * cols];
-        matmul(&lhs, view, &mut dst, cols, false, 2);
+        matmul(&lhs, view, &mut dst, cols, Start::Zero, 2);
         for (got, w) in dst.iter().zip(&want) {
             assert!((f64::from(*got) - w).abs() <= 1e-5 * (1.0 + w.abs()));
         }

@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
 
 use super::bf16_gemm::{
-    self, NR, PackedLhs, RhsRef, bf16_bits, map_row_into_panel, pack_rhs_panels, panels_len,
+    self, NR, PackedLhs, RhsRef, Start, bf16_bits, map_row_into_panel, pack_rhs_panels, panels_len,
 };
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
 use super::{fast_math, softmax};
@@ -349,7 +349,7 @@ impl Dims {
             for key0 in (first * wt..end).step_by(KEY_CHUNK) {
                 let n = KEY_CHUNK.min(end - key0);
                 let scores = &mut scores[..m * n];
-                bf16_gemm::matmul(q_packed, kv.keys_t(key0, n), scores, n, false, 1);
+                bf16_gemm::matmul(q_packed, kv.keys_t(key0, n), scores, n, Start::Zero, 1);
                 probs.fill_rows(m, n, |i, block, r| {
                     let row = &scores[i * n..][..n];
                     let max = maxes[i].max(softmax::max_of(row));
@@ -361,7 +361,8 @@ impl Dims {
                     maxes[i] = max;
                     sums[i] += map_row_into_panel(row, block, r, |x| fast_math::exp(x - max));
                 });
-                bf16_gemm::matmul(probs, kv.values(key0, n), dst, d, started, 1);
+                let start = if started { Start::Dst } else { Start::Zero };
+                bf16_gemm::matmul(probs, kv.values(key0, n), dst, d, start, 1);
                 started = true;
             }
         }

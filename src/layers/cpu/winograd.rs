@@ -19,7 +19,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 
 use super::StripOutput;
-use super::bf16_gemm::{self, NR, PackedLhs, RhsRef, pack_rhs_panels, panels_len};
+use super::bf16_gemm::{self, NR, PackedLhs, RhsRef, Start, pack_rhs_panels, panels_len};
 use super::epilogue::Epilogue;
 use super::fast_math::simd_kernel;
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
@@ -401,7 +401,7 @@ impl Tiles<'_> {
                     scratch.v_bf16.resize(panels_len(c_in, t), 0);
                     pack_rhs_panels(rhs, c_in, t, t, &mut scratch.v_bf16);
                     let rhs = RhsRef::panels(&scratch.v_bf16, c_in, t, c_in.div_ceil(2) * NR);
-                    bf16_gemm::matmul(&u[xi], rhs, dst, t, false, threads);
+                    bf16_gemm::matmul(&u[xi], rhs, dst, t, Start::Zero, threads);
                 }
             }
         }

@@ -117,8 +117,8 @@ impl SelfAttention {
         let k = norm::rms_norm(&self.k.forward(x)?, &self.norm_k, EPS)?
             .reshape((tokens, heads, HEAD_DIM))?;
         let v = self.v.forward(x)?.reshape((tokens, heads, HEAD_DIM))?;
-        let q = sparse_attention::to_windows(&rope::apply_rope(&q, &ctx.cos, &ctx.sin)?, grid)?;
-        let k = sparse_attention::to_windows(&rope::apply_rope(&k, &ctx.cos, &ctx.sin)?, grid)?;
+        let q = rope::apply_rope_to_windows(&q, &ctx.cos, &ctx.sin, grid)?;
+        let k = rope::apply_rope_to_windows(&k, &ctx.cos, &ctx.sin, grid)?;
         let v = sparse_attention::to_windows(&v, grid)?;
         let (k_all, v_all) = cache.extend(&k, &v)?;
         let bias = ctx.local_bias(q.dim(1)?, k_all.dim(1)?)?;

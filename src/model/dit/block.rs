@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use super::EPS;
 use super::attention::{ChunkContext, CrossAttention, SelfAttention};
 use crate::layers::linear::Linear;
-use crate::layers::norm;
+use crate::layers::{norm, residual};
 use crate::model::kv_cache::KvCache;
 use crate::model::profile::StageTimes;
 
@@ -58,13 +58,13 @@ impl DitBlock {
         let [shift1, scale1, gate1, shift2, scale2, gate2] = &self.modulation;
         let input = norm::layer_norm_modulate(x, shift1, scale1, EPS)?;
         let (attn, mask) = self.self_attn.forward(&input, ctx, cache, times)?;
-        let x = (x + attn.broadcast_mul(gate1)?)?;
+        let x = residual::gated_in_place(x, attn, gate1)?;
 
         let normed = norm::layer_norm_affine(&x, &self.norm3_w, &self.norm3_b, EPS)?;
-        let x = (&x + self.cross_attn.forward(&normed)?)?;
+        let x = residual::add_in_place(&x, self.cross_attn.forward(&normed)?)?;
 
         let input = norm::layer_norm_modulate(&x, shift2, scale2, EPS)?;
         let ffn = self.ffn2.forward(&self.ffn0.forward_gelu(&input)?)?;
-        Ok(((x + ffn.broadcast_mul(gate2)?)?, mask))
+        Ok((residual::gated_in_place(&x, ffn, gate2)?, mask))
     }
 }
