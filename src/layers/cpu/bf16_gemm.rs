@@ -7,8 +7,9 @@
 //! `dst (m x n) = lhs (m x k) @ rhs (k x n)` with both operands packed once:
 //! - the left operand in panels of [`MR`] rows, `[panels, k / 2, MR]` pairs of
 //!   bf16 (rows `r`, columns `2p` and `2p + 1` in one `u32`) — [`PackedLhs`];
-//! - the right one as `[k / 2, ld]` pairs of rows (`(2p, j)` and `(2p + 1, j)`
-//!   in one `u32`) — [`RhsRef`], written by [`pack_rhs`].
+//! - the right one in panels of [`NR`] columns, each `[k / 2, NR]` pairs of
+//!   rows (`(2p, j)` and `(2p + 1, j)` in one `u32`) — [`RhsRef`], written by
+//!   [`pack_rhs_panels`].
 //!
 //! An odd `k` is padded with a zero column / row. The kernel keeps an `MR x 32`
 //! block of sums in 24 registers, broadcasting one left pair per row and
