@@ -78,3 +78,68 @@ simd_kernel! {
         row.iter_mut().for_each(|v| *v *= inv);
     }
 }
+
+simd_kernel! {
+    /// One block of columns of a row of a running (flash-order) softmax: the
+    /// scores in `row` become their exponentials against the row's largest
+    /// score so far, which `max` holds and which is updated, and their sum is
+    /// added to `sum`. Returns the factor by which what was summed against the
+    /// previous maximum (`sum` before this block, outputs weighted by earlier
+    /// exponentials) must be scaled: 1 when the maximum did not rise.
+    pub(crate) fn running_exp_row(row: &mut [f32], max: &mut f32, sum: &mut f32) -> f32 {
+        let new_max = max.max(max_of(row));
+        if new_max == f32::NEG_INFINITY {
+            row.fill(0.0); // nothing but masked scores so far
+            return 1.0;
+        }
+        let scale = if new_max > *max { fast_math::exp(*max - new_max) } else { 1.0 };
+        *max = new_max;
+        let mut sums = [0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for (s, v) in sums.iter_mut().zip(c.iter_mut()) {
+                *v = fast_math::exp(*v - new_max);
+                *s += *v;
+            }
+        }
+        let mut block_sum = sums.iter().sum::<f32>();
+        for v in chunks.into_remainder() {
+            *v = fast_math::exp(*v - new_max);
+            block_sum += *v;
+        }
+        *sum = *sum * scale + block_sum;
+        scale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks of a row through `running_exp_row`, each earlier block rescaled
+    /// as it says, then divided by the sum, give the row's softmax.
+    #[test]
+    fn running_blocks_give_the_softmax() {
+        let row: Vec<f32> = (0..100)
+            .map(|i| ((i * 37 % 23) as f32 - 4.0) * 0.7)
+            .collect();
+        let mut want = row.clone();
+        softmax_row(&mut want);
+        for block in [7, 16, 33, 100] {
+            let mut got = row.clone();
+            let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0);
+            for start in (0..row.len()).step_by(block) {
+                let end = (start + block).min(row.len());
+                let scale = running_exp_row(&mut got[start..end], &mut max, &mut sum);
+                got[..start].iter_mut().for_each(|v| *v *= scale);
+            }
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g / sum - w).abs() < 1e-6,
+                    "block {block}: {} vs {w}",
+                    g / sum
+                );
+            }
+        }
+    }
+}

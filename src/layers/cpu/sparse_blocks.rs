@@ -2,13 +2,15 @@
 //! in place, never gathered.
 //!
 //! Kept key windows form runs of consecutive windows. For each batch of query
-//! windows, every run's scores are written by `gemm` straight into their columns
-//! of one score buffer (K^T is a strided view of the key rows), the softmax runs
-//! in place on that buffer, and the output accumulates `probs[:, run] @ V[run]`
-//! over the runs, again reading V where it lies. Batches run in parallel, one
-//! single-threaded `gemm` each, with a score buffer per worker; nothing the size
-//! of the kept keys is allocated or copied, where the candle-op path gathers K
-//! and V for every batch.
+//! windows, the kept keys are taken a chunk at a time in flash-attention order:
+//! the chunk's scores (`gemm` reading K^T as a strided view of the key rows),
+//! their exponentials against each row's running maximum, the output so far
+//! rescaled where a maximum rose, and `probs @ V[chunk]` added to it, V read
+//! where it lies; the rows are divided by their sums at the end. Batches run in
+//! parallel, one single-threaded `gemm` each, with a chunk's score buffer per
+//! worker; nothing the size of the kept keys is allocated or copied, where the
+//! candle-op path gathers K and V for every batch. With bf16 products keys and
+//! values are packed once per call and the exponentials packed as computed.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
 use rayon::prelude::*;
@@ -146,8 +148,8 @@ impl CustomOp3 for BlockSparseAttention {
         } else {
             slices
                 .into_par_iter()
-                .for_each_init(Vec::new, |scores, (b, dst)| {
-                    dims.batch(b, &q[b.first * window..], k, v, scores, dst)
+                .for_each_init(F32Scratch::default, |scratch, (b, dst)| {
+                    dims.batch(b, &q[b.first * window..], k, v, scratch, dst)
                 });
         }
         Ok((CpuStorage::F32(out), Shape::from((rows, wt, d))))
@@ -203,9 +205,19 @@ impl PackedKeysValues {
     }
 }
 
-/// Keys a bf16 batch takes at a time: the scores of 4 query windows against
-/// them (512 x 256 f32, 512 KiB) stay in the L2 cache.
+/// Keys a batch takes at a time: the scores of 4 query windows against them
+/// (512 x 256 f32, 512 KiB) stay in the L2 cache.
 const KEY_CHUNK: usize = 256;
+
+/// The per-worker buffers of the f32 batches.
+#[derive(Default)]
+struct F32Scratch {
+    scores: Vec<f32>,
+    /// Per query row: the largest score so far, and the sum of the
+    /// exponentials against it.
+    maxes: Vec<f32>,
+    sums: Vec<f32>,
+}
 
 /// The per-worker buffers of the bf16 batches.
 #[derive(Default)]
@@ -227,83 +239,105 @@ struct Dims {
 
 impl Dims {
     /// One batch: `q` starts at its first query; `dst` is its `[count * wt, d]`
-    /// output, zero on entry. The caller checked that every run lies in `k`/`v`.
+    /// output. The caller checked that every run lies in `k`/`v`. The keys are
+    /// taken [`KEY_CHUNK`] at a time with a running softmax, as in
+    /// [`Dims::batch_bf16`]: per chunk the scores `Q K^T`, their exponentials
+    /// against each row's running maximum in place, the output so far rescaled
+    /// where a row's maximum rose, and `P V` added to it; the rows divided by
+    /// their sums at the end. A whole batch's scores (512 rows by thousands of
+    /// keys, tens of MiB) went through memory three times: written, softmaxed,
+    /// read by `P V`; a chunk's stay in cache.
     fn batch(
         self,
         b: &Batch,
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        scores: &mut Vec<f32>,
+        scratch: &mut F32Scratch,
         dst: &mut [f32],
     ) {
         let Dims { wt, d } = self;
         let m = b.count * wt;
-        let keys: usize = b.runs.iter().map(|r| r.1).sum::<usize>() * wt;
-        if keys == 0 {
+        if b.runs.is_empty() {
             return; // no key window kept: the output stays zero
         }
-        scores.clear();
-        scores.resize(m * keys, 0.0);
-        let mut col = 0;
+        let F32Scratch {
+            scores,
+            maxes,
+            sums,
+        } = scratch;
+        maxes.clear();
+        maxes.resize(m, f32::NEG_INFINITY);
+        sums.clear();
+        sums.resize(m, 0.0);
+        scores.resize(m * KEY_CHUNK, 0.0);
+        let mut started = false;
         for &(first, count) in &b.runs {
-            let n = count * wt;
-            // SAFETY: dst is `m x n` at column `col` of the `m x keys` buffer;
-            // lhs is the batch's `m x d` queries; rhs is K^T of key rows
-            // `first * wt ..` `+ n`, inside `k` (checked by the caller).
-            unsafe {
-                gemm_f32(
-                    (m, n, d),
-                    Strided {
-                        ptr: scores.as_mut_ptr().add(col),
-                        row_stride: keys,
-                        col_stride: 1,
-                    },
-                    false,
-                    Strided {
-                        ptr: q.as_ptr(),
-                        row_stride: d,
-                        col_stride: 1,
-                    },
-                    Strided {
-                        ptr: k.as_ptr().add(first * wt * d),
-                        row_stride: 1,
-                        col_stride: d,
-                    },
-                    1,
-                )
+            let end = (first + count) * wt;
+            for key0 in (first * wt..end).step_by(KEY_CHUNK) {
+                let n = KEY_CHUNK.min(end - key0);
+                let scores = &mut scores[..m * n];
+                // SAFETY: dst is the `m x n` score block; lhs is the batch's
+                // `m x d` queries; rhs is K^T of key rows `key0 .. key0 + n`,
+                // inside `k` (checked by the caller).
+                unsafe {
+                    gemm_f32(
+                        (m, n, d),
+                        Strided {
+                            ptr: scores.as_mut_ptr(),
+                            row_stride: n,
+                            col_stride: 1,
+                        },
+                        false,
+                        Strided {
+                            ptr: q.as_ptr(),
+                            row_stride: d,
+                            col_stride: 1,
+                        },
+                        Strided {
+                            ptr: k.as_ptr().add(key0 * d),
+                            row_stride: 1,
+                            col_stride: d,
+                        },
+                        1,
+                    )
+                }
+                for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+                    let scale = softmax::running_exp_row(row, &mut maxes[i], &mut sums[i]);
+                    if started && scale != 1.0 {
+                        dst[i * d..][..d].iter_mut().for_each(|x| *x *= scale);
+                    }
+                }
+                // SAFETY: dst is the batch's `m x d` output; lhs the `m x n`
+                // exponentials; rhs value rows `key0 .. key0 + n`, inside `v`.
+                unsafe {
+                    gemm_f32(
+                        (m, d, n),
+                        Strided {
+                            ptr: dst.as_mut_ptr(),
+                            row_stride: d,
+                            col_stride: 1,
+                        },
+                        started,
+                        Strided {
+                            ptr: scores.as_ptr(),
+                            row_stride: n,
+                            col_stride: 1,
+                        },
+                        Strided {
+                            ptr: v.as_ptr().add(key0 * d),
+                            row_stride: d,
+                            col_stride: 1,
+                        },
+                        1,
+                    )
+                }
+                started = true;
             }
-            col += n;
         }
-        scores.chunks_exact_mut(keys).for_each(softmax::softmax_row);
-        let mut col = 0;
-        for &(first, count) in &b.runs {
-            let n = count * wt;
-            // SAFETY: dst is the batch's `m x d` output; lhs the `m x n` block of
-            // probabilities at column `col`; rhs value rows `first * wt ..` `+ n`.
-            unsafe {
-                gemm_f32(
-                    (m, d, n),
-                    Strided {
-                        ptr: dst.as_mut_ptr(),
-                        row_stride: d,
-                        col_stride: 1,
-                    },
-                    col > 0,
-                    Strided {
-                        ptr: scores.as_ptr().add(col),
-                        row_stride: keys,
-                        col_stride: 1,
-                    },
-                    Strided {
-                        ptr: v.as_ptr().add(first * wt * d),
-                        row_stride: d,
-                        col_stride: 1,
-                    },
-                    1,
-                )
-            }
-            col += n;
+        for (row, &sum) in dst.chunks_exact_mut(d).zip(sums.iter()) {
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            row.iter_mut().for_each(|x| *x *= inv);
         }
     }
 }
