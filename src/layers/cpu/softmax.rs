@@ -52,63 +52,112 @@ pub(crate) fn max_of(row: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
 }
 
+/// `row`'s values replaced by `exp(value - max)`, returning their sum (0 with
+/// every entry masked out, `max` being `-inf`), in `LANES` lanes so that it
+/// vectorises where it is inlined.
+#[inline(always)]
+fn exp_and_sum(row: &mut [f32], max: f32) -> f32 {
+    if max == f32::NEG_INFINITY {
+        // every entry masked out: no probability mass anywhere
+        row.fill(0.0);
+        return 0.0;
+    }
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (s, v) in sums.iter_mut().zip(c.iter_mut()) {
+            *v = fast_math::exp(*v - max);
+            *s += *v;
+        }
+    }
+    let mut sum = 0f32;
+    for v in chunks.into_remainder() {
+        *v = fast_math::exp(*v - max);
+        sum += *v;
+    }
+    sum + sums.iter().sum::<f32>()
+}
+
 simd_kernel! {
     /// Softmax of one row, in place.
     pub(crate) fn softmax_row(row: &mut [f32]) {
-        let max = max_of(row);
-        if max == f32::NEG_INFINITY {
-            // every entry masked out: no probability mass anywhere
-            row.fill(0.0);
-            return;
+        let sum = exp_and_sum(row, max_of(row));
+        if sum > 0.0 {
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|v| *v *= inv);
         }
-        let mut sums = [0f32; LANES];
-        let mut chunks = row.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for (s, v) in sums.iter_mut().zip(c.iter_mut()) {
-                *v = fast_math::exp(*v - max);
-                *s += *v;
-            }
-        }
-        let mut sum = 0f32;
-        for v in chunks.into_remainder() {
-            *v = fast_math::exp(*v - max);
-            sum += *v;
-        }
-        let inv = 1.0 / (sum + sums.iter().sum::<f32>());
-        row.iter_mut().for_each(|v| *v *= inv);
     }
 }
 
 simd_kernel! {
-    /// One block of columns of a row of a running (flash-order) softmax: the
-    /// scores in `row` become their exponentials against the row's largest
-    /// score so far, which `max` holds and which is updated, and their sum is
-    /// added to `sum`. Returns the factor by which what was summed against the
-    /// previous maximum (`sum` before this block, outputs weighted by earlier
-    /// exponentials) must be scaled: 1 when the maximum did not rise.
-    pub(crate) fn running_exp_row(row: &mut [f32], max: &mut f32, sum: &mut f32) -> f32 {
-        let new_max = max.max(max_of(row));
-        if new_max == f32::NEG_INFINITY {
-            row.fill(0.0); // nothing but masked scores so far
-            return 1.0;
-        }
-        let scale = if new_max > *max { fast_math::exp(*max - new_max) } else { 1.0 };
-        *max = new_max;
-        let mut sums = [0f32; LANES];
-        let mut chunks = row.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for (s, v) in sums.iter_mut().zip(c.iter_mut()) {
-                *v = fast_math::exp(*v - new_max);
-                *s += *v;
+    /// The largest value of `row`, vectorised.
+    fn max_in(row: &[f32]) -> f32 {
+        max_of(row)
+    }
+}
+
+simd_kernel! {
+    /// `row`'s scores replaced by their exponentials against `max`; returns
+    /// their sum.
+    fn exp_in_place(row: &mut [f32], max: f32) -> f32 {
+        exp_and_sum(row, max)
+    }
+}
+
+/// A softmax taken a block of columns at a time (the flash-attention order),
+/// per row the largest score so far and the sum of the exponentials against
+/// it; the caller keeps the rows' outputs weighted by those exponentials.
+#[derive(Default)]
+pub(crate) struct RunningSoftmax {
+    maxes: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+impl RunningSoftmax {
+    /// `rows` rows that have met no score yet.
+    pub(crate) fn reset(&mut self, rows: usize) {
+        self.maxes.clear();
+        self.maxes.resize(rows, f32::NEG_INFINITY);
+        self.sums.clear();
+        self.sums.resize(rows, 0.0);
+    }
+
+    /// Row `i` meets a block of scores whose largest is `block_max`. Where that
+    /// raises the row's maximum, the sum so far and `weighted` (the row's
+    /// outputs weighted by the earlier exponentials) are scaled to the new one.
+    /// Returns the maximum the block's exponentials are to be taken against.
+    pub(crate) fn raise(&mut self, i: usize, block_max: f32, weighted: &mut [f32]) -> f32 {
+        let max = &mut self.maxes[i];
+        if block_max > *max {
+            if *max != f32::NEG_INFINITY {
+                let scale = fast_math::exp(*max - block_max);
+                self.sums[i] *= scale;
+                weighted.iter_mut().for_each(|x| *x *= scale);
             }
+            *max = block_max;
         }
-        let mut block_sum = sums.iter().sum::<f32>();
-        for v in chunks.into_remainder() {
-            *v = fast_math::exp(*v - new_max);
-            block_sum += *v;
+        *max
+    }
+
+    /// Adds the sum of a block's exponentials to row `i`'s.
+    pub(crate) fn add(&mut self, i: usize, block_sum: f32) {
+        self.sums[i] += block_sum;
+    }
+
+    /// Row `i` meets the block of scores `row`, which become their
+    /// exponentials against the row's maximum (`weighted` as in [`Self::raise`]).
+    pub(crate) fn take(&mut self, i: usize, row: &mut [f32], weighted: &mut [f32]) {
+        let max = self.raise(i, max_in(row), weighted);
+        self.add(i, exp_in_place(row, max));
+    }
+
+    /// Divides each row of `out` (`d` values a row) by its sum; a row whose
+    /// sum is zero (no score met) is set to zero.
+    pub(crate) fn normalise(&self, out: &mut [f32], d: usize) {
+        for (row, &sum) in out.chunks_exact_mut(d).zip(&self.sums) {
+            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+            row.iter_mut().for_each(|x| *x *= inv);
         }
-        *sum = *sum * scale + block_sum;
-        scale
     }
 }
 
@@ -116,7 +165,7 @@ simd_kernel! {
 mod tests {
     use super::*;
 
-    /// Blocks of a row through `running_exp_row`, each earlier block rescaled
+    /// Blocks of a row through `RunningSoftmax`, each earlier block rescaled
     /// as it says, then divided by the sum, give the row's softmax.
     #[test]
     fn running_blocks_give_the_softmax() {
@@ -127,18 +176,16 @@ mod tests {
         softmax_row(&mut want);
         for block in [7, 16, 33, 100] {
             let mut got = row.clone();
-            let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0);
+            let mut running = RunningSoftmax::default();
+            running.reset(1);
             for start in (0..row.len()).step_by(block) {
                 let end = (start + block).min(row.len());
-                let scale = running_exp_row(&mut got[start..end], &mut max, &mut sum);
-                got[..start].iter_mut().for_each(|v| *v *= scale);
+                let (done, next) = got.split_at_mut(start);
+                running.take(0, &mut next[..end - start], done);
             }
+            running.normalise(&mut got, row.len());
             for (g, w) in got.iter().zip(&want) {
-                assert!(
-                    (g / sum - w).abs() < 1e-6,
-                    "block {block}: {} vs {w}",
-                    g / sum
-                );
+                assert!((g - w).abs() < 1e-6, "block {block}: {g} vs {w}");
             }
         }
     }

@@ -18,8 +18,9 @@ use rayon::prelude::*;
 use super::bf16_gemm::{
     self, NR, PackedLhs, RhsRef, Start, bf16_bits, map_row_into_panel, pack_rhs_panels, panels_len,
 };
+use super::fast_math;
 use super::gemm::{Strided, contiguous_f32, gemm_f32};
-use super::{fast_math, softmax};
+use super::softmax::{self, RunningSoftmax};
 use crate::layers::shape_log::{self, MatmulShape};
 
 /// Query windows per batch at most, so that a batch's score buffer stays small
@@ -209,14 +210,22 @@ impl PackedKeysValues {
 /// (512 x 256 f32, 512 KiB) stay in the L2 cache.
 const KEY_CHUNK: usize = 256;
 
+/// The key chunks of a batch's runs, `(first key row, keys)`: [`KEY_CHUNK`]
+/// keys at a time within each run.
+fn key_chunks(runs: &[(usize, usize)], wt: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    runs.iter().flat_map(move |&(first, count)| {
+        let end = (first + count) * wt;
+        (first * wt..end)
+            .step_by(KEY_CHUNK)
+            .map(move |key0| (key0, KEY_CHUNK.min(end - key0)))
+    })
+}
+
 /// The per-worker buffers of the f32 batches.
 #[derive(Default)]
 struct F32Scratch {
     scores: Vec<f32>,
-    /// Per query row: the largest score so far, and the sum of the
-    /// exponentials against it.
-    maxes: Vec<f32>,
-    sums: Vec<f32>,
+    running: RunningSoftmax,
 }
 
 /// The per-worker buffers of the bf16 batches.
@@ -225,10 +234,7 @@ struct Bf16Scratch {
     scores: Vec<f32>,
     q: PackedLhs,
     probs: PackedLhs,
-    /// Per query row: the largest score so far, and the sum of the
-    /// exponentials against it.
-    maxes: Vec<f32>,
-    sums: Vec<f32>,
+    running: RunningSoftmax,
 }
 
 #[derive(Clone, Copy)]
@@ -261,84 +267,66 @@ impl Dims {
         if b.runs.is_empty() {
             return; // no key window kept: the output stays zero
         }
-        let F32Scratch {
-            scores,
-            maxes,
-            sums,
-        } = scratch;
-        maxes.clear();
-        maxes.resize(m, f32::NEG_INFINITY);
-        sums.clear();
-        sums.resize(m, 0.0);
+        let F32Scratch { scores, running } = scratch;
+        running.reset(m);
         scores.resize(m * KEY_CHUNK, 0.0);
-        let mut started = false;
-        for &(first, count) in &b.runs {
-            let end = (first + count) * wt;
-            for key0 in (first * wt..end).step_by(KEY_CHUNK) {
-                let n = KEY_CHUNK.min(end - key0);
-                let scores = &mut scores[..m * n];
-                // SAFETY: dst is the `m x n` score block; lhs is the batch's
-                // `m x d` queries; rhs is K^T of key rows `key0 .. key0 + n`,
-                // inside `k` (checked by the caller).
-                unsafe {
-                    gemm_f32(
-                        (m, n, d),
-                        Strided {
-                            ptr: scores.as_mut_ptr(),
-                            row_stride: n,
-                            col_stride: 1,
-                        },
-                        false,
-                        Strided {
-                            ptr: q.as_ptr(),
-                            row_stride: d,
-                            col_stride: 1,
-                        },
-                        Strided {
-                            ptr: k.as_ptr().add(key0 * d),
-                            row_stride: 1,
-                            col_stride: d,
-                        },
-                        1,
-                    )
-                }
-                for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-                    let scale = softmax::running_exp_row(row, &mut maxes[i], &mut sums[i]);
-                    if started && scale != 1.0 {
-                        dst[i * d..][..d].iter_mut().for_each(|x| *x *= scale);
-                    }
-                }
-                // SAFETY: dst is the batch's `m x d` output; lhs the `m x n`
-                // exponentials; rhs value rows `key0 .. key0 + n`, inside `v`.
-                unsafe {
-                    gemm_f32(
-                        (m, d, n),
-                        Strided {
-                            ptr: dst.as_mut_ptr(),
-                            row_stride: d,
-                            col_stride: 1,
-                        },
-                        started,
-                        Strided {
-                            ptr: scores.as_ptr(),
-                            row_stride: n,
-                            col_stride: 1,
-                        },
-                        Strided {
-                            ptr: v.as_ptr().add(key0 * d),
-                            row_stride: d,
-                            col_stride: 1,
-                        },
-                        1,
-                    )
-                }
-                started = true;
+        for (chunk, (key0, n)) in key_chunks(&b.runs, wt).enumerate() {
+            let started = chunk > 0;
+            let scores = &mut scores[..m * n];
+            // SAFETY: dst is the `m x n` score block; lhs is the batch's
+            // `m x d` queries; rhs is K^T of key rows `key0 .. key0 + n`,
+            // inside `k` (checked by the caller).
+            unsafe {
+                gemm_f32(
+                    (m, n, d),
+                    Strided {
+                        ptr: scores.as_mut_ptr(),
+                        row_stride: n,
+                        col_stride: 1,
+                    },
+                    false,
+                    Strided {
+                        ptr: q.as_ptr(),
+                        row_stride: d,
+                        col_stride: 1,
+                    },
+                    Strided {
+                        ptr: k.as_ptr().add(key0 * d),
+                        row_stride: 1,
+                        col_stride: d,
+                    },
+                    1,
+                )
+            }
+            for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+                running.take(i, row, &mut dst[i * d..][..d]);
+            }
+            // SAFETY: dst is the batch's `m x d` output; lhs the `m x n`
+            // exponentials; rhs value rows `key0 .. key0 + n`, inside `v`.
+            unsafe {
+                gemm_f32(
+                    (m, d, n),
+                    Strided {
+                        ptr: dst.as_mut_ptr(),
+                        row_stride: d,
+                        col_stride: 1,
+                    },
+                    started,
+                    Strided {
+                        ptr: scores.as_ptr(),
+                        row_stride: n,
+                        col_stride: 1,
+                    },
+                    Strided {
+                        ptr: v.as_ptr().add(key0 * d),
+                        row_stride: d,
+                        col_stride: 1,
+                    },
+                    1,
+                )
             }
         }
-        for (row, &sum) in dst.chunks_exact_mut(d).zip(sums.iter()) {
-            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-            row.iter_mut().for_each(|x| *x *= inv);
-        }
+        running.normalise(dst, d);
     }
 }
 
@@ -368,42 +356,26 @@ impl Dims {
             scores,
             q: q_packed,
             probs,
-            maxes,
-            sums,
+            running,
         } = scratch;
         q_packed.repack_rows_here(m, d, q, d);
-        maxes.clear();
-        maxes.resize(m, f32::NEG_INFINITY);
-        sums.clear();
-        sums.resize(m, 0.0);
+        running.reset(m);
         scores.resize(m * KEY_CHUNK, 0.0);
-        let mut started = false;
-        for &(first, count) in &b.runs {
-            let end = (first + count) * wt;
-            for key0 in (first * wt..end).step_by(KEY_CHUNK) {
-                let n = KEY_CHUNK.min(end - key0);
-                let scores = &mut scores[..m * n];
-                bf16_gemm::matmul(q_packed, kv.keys_t(key0, n), scores, n, Start::Zero, 1);
-                probs.fill_rows(m, n, |i, block, r| {
-                    let row = &scores[i * n..][..n];
-                    let max = maxes[i].max(softmax::max_of(row));
-                    if started && max > maxes[i] {
-                        let scale = fast_math::exp(maxes[i] - max);
-                        sums[i] *= scale;
-                        dst[i * d..][..d].iter_mut().for_each(|x| *x *= scale);
-                    }
-                    maxes[i] = max;
-                    sums[i] += map_row_into_panel(row, block, r, |x| fast_math::exp(x - max));
-                });
-                let start = if started { Start::Dst } else { Start::Zero };
-                bf16_gemm::matmul(probs, kv.values(key0, n), dst, d, start, 1);
-                started = true;
-            }
+        for (chunk, (key0, n)) in key_chunks(&b.runs, wt).enumerate() {
+            let scores = &mut scores[..m * n];
+            bf16_gemm::matmul(q_packed, kv.keys_t(key0, n), scores, n, Start::Zero, 1);
+            probs.fill_rows(m, n, |i, block, r| {
+                let row = &scores[i * n..][..n];
+                let max = running.raise(i, softmax::max_of(row), &mut dst[i * d..][..d]);
+                running.add(
+                    i,
+                    map_row_into_panel(row, block, r, |x| fast_math::exp(x - max)),
+                );
+            });
+            let start = if chunk > 0 { Start::Dst } else { Start::Zero };
+            bf16_gemm::matmul(probs, kv.values(key0, n), dst, d, start, 1);
         }
-        for (row, &sum) in dst.chunks_exact_mut(d).zip(sums.iter()) {
-            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-            row.iter_mut().for_each(|x| *x *= inv);
-        }
+        running.normalise(dst, d);
     }
 }
 
