@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use crate::cli;
 use clap::Parser;
 use gstflashvsr::devtools::parity::{self, DecoderCase, GoldenCase, Tolerances};
+use gstflashvsr::layers::products;
 use gstflashvsr::model::ModelOptions;
 use gstflashvsr::model::decoder::DecoderKind;
 
@@ -23,10 +24,19 @@ pub struct Cli {
 
     #[command(flatten)]
     kernels: cli::KernelArgs,
+
+    /// With --precision bf16 on a CPU without AVX512_BF16: run the bf16
+    /// products on an emulation of its instruction in f32 arithmetic (slower
+    /// than f32), so that the bf16 path's bounds are checked on any CPU
+    #[arg(long)]
+    emulate_bf16: bool,
 }
 
 /// Runs the example on parsed arguments (also `gpu_check`'s subcommand).
 pub fn run(cli: Cli) -> ExitCode {
+    if cli.emulate_bf16 {
+        products::emulate_bf16_products(true);
+    }
     if DecoderCase::is_decoder_case(&cli.case_dir) {
         return run_decoder_case(&cli);
     }
@@ -58,6 +68,16 @@ pub fn run(cli: Cli) -> ExitCode {
         opts.kernels,
         Tolerances::for_dtype(opts.dtype)
     );
+    if opts.device.is_cpu() && opts.dtype == candle_core::DType::BF16 {
+        println!(
+            "cpu products: {}",
+            match (products::bf16_available(), products::bf16_emulated()) {
+                (true, false) => "bf16 (AVX512_BF16)",
+                (true, true) => "bf16 (emulated AVX512_BF16)",
+                _ => "f32 (this CPU has no AVX512_BF16; --emulate-bf16 runs the bf16 path)",
+            }
+        );
+    }
     // what the model will resolve the attention setting to, and why
     match gstflashvsr::model::attention_check::resolve(opts.attention, &opts.device, opts.dtype) {
         Ok(choice) => {

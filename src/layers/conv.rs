@@ -762,10 +762,6 @@ mod tests {
     /// keeps f32 products.
     #[test]
     fn bf16_winograd_stays_within_rounding() -> Result<()> {
-        if !products::bf16_available() {
-            eprintln!("skipped: this processor has no AVX512_BF16");
-            return Ok(());
-        }
         let dev = Device::Cpu;
         for (c_in, c_out, n, h, w) in [(65, 13, 2, 9, 13), (64, 40, 1, 70, 300), (3, 2, 1, 1, 1)] {
             let x = Tensor::randn(0f32, 1.0, (n, c_in, h, w), &dev)?;
@@ -871,12 +867,10 @@ mod tests {
                 1e-4,
             ),
         ];
-        if products::bf16_available() {
-            let bf16 = products::load_with(CpuProducts::Bf16, || {
-                Conv2d::with_cpu_kernel(&wt, Some(b.clone()), CpuConvKernel::Winograd)
-            })?;
-            convs.push((bf16, 3e-2));
-        }
+        let bf16 = products::load_with(CpuProducts::Bf16, || {
+            Conv2d::with_cpu_kernel(&wt, Some(b.clone()), CpuConvKernel::Winograd)
+        })?;
+        convs.push((bf16, 3e-2));
         for (conv, bound) in &convs {
             let want = conv.forward_then(&input, Then::RELU)?;
             for path in [KernelPath::Fast, KernelPath::Portable] {
@@ -926,10 +920,8 @@ mod tests {
             (conv(CpuConvKernel::Winograd4)?, Some(1e-3)),
             (conv(CpuConvKernel::Taps)?, Some(1e-4)),
         ];
-        if products::bf16_available() {
-            let bf16 = products::load_with(CpuProducts::Bf16, || conv(CpuConvKernel::Winograd))?;
-            convs.push((bf16, None));
-        }
+        let bf16 = products::load_with(CpuProducts::Bf16, || conv(CpuConvKernel::Winograd))?;
+        convs.push((bf16, None));
         for (conv, bound) in &convs {
             for path in [KernelPath::Fast, KernelPath::Portable] {
                 let (got, want) = kernels::run_with(path, || -> Result<_> {
@@ -987,12 +979,7 @@ mod tests {
         assert_eq!(default_winograd_tile(128, 128), winograd_f4::M);
         assert_eq!(default_winograd_tile(3 * 1024, 2048), 2);
         let bf16_tile = products::load_with(CpuProducts::Bf16, || default_winograd_tile(128, 128));
-        let want = if products::bf16_available() {
-            2
-        } else {
-            winograd_f4::M
-        };
-        assert_eq!(bf16_tile, want);
+        assert_eq!(bf16_tile, 2);
     }
 
     /// The CPU taps turn back into exactly the loaded `[c_out, c_in, k, k]` weight.

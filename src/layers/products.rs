@@ -35,10 +35,28 @@ impl CpuProducts {
     }
 }
 
-/// Whether this processor has the bf16 product kernel's instructions
-/// (AVX-512F and AVX512_BF16).
+/// Whether bf16 products run here: this processor has the bf16 product
+/// kernel's instructions (AVX-512F and AVX512_BF16), or their emulation was
+/// asked for ([`emulate_bf16_products`]).
 pub fn bf16_available() -> bool {
     bf16_gemm::available()
+}
+
+/// Whether the bf16 products run emulated: asked for, on a processor without
+/// AVX512_BF16.
+pub fn bf16_emulated() -> bool {
+    !bf16_gemm::native() && bf16_gemm::emulating()
+}
+
+/// Has bf16 products run where the processor lacks AVX512_BF16, on an exact
+/// emulation of its instruction in f32 arithmetic (`cpu::bf16_emulated`), for
+/// the whole process: models loaded afterwards for `precision=bf16` compute as
+/// they would on such a processor, slower than in f32. For
+/// checking the bf16 path's numerics (the golden cases' bf16 bounds) and its
+/// control flow on any machine; never a speed path. Where the processor has
+/// the instruction, this changes nothing.
+pub fn emulate_bf16_products(on: bool) {
+    bf16_gemm::emulate(on)
 }
 
 thread_local! {
@@ -75,11 +93,9 @@ mod tests {
     fn the_choice_is_scoped_to_the_load() {
         assert_eq!(at_load(), CpuProducts::F32);
         let inside = load_with(CpuProducts::Bf16, at_load);
-        let want = if bf16_available() {
-            CpuProducts::Bf16
-        } else {
-            CpuProducts::F32
-        };
+        // unit tests emulate the bf16 products where the processor lacks them
+        assert!(bf16_available());
+        let want = CpuProducts::Bf16;
         assert_eq!(inside, want);
         assert_eq!(at_load(), CpuProducts::F32);
         assert_eq!(CpuProducts::for_cpu_precision(false), CpuProducts::F32);

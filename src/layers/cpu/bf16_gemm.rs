@@ -16,8 +16,11 @@
 //! loading two right vectors per pair of `k`.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
+
+use super::bf16_emulated;
 
 /// Rows of a left panel: the kernel's block of sums is `MR x NR`.
 pub(crate) const MR: usize = 12;
@@ -28,9 +31,16 @@ const NC: usize = 256;
 /// Left panels one thread takes per job when a product is split.
 const MC_PANELS: usize = 8;
 
-/// Whether this processor runs the kernel: AVX-512F and AVX512_BF16, detected
-/// once.
+/// Whether bf16 products run here: on the processor's AVX512_BF16 kernel
+/// ([`native`]), or on the scalar emulation where it was asked for
+/// ([`emulate`]; always in this crate's unit tests).
 pub(crate) fn available() -> bool {
+    native() || emulating()
+}
+
+/// Whether this processor has the kernel's instructions, AVX-512F and
+/// AVX512_BF16, detected once.
+pub(crate) fn native() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -42,6 +52,24 @@ pub(crate) fn available() -> bool {
             false
         }
     })
+}
+
+static EMULATE: AtomicBool = AtomicBool::new(false);
+
+/// Has [`matmul`] run the scalar emulation of `vdpbf16ps`
+/// (`cpu::bf16_emulated`) where the processor lacks AVX512_BF16, so that the
+/// bf16 path's numerics (the golden cases' bf16 bounds) and control flow can be
+/// checked on any processor. Slow: a development check, never a speed path.
+/// Layers built afterwards take bf16 products; those built before keep theirs.
+pub(crate) fn emulate(on: bool) {
+    EMULATE.store(on, Ordering::Relaxed);
+}
+
+/// Whether products without AVX512_BF16 run emulated: when asked, and always
+/// in this crate's unit tests (so that they exercise the bf16 path on every
+/// processor CI gets).
+pub(crate) fn emulating() -> bool {
+    cfg!(test) || EMULATE.load(Ordering::Relaxed)
 }
 
 /// The bf16 bits nearest to `x` (ties to even), as the kernel's operands hold
@@ -183,7 +211,7 @@ pub(crate) fn map_row_into_panel(
         "bf16 panel: row out of place"
     );
     #[cfg(target_arch = "x86_64")]
-    if available() {
+    if native() {
         // SAFETY: AVX-512F and AVX512_BF16 were detected; the panel holds the
         // row's pairs (asserted).
         return unsafe { convert::map_row_into_panel(row, block, r, f) };
@@ -406,12 +434,54 @@ pub(crate) enum Start<'a> {
     Bias(&'a [f32]),
 }
 
+/// What the sums of one kernel block start from.
+#[derive(Clone, Copy)]
+pub(crate) enum Init {
+    Zero,
+    /// The destination's values.
+    Dst,
+    /// The same `cols` values for every row.
+    Row(*const f32),
+}
+
 /// `dst = start + lhs @ rhs`, `dst` being `m x n` row-major with rows `ldc`
 /// apart, on `threads` threads (1: the caller's).
 ///
 /// Panics if the operands' sizes disagree or `dst` is too short, and where the
-/// processor lacks AVX512_BF16 ([`available`] says).
+/// processor lacks AVX512_BF16 and emulation was not asked for ([`available`]
+/// says).
 pub(crate) fn matmul(
+    lhs: &PackedLhs,
+    rhs: RhsRef<'_>,
+    dst: &mut [f32],
+    ldc: usize,
+    start: Start<'_>,
+    threads: usize,
+) {
+    let kernel = if native() {
+        Kernel::Native
+    } else {
+        assert!(emulating(), "bf16 products need AVX512_BF16");
+        Kernel::Emulated
+    };
+    matmul_on(kernel, lhs, rhs, dst, ldc, start, threads)
+}
+
+/// Which kernel computes the blocks of a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// `vdpbf16ps` (AVX512_BF16).
+    Native,
+    /// `cpu::bf16_emulated`, in f32 arithmetic.
+    Emulated,
+}
+
+/// [`matmul`] on `kernel`.
+///
+/// Panics as [`matmul`] does, and for [`Kernel::Native`] where the processor
+/// lacks its instructions.
+pub(crate) fn matmul_on(
+    kernel: Kernel,
     lhs: &PackedLhs,
     rhs: RhsRef<'_>,
     dst: &mut [f32],
@@ -421,7 +491,8 @@ pub(crate) fn matmul(
 ) {
     let (m, n, k) = (lhs.m, rhs.n, lhs.k);
     let kp = k.div_ceil(2);
-    assert!(available(), "bf16 products need AVX512_BF16");
+    let native = kernel == Kernel::Native;
+    assert!(!native || self::native(), "bf16 products need AVX512_BF16");
     assert_eq!(rhs.k, k, "bf16 product: inner sizes differ");
     assert!(rhs.fits(), "bf16 product: short rhs");
     assert!(
@@ -444,28 +515,27 @@ pub(crate) fn matmul(
             for panel in panel0..panel1 {
                 let rows = MR.min(m - panel * MR);
                 let a = &lhs.data[panel * kp * MR..(panel + 1) * kp * MR];
+                let init = match start {
+                    Start::Zero => Init::Zero,
+                    Start::Dst => Init::Dst,
+                    // `bias` holds `n` values (asserted), so `cols` from `col`.
+                    Start::Bias(bias) => Init::Row(bias[col..].as_ptr()),
+                };
+                let b = rhs.data[(col / NR) * rhs.panel_stride..].as_ptr();
+                // SAFETY: the block's first value lies inside `dst` (below).
+                let c = unsafe { dst.0.add(panel * MR * ldc + col) };
                 // SAFETY: `a` holds `kp` pairs of `MR` rows; the `cols` columns
                 // of `rhs`'s panel `col / NR`, `kp` row pairs `NR` apart, lie
                 // inside its data (`fits`, checked above); the destination
                 // block `rows x cols` at `(panel * MR, col)` lies inside `dst`
-                // (checked above) and no other job writes it.
+                // (checked above) and no other job writes it; the native
+                // kernel runs only where its instructions were detected.
                 unsafe {
-                    kernel::block(
-                        kp,
-                        a.as_ptr(),
-                        rhs.data.as_ptr().add((col / NR) * rhs.panel_stride),
-                        dst.0.add(panel * MR * ldc + col),
-                        ldc,
-                        rows,
-                        cols,
-                        match start {
-                            Start::Zero => kernel::Init::Zero,
-                            Start::Dst => kernel::Init::Dst,
-                            // SAFETY (of the kernel's read): `bias` holds `n`
-                            // values (asserted), so `cols` from `col`.
-                            Start::Bias(bias) => kernel::Init::Row(bias[col..].as_ptr()),
-                        },
-                    )
+                    if native {
+                        kernel::block(kp, a.as_ptr(), b, c, ldc, rows, cols, init)
+                    } else {
+                        bf16_emulated::block(kp, a.as_ptr(), b, c, ldc, rows, cols, init)
+                    }
                 }
             }
         }
@@ -501,17 +571,7 @@ pub(crate) fn matmul(
 mod kernel {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
-
-    /// What a block's sums start from.
-    #[derive(Clone, Copy)]
-    pub(super) enum Init {
-        Zero,
-        /// The destination's values.
-        Dst,
-        /// The same `cols` values for every row.
-        Row(*const f32),
-    }
+    use super::{Init, MR, NR};
 
     /// One `rows x cols` block (at most `MR x NR`) of `dst`: the sums over `kp`
     /// pairs of `a` (a packed panel) and `b` (a panel: row pairs `NR` apart),
@@ -618,15 +678,9 @@ mod kernel {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod kernel {
-    /// What a block's sums start from (as on x86-64).
-    #[derive(Clone, Copy)]
-    pub(super) enum Init {
-        Zero,
-        Dst,
-        Row(*const f32),
-    }
+    use super::Init;
 
-    /// Never called: [`super::available`] is false off x86-64.
+    /// Never called: [`super::native`] is false off x86-64.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block(
         _: usize,
@@ -689,10 +743,6 @@ mod tests {
 
     #[test]
     fn products_match_the_rounded_operands_on_every_edge() {
-        if !available() {
-            eprintln!("skipped: this processor has no AVX512_BF16");
-            return;
-        }
         // rows and columns beyond one block, partial blocks, odd and tiny k
         for &(m, n, k) in &[
             (1, 1, 1),
@@ -773,10 +823,6 @@ mod tests {
 
     #[test]
     fn views_into_panels_multiply_their_rows_and_columns_only() {
-        if !available() {
-            eprintln!("skipped: this processor has no AVX512_BF16");
-            return;
-        }
         // A 40 x 100 operand in panels; the view takes rows 10..30 (row pairs
         // 5..15) and columns 32..96 (panels 1 and 2), as the attention reads
         // a run of values and of keys.

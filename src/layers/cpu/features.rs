@@ -105,10 +105,15 @@ impl CpuFeatures {
                 .collect();
         }
         let (f32_products, vector) = (self.matrix_products(), self.vector_kernels());
-        if dtype == DType::BF16 && self.avx512bf16 {
+        let emulated = !self.avx512bf16 && super::super::products::bf16_emulated();
+        if dtype == DType::BF16 && (self.avx512bf16 || emulated) {
             // `FlashVsrModel::load`: bf16 products in the LQ projection and the
             // DiT, f32 everywhere else.
-            let bf16 = "bf16 products with f32 sums (AVX512_BF16 vdpbf16ps)";
+            let bf16 = if emulated {
+                "bf16 products with f32 sums (vdpbf16ps emulated in f32 arithmetic: a numerics check, not a speed path)"
+            } else {
+                "bf16 products with f32 sums (AVX512_BF16 vdpbf16ps)"
+            };
             return vec![
                 (
                     "LQ projection",

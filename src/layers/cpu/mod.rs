@@ -3,6 +3,7 @@
 //! vectorised with [`fast_math`] (AVX-512, AVX2 + FMA or plain code, picked at
 //! run time) and multiply through the `gemm` crate ([`gemm`]).
 
+mod bf16_emulated;
 pub(crate) mod bf16_gemm;
 pub(crate) mod conv_taps;
 pub(crate) mod epilogue;
