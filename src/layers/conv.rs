@@ -125,15 +125,38 @@ pub enum CpuConvKernel {
 /// the `conv_bench` example every decoder and LQ-projection layer with many
 /// outputs was faster as Winograd; the input transform costs per input channel
 /// what a product costs per channel pair, so layers with few input channels
-/// keep the taps, and so do the layers to RGB: with the AVX-512 `gemm` kernels
-/// the TCDecoder's 128 -> 3 layer took 1.18x-1.19x the taps' time as Winograd
-/// at 512x512 (1.8x the processor time; 2-core AMD EPYC, Zen 4, 2026-12-05),
-/// its few products no longer paying for the transforms. Measured in the whole
-/// decoder since (`decoder_bench`, f32, alternating), that layer as Winograd
-/// gave 16.38 s and 15.56 s per steady chunk against the taps' 15.71 s and
-/// 15.65 s: no difference beyond the noise, so it keeps the taps.
+/// keep the taps.
+///
+/// The layers to RGB (fewer than [`WINOGRAD_MIN_OUT_CHANNELS`] outputs) depend
+/// on the processor, their few products weighing little against the
+/// transforms. With `gemm`'s AVX-512 kernels the TCDecoder's 128 -> 3 layer took
+/// 1.18x-1.19x the taps' time as Winograd at 512x512 (1.8x the processor time;
+/// 2-core AMD EPYC, Zen 4, 2026-12-05), and in the whole decoder
+/// (`decoder_bench`, f32, alternating) 16.38 s and 15.56 s per steady chunk
+/// against the taps' 15.71 s and 15.65 s: no gain, so they keep the taps there.
+/// With its AVX2 kernels the taps' products of 3 output rows run far below the
+/// processor's rate, and F(2x2) took 0.49x-0.61x the taps' time on that layer
+/// (`conv_bench --only decoder --filter conv_out2 --repeats 5`, 68-81 against
+/// 133-139 ms; F(4x4) 0.61x-0.84x; 2-core first-generation Zen EPYC,
+/// 2026-12-06), so without AVX-512 they take Winograd F(2x2)
+/// ([`default_winograd_tile`]).
 pub fn prefers_winograd(k: usize, c_in: usize, c_out: usize) -> bool {
-    k == 3 && c_in >= WINOGRAD_MIN_IN_CHANNELS && c_out >= WINOGRAD_MIN_OUT_CHANNELS
+    k == 3
+        && c_in >= WINOGRAD_MIN_IN_CHANNELS
+        && (c_out >= WINOGRAD_MIN_OUT_CHANNELS || !gemm_has_avx512())
+}
+
+/// Whether `gemm` runs its AVX-512 microkernels on this processor (the crate
+/// builds them, `cpu::features`).
+fn gemm_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Fewest output channels of a layer taking the Winograd path by default.
@@ -155,10 +178,18 @@ const WINOGRAD_MIN_IN_CHANNELS: usize = 64;
 /// 10.6 s), and 0.59x on the LQ projection's two layers; its error against the
 /// taps is about 20x F(2x2)'s (1.2e-4 against 6e-6 on unit-scale outputs).
 /// Before that, F(4x4)'s transforms ran a scalar loop and made it slower below
-/// 512 channels.
+/// 512 channels. On a first-generation Zen EPYC (AVX2, 2026-12-06) F(4x4) took
+/// 0.51x-0.91x F(2x2)'s time on the same layers, 0.78x over a chunk (24.0 s
+/// against 30.7 s), but 1.2x-2x on the 128 -> 3 layer to RGB (where
+/// [`prefers_winograd`] has one), whose 3 output rows leave F(4x4)'s larger
+/// transforms most of the work: layers with fewer than
+/// [`WINOGRAD_MIN_OUT_CHANNELS`] outputs take F(2x2).
 fn default_winograd_tile(c_in: usize, c_out: usize) -> usize {
     let f4_bytes = 36 * c_in * c_out * std::mem::size_of::<f32>();
-    if products::at_load() == CpuProducts::Bf16 || f4_bytes > WINOGRAD4_MAX_WEIGHT_BYTES {
+    if products::at_load() == CpuProducts::Bf16
+        || f4_bytes > WINOGRAD4_MAX_WEIGHT_BYTES
+        || c_out < WINOGRAD_MIN_OUT_CHANNELS
+    {
         2
     } else {
         winograd_f4::M
@@ -961,8 +992,13 @@ mod tests {
         let dev = Device::Cpu;
         let wide = Conv2d::new(&Tensor::zeros((64, 64, 3, 3), DType::F32, &dev)?, None)?;
         assert!(matches!(&wide.weight, Weight::Winograd(u) if u.dim(0)? == 36));
+        // the layer to RGB: taps with gemm's AVX-512 kernels, F(2x2) without
         let to_rgb = Conv2d::new(&Tensor::zeros((3, 64, 3, 3), DType::F32, &dev)?, None)?;
-        assert!(matches!(to_rgb.weight, Weight::Taps(_)));
+        if gemm_has_avx512() {
+            assert!(matches!(to_rgb.weight, Weight::Taps(_)));
+        } else {
+            assert!(matches!(&to_rgb.weight, Weight::Winograd(u) if u.dim(0)? == 16));
+        }
         let narrow = Conv2d::new(&Tensor::zeros((64, 8, 3, 3), DType::F32, &dev)?, None)?;
         assert!(matches!(narrow.weight, Weight::Taps(_)));
         let point = Tensor::zeros((64, 64, 1, 1), DType::F32, &dev)?;
@@ -978,6 +1014,11 @@ mod tests {
         assert_eq!(default_winograd_tile(1024, 512), winograd_f4::M);
         assert_eq!(default_winograd_tile(128, 128), winograd_f4::M);
         assert_eq!(default_winograd_tile(3 * 1024, 2048), 2);
+        // layers to RGB: F(2x2) where they take Winograd, i.e. without AVX-512
+        assert_eq!(default_winograd_tile(128, 3), 2);
+        assert_eq!(prefers_winograd(3, 128, 3), !gemm_has_avx512());
+        assert!(prefers_winograd(3, 128, 128) && !prefers_winograd(3, 16, 128));
+        assert!(!prefers_winograd(1, 128, 128));
         let bf16_tile = products::load_with(CpuProducts::Bf16, || default_winograd_tile(128, 128));
         assert_eq!(bf16_tile, 2);
     }

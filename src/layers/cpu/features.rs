@@ -162,7 +162,15 @@ impl CpuFeatures {
             ),
             (
                 "decoder",
-                format!("{}; channel norms {vector}{half}", convs("F(4x4, 3x3)")),
+                format!(
+                    "{}; channel norms {vector}{half}",
+                    // `layers::conv::prefers_winograd`: the layer to RGB
+                    convs(if self.avx512f {
+                        "F(4x4, 3x3)"
+                    } else {
+                        "F(4x4, 3x3) (F(2x2) for the layer to RGB)"
+                    })
+                ),
             ),
             ("colour fix", "candle's CPU ops".to_owned()),
         ]

@@ -273,7 +273,8 @@ impl TcDecoder {
                 f32_products(|| stage(17, c2, 2, c3))?,
             ],
             conv_out1: f32_products(|| Conv::load(d.pp(24), c3, c3, 3, false))?,
-            conv_out2: Conv::load(d.pp(26), c3, 3, 3, true)?,
+            // taps or, without AVX-512, Winograd (`conv::prefers_winograd`)
+            conv_out2: f32_products(|| Conv::load(d.pp(26), c3, 3, 3, true))?,
             cfg,
         })
     }

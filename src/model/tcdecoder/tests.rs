@@ -69,7 +69,8 @@ fn random_decoder(c: usize) -> Result<TcDecoder> {
 /// first and last stages and the output convs stay f32.
 #[test]
 fn bf16_products_go_to_the_middle_stage_only() -> Result<()> {
-    // 64 channels: every 3x3 layer but the one to RGB takes the Winograd path
+    // 64 channels: every 3x3 layer takes the Winograd path (the one to RGB
+    // where the processor lacks AVX-512)
     let dec = products::load_with(CpuProducts::Bf16, || random_decoder(64))?;
     let stage_products = |stage: &Stage| {
         let mut all: Vec<CpuProducts> = stage
