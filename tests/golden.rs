@@ -29,12 +29,7 @@ fn passing_pipeline_with(
     opts: &ModelOptions,
 ) -> Result<Vec<parity::Comparison>> {
     let results = parity::check_pipeline(case, opts, |c| println!("{c}"))?;
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| c.to_string())
-        .collect();
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    common::assert_comparisons_pass(&case.dir.display().to_string(), &results);
     Ok(results)
 }
 

@@ -81,12 +81,7 @@ fn assert_f32_parity_with(case: &str, attention: AttentionKernel) -> Result<()> 
     let Some(results) = run_case(case, DType::F32, attention)? else {
         return Ok(());
     };
-    let failed: Vec<String> = results
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| c.to_string())
-        .collect();
-    assert!(failed.is_empty(), "{case}:\n{}", failed.join("\n"));
+    common::assert_comparisons_pass(case, &results);
     for kind in [
         "lq_latents",
         "block0.out",

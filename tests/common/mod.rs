@@ -24,6 +24,20 @@ pub fn golden_case(case: &str) -> Option<PathBuf> {
     shared_dir().map(|d| d.join("golden").join(case))
 }
 
+/// Panics listing every comparison of a golden run outside its bounds, after
+/// `context` (the case, the path taken).
+pub fn assert_comparisons_pass(
+    context: &str,
+    results: &[gstflashvsr::devtools::parity::Comparison],
+) {
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.to_string())
+        .collect();
+    assert!(failed.is_empty(), "{context}:\n{}", failed.join("\n"));
+}
+
 /// A folder under the system temp dir, unique to this process and call,
 /// removed when dropped.
 pub struct Scratch(pub PathBuf);

@@ -62,35 +62,24 @@ pub(super) unsafe fn block(
             std::slice::from_raw_parts(b, (kp * NR).saturating_sub(NR - cols)),
         )
     };
-    let start = match init {
-        Init::Zero => Start::Zero,
-        Init::Dst => Start::Dst,
-        // SAFETY: as above.
-        Init::Row(r) => Start::Row(unsafe { std::slice::from_raw_parts(r, cols) }),
-    };
     let mut acc = [[0f32; NR]; MR];
     for (i, sums) in acc.iter_mut().enumerate().take(rows) {
-        match start {
-            Start::Zero => {}
-            // SAFETY: row `i`'s `cols` values are readable.
-            Start::Dst => sums[..cols]
-                .copy_from_slice(unsafe { std::slice::from_raw_parts(dst.add(i * ldc), cols) }),
-            Start::Row(r) => sums[..cols].copy_from_slice(r),
-        }
+        // SAFETY: with `Init::Dst` row `i`'s `cols` values are readable, with
+        // `Init::Row(r)` the `cols` values from `r` (the caller's guarantees).
+        let from = unsafe {
+            match init {
+                Init::Zero => continue,
+                Init::Dst => std::slice::from_raw_parts(dst.add(i * ldc), cols),
+                Init::Row(r) => std::slice::from_raw_parts(r, cols),
+            }
+        };
+        sums[..cols].copy_from_slice(from);
     }
     sums(kp, a, b, rows, cols, &mut acc);
     for (i, sums) in acc.iter().enumerate().take(rows) {
         // SAFETY: row `i`'s `cols` values are the caller's to write.
         unsafe { std::ptr::copy_nonoverlapping(sums.as_ptr(), dst.add(i * ldc), cols) };
     }
-}
-
-/// [`Init`] with its row as a slice.
-#[derive(Clone, Copy)]
-enum Start<'a> {
-    Zero,
-    Dst,
-    Row(&'a [f32]),
 }
 
 simd_kernel! {
